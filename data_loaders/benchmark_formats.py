@@ -1,0 +1,594 @@
+"""The research benchmark file formats most published knowledge-tracing numbers are on.
+
+* ``three-line``: ``length`` / comma-separated ids / comma-separated answers per learner
+  (DKVMN and original DKT files; trailing commas allowed). The first line may also be
+  ``index,user`` (AKT's ASSIST2015 folds), in which case the user id is kept.
+* ``four-line``: AKT's ``pid`` files: ``index,user`` / problem ids / skill ids / answers.
+* ``pykt``: pyKT's split CSV ``fold,uid,concepts,responses[,questions,...]`` with the sequences
+  comma-joined in one cell; the fold is kept (fold -1 = the test learners).
+* ``tabular``: tab-separated ``user item timestamp correct skill`` files (with a header),
+  with an optional ``q_mat.npz`` item x skill matrix giving every item's skills.
+* ``dkt-synthetic``: DKT's synthetic rows: one student per line, 0/1 answers to questions
+  0..Q-1 in a fixed order, concepts from the matching ``info/*_info.txt`` file.
+
+Where a file name carries a split or a fold (``train``, ``valid``, ``test``, a trailing
+number), it is kept in the ``split`` and ``fold`` columns so that evaluation can use exactly
+the published split.
+
+Ids in these files are integers re-indexed by whoever prepared them; they are kept as
+strings, as the source names them. Learners without an id of their own are named
+``<file stem>:<record number>`` so that ids are unique across files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .base import Loader, Option
+from .errors import IngestError
+from .inputs import InputFile, list_files
+from .textutil import ChunkBuilder, multi_skill_runs
+
+_SPLIT_RE = re.compile(r"(train|valid|validation|dev|test)[_-]?(\d+)?", re.IGNORECASE)
+_SIDE_FILE_RE = re.compile(
+    r"(qid_sid|qname_qid|sname_sid|skill_mapping|keyid2idx|info|readme|\.json|\.npz|\.md)",
+    re.IGNORECASE,
+)
+
+
+def split_from_name(name: str) -> tuple[str | None, int | None]:
+    """``assist2009_pid_train1.csv`` -> ('train', 1); ``builder_test.csv`` -> ('test', None)."""
+    m = _SPLIT_RE.search(Path(name).name)
+    if not m:
+        return None, None
+    word = m.group(1).lower()
+    split = {"validation": "valid", "dev": "valid"}.get(word, word)
+    fold = int(m.group(2)) if m.group(2) else None
+    return split, fold
+
+
+def _parse_ints(text: str) -> list[str]:
+    """Comma-separated tokens, tolerating a trailing comma and spaces."""
+    return [t.strip() for t in text.strip().rstrip(",").split(",") if t.strip() != ""]
+
+
+def _data_files(root: Path) -> list[InputFile]:
+    files = list_files(root)
+    if root.is_dir() or (root.is_file() and root.suffix == ".zip"):
+        files = [f for f in files if not _SIDE_FILE_RE.search(Path(f.member or f.path).name)]
+    return files
+
+
+def _answers(tokens: list[str], file: str, line: int) -> list[int] | str:
+    """0/1 answers, or the reason they are not."""
+    out = []
+    for t in tokens:
+        if t == "0" or t == "1":
+            out.append(int(t))
+        elif t in ("0.0", "1.0"):
+            out.append(int(float(t)))
+        else:
+            return f"answer {t!r} is not 0 or 1"
+    return out
+
+
+class _LineLoader(Loader):
+    """Shared machinery of the record-per-N-lines formats."""
+
+    lines_per_record = 3
+
+    def load(self) -> None:
+        files = _data_files(self.ctx.input)
+        if not files:
+            raise IngestError("no data files found", file=str(self.ctx.input))
+        self.start_progress(files)
+        builder = ChunkBuilder(self.writer, 0)
+        self._merge_key = 0
+        for f in files:
+            idx = self.register(f)
+            builder.file_index = idx
+            data = f.read_bytes()
+            text = _decode(data, f, self.ctx.encoding)
+            lines = text.splitlines()
+            # drop trailing blank lines; blank lines inside are record separators we tolerate
+            while lines and not lines[-1].strip():
+                lines.pop()
+            self._file_records(f, idx, lines, builder)
+            self.writer.progress.advance(f.size())
+        builder.flush()
+
+    def _file_records(
+        self, f: InputFile, idx: int, lines: list[str], builder: ChunkBuilder
+    ) -> None:
+        split, fold = split_from_name(f.member or f.path.name)
+        k = self.lines_per_record
+        i = 0
+        record = 0
+        n = len(lines)
+        while i < n:
+            if not lines[i].strip():
+                i += 1
+                continue
+            group = lines[i : i + k]
+            start_line = i + 1
+            record += 1
+            i += k
+            if len(group) < k:
+                self.writer.count_read(max(1, len(_parse_ints(group[-1])) if group else 1))
+                self.writer.reject(
+                    idx,
+                    start_line,
+                    "truncated record",
+                    "\n".join(group)[:2000],
+                    f"expected {k} lines per learner, file ends after {len(group)}",
+                )
+                continue
+            self._record(f, idx, start_line, record, group, builder, split, fold)
+
+    def _record(
+        self,
+        f: InputFile,
+        idx: int,
+        line: int,
+        record: int,
+        group: list[str],
+        builder: ChunkBuilder,
+        split: str | None,
+        fold: int | None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _reject_record(
+        self, idx: int, line: int, reason: str, group: list[str], n: int, detail: str | None = None
+    ) -> None:
+        self.writer.count_read(n)
+        self.writer.reject(idx, line, reason, "\n".join(group)[:2000], detail)
+
+
+def _decode(data: bytes, f: InputFile, encoding: str) -> str:
+    from .inputs import decode
+
+    return decode(data, f.name, encoding)
+
+
+def _user_from_header(header: str, stem: str, record: int) -> tuple[str, int | None]:
+    """``n`` (length only) or ``index,user``: returns (user id, declared length or None)."""
+    parts = [p.strip() for p in header.strip().rstrip(",").split(",")]
+    if len(parts) == 1:
+        if not parts[0].isdigit():
+            raise ValueError(f"expected a sequence length, got {header.strip()!r}")
+        return f"{stem}:{record}", int(parts[0])
+    if len(parts) == 2:
+        return parts[1], None
+    raise ValueError(f"expected 'length' or 'index,user', got {header.strip()!r}")
+
+
+class ThreeLineLoader(_LineLoader):
+    name = "three-line"
+    summary = "length (or index,user) / ids / answers per learner (DKVMN, DKT, AKT folds)"
+    options = (Option("id_kind", str, "concept", "what the id line holds: 'concept' or 'item'"),)
+    lines_per_record = 3
+
+    def _record(self, f, idx, line, record, group, builder, split, fold):  # type: ignore[override]
+        ids = _parse_ints(group[1])
+        try:
+            user, length = _user_from_header(group[0], f.stem, record)
+        except ValueError as exc:
+            self._reject_record(idx, line, "bad header line", group, max(len(ids), 1), str(exc))
+            return
+        answers = _answers(_parse_ints(group[2]), f.name, line + 2)
+        if isinstance(answers, str):
+            self._reject_record(idx, line + 2, "answer not 0 or 1", group, len(ids), answers)
+            return
+        if len(ids) != len(answers) or (length is not None and length != len(ids)):
+            self._reject_record(
+                idx,
+                line,
+                "length mismatch",
+                group,
+                max(len(ids), len(answers)),
+                f"header says {length}, {len(ids)} ids, {len(answers)} answers",
+            )
+            return
+        self.writer.count_read(len(ids))
+        if self.opts["id_kind"] == "item":
+            concepts: list[list[str]] = [[] for _ in ids]
+            items = ids
+        else:
+            concepts = [[c] for c in ids]
+            items = ids  # the skill stands in for the item (no problem ids in the file)
+        builder.add_sequence(user, items, concepts, answers, line + 1, split=split, fold=fold)
+
+
+class FourLineLoader(_LineLoader):
+    name = "four-line"
+    summary = "AKT pid files: index,user / problem ids / skill ids / answers"
+    options = ()
+    lines_per_record = 4
+
+    def _record(self, f, idx, line, record, group, builder, split, fold):  # type: ignore[override]
+        items = _parse_ints(group[1])
+        skills = _parse_ints(group[2])
+        try:
+            user, length = _user_from_header(group[0], f.stem, record)
+        except ValueError as exc:
+            self._reject_record(idx, line, "bad header line", group, max(len(items), 1), str(exc))
+            return
+        answers = _answers(_parse_ints(group[3]), f.name, line + 3)
+        if isinstance(answers, str):
+            self._reject_record(idx, line + 3, "answer not 0 or 1", group, len(items), answers)
+            return
+        if not (len(items) == len(skills) == len(answers)) or (
+            length is not None and length != len(items)
+        ):
+            self._reject_record(
+                idx,
+                line,
+                "length mismatch",
+                group,
+                max(len(items), len(answers)),
+                f"{len(items)} problems, {len(skills)} skills, {len(answers)} answers",
+            )
+            return
+        self.writer.count_read(len(items))
+        keys = multi_skill_runs(items, answers, skills, self._merge_key)
+        self._merge_key = keys[-1] + 1 if keys else self._merge_key
+        builder.add_sequence(
+            user,
+            items,
+            [[s] for s in skills],
+            answers,
+            line + 1,
+            merge=keys,
+            split=split,
+            fold=fold,
+        )
+
+
+class PyKTLoader(Loader):
+    name = "pykt"
+    summary = "pyKT split CSV: fold,uid,concepts,responses (fold -1 = test)"
+    options = ()
+
+    def load(self) -> None:
+        files = [f for f in _data_files(self.ctx.input) if ".csv" in f.name.lower()]
+        if not files:
+            raise IngestError("no .csv files found", file=str(self.ctx.input))
+        self.start_progress(files)
+        builder = ChunkBuilder(self.writer, 0)
+        merge_key = 0
+        csv.field_size_limit(1 << 30)
+        for f in files:
+            idx = self.register(f)
+            builder.file_index = idx
+            text = _decode(f.read_bytes(), f, self.ctx.encoding)
+            reader = csv.reader(io.StringIO(text))
+            header = next(reader, None)
+            if header is None:
+                continue
+            header = [h.strip() for h in header]
+            for col in ("fold", "uid", "concepts", "responses"):
+                if col not in header:
+                    raise IngestError(
+                        f"missing required column '{col}' (header: {','.join(header)})",
+                        file=f.name,
+                        line=1,
+                        field=col,
+                    )
+            pos = {h: i for i, h in enumerate(header)}
+            has_q = "questions" in pos
+            has_t = "timestamps" in pos
+            line = 1
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    self.writer.count_read(1)
+                    self.writer.reject(
+                        idx,
+                        line,
+                        "wrong number of fields",
+                        ",".join(row)[:2000],
+                        f"expected {len(header)}, got {len(row)}",
+                    )
+                    continue
+                concepts = _parse_ints(row[pos["concepts"]])
+                answers_tok = _parse_ints(row[pos["responses"]])
+                # pyKT pads with -1 to a fixed length: drop the padding
+                pad = [i for i, a in enumerate(answers_tok) if a == "-1"]
+                keep = (
+                    len(answers_tok) - len(pad)
+                    if pad and pad[0] == len(answers_tok) - len(pad)
+                    else len(answers_tok)
+                )
+                concepts, answers_tok = concepts[:keep], answers_tok[:keep]
+                answers = _answers(answers_tok, f.name, line)
+                try:
+                    fold = int(row[pos["fold"]])
+                except ValueError:
+                    self.writer.count_read(max(1, len(concepts)))
+                    self.writer.reject(
+                        idx,
+                        line,
+                        "bad fold",
+                        ",".join(row)[:2000],
+                        f"fold {row[pos['fold']]!r} is not an integer",
+                    )
+                    continue
+                if isinstance(answers, str):
+                    self.writer.count_read(len(concepts))
+                    self.writer.reject(
+                        idx, line, "answer not 0 or 1", ",".join(row)[:2000], answers
+                    )
+                    continue
+                items = _parse_ints(row[pos["questions"]])[:keep] if has_q else concepts
+                if len(concepts) != len(answers) or len(items) != len(answers):
+                    self.writer.count_read(max(len(concepts), len(answers)))
+                    self.writer.reject(
+                        idx,
+                        line,
+                        "length mismatch",
+                        ",".join(row)[:2000],
+                        f"{len(concepts)} concepts, {len(answers)} responses",
+                    )
+                    continue
+                self.writer.count_read(len(answers))
+                # concepts may be multi-skill joined with '_' (pyKT's convention)
+                concept_lists = [c.split("_") for c in concepts]
+                stamps = None
+                if has_t:
+                    ts = _parse_ints(row[pos["timestamps"]])[:keep]
+                    stamps = [int(t) if t not in ("-1", "") else None for t in ts]
+                split = "test" if fold == -1 else "train"
+                merge = None
+                if has_q:
+                    merge = multi_skill_runs(items, answers, concepts, merge_key)
+                    merge_key = merge[-1] + 1 if merge else merge_key
+                builder.add_sequence(
+                    row[pos["uid"]].strip(),
+                    items,
+                    concept_lists,
+                    answers,
+                    line,
+                    merge=merge,
+                    timestamps=stamps,
+                    split=split,
+                    fold=fold,
+                )
+            self.writer.progress.advance(f.size())
+        builder.flush()
+
+
+class TabularLoader(Loader):
+    name = "tabular"
+    summary = "tab-separated user item timestamp correct skill files, optional q_mat.npz"
+    options = (Option("q_matrix", bool, True, "use q_mat.npz beside the files for item skills"),)
+
+    def load(self) -> None:
+        import pyarrow.csv as pacsv
+
+        root = self.ctx.input
+        files = [f for f in _data_files(root)]
+        if not files:
+            raise IngestError("no data files found", file=str(root))
+        qmat = self._q_matrix(root) if self.opts["q_matrix"] else None
+        if qmat is not None:
+            self.writer.note("concepts_from", "q_mat.npz (item x skill matrix)")
+        self.start_progress(files)
+        order = 0
+        for f in files:
+            idx = self.register(f)
+            split, fold = split_from_name(f.member or f.path.name)
+            data = f.read_bytes()
+            from .inputs import check_utf8
+
+            data = check_utf8(data, f.name, self.ctx.encoding)
+            if not data.strip():
+                continue
+            bad: list[tuple[int | None, str]] = []
+
+            def handler(row: pacsv.InvalidRow, bad: list = bad) -> str:
+                bad.append((row.number, row.text))
+                return "skip"
+
+            try:
+                table = pacsv.read_csv(
+                    io.BytesIO(data),
+                    read_options=pacsv.ReadOptions(use_threads=False),
+                    parse_options=pacsv.ParseOptions(delimiter="\t", invalid_row_handler=handler),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types={
+                            c: pa.string()
+                            for c in ("user_id", "item_id", "timestamp", "correct", "skill_id")
+                        }
+                    ),
+                )
+            except pa.ArrowInvalid as exc:
+                raise IngestError(
+                    f"cannot parse as tab-separated values: {exc}", file=f.name
+                ) from exc
+            cols = table.column_names
+            for col in ("user_id", "item_id", "correct"):
+                if col not in cols:
+                    raise IngestError(
+                        f"missing required column '{col}' (header: {cols})",
+                        file=f.name,
+                        line=1,
+                        field=col,
+                    )
+            for number, text in bad:
+                self.writer.count_read(1)
+                self.writer.reject(
+                    idx,
+                    (number + 1) if number is not None else None,
+                    "wrong number of fields",
+                    text[:2000],
+                )
+            n = table.num_rows
+            self.writer.count_read(n)
+            lines = np.arange(2, n + 2, dtype=np.int64)
+            if bad:  # line numbers shift after skipped rows
+                skipped = sorted((b[0] or 0) + 1 for b in bad)
+                lines = _lines_after_skips(n, skipped)
+            correct = table.column("correct").to_pylist()
+            ok = np.array([c in ("0", "1") for c in correct], dtype=bool)
+            if not ok.all():
+                badi = np.flatnonzero(~ok)
+                self.writer.reject_many(
+                    np.full(len(badi), idx),
+                    lines[badi],
+                    "correct not 0 or 1",
+                    None,
+                    [f"correct={correct[i]!r}" for i in badi],
+                )
+            table = table.filter(pa.array(ok))
+            lines = lines[ok]
+            items = table.column("item_id").to_pylist()
+            if qmat is not None:
+                concept_lists = [qmat.get(int(it), []) if it.isdigit() else [] for it in items]
+            elif "skill_id" in table.column_names:
+                concept_lists = [
+                    [s] if s not in (None, "") else [] for s in table.column("skill_id").to_pylist()
+                ]
+            else:
+                concept_lists = [[] for _ in items]
+            m = table.num_rows
+            chunk: dict[str, pa.Array] = {
+                "user_id": table.column("user_id"),
+                "item_id": table.column("item_id"),
+                "concept_ids": pa.array(concept_lists, pa.list_(pa.string())),
+                "correct": pa.array(
+                    np.array([int(c) for c in table.column("correct").to_pylist()], dtype=np.int8)
+                ),
+                "_file": pa.array(np.full(m, idx, dtype=np.int32)),
+                "_line": pa.array(lines),
+                "_order": pa.array(np.arange(order, order + m, dtype=np.int64)),
+            }
+            if "timestamp" in table.column_names:
+                ts = table.column("timestamp").to_pylist()
+                vals = [
+                    int(t) if t not in (None, "") and t.lstrip("-").isdigit() else None for t in ts
+                ]
+                # the files' timestamp is 0 everywhere where the source has no clock
+                if any(v not in (None, 0) for v in vals):
+                    chunk["timestamp"] = pa.array(vals, pa.int64())
+            if split is not None:
+                chunk["split"] = pa.array([split] * m, pa.string())
+                chunk["fold"] = pa.array([fold] * m, pa.int16())
+            order += m
+            self.writer.add_interactions(pa.table(chunk))
+            self.writer.progress.advance(f.size())
+
+    def _q_matrix(self, root: Path) -> dict[int, list[str]] | None:
+        base = root if root.is_dir() else root.parent
+        p = base / "q_mat.npz"
+        if not p.is_file():
+            return None
+        try:
+            z = np.load(p, allow_pickle=False)
+            indptr, indices = z["indptr"], z["indices"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable npz is the same error
+            raise IngestError(
+                f"not a scipy CSR matrix (.npz with indptr/indices): {exc}", file=str(p)
+            ) from exc
+        return {
+            i: [str(int(s)) for s in indices[indptr[i] : indptr[i + 1]]]
+            for i in range(len(indptr) - 1)
+        }
+
+
+def _lines_after_skips(n: int, skipped_lines: list[int]) -> np.ndarray:
+    """Line numbers of ``n`` parsed rows (data starts on line 2) around skipped lines."""
+    out = np.empty(n, dtype=np.int64)
+    skipped = set(skipped_lines)
+    line = 2
+    for i in range(n):
+        while line in skipped:
+            line += 1
+        out[i] = line
+        line += 1
+    return out
+
+
+class DKTSyntheticLoader(Loader):
+    name = "dkt-synthetic"
+    summary = "DKT synthetic rows: one student per line, answers to questions 0..Q-1"
+    options = (
+        Option("info", str, "", "info file (question stats and concept); default: info/ beside"),
+    )
+
+    def load(self) -> None:
+        root = self.ctx.input
+        files = [
+            f
+            for f in list_files(root)
+            if "info" not in Path(f.member or f.path).parts
+            and not f.name.endswith(("_info.txt", ".md"))
+        ]
+        if not files:
+            raise IngestError("no data files found", file=str(root))
+        self.start_progress(files)
+        builder = ChunkBuilder(self.writer, 0)
+        seen_concepts: set[str] = set()
+        for f in files:
+            idx = self.register(f)
+            builder.file_index = idx
+            info = self._info(f)
+            text = _decode(f.read_bytes(), f, self.ctx.encoding)
+            q = None
+            for lineno, raw in enumerate(text.splitlines(), start=1):
+                if not raw.strip():
+                    continue
+                toks = _parse_ints(raw)
+                answers = _answers(toks, f.name, lineno)
+                if isinstance(answers, str):
+                    self.writer.count_read(len(toks))
+                    self.writer.reject(idx, lineno, "answer not 0 or 1", raw[:2000], answers)
+                    continue
+                if q is None:
+                    q = len(answers)
+                if len(answers) != q:
+                    self.writer.count_read(len(answers))
+                    self.writer.reject(
+                        idx,
+                        lineno,
+                        "length mismatch",
+                        raw[:2000],
+                        f"expected {q} answers like the first row, got {len(answers)}",
+                    )
+                    continue
+                self.writer.count_read(len(answers))
+                items = [str(i) for i in range(q)]
+                if info is not None:
+                    concepts = [[info[i]] if i < len(info) else [] for i in range(q)]
+                else:
+                    concepts = [[] for _ in range(q)]
+                for c in concepts:
+                    seen_concepts.update(c)
+                builder.add_sequence(f"{f.stem}:{lineno}", items, concepts, answers, lineno)
+            self.writer.progress.advance(f.size())
+        builder.flush()
+
+    def _info(self, f: InputFile) -> list[str] | None:
+        if self.opts["info"]:
+            p = Path(self.opts["info"])
+        else:
+            p = f.path.parent / "info" / f"{f.stem}_info.txt"
+        if not p.is_file():
+            return None
+        concepts = []
+        for i, line in enumerate(p.read_text().splitlines(), start=1):
+            parts = line.split("\t")
+            if len(parts) < 3:
+                raise IngestError(
+                    "expected 'mean<TAB>std<TAB>concept<TAB>difficulty'", file=str(p), line=i
+                )
+            concepts.append(str(int(float(parts[2]))))
+        return concepts

@@ -1,0 +1,183 @@
+"""Reading input files: directories, zip archives, gzip by content, UTF-8 checks.
+
+Loaders see every input as a list of :class:`InputFile` objects in a fixed (sorted) order, so
+that the same input always gives the same dataset. Compression is detected from the bytes
+(gzip magic number), not from the file name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import io
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pyarrow as pa
+
+from .errors import IngestError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: a plain file on disk or a member of a zip archive."""
+
+    name: str  # as shown in messages and in rejected.parquet
+    path: Path  # the file on disk, or the zip archive
+    member: str | None = None  # member name inside the zip archive
+
+    @property
+    def stem(self) -> str:
+        base = Path(self.member or self.path.name).name
+        for suffix in (".gz", ".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson"):
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+        return base
+
+    def size(self) -> int:
+        if self.member is None:
+            return self.path.stat().st_size
+        with zipfile.ZipFile(self.path) as zf:
+            return zf.getinfo(self.member).compress_size
+
+    def _raw(self) -> bytes:
+        if self.member is None:
+            return self.path.read_bytes()
+        with zipfile.ZipFile(self.path) as zf:
+            return zf.read(self.member)
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes, gunzipped when they are gzip-compressed."""
+        data = self._raw()
+        if data[:2] == GZIP_MAGIC:
+            try:
+                data = gzip.decompress(data)
+            except (EOFError, OSError, zlib.error) as exc:
+                raise IngestError(
+                    f"corrupt or truncated gzip data ({exc})", file=self.name
+                ) from exc
+        return data
+
+    def open_binary(self) -> BinaryIO:
+        """A stream of the (decompressed) bytes, for inputs too large to read at once."""
+        if self.member is None:
+            fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115
+        else:
+            zf = zipfile.ZipFile(self.path)
+            fh = zf.open(self.member)  # type: ignore[assignment]
+        head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
+        if head == GZIP_MAGIC:
+            return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
+        return fh
+
+    def arrow_stream(self) -> pa.NativeFile:
+        """A pyarrow input stream over the decompressed bytes."""
+        if self.member is None:
+            with open(self.path, "rb") as fh:
+                gz = fh.read(2) == GZIP_MAGIC
+            return pa.input_stream(str(self.path), compression="gzip" if gz else None)
+        return pa.PythonFile(self.open_binary(), mode="r")
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return decode(self.read_bytes(), self.name, encoding)
+
+
+def decode(data: bytes, name: str, encoding: str = "utf-8") -> str:
+    """Decode bytes; an undecodable byte is an :class:`IngestError` naming file and line."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise IngestError(
+            f"not valid {encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "pass the file's encoding with --encoding (for example latin-1)",
+            file=name,
+            line=line,
+        ) from exc
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def check_utf8(data: bytes, name: str, encoding: str = "utf-8") -> bytes:
+    """Return the data as UTF-8 bytes (transcoding from ``encoding``), or raise naming the line."""
+    if encoding.lower().replace("-", "") in ("utf8", "utf8sig"):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            decode(data, name, "utf-8")  # raises with the line number
+        return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    return decode(data, name, encoding).encode("utf-8")
+
+
+def list_files(
+    root: Path, patterns: tuple[str, ...] = ("*",), *, recursive: bool = True
+) -> list[InputFile]:
+    """The input files under ``root`` (a file, a directory or a .zip), sorted by name.
+
+    Hidden files and the loaders' own side files are left to the caller's patterns.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise IngestError("input not found", file=str(root))
+    if root.is_file() and zipfile.is_zipfile(root):
+        with zipfile.ZipFile(root) as zf:
+            members = sorted(
+                m.filename
+                for m in zf.infolist()
+                if not m.is_dir() and not Path(m.filename).name.startswith((".", "__MACOSX"))
+            )
+        return [
+            InputFile(name=f"{root.name}:{m}", path=root, member=m)
+            for m in members
+            if _matches(Path(m).name, patterns)
+        ]
+    if root.is_file():
+        return [InputFile(name=str(root), path=root)]
+    it: Iterator[Path] = root.rglob("*") if recursive else root.glob("*")
+    files = sorted(
+        p for p in it if p.is_file() and not p.name.startswith(".") and _matches(p.name, patterns)
+    )
+    return [InputFile(name=str(p), path=p) for p in files]
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name.lower(), pat.lower()) for pat in patterns)
+
+
+def find_sibling(root: Path, names: tuple[str, ...]) -> InputFile | None:
+    """Find a side file (e.g. ``questions.csv``) inside ``root`` or beside it."""
+    root = Path(root)
+    candidates: list[InputFile] = []
+    if root.is_file() and zipfile.is_zipfile(root):
+        with zipfile.ZipFile(root) as zf:
+            for m in sorted(zf.namelist()):
+                if Path(m).name in names:
+                    candidates.append(InputFile(name=f"{root.name}:{m}", path=root, member=m))
+    else:
+        bases = [root] if root.is_dir() else []
+        bases += [root.parent, root.parent / "contents"]
+        if root.is_dir():
+            bases += [root / "contents", root.parent / "contents"]
+        for base in bases:
+            for n in names:
+                p = base / n
+                if p.is_file():
+                    candidates.append(InputFile(name=str(p), path=p))
+    return candidates[0] if candidates else None
+
+
+def text_lines(data: str) -> list[str]:
+    """Split text into lines, tolerating CRLF and a missing final newline."""
+    lines = data.splitlines()
+    return lines
+
+
+def bytes_io(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)
