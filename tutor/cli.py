@@ -31,8 +31,8 @@ app = typer.Typer(
 dataset_app = typer.Typer(help="Inspect canonical Parquet datasets.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 class RichProgress:
