@@ -13,6 +13,7 @@ command line as ``-o name=value``; ``tutor formats`` lists them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -101,10 +102,8 @@ class Loader(ABC):
     def start_progress(self, files: list[InputFile]) -> None:
         total = 0
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += f.size()
-            except OSError:
-                pass
         self.writer.progress.start(f"reading {self.name}", total or None)
 
 

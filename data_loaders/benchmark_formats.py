@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -102,6 +103,9 @@ class _LineLoader(Loader):
             self._file_records(f, idx, lines, builder)
             self.writer.progress.advance(f.size())
         builder.flush()
+        names = load_concept_names(self.ctx.input, self.ctx.concepts)
+        if names:
+            self.writer.add_concepts(list(names), list(names.values()), catalogue=False)
 
     def _file_records(
         self, f: InputFile, idx: int, lines: list[str], builder: ChunkBuilder
@@ -149,6 +153,56 @@ class _LineLoader(Loader):
     ) -> None:
         self.writer.count_read(n)
         self.writer.reject(idx, line, reason, "\n".join(group)[:2000], detail)
+
+
+def load_concept_names(root: Path, given: Path | None) -> dict[str, str]:
+    """Concept id -> name from a side file: ``--concepts`` or one found beside the data.
+
+    Understood: JSON objects mapping name -> id (AKT's ``skill.json``) or id -> name, and
+    two-column tab-separated files (DKVMN's ``*_sname_sid``, ``*skill_mapping.txt``) in
+    either column order (the integer column is the id).
+    """
+    if given is not None:
+        candidates = [Path(given)]
+        if not candidates[0].is_file():
+            raise IngestError("concepts file not found", file=str(given))
+    else:
+        base = root if root.is_dir() else root.parent
+        candidates = sorted(
+            [*base.glob("skill.json"), *base.glob("*sname_sid"), *base.glob("*skill_mapping.txt")]
+        )
+    if not candidates:
+        return {}
+    path = candidates[0]
+    text = InputFile(name=str(path), path=path).read_text()
+    out: dict[str, str] = {}
+    if path.suffix == ".json" or text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise IngestError(f"not valid JSON: {exc}", file=str(path)) from exc
+        if not isinstance(obj, dict):
+            raise IngestError("expected a JSON object of concept names", file=str(path))
+        for k, v in obj.items():
+            if isinstance(v, int) or (isinstance(v, str) and v.isdigit() and not k.isdigit()):
+                out[str(v)] = str(k).strip()
+            else:
+                out[str(k)] = str(v).strip()
+        return out
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("\t")]
+        if len(parts) < 2:
+            raise IngestError(
+                "expected two tab-separated columns (name, id)", file=str(path), line=lineno
+            )
+        a, b = parts[0], parts[1]
+        if b.isdigit() and not a.isdigit():
+            out[b] = a
+        else:
+            out[a] = b
+    return out
 
 
 def _decode(data: bytes, f: InputFile, encoding: str) -> str:

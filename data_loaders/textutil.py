@@ -15,8 +15,9 @@ class ChunkBuilder:
     """Accumulates rows as flat Python lists and flushes them as Arrow chunks.
 
     Set ``file_index`` before adding a file's sequences. ``_order`` is a counter over the
-    whole input, so a learner's answers keep file order. Per-record work is a few list extends (one per record, not per interaction), so the
-    research files (hundreds of thousands of answers) ingest in well under a second.
+    whole input, so a learner's answers keep file order. Per-record work is a few list
+    extends (one per record, not per interaction), so the research files (hundreds of
+    thousands of answers) ingest in about a second.
     """
 
     writer: DatasetWriter

@@ -19,6 +19,7 @@ wall-clock values except ``created_at`` in the manifest).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -158,6 +159,7 @@ class DatasetWriter:
         self._skipped: Counter[str] = Counter()
         self._catalogue: list[pa.Table] = []
         self._concept_names: dict[str, str | None] = {}
+        self._names_only: dict[str, str | None] = {}
         self._events_writer: pq.ParquetWriter | None = None
         self._events_buffer: list[pa.Table] = []
         self._events_rows = 0
@@ -236,11 +238,18 @@ class DatasetWriter:
         )
         self._rejected.append(batch)
 
-    def add_concepts(self, concept_ids: Sequence[str], names: Sequence[str | None]) -> None:
-        """Concept names from the source (skill names, tag tables)."""
+    def add_concepts(
+        self, concept_ids: Sequence[str], names: Sequence[str | None], *, catalogue: bool = True
+    ) -> None:
+        """Concepts from the source (skill tables, tag lists) with their names.
+
+        With ``catalogue=False`` the names only label concepts that the interactions or
+        items use (a name map that may list more concepts than the data has).
+        """
+        target = self._concept_names if catalogue else self._names_only
         for cid, name in zip(concept_ids, names, strict=True):
-            if name is not None or cid not in self._concept_names:
-                self._concept_names[str(cid)] = name
+            if name is not None or str(cid) not in target:
+                target[str(cid)] = name
 
     def add_items(self, table: pa.Table) -> None:
         """An item catalogue: ``item_id``, ``concept_ids`` and any metadata columns."""
@@ -335,16 +344,13 @@ class DatasetWriter:
     # ------------------------------------------------------------------ finishing
     def abort(self) -> None:
         """Remove everything written so far; the output is untouched."""
+        # best effort on the error path: a writer that fails to close changes nothing
         for w in self._spills.values():
-            try:
+            with contextlib.suppress(Exception):
                 w.close()
-            except Exception:  # noqa: BLE001 - best effort on the error path
-                pass
         if self._events_writer is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._events_writer.close()
-            except Exception:  # noqa: BLE001
-                pass
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._closed = True
 
@@ -581,7 +587,10 @@ class DatasetWriter:
         table = pa.table(
             {
                 "concept_id": pa.array(ids_list, pa.string()),
-                "name": pa.array([self._concept_names.get(c) for c in ids_list], pa.string()),
+                "name": pa.array(
+                    [self._concept_names.get(c) or self._names_only.get(c) for c in ids_list],
+                    pa.string(),
+                ),
             },
             schema=schema.CONCEPTS,
         )

@@ -53,8 +53,16 @@ def test_existing_output_refused(tmp_path):
 
 def test_bad_option_syntax(tmp_path):
     r = runner.invoke(
-        app, ["ingest", "three-line", str(B / "three_line"), "--out", str(tmp_path / "d"),
-              "-o", "novalue"]
+        app,
+        [
+            "ingest",
+            "three-line",
+            str(B / "three_line"),
+            "--out",
+            str(tmp_path / "d"),
+            "-o",
+            "novalue",
+        ],
     )
     assert r.exit_code == 2
 

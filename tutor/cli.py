@@ -232,6 +232,39 @@ def dataset_info(
     out.print(table)
 
 
+def sample_path(name: str) -> Path:
+    """A bundled sample dataset (see tutor/sample/README.md)."""
+    from importlib.resources import files
+
+    return Path(str(files("tutor") / "sample" / name))
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its files.")] = Path("demo"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run the demo: ingest the bundled ASSISTments 2009 sample and summarise it."""
+    dataset = workdir / "assist2009_sample"
+    progress = RichProgress(enabled=not quiet)
+    try:
+        manifest = ingest(
+            "four-line",
+            sample_path("assist2009_pid"),
+            dataset,
+            overwrite=True,
+            progress=progress,
+        )
+    finally:
+        progress.finish()
+    c = manifest.counts
+    out.print(
+        f"ingested the bundled ASSISTments 2009 sample: {c['rows_read']:,} rows -> "
+        f"{c['interactions']:,} interactions into {dataset}"
+    )
+    dataset_info(dataset, as_json=False)
+
+
 def main() -> None:
     app()
 

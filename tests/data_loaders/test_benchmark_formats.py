@@ -25,10 +25,12 @@ def test_three_line_dkvmn_counts_and_order(ingest_to):
     ds = ingest_to("three-line", B / "three_line")
     info = ds.info()
     # train: 5 records (18 + 466 + ...), test: 2 records; lengths from the header lines
-    lens = [int(x) for x in (B / "three_line/assist2015_train.csv").read_text().split("\n")[0::3]
-            if x]
-    lens += [int(x) for x in (B / "three_line/assist2015_test.csv").read_text().split("\n")[0::3]
-             if x]
+    lens = [
+        int(x) for x in (B / "three_line/assist2015_train.csv").read_text().split("\n")[0::3] if x
+    ]
+    lens += [
+        int(x) for x in (B / "three_line/assist2015_test.csv").read_text().split("\n")[0::3] if x
+    ]
     assert info["learners"] == 7
     assert info["interactions"] == sum(lens)
     first = rows_of(ds, "assist2015_train:1")
@@ -66,8 +68,10 @@ def test_four_line_merges_multi_skill_repeats(ingest_to):
     assert [r["fold"] for r in first] == [1] * 7
     m = ds.manifest
     assert m["notes"]["multi_skill"] == "merged"
-    assert m["counts"]["rows_read"] == m["counts"]["interactions"] + m["counts"][
-        "multi_skill_rows_merged"]
+    assert (
+        m["counts"]["rows_read"]
+        == m["counts"]["interactions"] + m["counts"]["multi_skill_rows_merged"]
+    )
 
 
 def test_four_line_keep_expanded(ingest_to):
@@ -126,8 +130,10 @@ def test_dkt_synthetic_concepts_from_info(ingest_to):
     assert t.num_rows == 20 * 50
     info_concepts = [
         line.split("\t")[2]
-        for line in (B / "dkt_synthetic/info/naive_c5_q50_s4000_v0_info.txt").read_text().split(
-            "\n") if line
+        for line in (B / "dkt_synthetic/info/naive_c5_q50_s4000_v0_info.txt")
+        .read_text()
+        .split("\n")
+        if line
     ]
     first = rows_of(ds, "naive_c5_q50_s4000_v0:1")
     assert [r["item_id"] for r in first] == [str(i) for i in range(50)]
@@ -179,7 +185,11 @@ def test_real_akt_assist2009_counts(ingest_to):
     ds = ingest_to("four-line", shared("assist2009/akt_assist2009_pid"))
     info = ds.info()
     assert (info["learners"], info["rows_read"], info["items"], info["concepts"]) == (
-        4151, 325637, 16891, 110)
+        4151,
+        325637,
+        16891,
+        110,
+    )
     assert info["interactions"] == 274590
     assert info["multi_skill_rows_merged"] == 51047
     expanded = ingest_to("four-line", shared("assist2009/akt_assist2009_pid"), keep_expanded=True)

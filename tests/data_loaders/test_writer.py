@@ -53,17 +53,34 @@ def test_writer_orders_numbers_and_partitions(tmp_path):
         w.register_file("input.csv")
         w.count_read(6)
         # rows arrive out of order; _order sets the order within each learner
-        w.add_interactions(chunk(["b", "a", "a"], ["i2", "i1", "i3"], [1, 0, 1], [2, 3, 4],
-                                 _order=pa.array([5, 20, 10], pa.int64())))
-        w.add_interactions(chunk(["a", "b", "c"], ["i4", "i5", "i6"], [1, 1, 0], [5, 6, 7],
-                                 _order=pa.array([1, 2, 3], pa.int64())))
+        w.add_interactions(
+            chunk(
+                ["b", "a", "a"],
+                ["i2", "i1", "i3"],
+                [1, 0, 1],
+                [2, 3, 4],
+                _order=pa.array([5, 20, 10], pa.int64()),
+            )
+        )
+        w.add_interactions(
+            chunk(
+                ["a", "b", "c"],
+                ["i4", "i5", "i6"],
+                [1, 1, 0],
+                [5, 6, 7],
+                _order=pa.array([1, 2, 3], pa.int64()),
+            )
+        )
     ds = Dataset.open(out)
     t = ds.interactions()
     assert t.schema.equals(INTERACTIONS, check_metadata=False)
     rows = sorted(t.to_pylist(), key=lambda r: (r["user_id"], r["seq"]))
     assert [(r["user_id"], r["item_id"], r["seq"]) for r in rows] == [
-        ("a", "i4", 0), ("a", "i3", 1), ("a", "i1", 2),
-        ("b", "i5", 0), ("b", "i2", 1),
+        ("a", "i4", 0),
+        ("a", "i3", 1),
+        ("a", "i1", 2),
+        ("b", "i5", 0),
+        ("b", "i2", 1),
         ("c", "i6", 0),
     ]
     assert {r["source"] for r in rows} == {"test"}
@@ -81,13 +98,27 @@ def test_duplicates_rejected_with_line_of_original(tmp_path):
     out = tmp_path / "ds"
     with DatasetWriter(out, format_name="t") as w:
         w.register_file("in.csv")
-        w.add_interactions(chunk(["a", "a", "a"], ["x", "x", "y"], [1, 1, 0], [2, 3, 4],
-                                 _dup=pa.array([7, 7, 8], pa.uint64())))
+        w.add_interactions(
+            chunk(
+                ["a", "a", "a"],
+                ["x", "x", "y"],
+                [1, 1, 0],
+                [2, 3, 4],
+                _dup=pa.array([7, 7, 8], pa.uint64()),
+            )
+        )
     ds = Dataset.open(out)
     assert ds.interactions().num_rows == 2
     rej = ds.rejected().to_pylist()
-    assert rej == [{"file": "in.csv", "line": 3, "reason": "exact duplicate of an earlier row",
-                    "detail": "same as line 2", "raw": None}]
+    assert rej == [
+        {
+            "file": "in.csv",
+            "line": 3,
+            "reason": "exact duplicate of an earlier row",
+            "detail": "same as line 2",
+            "raw": None,
+        }
+    ]
     assert ds.manifest["rejected_by_reason"] == {"exact duplicate of an earlier row": 1}
 
 
@@ -95,8 +126,9 @@ def test_keep_duplicates_option(tmp_path):
     out = tmp_path / "ds"
     with DatasetWriter(out, format_name="t", options=WriterOptions(drop_duplicates=False)) as w:
         w.register_file("in.csv")
-        w.add_interactions(chunk(["a", "a"], ["x", "x"], [1, 1], [2, 3],
-                                 _dup=pa.array([7, 7], pa.uint64())))
+        w.add_interactions(
+            chunk(["a", "a"], ["x", "x"], [1, 1], [2, 3], _dup=pa.array([7, 7], pa.uint64()))
+        )
     assert Dataset.open(out).interactions().num_rows == 2
 
 
@@ -105,18 +137,29 @@ def test_merge_unions_concepts_only_for_adjacent_rows(tmp_path):
     concepts = pa.array([["s1"], ["s2"], ["s1"], ["s3"]], pa.list_(pa.string()))
     with DatasetWriter(out, format_name="t") as w:
         w.register_file("in.csv")
-        w.add_interactions(chunk(["a"] * 4, ["p", "p", "q", "p"], [1, 1, 0, 1], [2, 3, 4, 5],
-                                 concept_ids=concepts, _merge=pa.array([1, 1, 2, 1], pa.int64())))
+        w.add_interactions(
+            chunk(
+                ["a"] * 4,
+                ["p", "p", "q", "p"],
+                [1, 1, 0, 1],
+                [2, 3, 4, 5],
+                concept_ids=concepts,
+                _merge=pa.array([1, 1, 2, 1], pa.int64()),
+            )
+        )
     rows = Dataset.open(out).interactions().to_pylist()
     assert [(r["item_id"], r["concept_ids"], r["seq"]) for r in rows] == [
-        ("p", ["s1", "s2"], 0), ("q", ["s1"], 1), ("p", ["s3"], 2)
+        ("p", ["s1", "s2"], 0),
+        ("q", ["s1"], 1),
+        ("p", ["s3"], 2),
     ]
 
 
 def test_bad_loader_output_is_refused(tmp_path):
-    with pytest.raises(IngestError, match="other than 0 or 1"), DatasetWriter(
-        tmp_path / "ds", format_name="t"
-    ) as w:
+    with (
+        pytest.raises(IngestError, match="other than 0 or 1"),
+        DatasetWriter(tmp_path / "ds", format_name="t") as w,
+    ):
         w.register_file("in.csv")
         w.add_interactions(chunk(["a"], ["x"], [2], [2]))
     assert not (tmp_path / "ds").exists()
