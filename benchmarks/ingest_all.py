@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="keep datasets here (default: temp)")
     args = ap.parse_args(argv)
     out_root = args.out or Path(tempfile.mkdtemp(prefix="kt-ingest-all-"))
-    console = Console()
+    console = Console(width=260)
     table = Table(title=f"Ingesting {args.data}")
     for col in (
         "dataset",

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ import pyarrow as pa
 
 from .base import Loader, Option
 from .errors import IngestError
-from .inputs import InputFile, list_files
+from .inputs import InputFile, iter_lines, list_files
 from .textutil import ChunkBuilder, multi_skill_runs
 
 _SPLIT_RE = re.compile(r"(train|valid|validation|dev|test)[_-]?(\d+)?", re.IGNORECASE)
@@ -94,46 +95,39 @@ class _LineLoader(Loader):
         for f in files:
             idx = self.register(f)
             builder.file_index = idx
-            data = f.read_bytes()
-            text = _decode(data, f, self.ctx.encoding)
-            lines = text.splitlines()
-            # drop trailing blank lines; blank lines inside are record separators we tolerate
-            while lines and not lines[-1].strip():
-                lines.pop()
-            self._file_records(f, idx, lines, builder)
+            self._file_records(f, idx, builder)
             self.writer.progress.advance(f.size())
         builder.flush()
         names = load_concept_names(self.ctx.input, self.ctx.concepts)
         if names:
             self.writer.add_concepts(list(names), list(names.values()), catalogue=False)
 
-    def _file_records(
-        self, f: InputFile, idx: int, lines: list[str], builder: ChunkBuilder
-    ) -> None:
+    def _file_records(self, f: InputFile, idx: int, builder: ChunkBuilder) -> None:
+        """Group the file's non-blank lines by ``lines_per_record``, streaming."""
         split, fold = split_from_name(f.member or f.path.name)
         k = self.lines_per_record
-        i = 0
+        group: list[str] = []
+        start_line = 0
         record = 0
-        n = len(lines)
-        while i < n:
-            if not lines[i].strip():
-                i += 1
+        for lineno, line in _lines(f, self.ctx.encoding):
+            if not line.strip():
                 continue
-            group = lines[i : i + k]
-            start_line = i + 1
-            record += 1
-            i += k
-            if len(group) < k:
-                self.writer.count_read(max(1, len(_parse_ints(group[-1])) if group else 1))
-                self.writer.reject(
-                    idx,
-                    start_line,
-                    "truncated record",
-                    "\n".join(group)[:2000],
-                    f"expected {k} lines per learner, file ends after {len(group)}",
-                )
-                continue
-            self._record(f, idx, start_line, record, group, builder, split, fold)
+            if not group:
+                start_line = lineno
+            group.append(line)
+            if len(group) == k:
+                record += 1
+                self._record(f, idx, start_line, record, group, builder, split, fold)
+                group = []
+        if group:
+            self.writer.count_read(max(1, len(_parse_ints(group[-1]))))
+            self.writer.reject(
+                idx,
+                start_line,
+                "truncated record",
+                "\n".join(group)[:2000],
+                f"expected {k} lines per learner, file ends after {len(group)}",
+            )
 
     def _record(
         self,
@@ -203,6 +197,10 @@ def load_concept_names(root: Path, given: Path | None) -> dict[str, str]:
         else:
             out[a] = b
     return out
+
+
+def _lines(f: InputFile, encoding: str) -> Iterator[tuple[int, str]]:
+    return iter_lines(f, encoding)
 
 
 def _decode(data: bytes, f: InputFile, encoding: str) -> str:
@@ -321,8 +319,7 @@ class PyKTLoader(Loader):
         for f in files:
             idx = self.register(f)
             builder.file_index = idx
-            text = _decode(f.read_bytes(), f, self.ctx.encoding)
-            reader = csv.reader(io.StringIO(text))
+            reader = csv.reader(line for _, line in _lines(f, self.ctx.encoding))
             header = next(reader, None)
             if header is None:
                 continue
@@ -576,6 +573,13 @@ class DKTSyntheticLoader(Loader):
     summary = "DKT synthetic rows: one student per line, answers to questions 0..Q-1"
     options = (
         Option("info", str, "", "info file (question stats and concept); default: info/ beside"),
+        Option(
+            "namespace",
+            str,
+            "auto",
+            "prefix item and concept ids with the file stem: 'auto' (when several files), "
+            "'yes' or 'no'",
+        ),
     )
 
     def load(self) -> None:
@@ -591,13 +595,22 @@ class DKTSyntheticLoader(Loader):
         self.start_progress(files)
         builder = ChunkBuilder(self.writer, 0)
         seen_concepts: set[str] = set()
+        ns = self.opts["namespace"]
+        if ns not in ("auto", "yes", "no"):
+            raise IngestError(f"option 'namespace' expects auto, yes or no, got {ns!r}")
+        # every version of the synthetic data draws its own concepts for questions 0..Q-1:
+        # item 3 of v0 and item 3 of v1 are different questions, so several files get ids
+        # prefixed with their file stem
+        namespaced = ns == "yes" or (ns == "auto" and len(files) > 1)
+        if namespaced:
+            self.writer.note("namespaced_ids", "item and concept ids prefixed with the file stem")
         for f in files:
             idx = self.register(f)
             builder.file_index = idx
+            prefix = f"{f.stem}:" if namespaced else ""
             info = self._info(f)
-            text = _decode(f.read_bytes(), f, self.ctx.encoding)
             q = None
-            for lineno, raw in enumerate(text.splitlines(), start=1):
+            for lineno, raw in _lines(f, self.ctx.encoding):
                 if not raw.strip():
                     continue
                 toks = _parse_ints(raw)
@@ -619,9 +632,9 @@ class DKTSyntheticLoader(Loader):
                     )
                     continue
                 self.writer.count_read(len(answers))
-                items = [str(i) for i in range(q)]
+                items = [f"{prefix}{i}" for i in range(q)]
                 if info is not None:
-                    concepts = [[info[i]] if i < len(info) else [] for i in range(q)]
+                    concepts = [[prefix + info[i]] if i < len(info) else [] for i in range(q)]
                 else:
                     concepts = [[] for _ in range(q)]
                 for c in concepts:
@@ -639,10 +652,15 @@ class DKTSyntheticLoader(Loader):
             return None
         concepts = []
         for i, line in enumerate(p.read_text().splitlines(), start=1):
-            parts = line.split("\t")
+            if not line.strip():
+                continue
+            # the published info files are tab-separated, some versions comma-separated
+            parts = re.split(r"[\t,]", line.strip())
             if len(parts) < 3:
                 raise IngestError(
-                    "expected 'mean<TAB>std<TAB>concept<TAB>difficulty'", file=str(p), line=i
+                    "expected 'mean, std, concept, difficulty' separated by tabs or commas",
+                    file=str(p),
+                    line=i,
                 )
             concepts.append(str(int(float(parts[2]))))
         return concepts

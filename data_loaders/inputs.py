@@ -181,3 +181,36 @@ def text_lines(data: str) -> list[str]:
 
 def bytes_io(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
+
+
+def iter_lines(f: InputFile, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Stream ``(line number, text)`` pairs of a file without reading it whole.
+
+    Lines are decoded one at a time, so an undecodable byte is reported with its line; the
+    newline (``\\n`` or ``\\r\\n``) is removed and a UTF-8 byte-order mark is dropped.
+    """
+    with f.open_binary() as fh:
+        lineno = 0
+        while True:
+            try:
+                raw = fh.readline()
+            except (EOFError, OSError, zlib.error) as exc:
+                raise IngestError(
+                    f"corrupt or truncated gzip data ({exc})", file=f.name, line=lineno + 1
+                ) from exc
+            if not raw:
+                return
+            lineno += 1
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise IngestError(
+                    f"not valid {encoding} (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}); pass the file's encoding with --encoding "
+                    "(for example latin-1)",
+                    file=f.name,
+                    line=lineno,
+                ) from exc
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            yield lineno, line.rstrip("\r\n")
