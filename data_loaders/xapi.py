@@ -55,19 +55,24 @@ rejected whatever its verb. Undecodable bytes stop the ingest with an error nami
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip
 import hashlib
 import json
 import re
+import zipfile
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 
 from .base import Loader, Option
 from .errors import IngestError
-from .inputs import InputFile, decode, list_files
+from .inputs import GZIP_MAGIC, InputFile, decode, list_files
 
 #: The default extension IRI that carries an answer's concepts (knowledge components).
 DEFAULT_CONCEPT_EXTENSION = "https://w3id.org/xapi/kt/extensions/concepts"
@@ -143,6 +148,7 @@ def _home_key(home: str) -> str:
     return home.rstrip("/")
 
 
+@functools.lru_cache(maxsize=1024)
 def verb_name(verb_iri: str) -> str:
     """The verb's last path segment: ``http://adlnet.gov/expapi/verbs/answered`` -> answered."""
     tail = verb_iri.rstrip("/#")
@@ -242,9 +248,7 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _iter_array(
-    text: str, pos: int, lines: _Lines
-) -> Iterator[tuple[int, str, Any]]:
+def _iter_array(text: str, pos: int, lines: _Lines) -> Iterator[tuple[int, str, Any]]:
     """Elements of the JSON array starting at ``text[pos] == '['`` with their line numbers.
 
     A syntax error yields one ``_BadJSON`` record at its line and ends the array.
@@ -259,9 +263,13 @@ def _iter_array(
             obj, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             line = lines.at(start)
-            yield line, text[start : start + RAW_LIMIT], _BadJSON(
-                f"{exc.msg} at line {exc.lineno} column {exc.colno}; the rest of the file "
-                "could not be read"
+            yield (
+                line,
+                text[start : start + RAW_LIMIT],
+                _BadJSON(
+                    f"{exc.msg} at line {exc.lineno} column {exc.colno}; the rest of the file "
+                    "could not be read"
+                ),
             )
             return
         yield lines.at(start), text[start:end], obj
@@ -271,8 +279,12 @@ def _iter_array(
             continue
         if pos < len(text) and text[pos] == "]":
             return
-        yield lines.at(pos), text[pos : pos + RAW_LIMIT], _BadJSON(
-            "expected ',' or ']' after an array element; the rest of the file could not be read"
+        yield (
+            lines.at(pos),
+            text[pos : pos + RAW_LIMIT],
+            _BadJSON(
+                "expected ',' or ']' after an array element; the rest of the file could not be read"
+            ),
         )
         return
 
@@ -290,8 +302,10 @@ def _iter_document(text: str) -> Iterator[tuple[int, str, Any]]:
     try:
         obj, end = dec.raw_decode(text, pos)
     except json.JSONDecodeError as exc:
-        yield lines.at(pos), text[pos : pos + RAW_LIMIT], _BadJSON(
-            f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        yield (
+            lines.at(pos),
+            text[pos : pos + RAW_LIMIT],
+            _BadJSON(f"{exc.msg} at line {exc.lineno} column {exc.colno}"),
         )
         return
     if isinstance(obj, dict) and isinstance(obj.get("statements"), list) and "actor" not in obj:
@@ -309,8 +323,10 @@ def _iter_document(text: str) -> Iterator[tuple[int, str, Any]]:
         yield lines.at(pos), text[pos:end], obj
     rest = _skip_ws(text, end)
     if rest < len(text):
-        yield lines.at(rest), text[rest : rest + RAW_LIMIT], _BadJSON(
-            "extra data after the JSON document"
+        yield (
+            lines.at(rest),
+            text[rest : rest + RAW_LIMIT],
+            _BadJSON("extra data after the JSON document"),
         )
 
 
@@ -333,9 +349,31 @@ def _statements_array_pos(text: str, pos: int) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _open_stream(f: InputFile) -> Iterator[BinaryIO]:
+    """The file's decompressed bytes as a stream; every handle is closed on exit.
+
+    (``InputFile.open_binary`` leaves the underlying file of a gzip stream, and the archive of
+    a zip member, open until garbage collection.)
+    """
+    with contextlib.ExitStack() as stack:
+        fh: Any
+        if f.member is None:
+            fh = stack.enter_context(open(f.path, "rb"))  # noqa: SIM115
+        else:
+            zf = stack.enter_context(zipfile.ZipFile(f.path))
+            fh = stack.enter_context(zf.open(f.member))
+        if fh.peek(2)[:2] == GZIP_MAGIC:
+            fh = stack.enter_context(gzip.GzipFile(fileobj=fh))
+        try:
+            yield fh
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise IngestError(f"corrupt or truncated gzip data ({exc})", file=f.name) from exc
+
+
 def _first_line(f: InputFile) -> bytes:
     """The first non-blank line of the (decompressed) file, at most 1 MiB of it."""
-    with f.open_binary() as fh:
+    with _open_stream(f) as fh:
         while True:
             line = fh.readline(1 << 20)
             if not line:
@@ -373,7 +411,7 @@ def iter_records(f: InputFile, encoding: str = "utf-8", only_with: bytes | None 
             return
         yield from _iter_document(text)
         return
-    with f.open_binary() as fh:
+    with _open_stream(f) as fh:
         for lineno, raw_bytes in enumerate(fh, start=1):
             if only_with is not None and only_with not in raw_bytes:
                 continue
@@ -449,10 +487,8 @@ class XAPILoader(Loader):
         for f in files:
             idx = self.register(f)
             self._file(f, idx)
-            try:
+            with contextlib.suppress(OSError):
                 self.writer.progress.advance(f.size())
-            except OSError:
-                pass
         self._flush()
         self._flush_rejects()
         self._finish_notes()
@@ -639,9 +675,7 @@ class XAPILoader(Loader):
         self.writer.add_interactions(table)
         self._reset_rows()
 
-    def _reject(
-        self, idx: int, line: int, reason: str, raw: str, detail: str | None
-    ) -> None:
+    def _reject(self, idx: int, line: int, reason: str, raw: str, detail: str | None) -> None:
         for col, v in zip(self._rej, (idx, line, reason, raw[:RAW_LIMIT], detail), strict=True):
             col.append(v)
 
@@ -660,9 +694,7 @@ class XAPILoader(Loader):
                         "item_id": pa.array(ids, pa.string()),
                         "concept_ids": pa.array([[] for _ in ids], pa.list_(pa.string())),
                         "name": pa.array([self._items[i][0] for i in ids], pa.string()),
-                        "interaction_type": pa.array(
-                            [self._items[i][1] for i in ids], pa.string()
-                        ),
+                        "interaction_type": pa.array([self._items[i][1] for i in ids], pa.string()),
                     }
                 )
             )
