@@ -1,0 +1,281 @@
+"""The interface every knowledge-tracing model implements, checkpoints and the registry.
+
+Two ways of running a model, which must agree to 1e-5 (tested for every model):
+
+* training and evaluation: :meth:`KTModel.forward` on a padded :class:`~kt_models.data.Batch`
+  returns logits ``[B, T]`` where position ``t`` predicts the answer at ``t`` from the
+  answers ``0 .. t-1`` only;
+* serving: :meth:`KTModel.init_state` for ``n`` learners, :meth:`KTModel.step` to add one
+  answer per learner (O(1) in the history length), and :meth:`KTModel.predict` for the
+  success probability of any items, optionally at a later time (``at_time``, in days on the
+  same clock as ``step``'s times) for models that forget.
+
+Times are in days. Datasets without a clock use the step index as time (one unit per answer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Batch, Vocab
+
+CHECKPOINT_VERSION = 1
+
+State = Any
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used: truncated, of an unknown model, or mismatched."""
+
+
+@dataclass
+class ModelConfig:
+    """Options shared by every model; each model extends it."""
+
+    seed: int = 42
+
+
+class KTModel(nn.Module):
+    """Base class: a next-answer predictor with an incremental (serving) form."""
+
+    name: ClassVar[str] = "base"
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: whether ``predict(..., at_time=...)`` changes with time (the model forgets)
+    forgets: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig, vocab: Vocab) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab = vocab
+        self.register_buffer(
+            "item_concepts", torch.as_tensor(vocab.item_concepts, dtype=torch.long), persistent=False
+        )
+
+    # ------------------------------------------------------------------ training form
+    def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """Mean binary cross-entropy over the predicted positions (t >= 1)."""
+        m = prediction_mask(batch)
+        return F.binary_cross_entropy_with_logits(logits[m], batch.correct[m])
+
+    # ------------------------------------------------------------------ serving form
+    def init_state(self, n: int) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def step(
+        self, state: State, item: torch.Tensor, correct: torch.Tensor, time: torch.Tensor | None
+    ) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_logits(
+        self, state: State, items: torch.Tensor, at_time: torch.Tensor | None = None
+    ) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(
+        self, state: State, items: torch.Tensor, at_time: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Success probabilities ``[n, m]`` of items ``[n, m]`` for the ``n`` learners."""
+        return torch.sigmoid(self.predict_logits(state, items, at_time))
+
+    # ------------------------------------------------------------------ helpers
+    def concept_mask(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concept indices ``[..., K]`` of items and their validity mask."""
+        c = self.item_concepts[items]
+        return c, c > 0
+
+    def concept_vectors(self) -> torch.Tensor | None:
+        """One vector per concept (rows 1..C) for the curriculum designer, if the model has."""
+        return None
+
+    def state_select(self, state: State, index: torch.Tensor) -> State:
+        """The states of some learners (used to batch serving requests)."""
+        return _map_state(state, lambda t: t[index] if t.dim() > 0 else t, dim_first=True)
+
+
+def prediction_mask(batch: Batch) -> torch.Tensor:
+    """Positions that are predicted and scored: real answers after each learner's first."""
+    m = batch.mask.clone()
+    m[:, 0] = False
+    return m
+
+
+def _map_state(state: State, fn: Any, dim_first: bool = True) -> State:
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_map_state(s, fn, dim_first) for s in state)
+    if isinstance(state, dict):
+        return {k: _map_state(v, fn, dim_first) for k, v in state.items()}
+    return state
+
+
+# ---------------------------------------------------------------------- registry
+REGISTRY: dict[str, type[KTModel]] = {}
+
+
+def register(cls: type[KTModel]) -> type[KTModel]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+MODEL_MODULES: tuple[str, ...] = ("dkt", "cakt", "psikt", "bkt", "logistic")
+
+
+def _ensure_registered() -> None:
+    import importlib
+    import importlib.util
+
+    for mod in MODEL_MODULES:
+        if importlib.util.find_spec(f"kt_models.{mod}") is not None:
+            importlib.import_module(f"kt_models.{mod}")
+
+
+def get_model_class(name: str) -> type[KTModel]:
+    _ensure_registered()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def model_names() -> list[str]:
+    _ensure_registered()
+    return sorted(REGISTRY)
+
+
+def make_config(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The model's default config with ``overrides`` applied (strings parsed by field type)."""
+    cls = get_model_class(name)
+    cfg = cls.config_class()
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for k, v in (overrides or {}).items():
+        if k not in fields:
+            raise KeyError(
+                f"model {name!r} has no option {k!r} (options: {', '.join(sorted(fields))})"
+            )
+        current = getattr(cfg, k)
+        setattr(cfg, k, _coerce(v, current, k))
+    return cfg
+
+
+def _coerce(v: Any, current: Any, key: str) -> Any:
+    if not isinstance(v, str):
+        return v
+    try:
+        if isinstance(current, bool):
+            if v.lower() in ("1", "true", "yes", "on"):
+                return True
+            if v.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(v)
+        if isinstance(current, int):
+            return int(v)
+        if isinstance(current, float):
+            return float(v)
+    except ValueError:
+        raise ValueError(f"option {key!r} expects {type(current).__name__}, got {v!r}") from None
+    return v
+
+
+def build_model(name: str, vocab: Vocab, config: ModelConfig | None = None) -> KTModel:
+    cls = get_model_class(name)
+    return cls(config or cls.config_class(), vocab)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(
+    model: KTModel, path: Path | str, *, manifest: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Weights, config, vocabularies and the training data manifest, written atomically."""
+    path = Path(path)
+    payload = {
+        "format_version": CHECKPOINT_VERSION,
+        "model": model.name,
+        "config": asdict(model.config),
+        "vocab": model.vocab.to_dict(),
+        "vocab_fingerprint": model.vocab.fingerprint(),
+        "vocab_sizes": {"items": model.vocab.n_items, "concepts": model.vocab.n_concepts},
+        "manifest": manifest or {},
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[
+    KTModel, dict[str, Any]
+]:
+    """The model of a checkpoint and the checkpoint's other fields; clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt file: {exc})"
+        ) from exc
+    if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
+        raise CheckpointError(f"{path}: not a kt-tutor checkpoint (no model/state_dict)")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload.get('format_version')}, expected "
+            f"{CHECKPOINT_VERSION}"
+        )
+    try:
+        cls = get_model_class(payload["model"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: {exc.args[0]}") from exc
+    vocab = Vocab.from_dict(payload["vocab"])
+    sizes = payload.get("vocab_sizes") or {}
+    q = vocab.item_concepts
+    if (
+        sizes.get("items", vocab.n_items) != vocab.n_items
+        or sizes.get("concepts", vocab.n_concepts) != vocab.n_concepts
+        or q.shape[0] != vocab.n_items + 1
+        or (q.size and int(q.max()) > vocab.n_concepts)
+    ):
+        raise CheckpointError(
+            f"{path}: vocabulary mismatch: {vocab.n_items} items and {vocab.n_concepts} concepts "
+            f"(item-concept matrix {tuple(q.shape)}), but the model was trained with "
+            f"{sizes.get('items')} items and {sizes.get('concepts')} concepts"
+        )
+    if payload.get("vocab_fingerprint") not in (None, vocab.fingerprint()):
+        raise CheckpointError(f"{path}: vocabulary mismatch: ids differ from the ones trained on")
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    cfg_dict = {k: v for k, v in payload["config"].items() if k in known}
+    config = cls.config_class(**cfg_dict)
+    model = cls(config, vocab)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit a {payload['model']} model with this vocabulary "
+            f"({len(vocab.items)} items, {len(vocab.concepts)} concepts): {str(exc)[:300]}"
+        ) from exc
+    model.to(map_location)
+    model.eval()
+    return model, payload
+
+
+def describe(model: KTModel) -> str:
+    return json.dumps({"model": model.name, **asdict(model.config)})

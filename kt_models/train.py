@@ -1,0 +1,262 @@
+"""Training: seeded, early-stopped on validation AUC, resumable, DDP-ready.
+
+``train(...)`` is what ``tutor train`` runs. Under ``torchrun`` (``WORLD_SIZE`` > 1) each
+process joins a process group (NCCL on GPUs, gloo on CPUs), takes every ``world``-th batch of
+the same seeded plan, and gradients are averaged by DistributedDataParallel, so every rank
+ends each step with identical weights; rank 0 writes the run directory.
+
+A run directory holds ``run.json`` (what was trained on what, with which protocol),
+``metrics.jsonl`` (one line per epoch), ``best.pt`` (the checkpoint with the best validation
+AUC) and ``last.pt`` (weights, optimiser and counters, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .base import KTModel, build_model, make_config, prediction_mask, save_checkpoint
+from .data import (
+    Sequences,
+    Split,
+    iter_batches,
+    load_sequences,
+    make_batch,
+    plan_batches,
+    split_learners,
+    windows,
+)
+from .metrics import metrics
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_tokens: int = 32768
+    max_batch: int = 256
+    max_len: int | None = 200  # training windows (see data.windows); evaluation: whole
+    patience: int = 5
+    grad_clip: float = 5.0
+    seed: int = 42
+    fold: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0: torch's default
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device(f"cuda:{local}")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_next_step(
+    model: KTModel, seqs: Sequences, users: np.ndarray, device: torch.device,
+    batch_tokens: int = 65536, max_batch: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Answers and predicted probabilities at every scored position of ``users``."""
+    model.eval()
+    ys, ps = [], []
+    for batch in iter_batches(seqs, users, batch_tokens=batch_tokens, max_batch=max_batch):
+        b = batch.to(device)
+        logits = model(b)
+        m = prediction_mask(b)
+        ys.append(b.correct[m].cpu().numpy())
+        ps.append(torch.sigmoid(logits[m]).float().cpu().numpy())
+    if not ys:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train(
+    model_name: str,
+    data: Path | str,
+    out: Path | str,
+    *,
+    model_overrides: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``model_name`` on the dataset ``data`` into the run directory ``out``."""
+    cfg = config or TrainConfig()
+    out = Path(out)
+    rank, world = _distributed()
+    device = pick_device(cfg.device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+
+    seqs, vocab = load_sequences(data)
+    split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
+    if len(split.train) == 0 or len(split.valid) == 0:
+        raise ValueError(f"{data}: the split leaves no training or validation learners")
+    mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
+    model = build_model(model_name, vocab, mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start_epoch, best_auc, bad_epochs = 0, -1.0, 0
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state.get("model") != model_name:
+            raise ValueError(f"{last}: was a {state.get('model')} run, not {model_name}")
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, best_auc, bad_epochs = state["epoch"], state["best_auc"], state["bad_epochs"]
+        log(f"resuming after epoch {start_epoch} (best valid AUC {best_auc:.4f})")
+    elif rank == 0 and (out / "metrics.jsonl").exists() and not resume:
+        (out / "metrics.jsonl").unlink()
+
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    run_info = {
+        "model": model_name,
+        "model_config": asdict(mcfg),
+        "train_config": asdict(cfg),
+        "data": str(Path(data).resolve()),
+        "split": split.to_dict(),
+        "world_size": world,
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    if rank == 0:
+        (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+
+    history: list[dict[str, Any]] = []
+    train_seqs = windows(seqs, split.train, cfg.max_len)
+    n_train = train_seqs.n_interactions
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        plan = plan_batches(
+            train_seqs, np.arange(train_seqs.n_users), batch_tokens=cfg.batch_tokens,
+            max_batch=cfg.max_batch, shuffle=True, seed=cfg.seed * 1000 + epoch,
+        )
+        if world > 1:
+            per = len(plan) // world
+            plan = plan[rank * per : (rank + 1) * per] if per else plan[:1]
+        t0 = time.perf_counter()
+        total_loss, total_tok = 0.0, 0
+        bar = _bar(len(plan), f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        for group in plan:
+            batch = make_batch(train_seqs, group).to(device)
+            logits = ddp_model(batch)
+            loss = model.loss(batch, logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            n_tok = int(prediction_mask(batch).sum())
+            total_loss += float(loss.detach()) * n_tok
+            total_tok += n_tok
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / max(total_tok, 1):.4f}")
+        train_secs = time.perf_counter() - t0
+        y, p = predict_next_step(model, seqs, split.valid, device)
+        vm = metrics(y, p)
+        if bar is not None:
+            bar.set_postfix(loss=f"{total_loss / max(total_tok, 1):.4f}", auc=f"{vm['auc']:.4f}")
+            bar.close()
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(total_tok, 1),
+            "train_seconds": round(train_secs, 3),
+            "interactions_per_second": round(
+                n_train / max(train_secs, 1e-9)
+            ),
+            **{f"valid_{k}": v for k, v in vm.items()},
+        }
+        history.append(record)
+        improved = vm["auc"] > best_auc
+        if improved:
+            best_auc, bad_epochs = vm["auc"], 0
+        else:
+            bad_epochs += 1
+        if rank == 0:
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if improved:
+                save_checkpoint(model, out / "best.pt", manifest=manifest,
+                                extra={"run": run_info, "epoch": epoch + 1, "valid": vm})
+            _save_last(out / "last.pt", model_name, model, opt, epoch + 1, best_auc, bad_epochs)
+            log(
+                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid AUC {vm['auc']:.4f}"
+                f" ({train_secs:.1f} s){' *' if improved else ''}"
+            )
+        if bad_epochs >= cfg.patience:
+            if rank == 0:
+                log(f"early stop: no validation AUC gain in {cfg.patience} epochs")
+            break
+    if world > 1:
+        dist.barrier()
+    return {"best_valid_auc": best_auc, "epochs": history, "split": split.to_dict()}
+
+
+def _save_last(path: Path, name: str, model: KTModel, opt: torch.optim.Optimizer, epoch: int,
+               best_auc: float, bad_epochs: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(
+        {
+            "model": name,
+            "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "best_auc": best_auc,
+            "bad_epochs": bad_epochs,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _bar(total: int, desc: str, enabled: bool):  # noqa: ANN202 - tqdm or None
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+__all__ = ["TrainConfig", "Split", "train", "predict_next_step", "pick_device"]

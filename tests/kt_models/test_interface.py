@@ -1,0 +1,125 @@
+"""Every registered model: serving equals training forward, learning, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kt_models.base import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    make_config,
+    model_names,
+    prediction_mask,
+    save_checkpoint,
+)
+from kt_models.data import load_sequences, make_batch, split_learners
+from kt_models.metrics import metrics
+from kt_models.train import TrainConfig, predict_next_step, train
+
+MODELS = model_names()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_incremental_equals_batch_forward(name, skill_dataset):
+    torch.manual_seed(0)
+    seqs, vocab = load_sequences(skill_dataset)
+    model = build_model(name, vocab, make_config(name)).eval()
+    users = np.arange(12)
+    batch = make_batch(seqs, users)
+    with torch.no_grad():
+        logits = model(batch)
+    state = model.init_state(len(users))
+    inc = torch.zeros_like(logits)
+    for t in range(batch.item.shape[1]):
+        inc[:, t] = model.predict_logits(
+            state, batch.item[:, t : t + 1], at_time=batch.time[:, t : t + 1]
+        )[:, 0]
+        state = model.step(state, batch.item[:, t], batch.correct[:, t], batch.time[:, t])
+    m = batch.mask
+    torch.testing.assert_close(inc[m], logits[m], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_overfits_tiny_dataset(name, tiny_dataset):
+    seqs, vocab = load_sequences(tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model(name, vocab, make_config(name))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    users = np.arange(seqs.n_users)
+    batch = make_batch(seqs, users)
+    model.train()
+    first = None
+    for _ in range(150):
+        logits = model(batch)
+        loss = model.loss(batch, logits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = float(loss.detach()) if first is None else first
+    y, p = predict_next_step(model, seqs, users, torch.device("cpu"))
+    assert float(loss) < 0.8 * first
+    assert metrics(y, p)["auc"] > 0.85
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_learns_simulated_skill_on_held_out_learners(name, skill_dataset, tmp_path):
+    cfg = TrainConfig(epochs=8, patience=8, lr=0.01, batch_tokens=4096, seed=1)
+    train(name, skill_dataset, tmp_path / "run", config=cfg, progress=False, log=lambda s: None)
+    model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    seqs, _ = load_sequences(skill_dataset, vocab=model.vocab)
+    split = split_learners(seqs, seed=1)
+    y, p = predict_next_step(model, seqs, split.test, torch.device("cpu"))
+    assert metrics(y, p)["auc"] > 0.6
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_round_trip(name, skill_dataset, tmp_path):
+    seqs, vocab = load_sequences(skill_dataset)
+    torch.manual_seed(3)
+    model = build_model(name, vocab, make_config(name)).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path, manifest={"format": "test"})
+    loaded, payload = load_checkpoint(path)
+    assert payload["manifest"] == {"format": "test"}
+    batch = make_batch(seqs, np.arange(5))
+    with torch.no_grad():
+        a, b = model(batch), loaded(batch)
+    m = prediction_mask(batch)
+    torch.testing.assert_close(a[m], b[m])
+
+
+def test_bad_checkpoints_refused(skill_dataset, tmp_path):
+    seqs, vocab = load_sequences(skill_dataset)
+    model = build_model("dkt", vocab)
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    payload = torch.load(path, weights_only=False)
+    payload["model"] = "nosuchmodel"
+    torch.save(payload, tmp_path / "name.pt")
+    with pytest.raises(CheckpointError, match="unknown model 'nosuchmodel'"):
+        load_checkpoint(tmp_path / "name.pt")
+    payload = torch.load(path, weights_only=False)
+    payload["vocab"]["items"] = payload["vocab"]["items"][:-1]
+    payload["vocab"]["item_concepts"] = payload["vocab"]["item_concepts"][:-1]
+    torch.save(payload, tmp_path / "vocab.pt")
+    with pytest.raises(CheckpointError, match="vocabulary mismatch: 19 items"):
+        load_checkpoint(tmp_path / "vocab.pt")
+    payload = torch.load(path, weights_only=False)
+    payload["vocab"]["items"][0] = "renamed"
+    torch.save(payload, tmp_path / "ids.pt")
+    with pytest.raises(CheckpointError, match="vocabulary mismatch: ids differ"):
+        load_checkpoint(tmp_path / "ids.pt")
+    payload = torch.load(path, weights_only=False)
+    payload["state_dict"]["out.weight"] = payload["state_dict"]["out.weight"][:-1]
+    torch.save(payload, tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "weights.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
