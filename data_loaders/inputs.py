@@ -7,6 +7,7 @@ that the same input always gives the same dataset. Compression is detected from 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gzip
 import io
@@ -15,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 
@@ -65,16 +66,24 @@ class InputFile:
         return data
 
     def open_binary(self) -> BinaryIO:
-        """A stream of the (decompressed) bytes, for inputs too large to read at once."""
+        """A stream of the (decompressed) bytes, for inputs too large to read at once.
+
+        Closing it closes everything underneath (the gzip layer, the file, the zip archive);
+        corrupt gzip data raises :class:`IngestError` naming the file.
+        """
+        closers: list[Any] = []
         if self.member is None:
-            fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115
+            fh: Any = open(self.path, "rb")  # noqa: SIM115 - closed by _Stream
         else:
             zf = zipfile.ZipFile(self.path)
-            fh = zf.open(self.member)  # type: ignore[assignment]
+            closers.append(zf)
+            fh = zf.open(self.member)
+        closers.insert(0, fh)
         head = fh.peek(2)[:2] if hasattr(fh, "peek") else b""
         if head == GZIP_MAGIC:
-            return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
-        return fh
+            fh = gzip.GzipFile(fileobj=fh)
+            closers.insert(0, fh)
+        return _Stream(fh, closers, self.name)  # type: ignore[return-value]
 
     def arrow_stream(self) -> pa.NativeFile:
         """A pyarrow input stream over the decompressed bytes."""
@@ -86,6 +95,43 @@ class InputFile:
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return decode(self.read_bytes(), self.name, encoding)
+
+
+class _Stream(io.RawIOBase):
+    """A read-only stream that closes its layers and reports corrupt gzip clearly."""
+
+    def __init__(self, fh: Any, closers: list[Any], name: str) -> None:
+        super().__init__()
+        self._fh = fh
+        self._closers = closers
+        self._name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise IngestError(f"corrupt or truncated gzip data ({exc})", file=self._name) from exc
+
+    def read(self, size: int = -1) -> bytes:
+        return self._guard(self._fh.read, size)
+
+    def readinto(self, b: Any) -> int:
+        data = self._guard(self._fh.read, len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._guard(self._fh.readline, size)
+
+    def close(self) -> None:
+        if not self.closed:
+            for c in self._closers:
+                with contextlib.suppress(Exception):
+                    c.close()
+        super().close()
 
 
 def decode(data: bytes, name: str, encoding: str = "utf-8") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +33,7 @@ dataset_app = typer.Typer(help="Inspect canonical Parquet datasets.", no_args_is
 app.add_typer(dataset_app, name="dataset")
 
 console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 class RichProgress:
@@ -230,6 +231,169 @@ def dataset_info(
         if info[key]:
             table.add_row(key, ", ".join(f"{k}: {v:,}" for k, v in info[key].items()))
     out.print(table)
+
+
+def _parse_sets(raw: list[str] | None, what: str) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for item in raw or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"expected name=value, got {item!r}", param_hint=what)
+        k, v = item.split("=", 1)
+        opts[k.strip().replace("-", "_")] = v.strip()
+    return opts
+
+
+def _load_config_file(path: Path | None) -> tuple[dict[str, object], dict[str, object]]:
+    """A JSON or TOML file with optional [train] and [model] tables."""
+    if path is None:
+        return {}, {}
+    import tomllib
+
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from exc
+    return dict(data.get("train", {})), dict(data.get("model", {}))
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="dkt, dkt+, cakt, psikt, bkt, logistic")
+    ],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory (tutor ingest).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-O", help="Run directory to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML/JSON file with [train] and [model].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed (weights, batches, learner split).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Cross-validation fold used as validation.")
+    ] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Model option name=value (repeatable), e.g. hidden=200."),
+    ] = None,
+    train_set: Annotated[
+        list[str] | None,
+        typer.Option("--train-set", help="Training option name=value, e.g. batch_tokens=65536."),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN/last.pt.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a knowledge-tracing model (early stopping on validation AUC; DDP under torchrun)."""
+    import dataclasses
+
+    from kt_models.train import TrainConfig, train
+
+    file_train, file_model = _load_config_file(config)
+    tc = TrainConfig()
+    fields = {f.name: f for f in dataclasses.fields(tc)}
+    given = {**file_train, **_parse_sets(train_set, "--train-set")}
+    for k, v in (
+        ("epochs", epochs),
+        ("seed", seed),
+        ("lr", lr),
+        ("fold", fold),
+        ("patience", patience),
+        ("device", device),
+    ):
+        if v is not None:
+            given[k] = v
+    for k, v in given.items():
+        if k not in fields:
+            console.print(f"[red]error:[/red] unknown training option {k!r}")
+            raise typer.Exit(code=2)
+        cur = getattr(tc, k)
+        try:
+            if isinstance(v, str) and cur is not None and not isinstance(cur, str):
+                v = type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes")
+            elif isinstance(v, str) and k == "max_len":
+                v = None if v.lower() in ("none", "0", "") else int(v)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] training option {k!r}: {exc}")
+            raise typer.Exit(code=2) from exc
+        setattr(tc, k, v)
+    overrides = {**file_model, **_parse_sets(set_, "--set")}
+    try:
+        result = train(
+            model,
+            data,
+            out_dir,
+            model_overrides=overrides,
+            config=tc,
+            resume=resume,
+            progress=not quiet,
+            log=lambda m: console.print(m),
+        )
+    except (KeyError, ValueError, DatasetError) as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        console.print(f"[red]error:[/red] {msg}")
+        raise typer.Exit(code=2) from exc
+    out.print(
+        f"best validation AUC {result['best_valid_auc']:.4f} after "
+        f"{len(result['epochs'])} epochs this run; checkpoint {out_dir / 'best.pt'}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Evaluate on another dataset.")
+    ] = None,
+    multi_step: Annotated[int, typer.Option(help="Multi-step horizon n (0: off).")] = 10,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+) -> None:
+    """Evaluate runs on their test learners: next-step and multi-step metrics, results.json."""
+    from kt_models.base import CheckpointError
+    from kt_models.evaluate import evaluate_run
+
+    table = Table(title="Evaluation (test learners)")
+    for col in (
+        "run",
+        "model",
+        "learners",
+        "answers",
+        "AUC",
+        "ACC",
+        "RMSE",
+        "log-loss",
+        "ECE",
+        f"{multi_step}-step AUC",
+        f"{multi_step}-step ACC",
+    ):
+        table.add_column(col, justify="left" if col in ("run", "model") else "right")
+    for run_dir in run_dirs:
+        try:
+            r = evaluate_run(run_dir, data=data, multi_step=multi_step, device=device)
+        except (CheckpointError, FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {run_dir}: {exc}")
+            raise typer.Exit(code=2) from exc
+        t = r["test"]
+        ms = r.get("multi_step", {})
+        table.add_row(
+            str(run_dir),
+            r["model"],
+            f"{r['learners']:,}",
+            f"{t['n']:,}",
+            f"{t['auc']:.4f}",
+            f"{t['acc']:.4f}",
+            f"{t['rmse']:.4f}",
+            f"{t['logloss']:.4f}",
+            f"{t['ece']:.4f}",
+            f"{ms['auc']:.4f}" if ms else "-",
+            f"{ms['acc']:.4f}" if ms else "-",
+        )
+    out.print(table)
+    out.print(f"protocol: {r['protocol']}; results.json written in each run directory")
 
 
 def sample_path(name: str) -> Path:
