@@ -57,7 +57,9 @@ class KTModel(nn.Module):
         self.config = config
         self.vocab = vocab
         self.register_buffer(
-            "item_concepts", torch.as_tensor(vocab.item_concepts, dtype=torch.long), persistent=False
+            "item_concepts",
+            torch.as_tensor(vocab.item_concepts, dtype=torch.long),
+            persistent=False,
         )
 
     # ------------------------------------------------------------------ training form
@@ -198,7 +200,10 @@ def build_model(name: str, vocab: Vocab, config: ModelConfig | None = None) -> K
 
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(
-    model: KTModel, path: Path | str, *, manifest: dict[str, Any] | None = None,
+    model: KTModel,
+    path: Path | str,
+    *,
+    manifest: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Weights, config, vocabularies and the training data manifest, written atomically."""
@@ -221,9 +226,9 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[
-    KTModel, dict[str, Any]
-]:
+def load_checkpoint(
+    path: Path | str, map_location: str | torch.device = "cpu"
+) -> tuple[KTModel, dict[str, Any]]:
     """The model of a checkpoint and the checkpoint's other fields; clear errors otherwise."""
     path = Path(path)
     if not path.is_file():

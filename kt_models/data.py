@@ -213,9 +213,7 @@ def load_sequences(path: Path | str, vocab: Vocab | None = None) -> tuple[Sequen
     users_col = t.column("user_id").combine_chunks()
     correct = t.column("correct").to_numpy().astype(np.int8)
     ts = t.column("timestamp")
-    time = (
-        pc.cast(pc.cast(ts, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False) / 1000.0
-    )
+    time = pc.cast(pc.cast(ts, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False) / 1000.0
     time = np.where(np.isnan(time), np.nan, time)
     has_time = ts.null_count < len(ts)
     unknown = item == 0
@@ -304,7 +302,9 @@ def split_learners(
         v = parts[fold % n_folds]
         tr = np.concatenate([p for i, p in enumerate(parts) if i != fold % n_folds])
         return Split(
-            np.sort(tr), np.sort(v), test,
+            np.sort(tr),
+            np.sort(v),
+            test,
             f"published test split; {n_folds}-fold CV over the train learners (fold {fold})",
         )
     del rng
@@ -316,7 +316,9 @@ def split_learners(
     v = parts[fold % n_folds]
     tr = np.concatenate([p for i, p in enumerate(parts) if i != fold % n_folds])
     return Split(
-        np.sort(tr), np.sort(v), test,
+        np.sort(tr),
+        np.sort(v),
+        test,
         f"{int((1 - test_frac) * 100)}/{int(test_frac * 100)} learners (seed {seed}), "
         f"{n_folds}-fold CV on the {int((1 - test_frac) * 100)} % (fold {fold})",
     )
@@ -400,8 +402,15 @@ def iter_batches(
     A batch holds about ``batch_tokens`` padded positions (at most ``max_batch`` learners).
     With ``shuffle`` the order of batches (not their content) is shuffled per ``seed``.
     """
-    for group in plan_batches(seqs, users, batch_tokens=batch_tokens, max_batch=max_batch,
-                              shuffle=shuffle, seed=seed, max_len=max_len):
+    for group in plan_batches(
+        seqs,
+        users,
+        batch_tokens=batch_tokens,
+        max_batch=max_batch,
+        shuffle=shuffle,
+        seed=seed,
+        max_len=max_len,
+    ):
         yield make_batch(seqs, group, max_len=max_len)
 
 

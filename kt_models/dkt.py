@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import KTModel, ModelConfig, prediction_mask, register
+from .base import KTModel, ModelConfig, register
 from .data import Batch, Vocab
 
 
@@ -140,8 +140,9 @@ class DKT(KTModel):
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
         h = state[0][-1]  # [n, H]
         logits_all = self.out(h)  # [n, C+1]
-        return self._gather(logits_all.unsqueeze(1).expand(-1, items.shape[1], -1),
-                            items.unsqueeze(-1)).squeeze(-1)
+        return self._gather(
+            logits_all.unsqueeze(1).expand(-1, items.shape[1], -1), items.unsqueeze(-1)
+        ).squeeze(-1)
 
     def state_select(self, state, index):  # type: ignore[override]
         return (state[0][:, index], state[1][:, index])

@@ -26,8 +26,13 @@ from .train import pick_device, predict_next_step
 
 @torch.no_grad()
 def predict_multi_step(
-    model: KTModel, seqs: Sequences, users: np.ndarray, n: int, device: torch.device,
-    batch_tokens: int = 262144, max_batch: int = 2048,
+    model: KTModel,
+    seqs: Sequences,
+    users: np.ndarray,
+    n: int,
+    device: torch.device,
+    batch_tokens: int = 262144,
+    max_batch: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(answers, probabilities, steps ahead 1..n) for windows of ``n`` after each cut."""
     model.eval()

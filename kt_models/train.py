@@ -72,8 +72,12 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def predict_next_step(
-    model: KTModel, seqs: Sequences, users: np.ndarray, device: torch.device,
-    batch_tokens: int = 65536, max_batch: int = 1024,
+    model: KTModel,
+    seqs: Sequences,
+    users: np.ndarray,
+    device: torch.device,
+    batch_tokens: int = 65536,
+    max_batch: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Answers and predicted probabilities at every scored position of ``users``."""
     model.eval()
@@ -169,8 +173,12 @@ def train(
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         plan = plan_batches(
-            train_seqs, np.arange(train_seqs.n_users), batch_tokens=cfg.batch_tokens,
-            max_batch=cfg.max_batch, shuffle=True, seed=cfg.seed * 1000 + epoch,
+            train_seqs,
+            np.arange(train_seqs.n_users),
+            batch_tokens=cfg.batch_tokens,
+            max_batch=cfg.max_batch,
+            shuffle=True,
+            seed=cfg.seed * 1000 + epoch,
         )
         if world > 1:
             per = len(plan) // world
@@ -203,9 +211,7 @@ def train(
             "epoch": epoch + 1,
             "train_loss": total_loss / max(total_tok, 1),
             "train_seconds": round(train_secs, 3),
-            "interactions_per_second": round(
-                n_train / max(train_secs, 1e-9)
-            ),
+            "interactions_per_second": round(n_train / max(train_secs, 1e-9)),
             **{f"valid_{k}": v for k, v in vm.items()},
         }
         history.append(record)
@@ -218,8 +224,12 @@ def train(
             with open(out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             if improved:
-                save_checkpoint(model, out / "best.pt", manifest=manifest,
-                                extra={"run": run_info, "epoch": epoch + 1, "valid": vm})
+                save_checkpoint(
+                    model,
+                    out / "best.pt",
+                    manifest=manifest,
+                    extra={"run": run_info, "epoch": epoch + 1, "valid": vm},
+                )
             _save_last(out / "last.pt", model_name, model, opt, epoch + 1, best_auc, bad_epochs)
             log(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid AUC {vm['auc']:.4f}"
@@ -231,11 +241,25 @@ def train(
             break
     if world > 1:
         dist.barrier()
-    return {"best_valid_auc": best_auc, "epochs": history, "split": split.to_dict()}
+    return {
+        "best_valid_auc": best_auc,
+        "epochs": history,
+        "split": split.to_dict(),
+        "model": model,
+        "rank": rank,
+        "world_size": world,
+    }
 
 
-def _save_last(path: Path, name: str, model: KTModel, opt: torch.optim.Optimizer, epoch: int,
-               best_auc: float, bad_epochs: int) -> None:
+def _save_last(
+    path: Path,
+    name: str,
+    model: KTModel,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    best_auc: float,
+    bad_epochs: int,
+) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(
         {

@@ -1,0 +1,135 @@
+"""Training throughput and serving latency of every model.
+
+* training: seconds per epoch and interactions per second on ASSIST2015 (pyKT split, the
+  folds 1-4 training learners), one epoch after a warm-up epoch;
+* serving: the time of one ``step`` + ``predict`` for a single learner (the request path of
+  the tutor service), averaged over 2,000 answers.
+
+Usage: python benchmarks/kt_speed.py [--models dkt,cakt,...] [--threads 2] [--synthetic N]
+  --synthetic N times an epoch on a simulated dataset of N interactions instead (for GPUs:
+  e.g. --synthetic 20000000 --device cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from data_loaders import ingest
+from kt_models.base import build_model, make_config
+from kt_models.data import load_sequences, make_batch, plan_batches, split_learners, windows
+from kt_models.train import TrainConfig, pick_device
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def time_epoch(
+    name: str, data: Path, device: torch.device, cfg: TrainConfig, overrides: dict | None = None
+) -> tuple[float, int]:
+    seqs, vocab = load_sequences(data)
+    split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
+    model = build_model(name, vocab, make_config(name, overrides)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ws = windows(seqs, split.train, cfg.max_len)
+    plan = plan_batches(
+        ws,
+        np.arange(ws.n_users),
+        batch_tokens=cfg.batch_tokens,
+        max_batch=cfg.max_batch,
+        shuffle=True,
+        seed=0,
+    )
+    best = float("inf")
+    for _ in range(2):  # warm-up, then the timed epoch
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for g in plan:
+            b = make_batch(ws, g).to(device)
+            loss = model.loss(b, model(b))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, ws.n_interactions
+
+
+@torch.no_grad()
+def time_step(name: str, data: Path, n: int = 2000) -> float:
+    seqs, vocab = load_sequences(data)
+    model = build_model(name, vocab, make_config(name)).eval()
+    state = model.init_state(1)
+    items = torch.from_numpy(seqs.item[:n].astype(np.int64))
+    correct = torch.from_numpy(seqs.correct[:n].astype(np.float32))
+    times = torch.arange(n, dtype=torch.float32) * 0.01
+    for i in range(50):  # warm-up
+        model.predict(state, items[i : i + 1].view(1, 1), at_time=times[i : i + 1].view(1, 1))
+    t0 = time.perf_counter()
+    for i in range(n):
+        state = model.step(state, items[i : i + 1], correct[i : i + 1], times[i : i + 1])
+        model.predict(state, items[i : i + 1].view(1, 1), at_time=times[i : i + 1].view(1, 1))
+    return (time.perf_counter() - t0) / n * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--models", default="dkt,dkt+,cakt,psikt,bkt,logistic")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--synthetic", type=int, default=0, help="simulate N interactions instead")
+    ap.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="kt-speed-"))
+    if args.synthetic:
+        learners = max(args.synthetic // 200, 10)
+        data = work / "sim"
+        ingest(
+            "simulate",
+            "-",
+            data,
+            options={
+                "learners": str(learners),
+                "answers": "200",
+                "concepts": "100",
+                "items_per_concept": "20",
+                "seed": "0",
+            },
+        )
+        label = f"simulated ({args.synthetic:,} interactions)"
+    else:
+        data = work / "a15"
+        ingest("pykt", args.data / "assist2015" / "pykt_split", data)
+        label = "ASSIST2015 pyKT split, train folds"
+    console = Console(width=200)
+    table = Table(
+        title=f"Training and serving speed: {label}, {device}, {torch.get_num_threads()} threads"
+    )
+    for col in ("model", "s/epoch", "interactions/s", "step+predict ms (1 learner)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    cfg = TrainConfig(batch_tokens=args.batch_tokens)
+    for name in args.models.split(","):
+        secs, n = time_epoch(name, data, device, cfg)
+        ms = time_step(name, data) if device.type == "cpu" else float("nan")
+        table.add_row(name, f"{secs:.2f}", f"{n / secs:,.0f}", f"{ms:.3f}")
+        console.print(f"{name}: {secs:.2f} s/epoch, {n / secs:,.0f} interactions/s, {ms:.3f} ms")
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
