@@ -702,6 +702,12 @@ def _merge_runs(table: pa.Table, codes: np.ndarray) -> tuple[pa.Table, int]:
             & k.iloc[1:].notna().to_numpy()
             & (k.iloc[1:].to_numpy() == k.iloc[:-1].to_numpy())
         )
+        # an exact duplicate kept by --keep-duplicates is a second answer, not another skill
+        dup = table.column("_dup")
+        if dup.null_count < n:
+            d = pd.array(dup.to_pylist(), dtype="UInt64")
+            same_dup = np.asarray((d[1:] == d[:-1]).fillna(False), dtype=bool)
+            same[1:] &= ~same_dup
     merged = int(same.sum())
     if not merged:
         return table, 0
