@@ -98,7 +98,8 @@ CASES: list[tuple[str, str, str, dict, dict]] = [
         "dkt-synthetic",
         "synthetic/dkt_naive_c2",
         {},
-        {"learners": 80000, "interactions": 4000000, "concepts": 2},
+        # every version draws its own concepts, so ids are namespaced per file (2 x 20)
+        {"learners": 80000, "interactions": 4000000, "items": 20 * 50, "concepts": 20 * 2},
     ),
     (
         "EdNet KT1 u1",
