@@ -37,7 +37,7 @@ def time_epoch(
     seqs, vocab = load_sequences(data)
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
     model = build_model(name, vocab, make_config(name, overrides)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or type(model).default_lr)
     ws = windows(seqs, split.train, cfg.max_len)
     plan = plan_batches(
         ws,

@@ -51,6 +51,8 @@ class KTModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     #: whether ``predict(..., at_time=...)`` changes with time (the model forgets)
     forgets: ClassVar[bool] = False
+    #: the Adam learning rate ``tutor train`` uses unless told otherwise
+    default_lr: ClassVar[float] = 2e-3
 
     def __init__(self, config: ModelConfig, vocab: Vocab) -> None:
         super().__init__()

@@ -42,7 +42,7 @@ from .metrics import metrics
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    lr: float = 2e-3
+    lr: float | None = None  # None: the model class's default_lr
     weight_decay: float = 0.0
     batch_tokens: int = 32768
     max_batch: int = 256
@@ -130,7 +130,8 @@ def train(
         raise ValueError(f"{data}: the split leaves no training or validation learners")
     mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
     model = build_model(model_name, vocab, mcfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = cfg.lr if cfg.lr is not None else type(model).default_lr
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
     start_epoch, best_auc, bad_epochs = 0, -1.0, 0
     if rank == 0:

@@ -315,6 +315,8 @@ def train_cmd(
         try:
             if isinstance(v, str) and cur is not None and not isinstance(cur, str):
                 v = type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes")
+            elif isinstance(v, str) and k == "lr":
+                v = float(v)
             elif isinstance(v, str) and k == "max_len":
                 v = None if v.lower() in ("none", "0", "") else int(v)
         except ValueError as exc:

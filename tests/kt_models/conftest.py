@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from data_loaders import DatasetWriter
 
@@ -73,6 +74,15 @@ def write_skill_dataset(
             )
         )
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small models run faster single-threaded, and the CI machine has two shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
