@@ -23,10 +23,12 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import uuid
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,9 @@ _PARQUET_OPTS: dict[str, Any] = {
     "use_dictionary": True,
     "write_statistics": True,
 }
+# interactions: dictionary pages only for the string columns (timestamps, seq and elapsed
+# times are nearly unique: trying a dictionary for them costs time and grows the file)
+_INTERACTION_DICT_COLUMNS = ["user_id", "item_id", "concept_ids.list.element", "split", "source"]
 
 
 class Progress(Protocol):
@@ -82,6 +87,8 @@ class WriterOptions:
     #: Drop later exact duplicates of a row (``_dup``), recording them in rejected.parquet.
     drop_duplicates: bool = True
     row_group_size: int = 256 * 1024
+    #: Threads finishing partitions at close (0: one per CPU, at most 8).
+    threads: int = 0
 
 
 @dataclass
@@ -165,6 +172,7 @@ class DatasetWriter:
         self._events_rows = 0
         self._notes: dict[str, Any] = {}
         self._closed = False
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> DatasetWriter:
@@ -223,9 +231,11 @@ class DatasetWriter:
             return
         if isinstance(reasons, str):
             reasons = [reasons] * n
-            self._rejected_counts[reasons[0]] += n
+            with self._lock:
+                self._rejected_counts[reasons[0]] += n
         else:
-            self._rejected_counts.update(reasons)
+            with self._lock:
+                self._rejected_counts.update(reasons)
         batch = pa.record_batch(
             [
                 pa.array(np.asarray(files, dtype=np.int32)),
@@ -236,7 +246,8 @@ class DatasetWriter:
             ],
             names=["_file", "line", "reason", "detail", "raw"],
         )
-        self._rejected.append(batch)
+        with self._lock:
+            self._rejected.append(batch)
 
     def add_concepts(
         self, concept_ids: Sequence[str], names: Sequence[str | None], *, catalogue: bool = True
@@ -378,20 +389,19 @@ class DatasetWriter:
             )
         inter_dir = self.tmp / "interactions"
         inter_dir.mkdir()
-        item_pairs: list[pd.DataFrame] = []
+        item_pairs: list[pa.Table] = []
         stats = Counter[str]()
         self.progress.start("writing partitions", len(self._spills))
         source = pa.DictionaryArray.from_arrays(
             pa.array([0], pa.int32()), pa.array([self.format_name])
         )
-        for bucket in sorted(self._spills):
+
+        def finish(bucket: int) -> tuple[Counter[str], pa.Table]:
             path = self.tmp / "_spill" / f"{bucket:05d}.arrow"
             with pa.ipc.open_stream(str(path)) as reader:
                 table = reader.read_all()
             path.unlink()
             table, bstats, pairs = self._finish_bucket(table)
-            stats.update(bstats)
-            item_pairs.append(pairs)
             n = table.num_rows
             src = pa.DictionaryArray.from_arrays(
                 pa.array(np.zeros(n, dtype=np.int32)), source.dictionary
@@ -404,9 +414,18 @@ class DatasetWriter:
                 out,
                 inter_dir / f"part-{bucket:05d}.parquet",
                 row_group_size=self.options.row_group_size,
-                **_PARQUET_OPTS,
+                **{**_PARQUET_OPTS, "use_dictionary": _INTERACTION_DICT_COLUMNS},
             )
-            self.progress.advance(1)
+            return bstats, pairs
+
+        # buckets are independent: finish them on a few threads (Arrow and Parquet release
+        # the GIL); results are gathered in bucket order, so the output is deterministic
+        workers = max(1, min(self.options.threads or (os.cpu_count() or 1), 8))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for bstats, pairs in pool.map(finish, sorted(self._spills)):
+                stats.update(bstats)
+                item_pairs.append(pairs)
+                self.progress.advance(1)
         self.progress.finish()
         shutil.rmtree(self.tmp / "_spill")
 
@@ -466,18 +485,31 @@ class DatasetWriter:
         (self.tmp / "manifest.json").write_text(manifest.to_json())
         return manifest
 
-    def _finish_bucket(self, table: pa.Table) -> tuple[pa.Table, Counter[str], pd.DataFrame]:
+    def _finish_bucket(self, table: pa.Table) -> tuple[pa.Table, Counter[str], pa.Table]:
         stats: Counter[str] = Counter()
-        idx = pc.sort_indices(
-            table,
-            sort_keys=[
-                ("user_id", "ascending", "at_end"),
-                ("_order", "ascending", "at_end"),
-                ("_file", "ascending", "at_end"),
-                ("_line", "ascending", "at_end"),
-            ],
+        enc = pc.dictionary_encode(table.column("user_id").combine_chunks())
+        user_rank = pc.take(
+            pc.rank(enc.dictionary, sort_keys="ascending", tiebreaker="first"), enc.indices
         )
-        table = table.take(idx)
+        keys = pa.table(
+            {
+                "u": user_rank,
+                "o": table.column("_order"),
+                "f": table.column("_file"),
+                "l": table.column("_line"),
+            }
+        )
+        idx = pc.sort_indices(
+            keys,
+            sort_keys=[
+                ("u", "ascending", "at_end"),
+                ("o", "ascending", "at_end"),
+                ("f", "ascending", "at_end"),
+                ("l", "ascending", "at_end"),
+            ],
+        ).to_numpy()
+        if len(idx) and not (idx[0] == 0 and (np.diff(idx) == 1).all()):
+            table = table.take(pa.array(idx))
         codes = _group_codes(table.column("user_id"))
 
         if self.options.drop_duplicates and table.column("_dup").null_count < table.num_rows:
@@ -522,27 +554,33 @@ class DatasetWriter:
 
         # (item, concept) pairs observed, for the items table
         concepts = table.column("concept_ids").combine_chunks()
-        flat = pc.list_flatten(concepts).to_numpy(zero_copy_only=False)
-        parents = pc.list_parent_indices(concepts).to_numpy()
-        items = table.column("item_id").to_numpy(zero_copy_only=False)
-        pairs = pd.DataFrame({"item_id": items[parents], "concept_id": flat})
-        no_concept = pc.list_value_length(concepts).to_numpy(zero_copy_only=False) == 0
-        if no_concept.any():
-            pairs = pd.concat(
-                [pairs, pd.DataFrame({"item_id": items[no_concept], "concept_id": None})]
+        items = table.column("item_id").combine_chunks()
+        pairs = pa.table(
+            {
+                "item_id": items.take(pc.list_parent_indices(concepts)),
+                "concept_id": pc.list_flatten(concepts),
+            }
+        )
+        no_concept = pc.equal(pc.list_value_length(concepts), 0)
+        if pc.any(no_concept).as_py():
+            lone = items.filter(no_concept)
+            pairs = pa.concat_tables(
+                [pairs, pa.table({"item_id": lone, "concept_id": pa.nulls(len(lone), pa.string())})]
             )
-        pairs = pairs.drop_duplicates()
+        pairs = _distinct(pairs)
         return table, stats, pairs
 
-    def _write_items(self, pairs: list[pd.DataFrame]) -> dict[str, int]:
-        observed = pd.concat(pairs, ignore_index=True).drop_duplicates()
-        answered_items = observed["item_id"].unique()
-        obs_concepts = (
-            observed.dropna(subset=["concept_id"])
-            .groupby("item_id", sort=False)["concept_id"]
-            .agg(list)
-            .to_dict()
-        )
+    def _write_items(self, pairs: list[pa.Table]) -> dict[str, int]:
+        observed = _distinct(pa.concat_tables(pairs))
+        answered_items = pc.unique(observed.column("item_id")).to_pylist()
+        obs_concepts: dict[str, list[str]] = {}
+        for it, c in zip(
+            observed.column("item_id").to_pylist(),
+            observed.column("concept_id").to_pylist(),
+            strict=True,
+        ):
+            if c is not None:
+                obs_concepts.setdefault(it, []).append(c)
         if self._catalogue:
             cat = pa.concat_tables(self._catalogue, promote_options="permissive")
             cat_ids = cat.column("item_id").to_pylist()
@@ -676,6 +714,14 @@ def _cast(col: pa.Array | pa.ChunkedArray, typ: pa.DataType, name: str) -> pa.Ch
     if name == "concept_ids" and out.null_count:
         out = pc.fill_null(out, EMPTY_LIST)
     return out
+
+
+def _distinct(table: pa.Table) -> pa.Table:
+    """Distinct rows, in order of first appearance."""
+    keys = table.column_names
+    indexed = table.append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    first = indexed.group_by(keys, use_threads=False).aggregate([("_row", "min")])
+    return first.sort_by("_row_min").select(keys)
 
 
 def _group_codes(users: pa.ChunkedArray) -> np.ndarray:
