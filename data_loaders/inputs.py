@@ -209,6 +209,8 @@ def find_sibling(root: Path, names: tuple[str, ...]) -> InputFile | None:
     else:
         bases = [root] if root.is_dir() else []
         bases += [root.parent, root.parent / "contents"]
+        if root.is_file():  # EdNet's layout: KT1/u1.csv beside contents/questions.csv
+            bases.append(root.parent.parent / "contents")
         if root.is_dir():
             bases += [root / "contents", root.parent / "contents"]
         for base in bases:
