@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--multi-step", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--set", action="append", default=[], help="model:key=value override")
     args = ap.parse_args(argv)
     console = Console(width=220)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models.split(","):
             run = args.out / key / model.replace("+", "plus")
             t0 = time.perf_counter()
-            cfg = TrainConfig(epochs=args.epochs, patience=args.patience)
+            cfg = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads)
             res = train(
                 model,
                 ds,
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             console.print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    name = f"quality-{args.datasets.replace(',', '_')}-{args.models.replace(',', '_')}.json"
+    (args.out / name.replace("+", "plus")).write_text(json.dumps(rows, indent=2) + "\n")
     console.print(table)
     return 0
 
