@@ -133,9 +133,23 @@ class DKT(KTModel):
 
     @torch.no_grad()
     def step(self, state, item, correct, time=None):  # type: ignore[override]
-        x = self._inputs(item, correct).unsqueeze(1)  # [n, 1, E]
-        _, (h, c) = self.lstm(x, state)
-        return (h, c)
+        # one fused LSTM cell per layer: the same weights as nn.LSTM, without its per-call
+        # set-up (serving adds one answer at a time)
+        x = self._inputs(item, correct)  # [n, E]
+        hs, cs = [], []
+        for layer in range(self.config.layers):
+            h, c = torch.lstm_cell(
+                x,
+                (state[0][layer], state[1][layer]),
+                getattr(self.lstm, f"weight_ih_l{layer}"),
+                getattr(self.lstm, f"weight_hh_l{layer}"),
+                getattr(self.lstm, f"bias_ih_l{layer}"),
+                getattr(self.lstm, f"bias_hh_l{layer}"),
+            )
+            hs.append(h)
+            cs.append(c)
+            x = h
+        return (torch.stack(hs), torch.stack(cs))
 
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
         h = state[0][-1]  # [n, H]
