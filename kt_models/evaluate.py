@@ -98,7 +98,7 @@ def evaluate_run(
     if multi_step:
         my, mp, mk = predict_multi_step(model, seqs, users, multi_step, dev)
         per_k = {str(k): metrics(my[mk == k], mp[mk == k]) for k in range(1, multi_step + 1)}
-        results["multi_step"] = {"n": multi_step, **metrics(my, mp), "by_steps_ahead": per_k}
+        results["multi_step"] = {**metrics(my, mp), "horizon": multi_step, "by_steps_ahead": per_k}
     results["unknown_items_dropped"] = seqs.meta.get("unknown_items", 0)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -1,0 +1,117 @@
+"""``tutor train`` / ``tutor evaluate`` end to end: results.json, resume, early stopping."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tutor.cli import app
+
+runner = CliRunner()
+
+
+def test_train_then_evaluate_writes_results(skill_dataset, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "dkt",
+            "--data",
+            str(skill_dataset),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--seed",
+            "7",
+            "--set",
+            "hidden=32",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in run.iterdir()} >= {"run.json", "metrics.jsonl", "best.pt", "last.pt"}
+    info = json.loads((run / "run.json").read_text())
+    assert info["model_config"]["hidden"] == 32 and info["train_config"]["seed"] == 7
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2] and 0 <= lines[-1]["valid_auc"] <= 1
+    r = runner.invoke(app, ["evaluate", str(run), "--multi-step", "5"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((run / "results.json").read_text())
+    for k in ("auc", "acc", "rmse", "logloss", "ece"):
+        assert 0 <= res["test"][k] <= 1 or k == "logloss"
+    assert res["multi_step"]["horizon"] == 5 and res["learners"] > 0
+    assert "dkt" in r.output
+
+
+def test_resume_continues_the_epoch_count(skill_dataset, tmp_path):
+    run = tmp_path / "run"
+    base = [
+        "train",
+        "-m",
+        "logistic",
+        "-d",
+        str(skill_dataset),
+        "-O",
+        str(run),
+        "-q",
+        "--patience",
+        "10",
+    ]
+    assert runner.invoke(app, [*base, "--epochs", "2"]).exit_code == 0
+    r = runner.invoke(app, [*base, "--epochs", "3", "--resume"])
+    assert r.exit_code == 0, r.output
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_early_stopping(skill_dataset, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "-m",
+            "logistic",
+            "-d",
+            str(skill_dataset),
+            "-O",
+            str(run),
+            "-q",
+            "--epochs",
+            "10",
+            "--patience",
+            "1",
+            "--lr",
+            "0",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    # with a zero learning rate the validation AUC never improves after epoch 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_unknown_model_and_option(skill_dataset, tmp_path):
+    r = runner.invoke(
+        app, ["train", "-m", "nope", "-d", str(skill_dataset), "-O", str(tmp_path / "r"), "-q"]
+    )
+    assert r.exit_code == 2 and "unknown model 'nope'" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "-m",
+            "dkt",
+            "-d",
+            str(skill_dataset),
+            "-O",
+            str(tmp_path / "r"),
+            "-q",
+            "--set",
+            "colour=red",
+        ],
+    )
+    assert r.exit_code == 2 and "no option 'colour'" in r.output
