@@ -105,7 +105,11 @@ class KTModel(nn.Module):
         return None
 
     def state_select(self, state: State, index: torch.Tensor) -> State:
-        """The states of some learners (used to batch serving requests)."""
+        """The states of some learners (used to batch serving requests).
+
+        The default indexes the first axis of every tensor; a model whose state has another
+        layout (an LSTM's ``[layers, n, H]``) overrides it.
+        """
         return _map_state(state, lambda t: t[index] if t.dim() > 0 else t, dim_first=True)
 
 
