@@ -9,7 +9,12 @@ from sklearn.metrics import roc_auc_score
 def metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float]:
     """All metrics of probabilities ``p`` against 0/1 answers ``y``."""
     y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    p = np.asarray(p, dtype=np.float64)
+    if not np.isfinite(p).all():
+        raise FloatingPointError(
+            f"{int((~np.isfinite(p)).sum())} of {len(p)} predicted probabilities are not finite"
+        )
+    p = np.clip(p, 1e-7, 1 - 1e-7)
     n = len(y)
     if n == 0:
         return {"n": 0}

@@ -185,7 +185,7 @@ def train(
             per = len(plan) // world
             plan = plan[rank * per : (rank + 1) * per] if per else plan[:1]
         t0 = time.perf_counter()
-        total_loss, total_tok = 0.0, 0
+        total_loss, total_tok, skipped = 0.0, 0, 0
         bar = _bar(len(plan), f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for group in plan:
             batch = make_batch(train_seqs, group).to(device)
@@ -193,6 +193,19 @@ def train(
             loss = model.loss(batch, logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # a step whose loss or gradient is not finite is skipped (as mixed-precision
+            # training does) and counted; every rank sees the same averaged gradient
+            finite = bool(torch.isfinite(loss)) and all(
+                bool(torch.isfinite(q.grad).all()) for q in model.parameters() if q.grad is not None
+            )
+            if not finite:
+                skipped += 1
+                if skipped > max(10, len(plan) // 2):
+                    raise FloatingPointError(
+                        f"{model_name}: loss or gradients not finite in {skipped} steps of epoch "
+                        f"{epoch + 1}; lower the learning rate (--lr)"
+                    )
+                continue
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -212,6 +225,7 @@ def train(
             "epoch": epoch + 1,
             "train_loss": total_loss / max(total_tok, 1),
             "train_seconds": round(train_secs, 3),
+            "skipped_steps": skipped,
             "interactions_per_second": round(n_train / max(train_secs, 1e-9)),
             **{f"valid_{k}": v for k, v in vm.items()},
         }

@@ -313,12 +313,12 @@ def train_cmd(
             raise typer.Exit(code=2)
         cur = getattr(tc, k)
         try:
-            if isinstance(v, str) and cur is not None and not isinstance(cur, str):
-                v = type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes")
+            if isinstance(v, str) and k == "max_len":
+                v = None if v.lower() in ("none", "0", "") else int(v)
             elif isinstance(v, str) and k == "lr":
                 v = float(v)
-            elif isinstance(v, str) and k == "max_len":
-                v = None if v.lower() in ("none", "0", "") else int(v)
+            elif isinstance(v, str) and cur is not None and not isinstance(cur, str):
+                v = type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes")
         except ValueError as exc:
             console.print(f"[red]error:[/red] training option {k!r}: {exc}")
             raise typer.Exit(code=2) from exc
