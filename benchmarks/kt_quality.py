@@ -33,7 +33,7 @@ DATASETS = {
     "a15": ("ASSIST2015 (pyKT split)", "pykt", "assist2015/pykt_split", {}),
     "a09": ("ASSIST2009 (AKT pid)", "four-line", "assist2009/akt_assist2009_pid", {}),
     "kt1": (
-        "EdNet KT1 (17 users)",
+        "EdNet KT1 (16 users)",
         "ednet-kt1",
         "ednet/KT1_reconstructed",
         {"concepts": "ednet/contents/questions.csv.gz"},
