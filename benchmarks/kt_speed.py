@@ -2,8 +2,8 @@
 
 * training: seconds per epoch and interactions per second on ASSIST2015 (pyKT split, the
   folds 1-4 training learners), one epoch after a warm-up epoch;
-* serving: the time of one ``step`` + ``predict`` for a single learner (the request path of
-  the tutor service), averaged over 2,000 answers.
+* serving: the time of one ``step`` and of one ``predict`` for a single learner (the request
+  path of the tutor service), averaged over 2,000 answers.
 
 Usage: python benchmarks/kt_speed.py [--models dkt,cakt,...] [--threads 2] [--synthetic N]
   --synthetic N times an epoch on a simulated dataset of N interactions instead (for GPUs:
@@ -66,7 +66,8 @@ def time_epoch(
 
 
 @torch.no_grad()
-def time_step(name: str, data: Path, n: int = 2000) -> float:
+def time_step(name: str, data: Path, n: int = 2000) -> tuple[float, float]:
+    """(ms per ``step`` alone, ms per ``predict`` of one item) for a single learner."""
     seqs, vocab = load_sequences(data)
     model = build_model(name, vocab, make_config(name)).eval()
     state = model.init_state(1)
@@ -74,12 +75,15 @@ def time_step(name: str, data: Path, n: int = 2000) -> float:
     correct = torch.from_numpy(seqs.correct[:n].astype(np.float32))
     times = torch.arange(n, dtype=torch.float32) * 0.01
     for i in range(50):  # warm-up
-        model.predict(state, items[i : i + 1].view(1, 1), at_time=times[i : i + 1].view(1, 1))
+        state = model.step(state, items[i : i + 1], correct[i : i + 1], times[i : i + 1])
     t0 = time.perf_counter()
     for i in range(n):
         state = model.step(state, items[i : i + 1], correct[i : i + 1], times[i : i + 1])
+    t1 = time.perf_counter()
+    for i in range(n):
         model.predict(state, items[i : i + 1].view(1, 1), at_time=times[i : i + 1].view(1, 1))
-    return (time.perf_counter() - t0) / n * 1000
+    t2 = time.perf_counter()
+    return (t1 - t0) / n * 1000, (t2 - t1) / n * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(
         title=f"Training and serving speed: {label}, {device}, {torch.get_num_threads()} threads"
     )
-    for col in ("model", "s/epoch", "interactions/s", "step+predict ms (1 learner)"):
+    for col in ("model", "s/epoch", "interactions/s", "step ms (1 learner)", "predict ms"):
         table.add_column(col, justify="left" if col == "model" else "right")
     cfg = TrainConfig(batch_tokens=args.batch_tokens)
     for name in args.models.split(","):
         secs, n = time_epoch(name, data, device, cfg)
-        ms = time_step(name, data) if device.type == "cpu" else float("nan")
-        table.add_row(name, f"{secs:.2f}", f"{n / secs:,.0f}", f"{ms:.3f}")
-        console.print(f"{name}: {secs:.2f} s/epoch, {n / secs:,.0f} interactions/s, {ms:.3f} ms")
+        ms, pms = time_step(name, data) if device.type == "cpu" else (float("nan"),) * 2
+        table.add_row(name, f"{secs:.2f}", f"{n / secs:,.0f}", f"{ms:.3f}", f"{pms:.3f}")
+        console.print(
+            f"{name}: {secs:.2f} s/epoch, {n / secs:,.0f} interactions/s, "
+            f"step {ms:.3f} ms, predict {pms:.3f} ms"
+        )
     console.print(table)
     return 0
 
