@@ -48,7 +48,7 @@ def test_two_gloo_processes_end_with_identical_weights(skill_dataset, tmp_path):
     assert w0.keys() == w1.keys()
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0)
-    # the weights moved away from initialisation and rank 0 wrote the run directory
+    # rank 0 alone wrote the run directory
     assert (out / "best.pt").is_file() and (out / "metrics.jsonl").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert Path(out / "run.json").read_text().count('"world_size": 2') == 1
