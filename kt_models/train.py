@@ -48,6 +48,7 @@ class TrainConfig:
     max_batch: int = 256
     max_len: int | None = 200  # training windows (see data.windows); evaluation: whole
     patience: int = 5
+    lr_decay: float = 1.0  # multiply the learning rate by this after an epoch without gain
     grad_clip: float = 5.0
     seed: int = 42
     fold: int = 0
@@ -162,6 +163,9 @@ def train(
         "data": str(Path(data).resolve()),
         "split": split.to_dict(),
         "world_size": world,
+        # what the model's time input means: days since the learner's first answer, or the
+        # answer's position where the data has no clock (serving must feed the same)
+        "time_unit": "days" if seqs.has_time else "answers",
         "device": str(device),
         "torch": torch.__version__,
     }
@@ -235,6 +239,9 @@ def train(
             best_auc, bad_epochs = vm["auc"], 0
         else:
             bad_epochs += 1
+            if cfg.lr_decay != 1.0:
+                for group in opt.param_groups:
+                    group["lr"] *= cfg.lr_decay
         if rank == 0:
             with open(out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")

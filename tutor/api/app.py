@@ -1,0 +1,150 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..db import create_db_engine, make_sessionmaker
+from ..db.session import is_sqlite
+from ..service import ServiceError
+from ..settings import Settings, get_settings
+
+
+class RateLimiter:
+    """A fixed one-minute window per API key (per process)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._counts: dict[tuple[int, int], int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def allow(self, key_id: int) -> bool:
+        window = int(time.time() // 60)
+        with self._lock:
+            if len(self._counts) > 100_000:
+                self._counts = defaultdict(
+                    int, {k: v for k, v in self._counts.items() if k[1] == window}
+                )
+            self._counts[(key_id, window)] += 1
+            return self._counts[(key_id, window)] <= self.per_minute
+
+
+class BodyLimit:
+    """413 for request bodies over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _too_large(send, self.limit)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"request body larger than {limit} bytes"}}'.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        # one request = a few small tensor ops: intra-op threads only add overhead
+        torch.set_num_threads(1)
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="kt-tutor",
+        version=__version__,
+        description=(
+            "Knowledge-tracing tutor: answers in, live mastery per concept, next-question "
+            "recommendations with a curriculum, xAPI statements. Every route but /health "
+            "needs `Authorization: Bearer <API key>`."
+        ),
+        lifespan=lifespan,
+    )
+    engine = create_db_engine(
+        settings.database_url, sqlite_timeout=settings.sqlite_timeout, pool_size=settings.pool_size
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    read_engine = (
+        engine.execution_options(readonly=True) if is_sqlite(settings.database_url) else engine
+    )
+    app.state.read_sessionmaker = make_sessionmaker(read_engine)
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(OperationalError)
+    async def _db_busy(_: Request, exc: OperationalError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the database is busy or unreachable; retry"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    from . import answers, health, learners
+
+    app.include_router(health.router)
+    app.include_router(answers.router, prefix="/v1")
+    app.include_router(learners.router, prefix="/v1")
+    return app

@@ -1,0 +1,158 @@
+"""Learner routes: mastery, next items, history, curricula (learner and group)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import select
+
+from .. import recommend, service
+from ..db import Group, GroupMembership, Learner
+from ..settings import POLICIES
+from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
+from .schemas import CurriculumOut, History, Mastery, NextItems
+
+router = APIRouter(tags=["learners"])
+
+
+def _org_setting(org, settings, name: str):  # noqa: ANN001, ANN202
+    return (org.settings or {}).get(name, getattr(settings, name))
+
+
+def _persist(session) -> None:  # noqa: ANN001
+    """Keep a state rebuilt on a read (not on SQLite reads, which never take the write lock)."""
+    if session.bind is not None and session.get_bind().dialect.name == "sqlite":
+        session.rollback()
+    else:
+        session.commit()
+
+
+@router.get("/learners/{learner_id}/mastery", response_model=Mastery)
+def get_mastery(
+    learner_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    at: Annotated[
+        datetime | None,
+        Query(description="Mastery at this (future) time, for models that forget (ISO 8601)"),
+    ] = None,
+) -> Mastery:
+    """Predicted mastery of every concept of the organisation (null where the active model
+    does not know the concept)."""
+    learner = visible_learner(session, principal, learner_id)
+    out = service.learner_mastery(session, org=org, learner=learner, at=at)
+    _persist(session)
+    return Mastery.model_validate(out)
+
+
+@router.get("/learners/{learner_id}/next-items", response_model=NextItems)
+def next_items(
+    learner_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+    n: Annotated[int, Query(ge=1, le=100)] = 5,
+    policy: Annotated[str | None, Query(description=f"One of {', '.join(POLICIES)}")] = None,
+    target: Annotated[float | None, Query(gt=0, lt=1)] = None,
+) -> NextItems:
+    """The next items for the learner, each with its predicted success and the reason."""
+    learner = visible_learner(session, principal, learner_id)
+    lv = recommend.learner_view(
+        session,
+        org=org,
+        learner=learner,
+        recent_exclusion=int(_org_setting(org, settings, "recent_exclusion")),
+    )
+    out = recommend.recommend(
+        lv,
+        n=n,
+        policy=policy or _org_setting(org, settings, "default_policy"),
+        target=target
+        if target is not None
+        else float(_org_setting(org, settings, "target_success")),
+        mastery_threshold=float(_org_setting(org, settings, "mastery_threshold")),
+        review_threshold=float(_org_setting(org, settings, "review_threshold")),
+    )
+    _persist(session)
+    return NextItems.model_validate({"learner_id": learner.external_id, **out})
+
+
+@router.get("/learners/{learner_id}/history", response_model=History)
+def history(
+    learner_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> History:
+    """The learner's answers in event order, a page at a time."""
+    learner = visible_learner(session, principal, learner_id)
+    return History.model_validate(
+        service.learner_history(session, learner=learner, limit=limit, offset=offset)
+    )
+
+
+@router.get("/learners/{learner_id}/curriculum", response_model=CurriculumOut)
+def learner_curriculum(
+    learner_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+) -> CurriculumOut:
+    """The designed concept order (prerequisites first) with this learner's mastery; the
+    concepts already mastered are marked."""
+    learner = visible_learner(session, principal, learner_id)
+    lv = recommend.learner_view(session, org=org, learner=learner, recent_exclusion=0)
+    out = recommend.curriculum_for(
+        lv.view, lv.cat, lv.mastery, float(_org_setting(org, settings, "mastery_threshold"))
+    )
+    _persist(session)
+    return CurriculumOut.model_validate({"scope": f"learner {learner.external_id}", **out})
+
+
+@router.get("/groups/{group_id}/curriculum", response_model=CurriculumOut)
+def group_curriculum(
+    group_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+) -> CurriculumOut:
+    """The designed concept order with the group's mean mastery per concept."""
+    require_roles(principal, "admin", "teacher")
+    group = session.scalar(
+        select(Group).where(Group.org_id == org.id, Group.external_id == group_id)
+    )
+    if group is None or (principal.role == "teacher" and group.id not in principal.group_ids):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"group {group_id!r} not found")
+    learners = session.scalars(
+        select(Learner)
+        .join(GroupMembership, GroupMembership.learner_id == Learner.id)
+        .where(GroupMembership.group_id == group.id)
+    ).all()
+    model = service.active_model(session, org=org)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no active model for this organisation")
+    cat = recommend.catalogue(session, org)
+    view = recommend._model_view(cat, model)
+    mean = None
+    if learners:
+        cidx = view["concept_idx"]
+        rows = []
+        for learner in learners:
+            state, _ = service.current_state(session, learner=learner, model=model)
+            rows.append(model.concept_mastery(state)[cidx])
+        mean = np.where(cidx > 0, np.mean(rows, axis=0), np.nan)
+    out = recommend.curriculum_for(
+        view, cat, mean, float(_org_setting(org, settings, "mastery_threshold"))
+    )
+    _persist(session)
+    return CurriculumOut.model_validate(
+        {"scope": f"group {group.external_id} ({len(learners)} learners)", **out}
+    )

@@ -1,0 +1,54 @@
+"""Engine and session factory. SQLite runs in WAL mode with foreign keys on, and every
+transaction takes the write lock up front (``BEGIN IMMEDIATE``) so two writers never
+interleave a read-modify-write of the same learner's state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_db_engine(url: str, *, sqlite_timeout: float = 30.0, pool_size: int = 10) -> Engine:
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": sqlite_timeout, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # pysqlite: let us issue BEGIN
+            cur = dbapi_conn.cursor()
+            if url not in ("sqlite://", "sqlite:///:memory:"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={int(sqlite_timeout * 1000)}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:  # noqa: ANN001
+            # read-only work (execution option readonly=True) need not wait for writers
+            ro = conn.get_execution_options().get("readonly", False)
+            conn.exec_driver_sql("BEGIN" if ro else "BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any error."""
+    with factory() as session, session.begin():
+        yield session

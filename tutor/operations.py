@@ -1,0 +1,302 @@
+"""Administrative operations shared by the CLI, the admin API, the demo and the tests:
+organisations, catalogue upserts, model registration and activation, state rebuilds.
+
+Every function takes a session and leaves committing to the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .db import (
+    Concept,
+    Group,
+    GroupMembership,
+    Item,
+    Learner,
+    LearnerState,
+    ModelVersion,
+    Organisation,
+    PrerequisiteEdge,
+)
+from .runtime import LoadedModel, sha256
+
+
+class OperationError(ValueError):
+    """A bad administrative request (unknown organisation, unreadable run directory...)."""
+
+
+def get_org(session: Session, slug: str) -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.slug == slug))
+    if org is None:
+        raise OperationError(f"organisation {slug!r} does not exist (create it: tutor orgs create)")
+    return org
+
+
+def create_org(session: Session, *, slug: str, name: str | None = None) -> Organisation:
+    if session.scalar(select(Organisation).where(Organisation.slug == slug)) is not None:
+        raise OperationError(f"organisation {slug!r} already exists")
+    org = Organisation(slug=slug, name=name or slug, settings={}, catalogue_version=0)
+    session.add(org)
+    session.flush()
+    return org
+
+
+def ensure_org(session: Session, *, slug: str, name: str | None = None) -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.slug == slug))
+    return org if org is not None else create_org(session, slug=slug, name=name)
+
+
+def upsert_concepts(
+    session: Session, *, org: Organisation, concepts: Iterable[tuple[str, str]]
+) -> dict[str, Concept]:
+    """Create or rename concepts ``(external_id, name)``; returns all of the org's concepts."""
+    existing = {
+        c.external_id: c for c in session.scalars(select(Concept).where(Concept.org_id == org.id))
+    }
+    changed = False
+    for cid, name in concepts:
+        c = existing.get(cid)
+        if c is None:
+            c = existing[cid] = Concept(org_id=org.id, external_id=cid, name=name or "")
+            session.add(c)
+            changed = True
+        elif name and c.name != name:
+            c.name, changed = name, True
+    if changed:
+        org.catalogue_version += 1
+        session.flush()
+    return existing
+
+
+def upsert_items(
+    session: Session,
+    *,
+    org: Organisation,
+    items: Iterable[tuple[str, list[str], dict[str, Any]]],
+) -> int:
+    """Create items ``(external_id, concept ids, metadata)`` and link their concepts (missing
+    concepts are created). Existing items get their concept links replaced. Returns the
+    number of items created."""
+    items = list(items)
+    concepts = upsert_concepts(
+        session, org=org, concepts=[(c, "") for _, cs, _ in items for c in cs]
+    )
+    existing = {
+        i.external_id: i
+        for i in session.scalars(
+            select(Item).where(Item.org_id == org.id).execution_options(populate_existing=False)
+        )
+    }
+    created = 0
+    for ext, cids, meta in items:
+        it = existing.get(ext)
+        if it is None:
+            it = Item(org_id=org.id, external_id=ext, meta=meta or {}, active=True)
+            session.add(it)
+            existing[ext] = it
+            created += 1
+        elif meta:
+            it.meta = {**(it.meta or {}), **meta}
+        it.concepts = [concepts[c] for c in dict.fromkeys(cids)]
+    org.catalogue_version += 1
+    session.flush()
+    return created
+
+
+def set_prerequisites(
+    session: Session, *, org: Organisation, edges: Iterable[tuple[str, str]], replace: bool = True
+) -> int:
+    """Set the organisation's prerequisite graph from ``(prerequisite, concept)`` id pairs.
+    A cycle or an unknown concept is refused (nothing changes)."""
+    from .curriculum import design_curriculum
+
+    concepts = {
+        c.external_id: c for c in session.scalars(select(Concept).where(Concept.org_id == org.id))
+    }
+    edges = list(dict.fromkeys(edges))
+    for a, b in edges:
+        for cid in (a, b):
+            if cid not in concepts:
+                raise OperationError(f"prerequisite edge ({a!r}, {b!r}): unknown concept {cid!r}")
+    try:  # the designer validates the graph (cycles named)
+        design_curriculum(None, list(concepts), prerequisites=edges)
+    except ValueError as exc:
+        raise OperationError(str(exc)) from exc
+    if replace:
+        for e in session.scalars(select(PrerequisiteEdge).where(PrerequisiteEdge.org_id == org.id)):
+            session.delete(e)
+        session.flush()
+    for a, b in edges:
+        session.add(
+            PrerequisiteEdge(
+                org_id=org.id, prerequisite_id=concepts[a].id, concept_id=concepts[b].id
+            )
+        )
+    org.catalogue_version += 1
+    session.flush()
+    return len(edges)
+
+
+def register_model(
+    session: Session,
+    *,
+    org: Organisation,
+    run_dir: Path | str,
+    checkpoint: str = "best.pt",
+    label: str = "",
+    activate: bool = False,
+    add_catalogue: bool = True,
+) -> ModelVersion:
+    """Register a trained run's checkpoint (stored in the database); optionally make it the
+    organisation's active model. The model's items and concepts are added to the catalogue
+    (``add_catalogue``) so that it can serve them at once."""
+    run_dir = Path(run_dir)
+    path = run_dir / checkpoint if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise OperationError(
+            f"{path}: no checkpoint (train first: tutor train ... --out {run_dir})"
+        )
+    blob = path.read_bytes()
+    try:
+        loaded = LoadedModel.from_bytes(-1, blob)
+    except Exception as exc:  # CheckpointError and friends: name the file
+        raise OperationError(f"{path}: not a usable checkpoint: {exc}") from exc
+    info: dict[str, Any] = {"path": str(path.resolve()), "time_unit": loaded.time_unit}
+    for name in ("results.json", "run.json"):
+        f = path.parent / name
+        if f.is_file():
+            with contextlib.suppress(json.JSONDecodeError):
+                info[name.removesuffix(".json")] = json.loads(f.read_text())
+    mv = ModelVersion(
+        org_id=org.id,
+        name=loaded.name,
+        label=label or path.parent.name,
+        sha256=sha256(blob),
+        checkpoint=blob,
+        vocab_fingerprint=loaded.model.vocab.fingerprint(),
+        info=info,
+    )
+    session.add(mv)
+    session.flush()
+    if add_catalogue:
+        vocab = loaded.model.vocab
+        upsert_concepts(session, org=org, concepts=[(c, "") for c in vocab.concepts])
+        have = set(session.scalars(select(Item.external_id).where(Item.org_id == org.id)).all())
+        new = [
+            (it, [vocab.concepts[c - 1] for c in vocab.item_concepts[k + 1] if c > 0], {})
+            for k, it in enumerate(vocab.items)
+            if it not in have
+        ]
+        if new:
+            upsert_items(session, org=org, items=new)
+    if activate:
+        activate_model(session, org=org, model_id=mv.id)
+    return mv
+
+
+def activate_model(session: Session, *, org: Organisation, model_id: int) -> ModelVersion:
+    """Make a registered version the organisation's active model (hot swap: states of the
+    new version are rebuilt lazily, or eagerly by :func:`rebuild_states`)."""
+    mv = session.get(ModelVersion, model_id)
+    if mv is None or mv.org_id != org.id:
+        raise OperationError(f"model {model_id} is not registered in organisation {org.slug!r}")
+    org.active_model_id = mv.id
+    session.flush()
+    return mv
+
+
+def add_members(session: Session, *, group: Group, learners: Iterable[Learner]) -> None:
+    have = set(
+        session.scalars(
+            select(GroupMembership.learner_id).where(GroupMembership.group_id == group.id)
+        )
+    )
+    for learner in learners:
+        if learner.id not in have:
+            session.add(GroupMembership(group_id=group.id, learner_id=learner.id))
+            have.add(learner.id)
+    session.flush()
+
+
+@torch.no_grad()
+def rebuild_states(
+    session: Session,
+    *,
+    org: Organisation,
+    model_id: int | None = None,
+    batch_size: int = 256,
+    progress: Any = None,
+) -> int:
+    """Eagerly (re)build every learner's state for a model version (default: the active
+    one), replaying histories in batches through the model's serving form."""
+    from .service import MODELS, _history, as_utc
+
+    mid = model_id or org.active_model_id
+    if mid is None:
+        raise OperationError(f"organisation {org.slug!r} has no active model")
+    mv = session.get(ModelVersion, mid)
+    if mv is None or mv.org_id != org.id:
+        raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
+    model = MODELS.get(mid, lambda: mv.checkpoint)
+    learners = list(session.scalars(select(Learner).where(Learner.org_id == org.id)))
+    existing = {
+        s.learner_id: s
+        for s in session.scalars(select(LearnerState).where(LearnerState.model_id == mid))
+    }
+    done = 0
+    for start in range(0, len(learners), batch_size):
+        chunk = learners[start : start + batch_size]
+        hists = [_history(session, lr.id) for lr in chunk]
+        lens = np.array([len(h) for h in hists])
+        n = len(chunk)
+        t_max = max(int(lens.max()) if n else 0, 1)
+        items = np.zeros((n, t_max), dtype=np.int64)
+        correct = np.zeros((n, t_max), dtype=np.float32)
+        times = np.zeros((n, t_max), dtype=np.float32)
+        for k, (lr, h) in enumerate(zip(chunk, hists, strict=True)):
+            if not h:
+                continue
+            first = as_utc(lr.first_seen) or h[0][2]
+            if h[0][2] < first:
+                first = h[0][2]
+            lr.first_seen = first
+            items[k, : len(h)] = model.item_idx([x[0] for x in h])
+            correct[k, : len(h)] = [x[1] for x in h]
+            times[k, : len(h)] = [model.time_value(x[2], first, j) for j, x in enumerate(h)]
+        state = model.model.init_state(n)
+        finals: list[Any] = [None] * n
+        for t in range(t_max):
+            state = model.model.step(
+                state,
+                torch.from_numpy(items[:, t]),
+                torch.from_numpy(correct[:, t]),
+                torch.from_numpy(times[:, t]),
+            )
+            for k in np.flatnonzero(lens == t + 1):
+                finals[k] = model.model.state_select(state, torch.tensor([k]))
+        for k, (lr, h) in enumerate(zip(chunk, hists, strict=True)):
+            st = finals[k] if finals[k] is not None else model.model.init_state(1)
+            row = existing.get(lr.id)
+            if row is None:
+                row = LearnerState(learner_id=lr.id, model_id=mid, state=b"")
+                session.add(row)
+            row.state = model.encode(st)
+            row.n_applied = len(h)
+            row.last_timestamp = h[-1][2] if h else None
+            row.last_event_id = h[-1][3] if h else None
+            lr.n_answers = len(h)
+        session.flush()
+        done += n
+        if progress is not None:
+            progress(n)
+    return done

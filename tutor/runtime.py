@@ -1,0 +1,219 @@
+"""The active model inside the service: loading registered checkpoints, learner states as
+bytes, incremental updates and batched predictions.
+
+A learner's state is the model's serving state (``init_state``/``step``) for one learner,
+flattened to the bytes of its tensors in a fixed order, so that storing it costs one memcpy
+and any API worker can continue it. Models are loaded from the database (the checkpoint bytes
+are stored there) and kept in a small per-process cache keyed by model version id, so a hot
+swap needs no restart: the next request of the organisation uses the newly active version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from kt_models.base import KTModel, load_checkpoint
+
+SECONDS_PER_DAY = 86400.0
+
+
+def _leaves(state: Any) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, (tuple, list)):
+        return [t for s in state for t in _leaves(s)]
+    if isinstance(state, dict):
+        return [t for k in sorted(state) for t in _leaves(state[k])]
+    return []
+
+
+def _rebuild(template: Any, leaves: list[torch.Tensor], pos: list[int]) -> Any:
+    if isinstance(template, torch.Tensor):
+        t = leaves[pos[0]]
+        pos[0] += 1
+        return t
+    if isinstance(template, (tuple, list)):
+        return type(template)(_rebuild(s, leaves, pos) for s in template)
+    if isinstance(template, dict):
+        out = {}
+        for k in sorted(template):
+            out[k] = _rebuild(template[k], leaves, pos)
+        return {k: out[k] for k in template}
+    return template
+
+
+@dataclass
+class LoadedModel:
+    """A registered model version, ready to serve."""
+
+    model_id: int
+    model: KTModel
+    time_unit: str  # 'days' or 'answers'
+    item_index: dict[str, int]
+    concept_ids: list[str]  # model concept index c + 1 <-> concept_ids[c]
+    #: [n_concepts + 1, n_items + 1] float32: row c averages the items of concept c
+    concept_item_weights: torch.Tensor
+    _template: Any
+    _layout: list[tuple[tuple[int, ...], torch.dtype, int]]
+
+    @classmethod
+    def from_bytes(cls, model_id: int, blob: bytes) -> LoadedModel:
+        tmp = io.BytesIO(blob)
+        model, payload = _load_from_buffer(tmp)
+        model.eval()
+        run = payload.get("extra", {}).get("run", {})
+        time_unit = run.get("time_unit", "days")
+        vocab = model.vocab
+        n_items, n_concepts = vocab.n_items, vocab.n_concepts
+        w = torch.zeros(n_concepts + 1, n_items + 1)
+        ic = torch.as_tensor(vocab.item_concepts, dtype=torch.long)
+        rows = ic[1:]  # [n_items, K]
+        items = torch.arange(1, n_items + 1).unsqueeze(1).expand_as(rows)
+        valid = rows > 0
+        w[rows[valid], items[valid]] = 1.0
+        w = w / w.sum(1, keepdim=True).clamp(min=1.0)
+        template = model.init_state(1)
+        layout = [
+            (tuple(t.shape), t.dtype, t.numel() * t.element_size()) for t in _leaves(template)
+        ]
+        return cls(
+            model_id=model_id,
+            model=model,
+            time_unit=time_unit,
+            item_index={it: i + 1 for i, it in enumerate(vocab.items)},
+            concept_ids=list(vocab.concepts),
+            concept_item_weights=w,
+            _template=template,
+            _layout=layout,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def forgets(self) -> bool:
+        return bool(self.model.forgets) and self.time_unit == "days"
+
+    # --------------------------------------------------------------- state bytes
+    def encode(self, state: Any) -> bytes:
+        return b"".join(t.detach().contiguous().cpu().numpy().tobytes() for t in _leaves(state))
+
+    def decode(self, blob: bytes) -> Any:
+        leaves, off = [], 0
+        for shape, dtype, nbytes in self._layout:
+            arr = np.frombuffer(
+                blob, dtype=_np_dtype(dtype), count=nbytes // _itemsize(dtype), offset=off
+            )
+            leaves.append(torch.from_numpy(arr.copy()).reshape(shape))
+            off += nbytes
+        if off != len(blob):
+            raise ValueError(
+                f"stored state has {len(blob)} bytes, model {self.model_id} expects {off}"
+            )
+        return _rebuild(self._template, leaves, [0])
+
+    def initial_state(self) -> bytes:
+        return self.encode(self.model.init_state(1))
+
+    # --------------------------------------------------------------- inference
+    def item_idx(self, external_ids: list[str]) -> np.ndarray:
+        """Model indices of items (0 for items the model was not trained on)."""
+        get = self.item_index.get
+        return np.fromiter(
+            (get(i, 0) for i in external_ids), dtype=np.int64, count=len(external_ids)
+        )
+
+    def time_value(self, ts: datetime | None, first_seen: datetime | None, n_before: int) -> float:
+        if self.time_unit == "answers" or ts is None or first_seen is None:
+            return float(n_before)
+        return max((ts - first_seen).total_seconds(), 0.0) / SECONDS_PER_DAY
+
+    @torch.no_grad()
+    def step_many(
+        self, state: Any, items: list[int], correct: list[int], times: list[float]
+    ) -> Any:
+        """Fold answers into one learner's state, in order (O(1) each)."""
+        for i, c, t in zip(items, correct, times, strict=True):
+            state = self.model.step(
+                state,
+                torch.tensor([i], dtype=torch.long),
+                torch.tensor([float(c)]),
+                torch.tensor([t], dtype=torch.float32),
+            )
+        return state
+
+    @torch.no_grad()
+    def predict(self, state: Any, items: np.ndarray, at_time: float | None = None) -> np.ndarray:
+        """Success probabilities of ``items`` (model indices) for one learner."""
+        it = torch.as_tensor(np.asarray(items, dtype=np.int64)).unsqueeze(0)
+        tt = None
+        if at_time is not None and self.forgets:
+            tt = torch.full(it.shape, float(at_time), dtype=torch.float32)
+        return self.model.predict(state, it, at_time=tt)[0].numpy()
+
+    @torch.no_grad()
+    def concept_mastery(self, state: Any, at_time: float | None = None) -> np.ndarray:
+        """Mastery of every model concept (index 1..C): the mean predicted success over its
+        items. Returns ``[C + 1]`` (entry 0 unused)."""
+        n_items = self.concept_item_weights.shape[1] - 1
+        p = self.predict(state, np.arange(1, n_items + 1), at_time)
+        full = torch.zeros(n_items + 1)
+        full[1:] = torch.from_numpy(p)
+        return (self.concept_item_weights @ full).numpy()
+
+
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def _load_from_buffer(buf: io.BytesIO) -> tuple[KTModel, dict[str, Any]]:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "model.pt"
+        p.write_bytes(buf.getvalue())
+        return load_checkpoint(p, map_location="cpu")
+
+
+def sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+class ModelCache:
+    """Loaded model versions of this process, least recently used evicted."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._items: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_id: int, loader: Any) -> LoadedModel:
+        with self._lock:
+            if model_id in self._items:
+                self._items.move_to_end(model_id)
+                return self._items[model_id]
+        loaded = LoadedModel.from_bytes(model_id, loader())
+        with self._lock:
+            self._items[model_id] = loaded
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

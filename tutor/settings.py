@@ -1,0 +1,64 @@
+"""Service settings, read from the environment (prefix ``TUTOR_``) or a ``.env`` file.
+
+``DATABASE_URL`` (or ``TUTOR_DATABASE_URL``) picks the database: a SQLite file by default,
+PostgreSQL with ``postgresql+psycopg://user@host/db``. Outside ``development`` and ``test``
+the settings refuse the default key pepper, so a production deployment cannot run with a
+secret that is published in this repository.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PEPPER = "kt-tutor-development-pepper"
+POLICIES = ("mixed", "target", "review", "curriculum")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUTOR_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = Field(
+        "sqlite:///tutor.db",
+        validation_alias=AliasChoices("DATABASE_URL", "TUTOR_DATABASE_URL"),
+    )
+    #: mixed into every API key hash (HMAC-SHA256); must be set outside development
+    key_pepper: str = DEFAULT_PEPPER
+    #: unknown learners / items in posted answers are created instead of answered with 404
+    auto_create_learners: bool = False
+    auto_create_items: bool = False
+    #: request bodies above this many bytes get 413
+    max_body_bytes: int = 2_000_000
+    #: answers per request in a batch
+    max_batch_answers: int = 1000
+    #: requests per minute per API key; 0 switches rate limiting off
+    rate_limit_per_minute: int = 0
+    #: recommendation defaults (per-organisation settings override them)
+    default_policy: Literal["mixed", "target", "review", "curriculum"] = "mixed"
+    target_success: float = Field(0.7, gt=0, lt=1)
+    mastery_threshold: float = Field(0.8, gt=0, lt=1)
+    review_threshold: float = Field(0.6, gt=0, lt=1)
+    recent_exclusion: int = Field(5, ge=0)
+    #: loaded models kept in memory per process
+    model_cache_size: int = Field(4, ge=1)
+    #: SQLite busy timeout (seconds) while another writer holds the lock
+    sqlite_timeout: float = 30.0
+    pool_size: int = 10
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.environment == "production" and self.key_pepper == DEFAULT_PEPPER:
+            raise ValueError(
+                "TUTOR_KEY_PEPPER is the published development default; set a secret of your own "
+                "in production"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
