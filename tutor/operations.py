@@ -73,7 +73,7 @@ def upsert_concepts(
         elif name and c.name != name:
             c.name, changed = name, True
     if changed:
-        org.catalogue_version += 1
+        org.bump_catalogue()
         session.flush()
     return existing
 
@@ -108,7 +108,7 @@ def upsert_items(
         elif meta:
             it.meta = {**(it.meta or {}), **meta}
         it.concepts = [concepts[c] for c in dict.fromkeys(cids)]
-    org.catalogue_version += 1
+    org.bump_catalogue()
     session.flush()
     return created
 
@@ -142,7 +142,7 @@ def set_prerequisites(
                 org_id=org.id, prerequisite_id=concepts[a].id, concept_id=concepts[b].id
             )
         )
-    org.catalogue_version += 1
+    org.bump_catalogue()
     session.flush()
     return len(edges)
 

@@ -276,7 +276,7 @@ def record_answers(
                 raise NotFound(f"item {iid!r} not found")
             items[iid] = Item(org_id=org.id, external_id=iid, meta={})
             session.add(items[iid])
-            org.catalogue_version += 1
+            org.bump_catalogue()
     session.flush()
     now = utcnow()
     for learner_ext in sorted(fresh):

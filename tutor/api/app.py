@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -19,6 +20,8 @@ from ..db import create_db_engine, make_sessionmaker
 from ..db.session import is_sqlite
 from ..service import ServiceError
 from ..settings import Settings, get_settings
+
+log = logging.getLogger("tutor.api")
 
 
 class RateLimiter:
@@ -127,7 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(OperationalError)
-    async def _db_busy(_: Request, exc: OperationalError) -> JSONResponse:
+    async def _db_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
         return JSONResponse(
             {"detail": "the database is busy or unreachable; retry"},
             status_code=503,
@@ -142,9 +146,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    from . import answers, health, learners
+    from . import admin, answers, health, learners, xapi
 
     app.include_router(health.router)
     app.include_router(answers.router, prefix="/v1")
     app.include_router(learners.router, prefix="/v1")
+    app.include_router(admin.router, prefix="/v1")
+    app.include_router(xapi.router)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -21,19 +21,30 @@ def get_settings_dep(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request. On SQLite, GET requests run as read transactions (``BEGIN``)
-    so that they do not queue behind writers; writes take the lock up front."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request, used only inside the route function's thread.
+
+    The session opens its transaction at its first query, inside the route; it is closed
+    (rolled back unless the route committed) here, on the event loop, so that a transaction
+    never waits for a free worker thread while it holds a lock. (On SQLite every write
+    transaction takes the database lock at BEGIN: were a lock held across the hop from a
+    dependency's thread to the route's, requests queued on the lock could take every worker
+    thread and the holder could never finish.) On SQLite, GET requests run as read
+    transactions (plain ``BEGIN``), which never wait for writers.
+    """
     state = request.app.state
     factory = state.read_sessionmaker if request.method == "GET" else state.sessionmaker
-    with factory() as session:
+    session = factory()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+def get_principal(request: Request, settings: SettingsDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -42,7 +53,12 @@ def get_principal(request: Request, session: SessionDep, settings: SettingsDep) 
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = authenticate(session, token.strip(), settings.key_pepper)
+    # a short read transaction of its own (see get_session)
+    with request.app.state.read_sessionmaker() as auth_session:
+        principal = authenticate(auth_session, token.strip(), settings.key_pepper)
+        org = auth_session.get(Organisation, principal.org_id) if principal else None
+    if principal is not None and org is None:  # the key's organisation was deleted
+        principal = None
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -50,6 +66,7 @@ def get_principal(request: Request, session: SessionDep, settings: SettingsDep) 
             headers={"WWW-Authenticate": "Bearer"},
         )
     request.state.principal = principal
+    request.state.org = org
     limiter = request.app.state.rate_limiter
     if limiter is not None and not limiter.allow(principal.key_id):
         raise HTTPException(
@@ -63,11 +80,10 @@ def get_principal(request: Request, session: SessionDep, settings: SettingsDep) 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_org(session: SessionDep, principal: PrincipalDep) -> Organisation:
-    org = session.get(Organisation, principal.org_id)
-    if org is None:  # the key's organisation was deleted
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key")
-    return org
+def get_org(request: Request, session: SessionDep, principal: PrincipalDep) -> Organisation:
+    """The caller's organisation, attached to the request session without a query (so the
+    transaction still begins inside the route; see get_session)."""
+    return session.merge(request.state.org, load=False)
 
 
 OrgDep = Annotated[Organisation, Depends(get_org)]

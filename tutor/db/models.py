@@ -63,6 +63,11 @@ class Organisation(Base):
     catalogue_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    def bump_catalogue(self) -> None:
+        """Mark the catalogue changed: an atomic SQL increment at the next flush, so that
+        concurrent changes never collapse into one version."""
+        self.catalogue_version = Organisation.catalogue_version + 1
+
 
 class Group(Base):
     __tablename__ = "groups"
