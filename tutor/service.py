@@ -136,7 +136,45 @@ def rebuild_state(
     row.last_timestamp = hist[-1][2] if hist else None
     row.last_event_id = hist[-1][3] if hist else None
     learner.n_answers = len(hist)
+    session.info.setdefault("rebuilt", []).append(row)
     return state, row
+
+
+def keep_rebuilt_states(session: Session) -> None:
+    """End a read request: keep the states it had to rebuild.
+
+    On PostgreSQL the request's transaction simply commits. A SQLite read runs in a read
+    transaction (it never waits for writers) that cannot write, so the rebuilt states are
+    written afterwards in a short write transaction of their own, each only if the learner
+    has not answered meanwhile; if the database is busy they are rebuilt again next time.
+    """
+    rebuilt = session.info.pop("rebuilt", [])
+    if session.get_bind().dialect.name != "sqlite":
+        session.commit()
+        return
+    snap = [
+        (r.learner_id, r.model_id, r.state, r.n_applied, r.last_timestamp, r.last_event_id)
+        for r in rebuilt
+    ]
+    session.rollback()
+    factory = session.info.get("write_factory")
+    if not snap or factory is None:
+        return
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        with factory() as w, w.begin():
+            for lid, mid, blob, n, ts, ev in snap:
+                learner = w.get(Learner, lid)
+                if learner is None or learner.n_answers != n:
+                    continue
+                row = w.get(LearnerState, (lid, mid))
+                if row is None:
+                    row = LearnerState(learner_id=lid, model_id=mid, state=blob)
+                    w.add(row)
+                row.state, row.n_applied, row.last_timestamp, row.last_event_id = blob, n, ts, ev
+    except OperationalError:
+        pass
 
 
 def current_state(

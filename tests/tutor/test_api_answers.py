@@ -103,3 +103,25 @@ def test_curricula(client, world):
     assert (
         client.get("/v1/groups/g2/curriculum", headers=world.headers("teacher")).status_code == 404
     )
+
+
+def test_state_rebuilt_on_a_read_is_kept(client, world):
+    from sqlalchemy import select
+
+    from tutor.db import Learner, LearnerState, create_db_engine, make_sessionmaker
+
+    batch = [
+        answer(f"s{k}", learner="u5", timestamp=f"2024-01-02T10:{k:02d}:00Z") for k in range(3)
+    ]
+    client.post("/v1/answers", json={"answers": batch}, headers=world.headers("ingest"))
+    engine = create_db_engine(world.url)
+    factory = make_sessionmaker(engine)
+    with factory() as s, s.begin():  # as after a model swap: no state for this learner
+        lid = s.scalar(select(Learner.id).where(Learner.external_id == "u5"))
+        s.query(LearnerState).filter_by(learner_id=lid).delete()
+    r = client.get("/v1/learners/u5/mastery", headers=world.headers("admin"))
+    assert r.status_code == 200
+    with factory() as s:
+        row = s.scalar(select(LearnerState).where(LearnerState.learner_id == lid))
+        assert row is not None and row.n_applied == 3
+    engine.dispose()

@@ -35,6 +35,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     state = request.app.state
     factory = state.read_sessionmaker if request.method == "GET" else state.sessionmaker
     session = factory()
+    session.info["write_factory"] = state.sessionmaker
     try:
         yield session
     finally:

@@ -23,11 +23,8 @@ def _org_setting(org, settings, name: str):  # noqa: ANN001, ANN202
 
 
 def _persist(session) -> None:  # noqa: ANN001
-    """Keep a state rebuilt on a read (not on SQLite reads, which never take the write lock)."""
-    if session.bind is not None and session.get_bind().dialect.name == "sqlite":
-        session.rollback()
-    else:
-        session.commit()
+    """Keep any learner state rebuilt while answering (see service.keep_rebuilt_states)."""
+    service.keep_rebuilt_states(session)
 
 
 @router.get("/learners/{learner_id}/mastery", response_model=Mastery)
