@@ -50,6 +50,9 @@ class Catalogue:
     concept_ext: list[str]
     concept_name: list[str]
     prerequisites: list[tuple[int, int]]  # (prerequisite pos, concept pos)
+    #: the item -> concept links as two flat arrays (item position, concept position)
+    link_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    link_concept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -97,6 +100,11 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         concept_name=[c[2] for c in concepts],
         prerequisites=edges,
     )
+    lens = np.array([len(cs) for cs in cat.item_concepts], dtype=np.int64)
+    cat.link_item = np.repeat(np.arange(len(cat.item_concepts), dtype=np.int64), lens)
+    cat.link_concept = (
+        np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
+    ).astype(np.int64)
     with _LOCK:
         _CACHE[org.id] = cat
     return cat
@@ -154,6 +162,9 @@ def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     for a, b in prereq_ext:
         parents[cpos[b]].append(cpos[a])
     view = {
+        "edges": np.array([(cpos[a], cpos[b]) for a, b in prereq_ext], dtype=np.int64).reshape(
+            -1, 2
+        ),
         "item_idx": item_idx,
         "concept_idx": concept_idx,
         "curriculum": curriculum,
@@ -223,12 +234,14 @@ def _mastered(lv: LearnerView, threshold: float) -> np.ndarray:
 
 def _prereq_ok(lv: LearnerView, mastered: np.ndarray) -> np.ndarray:
     """[I] bool: every concept of the item has all its prerequisites mastered."""
-    parents = lv.view["parents"]
-    concept_ok = np.array([all(mastered[p] for p in ps) for ps in parents], dtype=bool)
-    return np.array(
-        [bool(concept_ok[cs].all()) if len(cs) else True for cs in lv.cat.item_concepts],
-        dtype=bool,
-    )
+    cat = lv.cat
+    edges = lv.view["edges"]
+    blocked = np.zeros(len(cat.concept_ext), dtype=bool)
+    if len(edges):
+        blocked[edges[~mastered[edges[:, 0]], 1]] = True
+    item_blocked = np.zeros(len(cat.item_ext), dtype=bool)
+    item_blocked[cat.link_item[blocked[cat.link_concept]]] = True
+    return ~item_blocked
 
 
 def recommend(
@@ -276,11 +289,7 @@ def recommend(
             )
 
     def items_of(concepts: np.ndarray) -> np.ndarray:
-        sel = np.isin(np.arange(len(lv.cat.concept_ext)), concepts)
-        return np.array(
-            [i for i, cs in enumerate(lv.cat.item_concepts) if len(cs) and sel[cs].any()],
-            dtype=np.int64,
-        )
+        return np.unique(lv.cat.link_item[np.isin(lv.cat.link_concept, concepts)])
 
     def review(limit: int) -> None:
         if lv.mastery_then is None:
