@@ -27,7 +27,7 @@ DEMO_GROUP = "demo-class"
 def build_demo(
     workdir: Path,
     *,
-    epochs: int = 8,
+    epochs: int = 20,
     progress: Any = None,
     say: Callable[[str], None] = print,
     train_progress: bool = True,
@@ -49,7 +49,14 @@ def build_demo(
     sample = _sample("assist2009_pid")
     dataset = workdir / "assist2009_sample"
     t0 = time.perf_counter()
-    manifest = ingest("four-line", sample, dataset, overwrite=True, progress=progress)
+    manifest = ingest(
+        "four-line",
+        sample,
+        dataset,
+        overwrite=True,
+        progress=progress,
+        concepts=sample / "skill.json",
+    )
     if progress is not None:
         progress.finish()
     say(
@@ -62,7 +69,7 @@ def build_demo(
         "dkt",
         dataset,
         run,
-        config=TrainConfig(epochs=epochs, patience=3, seed=7),
+        config=TrainConfig(epochs=epochs, patience=4, seed=7),
         model_overrides={"emb_dim": 32, "hidden": 64},
         progress=train_progress,
         log=lambda m: None,

@@ -239,7 +239,7 @@ def rebuild_states(
 ) -> int:
     """Eagerly (re)build every learner's state for a model version (default: the active
     one), replaying histories in batches through the model's serving form."""
-    from .service import MODELS, _history, as_utc
+    from .service import MODELS, _history, as_utc, db_scope
 
     mid = model_id or org.active_model_id
     if mid is None:
@@ -247,7 +247,7 @@ def rebuild_states(
     mv = session.get(ModelVersion, mid)
     if mv is None or mv.org_id != org.id:
         raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
-    model = MODELS.get(mid, lambda: mv.checkpoint)
+    model = MODELS.get(mid, lambda: mv.checkpoint, scope=db_scope(session))
     learners = list(session.scalars(select(Learner).where(Learner.org_id == org.id)))
     existing = {
         s.learner_id: s

@@ -199,17 +199,20 @@ class ModelCache:
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self._items: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model_id: int, loader: Any) -> LoadedModel:
+    def get(self, model_id: int, loader: Any, scope: str = "") -> LoadedModel:
+        """The loaded version ``model_id`` of the database ``scope`` (its URL: ids of two
+        databases served by one process must not meet)."""
+        key = (scope, model_id)
         with self._lock:
-            if model_id in self._items:
-                self._items.move_to_end(model_id)
-                return self._items[model_id]
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
         loaded = LoadedModel.from_bytes(model_id, loader())
         with self._lock:
-            self._items[model_id] = loaded
+            self._items[key] = loaded
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
         return loaded

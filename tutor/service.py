@@ -100,7 +100,12 @@ def active_model(session: Session, *, org: Organisation) -> LoadedModel | None:
             raise NotFound(f"model {mid} not found")
         return blob
 
-    return MODELS.get(mid, load)
+    return MODELS.get(mid, load, scope=db_scope(session))
+
+
+def db_scope(session: Session) -> str:
+    """The database a session talks to, as a cache scope."""
+    return session.get_bind().url.render_as_string(hide_password=True)
 
 
 # ---------------------------------------------------------------------- states
@@ -294,7 +299,16 @@ def record_answers(
                     f"event id {a.event_id!r} was already recorded with different content "
                     f"(learner {l_ext!r}, item {i_ext!r}, correct {inter.correct})"
                 )
-            results[k] = {**(inter.response or {}), "replayed": True}
+            base = inter.response or {  # answers stored by a bulk import have no response
+                "event_id": inter.event_id,
+                "learner_id": l_ext,
+                "item_id": i_ext,
+                "correct": int(inter.correct),
+                "timestamp": as_utc(inter.timestamp).isoformat(),
+                "model": None,
+                "mastery": [],
+            }
+            results[k] = {**base, "replayed": True}
         else:
             fresh.setdefault(a.learner_id, []).append((k, a))
     if not fresh:

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
 from ..db import ModelVersion, Organisation
-from ..service import MODELS
+from ..service import MODELS, db_scope
 
 router = APIRouter(tags=["health"])
 
@@ -46,7 +46,7 @@ def ready(request: Request) -> JSONResponse:
                         select(ModelVersion.checkpoint).where(ModelVersion.id == mid)
                     )
 
-                MODELS.get(mid, load)
+                MODELS.get(mid, load, scope=db_scope(session))
             if active:
                 checks["model"] = f"{len(active)} active model(s) loaded"
             checks["organisations"] = str(

@@ -1,0 +1,181 @@
+"""The service commands of the ``tutor`` CLI on a SQLite file: db, orgs, import, models,
+keys, states, prerequisites, serve; bad inputs exit 2 with a message naming the problem."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from tutor.cli import app
+from tutor.db import ApiKey, Interaction, Learner, LearnerState, create_db_engine
+from tutor.db import make_sessionmaker as _maker
+from tutor.security import authenticate
+from tutor.service import MODELS
+from tutor.settings import Settings
+
+runner = CliRunner()
+KEY = re.compile(r"kt_([0-9a-f]{12})_[A-Za-z0-9_\-]{20,}")
+
+
+def tutor(url: str, *args: str):  # noqa: ANN201
+    return runner.invoke(app, [*args, "--database-url", url])
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    MODELS.clear()
+    u = f"sqlite:///{tmp_path / 'cli.db'}"
+    r = tutor(u, "db", "upgrade")
+    assert r.exit_code == 0, r.output
+    assert "at revision 0001" in r.output
+    yield u
+    MODELS.clear()
+
+
+def _one(url: str, stmt):  # noqa: ANN001, ANN202
+    engine = create_db_engine(url)
+    try:
+        with _maker(engine)() as s:
+            return s.scalar(stmt)
+    finally:
+        engine.dispose()
+
+
+def test_service_commands_end_to_end(
+    url: str, skill_data: Path, dkt_run: Path, tmp_path: Path
+) -> None:
+    r = tutor(url, "db", "current")
+    assert r.exit_code == 0 and r.stdout.strip() == "0001", r.output
+
+    r = tutor(url, "orgs", "create", "acme", "--name", "Acme School")
+    assert r.exit_code == 0, r.output
+    r = tutor(url, "orgs", "create", "acme")
+    assert r.exit_code == 2 and "'acme' already exists" in r.output
+    r = tutor(url, "orgs", "list")
+    assert r.exit_code == 0 and "acme" in r.output and "Acme School" in r.output
+
+    r = tutor(url, "import", str(skill_data), "--org", "acme", "-q")
+    assert r.exit_code == 0, r.output
+    assert "60 new learners" in r.output and "(0 already stored)" in r.output
+    n = _one(url, select(func.count()).select_from(Interaction))
+    assert n > 0 and f"{n:,} answers" in r.output
+    r = tutor(url, "import", str(skill_data), "--org", "acme", "-q")
+    assert r.exit_code == 0 and f"0 answers ({n:,} already stored)" in r.output, r.output
+
+    r = tutor(url, "models", "register", str(dkt_run), "--org", "acme", "--activate")
+    assert r.exit_code == 0 and "now active" in r.output, r.output
+    mid = re.search(r"registered model (\d+)", r.output).group(1)
+    r = tutor(url, "models", "list", "--org", "acme")
+    assert r.exit_code == 0 and "dkt" in r.output and "yes" in r.output, r.output
+    r = tutor(url, "models", "activate", mid, "--org", "acme")
+    assert r.exit_code == 0 and "now active" in r.output
+
+    r = tutor(url, "keys", "create", "--org", "acme", "--role", "admin", "--name", "ops")
+    assert r.exit_code == 0, r.output
+    keys = KEY.findall(r.stdout)
+    full = KEY.search(r.stdout).group(0)
+    assert len(keys) == 1 and r.stdout.count(full) == 1  # printed once
+    assert "not stored" in r.output
+    prefix = keys[0]
+    engine = create_db_engine(url)
+    with _maker(engine)() as s:
+        assert authenticate(s, full, Settings(environment="test").key_pepper) is not None
+    engine.dispose()
+
+    r = tutor(url, "keys", "create", "--org", "acme", "--role", "learner", "--learner", "u3")
+    assert r.exit_code == 0, r.output
+    learner_prefix = KEY.search(r.stdout).group(1)
+
+    r = tutor(url, "keys", "list", "--org", "acme")
+    assert r.exit_code == 0, r.output
+    assert prefix in r.output and learner_prefix in r.output and "learner u3" in r.output
+    assert full not in r.output and full.split("_", 2)[2] not in r.output
+    stored = _one(url, select(ApiKey.key_hash).where(ApiKey.prefix == prefix))
+    assert stored not in r.output
+
+    r = tutor(url, "keys", "revoke", prefix, "--org", "acme")
+    assert r.exit_code == 0 and f"revoked key {prefix}" in r.output, r.output
+    assert _one(url, select(ApiKey.revoked_at).where(ApiKey.prefix == prefix)) is not None
+    r = tutor(url, "keys", "revoke", prefix, "--org", "acme")
+    assert r.exit_code == 0 and "already revoked" in r.output
+
+    r = tutor(url, "states", "rebuild", "--org", "acme", "-q")
+    assert r.exit_code == 0 and "rebuilt 60 learner states" in r.output, r.output
+    assert _one(url, select(func.count()).select_from(LearnerState)) == 60
+    assert _one(url, select(func.sum(Learner.n_answers))) == n
+
+    csv = tmp_path / "pre.csv"
+    csv.write_text("prerequisite,concept\nc0,c1\nc1,c2\n")
+    r = tutor(url, "prerequisites", "load", str(csv), "--org", "acme")
+    assert r.exit_code == 0 and "now has 2 prerequisite edges" in r.output, r.output
+    js = tmp_path / "pre.json"
+    js.write_text('[["c2", "c3"]]')
+    r = tutor(url, "prerequisites", "load", str(js), "--org", "acme", "--append")
+    assert r.exit_code == 0 and "now has 3 prerequisite edges (1 added)" in r.output, r.output
+    js.write_text('[["c3", "c0"]]')  # closes a cycle c0 -> c1 -> c2 -> c3 -> c0
+    r = tutor(url, "prerequisites", "load", str(js), "--org", "acme", "--append")
+    assert r.exit_code == 2 and "cycle" in r.output.lower(), r.output
+
+
+def test_bad_inputs_exit_2_naming_the_problem(url: str, tmp_path: Path, skill_data: Path) -> None:
+    assert tutor(url, "orgs", "create", "acme").exit_code == 0
+    cases = [
+        (("import", str(skill_data), "--org", "nope"), "'nope'"),
+        (("models", "list", "--org", "nope"), "'nope'"),
+        (("keys", "list", "--org", "nope"), "'nope'"),
+        (("states", "rebuild", "--org", "nope"), "'nope'"),
+        (("models", "register", str(tmp_path / "no-run"), "--org", "acme"), "no-run"),
+        (("models", "register", str(tmp_path), "--org", "acme"), "no checkpoint"),
+        (("models", "activate", "42", "--org", "acme"), "model 42"),
+        (("import", str(tmp_path / "no-data"), "--org", "acme"), "no-data"),
+        (("keys", "create", "--org", "acme", "--role", "boss"), "'boss'"),
+        (("keys", "create", "--org", "acme", "--role", "learner"), "--learner"),
+        (("keys", "create", "--org", "acme", "--role", "learner", "--learner", "ghost"), "ghost"),
+        (("keys", "create", "--org", "acme", "--role", "teacher", "--group", "g9"), "'g9'"),
+        (("keys", "revoke", "abc123", "--org", "acme"), "'abc123'"),
+        (("states", "rebuild", "--org", "acme"), "no active model"),
+        (("prerequisites", "load", str(tmp_path / "none.csv"), "--org", "acme"), "none.csv"),
+        (("db", "upgrade", "9999"), "9999"),
+    ]
+    for args, needle in cases:
+        r = tutor(url, *args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "error:" in r.output and needle in r.output, (args, r.output)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("from,to\nc0,c1\n")
+    r = tutor(url, "prerequisites", "load", str(bad), "--org", "acme")
+    assert r.exit_code == 2 and "prerequisite,concept" in r.output
+    bad.write_text("prerequisite,concept\nc0,zz\n")
+    r = tutor(url, "prerequisites", "load", str(bad), "--org", "acme")
+    assert r.exit_code == 2 and "'zz'" in r.output
+    # a database without the schema: the hint names the fix
+    r = tutor(f"sqlite:///{tmp_path / 'empty.db'}", "orgs", "list")
+    assert r.exit_code == 2 and "tutor db upgrade" in r.output, r.output
+
+
+def test_db_downgrade_and_serve(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = tutor(url, "db", "downgrade", "base")
+    assert r.exit_code == 0 and "base" in r.output, r.output
+    assert tutor(url, "db", "current").stdout.strip().startswith("base")
+
+    seen = {}
+
+    def fake_run(target: str, **kw: object) -> None:
+        seen.update(kw, target=target, env=os.environ.get("DATABASE_URL"))
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    # recorded, so the URL the command exports is undone afterwards
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///elsewhere.db")
+    r = tutor(url, "serve", "--port", "8123", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert seen["target"] == "tutor.api.app:create_app" and seen["factory"] is True
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
+    assert seen["env"] == url
+    assert tutor(url, "db", "current").stdout.strip() == "0001"  # --migrate is the default
