@@ -33,7 +33,15 @@ from sqlalchemy.orm import Session
 from .curriculum import design_curriculum
 from .db import Concept, Interaction, Item, ItemConcept, Learner, Organisation, PrerequisiteEdge
 from .runtime import LoadedModel
-from .service import Invalid, NotFound, active_model, as_utc, current_state, utcnow
+from .service import (
+    Invalid,
+    NotFound,
+    active_model,
+    as_utc,
+    current_state,
+    db_scope,
+    utcnow,
+)
 
 POLICIES = ("mixed", "target", "review", "curriculum")
 
@@ -56,12 +64,13 @@ class Catalogue:
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-_CACHE: dict[int, Catalogue] = {}
+_CACHE: dict[tuple[str, int], Catalogue] = {}
 _LOCK = threading.Lock()
 
 
 def catalogue(session: Session, org: Organisation) -> Catalogue:
-    cat = _CACHE.get(org.id)
+    key = (db_scope(session), org.id)
+    cat = _CACHE.get(key)
     if cat is not None and cat.version == org.catalogue_version:
         return cat
     concepts = session.execute(
@@ -106,7 +115,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
     ).astype(np.int64)
     with _LOCK:
-        _CACHE[org.id] = cat
+        _CACHE[key] = cat
     return cat
 
 

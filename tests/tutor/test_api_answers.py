@@ -125,3 +125,25 @@ def test_state_rebuilt_on_a_read_is_kept(client, world):
         row = s.scalar(select(LearnerState).where(LearnerState.learner_id == lid))
         assert row is not None and row.n_applied == 3
     engine.dispose()
+
+
+def test_body_size_and_rate_limits(world):
+    from fastapi.testclient import TestClient
+
+    from tutor.api import create_app
+
+    settings = world.settings.model_copy(
+        update={"max_body_bytes": 2000, "rate_limit_per_minute": 3}
+    )
+    with TestClient(create_app(settings)) as c:
+        h = world.headers("ingest")
+        big = {"answers": [answer(f"big{k}") for k in range(40)]}
+        r = c.post("/v1/answers", json=big, headers=h)
+        assert r.status_code == 413 and "2000 bytes" in r.json()["detail"]
+        codes = [
+            c.get("/v1/learners/u0/history", headers=world.headers("admin")).status_code
+            for _ in range(4)
+        ]
+        assert codes == [200, 200, 200, 429]
+        # another key has its own budget
+        assert c.get("/v1/learners/u0/history", headers=world.headers("learner")).status_code == 200
