@@ -920,9 +920,10 @@ def states_rebuild(
 
 
 # ---------------------------------------------------------------------- prerequisites
-def _read_edges(path: Path) -> list[tuple[str, str]]:
-    """``prerequisite,concept`` CSV rows, or a JSON list of pairs (or of objects with those
-    keys)."""
+def _read_edges(path: Path, names: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """``prerequisite,concept`` CSV rows, a JSON list of pairs (or of objects with those
+    keys), or Junyi Academy's exercise table (columns ``name`` and ``prerequisites``, a
+    comma-separated list; display names from ``pretty_display_name`` go into ``names``)."""
     import csv
 
     if not path.is_file():
@@ -946,6 +947,18 @@ def _read_edges(path: Path) -> list[tuple[str, str]]:
         return edges
     reader = csv.DictReader(text.splitlines())
     cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+    if {"name", "prerequisites"} <= cols.keys():  # Junyi's exercise table
+        edges = []
+        for row in reader:
+            name = (row.get(cols["name"]) or "").strip()
+            if not name:
+                continue
+            if names is not None and "pretty_display_name" in cols:
+                names[name] = (row.get(cols["pretty_display_name"]) or "").strip()
+            for pre in (row.get(cols["prerequisites"]) or "").split(","):
+                if pre.strip():
+                    edges.append((pre.strip(), name))
+        return edges
     if not {"prerequisite", "concept"} <= cols.keys():
         _fail(
             f"{path}: expected CSV columns prerequisite,concept; found "
@@ -965,10 +978,22 @@ def _read_edges(path: Path) -> list[tuple[str, str]]:
 
 @prereq_app.command("load")
 def prerequisites_load(
-    file: Annotated[Path, typer.Argument(help="CSV (prerequisite,concept) or JSON pairs.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV (prerequisite,concept), JSON pairs, or Junyi's exercise table "
+            "(name,prerequisites,...)."
+        ),
+    ],
     org: OrgOption,
     append: Annotated[
         bool, typer.Option("--append", help="Add to the graph instead of replacing it.")
+    ] = False,
+    create_concepts: Annotated[
+        bool,
+        typer.Option(
+            "--create-concepts", help="Create concepts the file names that do not exist yet."
+        ),
     ] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -979,9 +1004,15 @@ def prerequisites_load(
     from tutor.db import Concept, PrerequisiteEdge
     from tutor.operations import set_prerequisites
 
-    edges = _read_edges(file)
+    names: dict[str, str] = {}
+    edges = _read_edges(file, names)
     with _session(database_url) as s:
         o = _org(s, org)
+        if create_concepts:
+            from tutor.operations import upsert_concepts
+
+            ids = dict.fromkeys([c for e in edges for c in e] + list(names))
+            upsert_concepts(s, org=o, concepts=[(c, names.get(c, "")) for c in ids])
         have: list[tuple[str, str]] = []
         if append:  # validated as one graph with the edges already there (cycles included)
             pre, post = aliased(Concept), aliased(Concept)

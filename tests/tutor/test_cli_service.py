@@ -179,3 +179,36 @@ def test_db_downgrade_and_serve(url: str, monkeypatch: pytest.MonkeyPatch) -> No
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
     assert seen["env"] == url
     assert tutor(url, "db", "current").stdout.strip() == "0001"  # --migrate is the default
+
+
+def test_prerequisites_from_junyi_exercise_table(tmp_path: Path) -> None:
+    """Junyi Academy's exercise table (cut in tests/fixtures/junyi) gives the prerequisite
+    graph and the concept names; the curriculum then respects it."""
+    from sqlalchemy import select
+
+    from tutor.curriculum import design_curriculum
+    from tutor.db import Concept, create_db_engine, make_sessionmaker
+
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    assert tutor(url, "db", "upgrade").exit_code == 0
+    assert tutor(url, "orgs", "create", "junyi").exit_code == 0
+    table = Path(__file__).parents[1] / "fixtures" / "junyi" / "junyi_Exercise_table.csv"
+    r = tutor(url, "prerequisites", "load", str(table), "--org", "junyi")
+    assert r.exit_code == 2 and "unknown concept" in r.output
+    r = tutor(url, "prerequisites", "load", str(table), "--org", "junyi", "--create-concepts")
+    assert r.exit_code == 0, r.output
+    engine = create_db_engine(url)
+    with make_sessionmaker(engine)() as s:
+        names = dict(s.execute(select(Concept.external_id, Concept.name)).all())
+    engine.dispose()
+    assert names["circles_and_arcs"] == "圓與弧"
+    import csv
+
+    rows = list(csv.DictReader(table.open(encoding="utf-8-sig")))
+    edges = [
+        (p.strip(), r["name"]) for r in rows for p in r["prerequisites"].split(",") if p.strip()
+    ]
+    assert f"now has {len(set(edges)):,} prerequisite edges" in r.output
+    order = design_curriculum(None, list(names), prerequisites=edges).order()
+    pos = {c: k for k, c in enumerate(order)}
+    assert all(pos[a] < pos[b] for a, b in edges)
