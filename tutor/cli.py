@@ -358,6 +358,12 @@ def evaluate_cmd(
     ] = None,
     multi_step: Annotated[int, typer.Option(help="Multi-step horizon n (0: off).")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", metavar="FILE", help="PNG comparing the runs (AUC/ACC, calibration)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate runs on their test learners: next-step and multi-step metrics, results.json."""
     from kt_models.base import CheckpointError
@@ -378,12 +384,14 @@ def evaluate_cmd(
         f"{multi_step}-step ACC",
     ):
         table.add_column(col, justify="left" if col in ("run", "model") else "right")
+    results = []
     for run_dir in run_dirs:
         try:
             r = evaluate_run(run_dir, data=data, multi_step=multi_step, device=device)
         except (CheckpointError, FileNotFoundError, ValueError) as exc:
             console.print(f"[red]error:[/red] {run_dir}: {exc}")
             raise typer.Exit(code=2) from exc
+        results.append(r)
         t = r["test"]
         ms = r.get("multi_step", {})
         table.add_row(
@@ -401,6 +409,48 @@ def evaluate_cmd(
         )
     out.print(table)
     out.print(f"protocol: {r['protocol']}; results.json written in each run directory")
+    if plot is not None:
+        from kt_models.report import plot_comparison
+
+        try:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            out.print(f"comparison plot: {plot_comparison(results, plot)}", highlight=False)
+        except OSError as exc:
+            _fail(f"--plot {plot}: {exc}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (tutor train).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-O", help="Directory for the PNG plots and index.html.")
+    ],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Report on another dataset.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    max_position: Annotated[int, typer.Option(help="Last AUC-by-position bucket boundary.")] = 200,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Offline report of a trained run: calibration, AUC by position, learning curves (and
+    PSI-KT's prerequisite graph and learner traits) as PNGs and an HTML page."""
+    from kt_models.base import CheckpointError
+    from kt_models.report import write_report
+
+    if not run_dir.is_dir():
+        _fail(f"{run_dir}: run directory not found")
+    try:
+        page = write_report(
+            run_dir,
+            out_dir,
+            data=data,
+            device=device,
+            max_position=max_position,
+            progress=not quiet,
+        )
+    except (CheckpointError, FileNotFoundError, ValueError, DatasetError, OSError) as exc:
+        _fail(f"{run_dir}: {exc}")
+    out.print(str(page), highlight=False)
 
 
 def sample_path(name: str) -> Path:

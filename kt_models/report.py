@@ -1,0 +1,888 @@
+"""Offline reports of a trained run: PNG plots and an HTML page (``tutor report``).
+
+:func:`write_report` evaluates a run's ``best.pt`` on the run's test learners (the protocol of
+:func:`kt_models.evaluate.evaluate_run`: ``split_learners(seqs, seed=..., fold=...)``, or all
+learners of another dataset), computes every next-step prediction once (batched forward) and
+draws from them:
+
+* ``calibration.png``: reliability diagram: mean predicted vs observed success per probability
+  bin (10 equal-width bins), the bins' answer counts as bars, the ECE in the title;
+* ``auc_by_position.png``: AUC by sequence position, where a prediction's *position* is the
+  number of the learner's earlier answers it sees (1 for the second answer); buckets 1-5,
+  6-10, 11-20, 21-50, 51-100, 101-200 and >200 (cut at ``max_position``), each with its
+  number of predictions; a bucket with one answer class only has no AUC and is skipped;
+* ``learning_curves.png``: DataShop-style learning curves of the most practised concepts (up
+  to 6): error rate by opportunity ``k`` (the learner's ``k``-th answer on the concept; an
+  answer to a multi-concept item is an opportunity of each of its concepts), observed vs
+  predicted, over the scored answers (a learner's first answer has no prediction);
+* ``training.png``: the run's ``metrics.jsonl``: training loss and validation AUC per epoch;
+* PSI-KT (any model with ``prerequisite_graph`` and ``learner_traits``) also gets
+  ``prerequisite_graph.png`` (edges with probability > 0.5, width by probability; the 40
+  concepts of highest degree when there are more; layered by a topological order when the
+  edges form a DAG, else on a circle) and ``traits.png`` (histograms of alpha, mu, sigma and
+  gamma of each test learner after their last answer).
+
+``index.html`` (self-contained: no external URL) shows the images, a metrics table (the run's
+``results.json`` when it was computed on the same dataset, else computed here), the run's
+configuration and a data summary; ``report.json`` holds the numbers behind the plots. Every
+file is written atomically. matplotlib draws with the Agg canvas (no display, no pyplot).
+
+:func:`plot_comparison` draws the figure of ``tutor evaluate RUN ... --plot FILE``.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from .base import KTModel, load_checkpoint, prediction_mask
+from .data import Sequences, load_sequences, make_batch, plan_batches, split_learners
+from .metrics import calibration_table, metrics
+from .train import pick_device
+
+POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
+MAX_GRAPH_NODES = 40
+MAX_GRAPH_EDGES = 300
+TRAITS = ("alpha", "mu", "sigma", "gamma")
+
+
+# ---------------------------------------------------------------------- predictions
+@dataclass
+class Answers:
+    """Every answer of the reported learners, aligned with ``seqs.subset(users)``'s rows."""
+
+    learner: np.ndarray  # [N] index into ``users`` (0..n-1), rows grouped by learner in order
+    position: np.ndarray  # [N] 0-based index of the answer in the learner's history
+    item: np.ndarray  # [N] item index (1-based)
+    y: np.ndarray  # [N] 0/1 answers
+    p: np.ndarray  # [N] predicted success probability; nan where not scored (position 0)
+
+    @property
+    def scored(self) -> np.ndarray:
+        return ~np.isnan(self.p)
+
+
+@torch.no_grad()
+def next_step_answers(
+    model: KTModel,
+    seqs: Sequences,
+    users: np.ndarray,
+    device: torch.device,
+    *,
+    batch_tokens: int = 65536,
+    max_batch: int = 1024,
+    advance: Callable[[int], None] | None = None,
+) -> Answers:
+    """Next-step predictions of ``users`` (one batched forward, as ``predict_next_step``)."""
+    model.eval()
+    sub = seqs.subset(np.asarray(users, dtype=np.int64))
+    lens = sub.lengths()
+    learner = np.repeat(np.arange(sub.n_users), lens)
+    position = np.arange(sub.n_interactions) - sub.offsets[:-1][learner]
+    p = np.full(sub.n_interactions, np.nan)
+    for group in plan_batches(
+        sub, np.arange(sub.n_users), batch_tokens=batch_tokens, max_batch=max_batch
+    ):
+        b = make_batch(sub, group).to(device)
+        m = prediction_mask(b)
+        probs = torch.sigmoid(model(b))[m].float().cpu().numpy()
+        rows = sub.offsets[:-1][group][:, None] + np.arange(b.item.shape[1])[None, :]
+        p[rows[m.cpu().numpy()]] = probs
+        if advance is not None:
+            advance(len(group))
+    return Answers(
+        learner=learner,
+        position=position,
+        item=sub.item.copy(),
+        y=sub.correct.astype(np.float64),
+        p=p,
+    )
+
+
+# ---------------------------------------------------------------------- AUC by position
+def position_buckets(max_position: int = 200) -> list[tuple[int, int | None]]:
+    """``(low, high)`` position ranges (inclusive; ``high`` None: open-ended)."""
+    edges = [e for e in POSITION_EDGES if e < max_position] + [max_position]
+    buckets: list[tuple[int, int | None]] = []
+    low = 1
+    for e in edges:
+        buckets.append((low, e))
+        low = e + 1
+    buckets.append((low, None))
+    return buckets
+
+
+def _bucket_label(low: int, high: int | None) -> str:
+    return f">{low - 1}" if high is None else f"{low}-{high}"
+
+
+def auc_by_position(
+    y: np.ndarray, p: np.ndarray, position: np.ndarray, max_position: int = 200
+) -> list[dict[str, Any]]:
+    """AUC per position bucket: ``label``, ``low``, ``high``, ``n`` and ``auc`` (None when the
+    bucket holds one answer class only, or nothing)."""
+    y, p, position = np.asarray(y), np.asarray(p), np.asarray(position)
+    rows = []
+    for low, high in position_buckets(max_position):
+        m = position >= low
+        if high is not None:
+            m &= position <= high
+        n = int(m.sum())
+        pos = int(y[m].sum()) if n else 0
+        auc = float(roc_auc_score(y[m], p[m])) if 0 < pos < n else None
+        rows.append(
+            {"label": _bucket_label(low, high), "low": low, "high": high, "n": n, "auc": auc}
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------- learning curves
+def opportunity_index(learner: np.ndarray, concept: np.ndarray) -> np.ndarray:
+    """1-based opportunity of every row: how many rows of the same (learner, concept) come
+    before it, plus one. Rows are taken to be in chronological order (vectorised: a stable
+    sort by (learner, concept, row) and the rank inside each run)."""
+    learner, concept = np.asarray(learner), np.asarray(concept)
+    n = len(learner)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.arange(n), concept, learner))
+    ls, cs = learner[order], concept[order]
+    new = np.r_[True, (ls[1:] != ls[:-1]) | (cs[1:] != cs[:-1])]
+    starts = np.flatnonzero(new)
+    rank = np.arange(n) - starts[np.cumsum(new) - 1] + 1
+    out = np.empty(n, dtype=np.int64)
+    out[order] = rank
+    return out
+
+
+def learning_curves(
+    answers: Answers,
+    item_concepts: np.ndarray,
+    concept_names: Sequence[str],
+    *,
+    n_concepts: int = 6,
+    max_opportunity: int = 20,
+    min_count: int = 5,
+) -> list[dict[str, Any]]:
+    """Error rate by opportunity, observed and predicted, of the most practised concepts.
+
+    Each answer counts once for each of its item's concepts. Opportunities are counted over
+    all answers; error rates over the scored ones; an opportunity with fewer than
+    ``min_count`` scored answers is left out.
+    """
+    q = np.asarray(item_concepts)[answers.item]  # [N, K]
+    row = np.repeat(np.arange(len(answers.item)), q.shape[1])
+    concept = q.reshape(-1)
+    keep = concept > 0
+    row, concept = row[keep], concept[keep]
+    if len(row) == 0:
+        return []
+    opp = opportunity_index(answers.learner[row], concept)
+    counts = np.bincount(concept, minlength=len(concept_names) + 1)
+    counts[0] = 0
+    top = [int(c) for c in np.argsort(-counts, kind="stable")[:n_concepts] if counts[c] > 0]
+    scored = answers.scored[row]
+    curves = []
+    for c in top:
+        m = (concept == c) & scored & (opp <= max_opportunity)
+        k = opp[m]
+        n = np.bincount(k, minlength=max_opportunity + 1)
+        err = np.bincount(k, weights=1.0 - answers.y[row[m]], minlength=max_opportunity + 1)
+        perr = np.bincount(k, weights=1.0 - answers.p[row[m]], minlength=max_opportunity + 1)
+        ok = np.flatnonzero(n >= min_count)
+        ok = ok[ok > 0]
+        curves.append(
+            {
+                "concept": str(concept_names[c - 1]),
+                "answers": int(counts[c]),
+                "opportunity": ok.tolist(),
+                "n": n[ok].tolist(),
+                "observed_error": (err[ok] / n[ok]).tolist(),
+                "predicted_error": (perr[ok] / n[ok]).tolist(),
+            }
+        )
+    return curves
+
+
+# ---------------------------------------------------------------------- PSI-KT pieces
+def has_interpretation(model: KTModel) -> bool:
+    return hasattr(model, "prerequisite_graph") and hasattr(model, "learner_traits")
+
+
+@torch.no_grad()
+def final_traits(
+    model: KTModel,
+    seqs: Sequences,
+    users: np.ndarray,
+    device: torch.device,
+    *,
+    batch_tokens: int = 65536,
+    max_batch: int = 1024,
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """``learner_traits`` of each learner's state after their last answer (serving form,
+    batched over learners; a learner's traits are taken at their own last step)."""
+    model.eval()
+    sub = seqs.subset(np.asarray(users, dtype=np.int64))
+    out = {k: np.full(sub.n_users, np.nan) for k in TRAITS}
+    for group in plan_batches(
+        sub, np.arange(sub.n_users), batch_tokens=batch_tokens, max_batch=max_batch
+    ):
+        b = make_batch(sub, group).to(device)
+        last = (b.mask.sum(1) - 1).cpu().numpy()
+        state = model.init_state(len(group))
+        for t in range(b.item.shape[1]):
+            state = model.step(state, b.item[:, t], b.correct[:, t], b.time[:, t])
+            done = last == t
+            if done.any():
+                traits = model.learner_traits(state)  # type: ignore[attr-defined]
+                for k in TRAITS:
+                    out[k][group[done]] = traits[k].float().cpu().numpy()[done]
+        if advance is not None:
+            advance(len(group))
+    return out
+
+
+def graph_layout(
+    probs: np.ndarray, threshold: float = 0.5
+) -> tuple[np.ndarray, list[tuple[int, int]], str]:
+    """Node positions ``[n, 2]``, the edges drawn and the layout's name.
+
+    Edges are those with probability > ``threshold``; when they form a DAG the nodes are
+    layered by the longest path from a source (a topological order), else on a circle.
+    """
+    n = probs.shape[0]
+    src, dst = np.nonzero(probs > threshold)
+    edges = list(zip(src.tolist(), dst.tolist(), strict=True))
+    indeg = np.zeros(n, dtype=np.int64)
+    np.add.at(indeg, dst, 1)
+    out_edges: list[list[int]] = [[] for _ in range(n)]
+    for i, j in edges:
+        out_edges[i].append(j)
+    layer = np.zeros(n, dtype=np.int64)
+    ready = [v for v in range(n) if indeg[v] == 0]
+    seen = 0
+    while ready:
+        v = ready.pop()
+        seen += 1
+        for j in out_edges[v]:
+            layer[j] = max(layer[j], layer[v] + 1)
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                ready.append(j)
+    pos = np.zeros((n, 2))
+    if seen == n and edges:
+        for lv in np.unique(layer):
+            members = np.flatnonzero(layer == lv)
+            pos[members, 0] = lv
+            pos[members, 1] = np.linspace(0, 1, len(members) + 2)[1:-1]
+        return pos, edges, "layered by topological order"
+    angle = 2 * np.pi * np.arange(n) / max(n, 1)
+    pos[:, 0], pos[:, 1] = np.cos(angle), np.sin(angle)
+    return pos, edges, "circle" + (" (the edges have a cycle)" if edges else "")
+
+
+# ---------------------------------------------------------------------- drawing
+def _figure(width: float, height: float):  # noqa: ANN202 - matplotlib Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_figure(fig: Any, path: Path | str) -> Path:
+    """Write ``fig`` as PNG atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _atomic_write(path, buf.getvalue())
+    return path
+
+
+def _draw_calibration(
+    ax: Any, table: list[dict[str, float]], label: str | None = None, counts: bool = True
+) -> None:
+    ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1)
+    pts = [r for r in table if r["n"] and not math.isnan(r["predicted"])]
+    ax.plot(
+        [r["predicted"] for r in pts], [r["observed"] for r in pts], marker="o", ms=4, label=label
+    )
+    if counts:
+        twin = ax.twinx()
+        centres = [(r["bin_low"] + r["bin_high"]) / 2 for r in table]
+        twin.bar(centres, [r["n"] for r in table], width=0.09, color="0.5", alpha=0.25)
+        twin.set_ylabel("answers per bin")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted success probability")
+    ax.set_ylabel("observed success rate")
+
+
+def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path) -> dict[str, Any]:
+    table = calibration_table(y, p)
+    m = metrics(y, p)
+    fig = _figure(6, 4.5)
+    ax = fig.add_subplot()
+    _draw_calibration(ax, table)
+    ax.set_title(f"Calibration: ECE {m['ece']:.4f} ({m['n']:,} predictions)")
+    save_figure(fig, path)
+    return {"ece": m.get("ece"), "bins": table}
+
+
+def plot_auc_by_position(rows: list[dict[str, Any]], overall: float | None, path: Path) -> None:
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    shown = [r for r in rows if r["auc"] is not None]
+    x = np.arange(len(shown))
+    ax.plot(x, [r["auc"] for r in shown], marker="o")
+    for i, r in enumerate(shown):
+        ax.annotate(
+            f"n={r['n']:,}",
+            (i, r["auc"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    if overall is not None and not math.isnan(overall):
+        ax.axhline(overall, color="0.5", ls="--", lw=1, label=f"all positions ({overall:.4f})")
+        ax.legend(loc="lower right")
+    ax.margins(x=0.08, y=0.15)
+    ax.set_xticks(x, [r["label"] for r in shown])
+    skipped = [r["label"] for r in rows if r["auc"] is None and r["n"]]
+    ax.set_xlabel(
+        "answers seen before the prediction"
+        + (f" (skipped, one class only: {', '.join(skipped)})" if skipped else "")
+    )
+    ax.set_ylabel("AUC")
+    ax.set_title("AUC by sequence position")
+    save_figure(fig, path)
+
+
+def plot_learning_curves(curves: list[dict[str, Any]], path: Path) -> None:
+    n = max(len(curves), 1)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig = _figure(4 * cols, 3.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, c in zip(axes, curves, strict=False):
+        ax.plot(c["opportunity"], c["observed_error"], marker="o", ms=3, label="observed")
+        ax.plot(
+            c["opportunity"], c["predicted_error"], marker="s", ms=3, ls="--", label="predicted"
+        )
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{c['concept'][:40]} ({c['answers']:,} answers)", fontsize=9)
+        ax.set_xlabel("opportunity")
+        ax.set_ylabel("error rate")
+        ax.legend(fontsize=7)
+    for ax in axes[len(curves) :]:
+        ax.set_axis_off()
+    if not curves:
+        axes[0].text(0.5, 0.5, "no answers with a concept", ha="center", va="center")
+    fig.suptitle("Learning curves of the most practised concepts")
+    save_figure(fig, path)
+
+
+def plot_training(history: list[dict[str, Any]], path: Path) -> None:
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    ep = [h["epoch"] for h in history]
+    ax.plot(
+        ep,
+        [h.get("train_loss", np.nan) for h in history],
+        marker="o",
+        ms=3,
+        color="C0",
+        label="training loss",
+    )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="C0")
+    twin = ax.twinx()
+    auc = [h.get("valid_auc", np.nan) for h in history]
+    twin.plot(ep, auc, marker="s", ms=3, color="C1", label="validation AUC")
+    twin.set_ylabel("validation AUC", color="C1")
+    finite = [a if a is not None and not math.isnan(a) else -1 for a in auc]
+    if max(finite) >= 0:
+        best = int(np.argmax(finite))
+        twin.axvline(ep[best], color="0.6", ls=":", lw=1)
+    ax.set_title("Training history (dotted: best epoch, best.pt)")
+    save_figure(fig, path)
+
+
+def plot_prerequisite_graph(probs: np.ndarray, names: Sequence[str], path: Path) -> dict[str, Any]:
+    c = probs.shape[0]
+    strong = probs > 0.5
+    degree = strong.sum(0) + strong.sum(1)
+    weight = probs.sum(0) + probs.sum(1)
+    keep = np.lexsort((-weight, -degree))[:MAX_GRAPH_NODES] if c > MAX_GRAPH_NODES else np.arange(c)
+    sub = probs[np.ix_(keep, keep)]
+    threshold, note = 0.5, "edges with probability > 0.5"
+    if not (sub > 0.5).any() and len(keep) > 1:
+        flat = np.sort(sub.ravel())[::-1]
+        threshold = float(flat[min(len(keep), len(flat)) - 1]) - 1e-12
+        note = "no edge above 0.5; the strongest shown"
+    pos, edges, layout = graph_layout(sub, threshold)
+    if len(edges) > MAX_GRAPH_EDGES:
+        edges = sorted(edges, key=lambda e: -sub[e])[:MAX_GRAPH_EDGES]
+        note += f" (the {MAX_GRAPH_EDGES} strongest)"
+    size = 6 + 0.12 * len(keep)
+    fig = _figure(size, size * 0.8)
+    ax = fig.add_subplot()
+    for i, j in edges:
+        pr = float(sub[i, j])
+        ax.annotate(
+            "",
+            xy=pos[j],
+            xytext=pos[i],
+            arrowprops={
+                "arrowstyle": "-|>",
+                "lw": 0.4 + 3.6 * max(pr - 0.5, 0.0) / 0.5,
+                "color": "C0",
+                "alpha": 0.35 + 0.6 * pr,
+                "shrinkA": 7,
+                "shrinkB": 7,
+                # curved, so that i -> j and j -> i are two distinct arcs
+                "connectionstyle": "arc3,rad=0.12",
+            },
+        )
+    ax.scatter(pos[:, 0], pos[:, 1], s=120, color="C1", zorder=3, edgecolor="k", lw=0.5)
+    for k, v in enumerate(keep):
+        ax.annotate(
+            str(names[v])[:14],
+            pos[k],
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=7,
+        )
+    ax.set_axis_off()
+    ax.margins(0.12)
+    shown = f"{len(keep)} of {c} concepts" if len(keep) < c else f"{c} concepts"
+    ax.set_title(
+        f"Prerequisite graph: {shown}, {note}; arrow = prerequisite -> dependent, "
+        f"width = probability; {layout}",
+        fontsize=9,
+        wrap=True,
+    )
+    save_figure(fig, path)
+    return {
+        "concepts": int(c),
+        "shown": int(len(keep)),
+        "edges_above_half": int(strong.sum()),
+        "edges_drawn": len(edges),
+        "layout": layout,
+    }
+
+
+def plot_traits(traits: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+    fig = _figure(8, 6)
+    axes = fig.subplots(2, 2).ravel()
+    desc = {
+        "alpha": "forgetting rate alpha (per day)",
+        "mu": "mean level mu",
+        "sigma": "volatility sigma",
+        "gamma": "transfer gamma",
+    }
+    summary = {}
+    for ax, k in zip(axes, TRAITS, strict=True):
+        v = traits[k][np.isfinite(traits[k])]
+        ax.hist(v, bins=max(5, min(30, len(v) // 3 or 5)), color="C2", alpha=0.8)
+        med = float(np.median(v)) if len(v) else float("nan")
+        ax.set_title(f"{desc[k]}: median {med:.3g}", fontsize=9)
+        ax.set_ylabel("learners")
+        summary[k] = {
+            "median": med,
+            "mean": float(v.mean()) if len(v) else float("nan"),
+            "min": float(v.min()) if len(v) else float("nan"),
+            "max": float(v.max()) if len(v) else float("nan"),
+        }
+    fig.suptitle(f"Learner traits after the last answer ({len(traits['mu']):,} learners)")
+    save_figure(fig, path)
+    return summary
+
+
+def plot_comparison(
+    results: Sequence[dict[str, Any]], path: Path | str, labels: Sequence[str] | None = None
+) -> Path:
+    """One figure comparing evaluated runs (``evaluate_run`` results): grouped bars of test
+    AUC/ACC, AUC by steps ahead per run when multi-step was computed, and the calibration
+    curves overlaid."""
+    if labels is None:
+        names = [Path(r["run"]).name for r in results]
+        if len(set(names)) < len(names):
+            names = [str(r["run"]) for r in results]
+        labels = [
+            n if n == r["model"] else f"{n} ({r['model']})"
+            for n, r in zip(names, results, strict=True)
+        ]
+    multi = [r for r in results if r.get("multi_step", {}).get("by_steps_ahead")]
+    panels = 3 if multi else 2
+    fig = _figure(5 * panels, 4.5)
+    axes = fig.subplots(1, panels)
+    ax = axes[0]
+    width = 0.8 / max(len(results), 1)
+    for i, (r, lab) in enumerate(zip(results, labels, strict=True)):
+        vals = [r["test"].get("auc", np.nan), r["test"].get("acc", np.nan)]
+        x = np.arange(2) - 0.4 + width * (i + 0.5)
+        bars = ax.bar(x, vals, width=width, label=lab, color=f"C{i % 10}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(np.arange(2), ["AUC", "ACC"])
+    lo = min([r["test"].get(k, 1.0) for r in results for k in ("auc", "acc")] + [1.0])
+    ax.set_ylim(max(0.0, (lo if not math.isnan(lo) else 0.5) - 0.1), 1.0)
+    ax.set_title("Next-step test metrics")
+    ax.legend(fontsize=7, loc="lower right")
+    if multi:
+        ax = axes[1]
+        for i, (r, lab) in enumerate(zip(results, labels, strict=True)):
+            per = r.get("multi_step", {}).get("by_steps_ahead")
+            if not per:
+                continue
+            ks = sorted(per, key=int)
+            ax.plot(
+                [int(k) for k in ks],
+                [per[k].get("auc", np.nan) for k in ks],
+                marker="o",
+                ms=3,
+                label=lab,
+                color=f"C{i % 10}",
+            )
+        ax.set_xlabel("steps ahead")
+        ax.set_ylabel("AUC")
+        ax.set_title("Multi-step AUC by steps ahead")
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    for i, (r, lab) in enumerate(zip(results, labels, strict=True)):
+        if r.get("calibration"):
+            _draw_calibration(ax, r["calibration"], label=lab, counts=False)
+            ax.get_lines()[-1].set_color(f"C{i % 10}")
+    ax.set_title("Calibration")
+    ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------- the report
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """``task(description, total)`` -> an ``advance(n)`` callback (rich bars on stderr)."""
+    if not enabled:
+        yield lambda _d, _t: lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with bar:
+
+        def task(desc: str, total: int) -> Callable[[int], None]:
+            tid = bar.add_task(desc, total=total)
+            return lambda n: bar.advance(tid, n)
+
+        yield task
+
+
+def _select_learners(
+    run: dict[str, Any], seqs: Sequences, data: Path | str | None
+) -> tuple[np.ndarray, str, str]:
+    """The learners ``evaluate_run`` evaluates: (indices, subset, protocol)."""
+    same = data is None or Path(data).resolve() == Path(run["data"]).resolve()
+    if same:
+        tc = run["train_config"]
+        split = split_learners(seqs, seed=tc["seed"], fold=tc["fold"])
+        return split.test, "test learners of the training protocol", split.protocol
+    return np.arange(seqs.n_users), "all learners of another dataset", "external dataset"
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: nan/inf -> None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        return _clean(x.item())
+    return x
+
+
+def write_report(
+    run_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    data: Path | str | None = None,
+    device: str = "auto",
+    max_position: int = 200,
+    checkpoint: str = "best.pt",
+    progress: bool = False,
+) -> Path:
+    """Write the plots, ``report.json`` and ``index.html`` of a run into ``out_dir``;
+    returns the HTML's path. Raises FileNotFoundError for a missing run directory or
+    ``run.json`` and :class:`~kt_models.base.CheckpointError` for a missing/bad checkpoint."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: run directory not found")
+    if not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir / 'run.json'}: not found (not a run directory?)")
+    run = json.loads((run_dir / "run.json").read_text())
+    dev = pick_device(device)
+    model, payload = load_checkpoint(run_dir / checkpoint, map_location=dev)
+    data_path = Path(data) if data is not None else Path(run["data"])
+    seqs, _ = load_sequences(data_path, vocab=model.vocab)
+    users, subset, protocol = _select_learners(run, seqs, data)
+    if len(users) == 0:
+        raise ValueError(f"{data_path}: no learners to report on ({subset})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    interp = has_interpretation(model)
+
+    with _progress(progress) as task:
+        answers = next_step_answers(
+            model, seqs, users, dev, advance=task("next-step predictions", len(users))
+        )
+        traits = (
+            final_traits(model, seqs, users, dev, advance=task("learner traits", len(users)))
+            if interp
+            else None
+        )
+    s = answers.scored
+    y, p, pos = answers.y[s], answers.p[s], answers.position[s]
+    computed = metrics(y, p)
+
+    figures: list[tuple[str, str, str]] = []  # (file, title, caption)
+    numbers: dict[str, Any] = {"model": run["model"], "run": str(run_dir), "metrics": computed}
+    numbers["calibration"] = plot_calibration(y, p, out_dir / "calibration.png")
+    figures.append(
+        (
+            "calibration.png",
+            "Calibration",
+            "Mean predicted vs observed success rate per probability bin (10 equal-width bins; "
+            "bars: answers per bin). ECE: answer-weighted mean gap.",
+        )
+    )
+    numbers["auc_by_position"] = auc_by_position(y, p, pos, max_position)
+    plot_auc_by_position(
+        numbers["auc_by_position"], computed.get("auc"), out_dir / "auc_by_position.png"
+    )
+    figures.append(
+        (
+            "auc_by_position.png",
+            "AUC by sequence position",
+            "AUC of the predictions grouped by how many of the learner's answers they see "
+            "(n: predictions per bucket; buckets with one answer class are skipped).",
+        )
+    )
+    curves = learning_curves(answers, model.vocab.item_concepts, model.vocab.concepts)
+    numbers["learning_curves"] = curves
+    plot_learning_curves(curves, out_dir / "learning_curves.png")
+    figures.append(
+        (
+            "learning_curves.png",
+            "Learning curves",
+            "Error rate by opportunity (the learner's k-th answer on the concept), observed "
+            "(solid) and predicted (dashed), for the most practised concepts; opportunities "
+            "with fewer than 5 scored answers are left out.",
+        )
+    )
+    history = _read_history(run_dir / "metrics.jsonl")
+    if history:
+        plot_training(history, out_dir / "training.png")
+        figures.append(
+            ("training.png", "Training history", "Training loss and validation AUC per epoch.")
+        )
+    if interp:
+        graph = model.prerequisite_graph().float().cpu().numpy()  # type: ignore[attr-defined]
+        numbers["prerequisite_graph"] = plot_prerequisite_graph(
+            graph, model.vocab.concepts, out_dir / "prerequisite_graph.png"
+        )
+        figures.append(
+            (
+                "prerequisite_graph.png",
+                "Prerequisite graph",
+                "Learned edge probabilities P(i is a prerequisite of j); edges above 0.5, "
+                "width by probability.",
+            )
+        )
+        assert traits is not None
+        numbers["traits"] = plot_traits(traits, out_dir / "traits.png")
+        figures.append(
+            (
+                "traits.png",
+                "Learner traits",
+                "Posterior-mean traits of each reported learner after their last answer.",
+            )
+        )
+
+    results = _matching_results(run_dir, data_path)
+    summary = {
+        "dataset": str(data_path),
+        "subset": subset,
+        "protocol": protocol,
+        "learners in the dataset": seqs.n_users,
+        "learners reported": int(len(users)),
+        "answers of these learners": int(len(answers.y)),
+        "scored predictions": int(s.sum()),
+        "items": model.vocab.n_items,
+        "concepts": model.vocab.n_concepts,
+        "clock": "timestamps (days)" if seqs.has_time else "answer index",
+        "unknown items dropped": seqs.meta.get("unknown_items", 0),
+        "checkpoint epoch": payload.get("extra", {}).get("epoch"),
+    }
+    numbers["data"] = summary
+    _atomic_write(out_dir / "report.json", (json.dumps(_clean(numbers), indent=2) + "\n").encode())
+    page = _html(run, run_dir, figures, computed, results, numbers, summary)
+    _atomic_write(out_dir / "index.html", page.encode())
+    return out_dir / "index.html"
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _matching_results(run_dir: Path, data_path: Path) -> dict[str, Any] | None:
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text())
+        if Path(res["data"]).resolve() != data_path.resolve():
+            return None
+        return res
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# ---------------------------------------------------------------------- HTML
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; } pre { background: #f6f6f6; padding: 0.8em; }
+"""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(
+    run: dict[str, Any],
+    run_dir: Path,
+    figures: list[tuple[str, str, str]],
+    computed: dict[str, float],
+    results: dict[str, Any] | None,
+    numbers: dict[str, Any],
+    summary: dict[str, Any],
+) -> str:
+    e = html.escape
+    keys = ("n", "auc", "acc", "rmse", "logloss", "ece")
+    header = ["evaluation", "answers", "AUC", "ACC", "RMSE", "log-loss", "ECE"]
+    if results is not None:
+        rows = [["next step (results.json)", *[results["test"].get(k) for k in keys]]]
+        ms = results.get("multi_step")
+        if ms:
+            rows.append([f"{ms.get('horizon')}-step (results.json)", *[ms.get(k) for k in keys]])
+        source = "from the run's results.json (tutor evaluate)"
+    else:
+        rows = [["next step (computed)", *[computed.get(k) for k in keys]]]
+        source = "computed for this report (no results.json for this dataset)"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Report: {e(run['model'])} {e(run_dir.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{e(run['model'])} run <code>{e(str(run_dir))}</code></h1>",
+        f"<p>Generated {e(datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC'))}.</p>",
+        f"<h2>Metrics</h2><p>{e(source)}.</p>",
+        _table(header, rows),
+    ]
+    for file, title, caption in figures:
+        parts.append(
+            f'<figure><h2>{e(title)}</h2><img src="{e(file)}" alt="{e(title)}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>"
+        )
+    parts.append("<h2>AUC by position</h2>")
+    parts.append(
+        _table(
+            ["answers seen", "predictions", "AUC"],
+            [[r["label"], r["n"], r["auc"]] for r in numbers["auc_by_position"]],
+        )
+    )
+    parts.append("<h2>Data</h2>")
+    parts.append(_table(["", "value"], [[k, v] for k, v in summary.items()]))
+    parts.append("<h2>Configuration</h2>")
+    conf = {
+        k: run.get(k)
+        for k in (
+            "model",
+            "model_config",
+            "train_config",
+            "split",
+            "time_unit",
+            "device",
+            "torch",
+            "world_size",
+        )
+    }
+    parts.append(f"<pre>{e(json.dumps(conf, indent=2))}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+__all__ = [
+    "Answers",
+    "auc_by_position",
+    "final_traits",
+    "learning_curves",
+    "next_step_answers",
+    "opportunity_index",
+    "plot_comparison",
+    "position_buckets",
+    "write_report",
+]
