@@ -115,3 +115,23 @@ def test_unknown_model_and_option(skill_dataset, tmp_path):
         ],
     )
     assert r.exit_code == 2 and "no option 'colour'" in r.output
+
+
+def test_train_with_progress_bars(skill_dataset, tmp_path):
+    """Without -q the epoch progress bar (tqdm) is drawn: its dependency must be installed."""
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "-m",
+            "dkt",
+            "-d",
+            str(skill_dataset),
+            "-O",
+            str(tmp_path / "r"),
+            "--epochs",
+            "1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "best validation AUC" in r.output
