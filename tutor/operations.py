@@ -177,6 +177,7 @@ def register_model(
         if f.is_file():
             with contextlib.suppress(json.JSONDecodeError):
                 info[name.removesuffix(".json")] = json.loads(f.read_text())
+    info = _json_safe(info)
     mv = ModelVersion(
         org_id=org.id,
         name=loaded.name,
@@ -202,6 +203,19 @@ def register_model(
     if activate:
         activate_model(session, org=org, model_id=mv.id)
     return mv
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN and infinities (empty calibration bins...) as null: PostgreSQL's JSON refuses them."""
+    import math
+
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
 
 
 def activate_model(session: Session, *, org: Organisation, model_id: int) -> ModelVersion:

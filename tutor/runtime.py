@@ -220,3 +220,144 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+# ---------------------------------------------------------------------- several learners
+# Batched forms of the one-learner helpers above (analytics over a group in one model call).
+# A state of ``n`` learners has, in each tensor leaf, one axis indexing the learners: found by
+# comparing ``init_state(1)`` and ``init_state(2)`` (DKT's LSTM state is ``[layers, n, H]``).
+
+
+def batch_axes(model: LoadedModel) -> list[int | None]:
+    """Per state leaf (in :func:`_leaves` order), the axis indexing learners (None: shared)."""
+    axes = getattr(model, "_batch_axes", None)
+    if axes is None:
+        one, two = _leaves(model.model.init_state(1)), _leaves(model.model.init_state(2))
+        axes = []
+        for a, b in zip(one, two, strict=True):
+            diff = [k for k, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
+            axes.append(diff[0] if diff else None)
+        model._batch_axes = axes  # type: ignore[attr-defined]
+    return axes
+
+
+def state_batch_size(model: LoadedModel, state: Any) -> int:
+    for leaf, ax in zip(_leaves(state), batch_axes(model), strict=True):
+        if ax is not None:
+            return int(leaf.shape[ax])
+    return 1
+
+
+def stack_states(model: LoadedModel, states: list[Any]) -> Any:
+    """One batched state from states of one or more learners each (concatenated in order)."""
+    if not states:
+        raise ValueError("no states to stack")
+    per = [_leaves(s) for s in states]
+    leaves = [
+        torch.cat([p[k] for p in per], dim=ax) if ax is not None else per[0][k]
+        for k, ax in enumerate(batch_axes(model))
+    ]
+    return _rebuild(model._template, leaves, [0])
+
+
+def decode_many(model: LoadedModel, blobs: list[bytes]) -> Any:
+    """The batched state of ``len(blobs)`` learners from their stored state bytes (one numpy
+    reshape per leaf instead of one decode per learner)."""
+    n = len(blobs)
+    if n == 0:
+        raise ValueError("no states to decode")
+    width = sum(nbytes for _, _, nbytes in model._layout)
+    buf = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    if buf.size != n * width or any(len(b) != width for b in blobs):
+        bad = next(len(b) for b in blobs if len(b) != width)
+        raise ValueError(f"a stored state has {bad} bytes, model {model.model_id} expects {width}")
+    buf = buf.reshape(n, width)
+    leaves, off = [], 0
+    for (shape, dtype, nbytes), ax in zip(model._layout, batch_axes(model), strict=True):
+        raw = buf[:, off : off + nbytes].copy().view(_np_dtype(dtype))
+        t = torch.from_numpy(raw.reshape(n, *shape))
+        t = t[0] if ax is None else t.squeeze(ax + 1).movedim(0, ax).contiguous()
+        leaves.append(t)
+        off += nbytes
+    return _rebuild(model._template, leaves, [0])
+
+
+@torch.no_grad()
+def predict_many(
+    model: LoadedModel, state: Any, items: np.ndarray, at_times: np.ndarray | None = None
+) -> np.ndarray:
+    """Success probabilities ``[n, m]`` of the same ``items`` (model indices) for the ``n``
+    learners of a batched state, optionally each at its own time ``at_times`` ``[n]`` (models
+    that forget; as :meth:`LoadedModel.predict`, else ignored; nan counts as time 0, for
+    learners without answers)."""
+    n = state_batch_size(model, state)
+    it = torch.as_tensor(np.asarray(items, dtype=np.int64)).unsqueeze(0).expand(n, -1)
+    it = it.contiguous()
+    tt = None
+    if at_times is not None and model.forgets:
+        at = np.nan_to_num(np.asarray(at_times, dtype=np.float64), nan=0.0)
+        tt = torch.as_tensor(at, dtype=torch.float32).unsqueeze(1).expand(it.shape)
+    return model.model.predict(state, it, at_time=tt).numpy()
+
+
+@torch.no_grad()
+def concept_mastery_many(
+    model: LoadedModel,
+    state: Any,
+    at_times: np.ndarray | None = None,
+    chunk_cells: int = 4_000_000,
+) -> np.ndarray:
+    """:meth:`LoadedModel.concept_mastery` of ``n`` learners at once: ``[n, C + 1]``."""
+    n = state_batch_size(model, state)
+    w = model.concept_item_weights
+    n_items = w.shape[1] - 1
+    items = np.arange(1, n_items + 1)
+    step = max(1, chunk_cells // max(n_items, 1))
+    out = []
+    for s in range(0, n, step):
+        idx = torch.arange(s, min(s + step, n))
+        part = state if (s == 0 and step >= n) else model.model.state_select(state, idx)
+        at = None if at_times is None else np.asarray(at_times)[s : s + step]
+        p = predict_many(model, part, items, at)
+        full = torch.zeros(p.shape[0], n_items + 1)
+        full[:, 1:] = torch.from_numpy(p)
+        out.append((full @ w.T).numpy())
+    return np.concatenate(out) if out else np.zeros((0, w.shape[0]), dtype=np.float32)
+
+
+@torch.no_grad()
+def replay_many(
+    model: LoadedModel,
+    items: np.ndarray,
+    correct: np.ndarray,
+    times: np.ndarray,
+    positions: list[np.ndarray],
+) -> list[Any]:
+    """Step ``n`` learners' padded histories (``[n, T]`` model item indices, 0/1, time
+    values) together and return, for each array of ``positions`` (``[n]``, answers folded,
+    ``0 .. T``), the batched state of every learner after that many of its answers."""
+    n, t_max = items.shape
+    positions = [np.clip(np.asarray(p, dtype=np.int64), 0, t_max) for p in positions]
+    stop = max((int(p.max()) for p in positions if len(p)), default=0)
+    got: list[list[tuple[np.ndarray, Any]]] = [[] for _ in positions]
+    state = model.model.init_state(n)
+
+    def capture(t: int) -> None:
+        for k, pos in enumerate(positions):
+            idx = np.flatnonzero(pos == t)
+            if len(idx):
+                got[k].append((idx, model.model.state_select(state, torch.from_numpy(idx))))
+
+    it = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+    cc = torch.from_numpy(np.ascontiguousarray(correct, dtype=np.float32))
+    tt = torch.from_numpy(np.ascontiguousarray(times, dtype=np.float32))
+    for t in range(min(stop, t_max)):
+        capture(t)
+        state = model.model.step(state, it[:, t], cc[:, t], tt[:, t])
+    capture(min(stop, t_max))
+    out = []
+    for parts in got:
+        order = np.concatenate([idx for idx, _ in parts])
+        stacked = stack_states(model, [s for _, s in parts])
+        out.append(model.model.state_select(stacked, torch.from_numpy(np.argsort(order))))
+    return out

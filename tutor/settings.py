@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     mastery_threshold: float = Field(0.8, gt=0, lt=1)
     review_threshold: float = Field(0.6, gt=0, lt=1)
     recent_exclusion: int = Field(5, ge=0)
+    #: analytics: learners at risk (mean mastery of covered concepts below, a drop of at least
+    #: ``risk_mastery_drop`` over the last ``risk_window_answers`` answers, inactivity in days)
+    risk_low_mastery: float = Field(0.5, gt=0, lt=1)
+    risk_mastery_drop: float = Field(0.1, gt=0, lt=1)
+    risk_window_answers: int = Field(10, ge=1)
+    risk_inactive_days: float = Field(14.0, gt=0)
+    #: analytics: items flagged when observed success is this many standard errors from the
+    #: prediction, with at least this many attempts
+    item_flag_min_attempts: int = Field(20, ge=1)
+    item_flag_z: float = Field(3.0, gt=0)
     #: loaded models kept in memory per process
     model_cache_size: int = Field(4, ge=1)
     #: SQLite busy timeout (seconds) while another writer holds the lock

@@ -305,3 +305,22 @@ def test_settings_patch_changes_default_policy(client, world):
     r = client.patch("/v1/organisation/settings", json={"default_policy": None}, headers=h)
     assert r.json()["settings"] == {"target_success": 0.6}
     assert client.get(url, headers=h).json()["policy"] == "mixed"
+
+
+def test_register_a_run_whose_results_hold_nan(db_url, dkt_run, tmp_path):
+    """results.json with NaN (an empty calibration bin) registers on PostgreSQL too."""
+    import json
+    import shutil
+
+    from tutor import operations as ops
+    from tutor.db import create_db_engine, make_sessionmaker
+
+    run = tmp_path / "run"
+    shutil.copytree(dkt_run, run)
+    (run / "results.json").write_text(json.dumps({"test": {"auc": 0.7, "ece": float("nan")}}))
+    engine = create_db_engine(db_url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        org = ops.create_org(s, slug="nan")
+        mv = ops.register_model(s, org=org, run_dir=run)
+        assert mv.info["results"]["test"] == {"auc": 0.7, "ece": None}
+    engine.dispose()

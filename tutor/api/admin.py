@@ -891,8 +891,18 @@ SETTING_KEYS = (
     "mastery_threshold",
     "review_threshold",
     "recent_exclusion",
+    "risk_low_mastery",
+    "risk_mastery_drop",
+    "risk_window_answers",
+    "risk_inactive_days",
+    "item_flag_min_attempts",
+    "item_flag_z",
 )
 MAX_RECENT_EXCLUSION = 10_000
+#: settings that are positive integers / positive numbers (the rest not named here are
+#: probabilities strictly between 0 and 1)
+INT_SETTINGS = {"recent_exclusion", "risk_window_answers", "item_flag_min_attempts"}
+POSITIVE_SETTINGS = {"risk_inactive_days", "item_flag_z"}
 
 
 def _check_setting(key: str, value: Any) -> Any:
@@ -903,14 +913,19 @@ def _check_setting(key: str, value: Any) -> Any:
         if value not in POLICIES:
             raise bad(f"expected one of {', '.join(POLICIES)}")
         return value
-    if key == "recent_exclusion":
+    if key in INT_SETTINGS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("expected an integer")
-        if not 0 <= value <= MAX_RECENT_EXCLUSION:
-            raise bad(f"expected 0 <= value <= {MAX_RECENT_EXCLUSION}")
+        low = 0 if key == "recent_exclusion" else 1
+        if not low <= value <= MAX_RECENT_EXCLUSION:
+            raise bad(f"expected {low} <= value <= {MAX_RECENT_EXCLUSION}")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad("expected a number")
+    if key in POSITIVE_SETTINGS:
+        if not (math.isfinite(value) and value > 0):
+            raise bad("expected a positive number")
+        return float(value)
     if not (math.isfinite(value) and 0 < value < 1):
         raise bad("expected a number strictly between 0 and 1")
     return float(value)

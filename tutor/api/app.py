@@ -146,11 +146,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    from . import admin, answers, health, learners, xapi
+    from . import admin, analytics, answers, health, learners, xapi
 
     app.include_router(health.router)
     app.include_router(answers.router, prefix="/v1")
     app.include_router(learners.router, prefix="/v1")
     app.include_router(admin.router, prefix="/v1")
+    app.include_router(analytics.router, prefix="/v1")
     app.include_router(xapi.router)
     return app

@@ -1,0 +1,543 @@
+"""Analytics routes against hand-computed values on a small fixture (SQLite and PostgreSQL).
+
+Group g1 = {u0, u1} (plus u3, who never answers, where a test adds it); u2 (group g2) answers
+too and must never count for g1. Items: i0 -> c0, c1; i1 -> c0; i5 -> c1, c2; i6 -> c1.
+
+    u0: i0 1, i1 0, i5 1, i1 1       (10:00, 10:01, 10:02, 10:03)
+    u1: i1 0, i6 0, i1 1             (10:00, 10:05, 10:06)
+    u2: i1 1                         (g2)
+
+Opportunities of g1 (k-th answer of a learner on a concept's items, in event order):
+c0: u0 = i0 1, i1 0, i1 1; u1 = i1 0, i1 1 -> errors by opportunity 0.5 (2), 0.5 (2), 0 (1).
+c1: u0 = i0 1, i5 1; u1 = i6 0 -> 0.5 (2), 0 (1). c2: u0 = i5 1 -> 0 (1).
+Predicted values are checked against the serving form stepped here answer by answer.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+
+ANSWERS = [
+    ("a1", "u0", "i0", 1, "10:00"),
+    ("a2", "u0", "i1", 0, "10:01"),
+    ("a3", "u0", "i5", 1, "10:02"),
+    ("a4", "u0", "i1", 1, "10:03"),
+    ("b1", "u1", "i1", 0, "10:00"),
+    ("b2", "u1", "i6", 0, "10:05"),
+    ("b3", "u1", "i1", 1, "10:06"),
+    ("x1", "u2", "i1", 1, "10:04"),
+]
+ITEM_CONCEPTS = {"i0": ["c0", "c1"], "i1": ["c0"], "i5": ["c1", "c2"], "i6": ["c1"]}
+
+
+@pytest.fixture
+def posted(client, world):
+    from tutor.analytics import clear_caches
+
+    clear_caches()
+    batch = [
+        {
+            "event_id": e,
+            "learner_id": u,
+            "item_id": i,
+            "correct": c,
+            "timestamp": f"2024-03-01T{t}:00Z",
+        }
+        for e, u, i, c, t in ANSWERS
+    ]
+    # out of order on purpose: the service orders by timestamp
+    r = client.post("/v1/answers", json={"answers": batch[::-1]}, headers=world.headers("ingest"))
+    assert r.status_code == 201, r.text
+    return client
+
+
+def _history(learner: str) -> list[tuple[str, int, str]]:
+    rows = sorted((t, i, c) for _, u, i, c, t in ANSWERS if u == learner)
+    return [(i, c, t) for t, i, c in rows]
+
+
+def _served(dkt_run: Path):
+    from tutor.runtime import LoadedModel
+
+    return LoadedModel.from_bytes(0, (dkt_run / "best.pt").read_bytes())
+
+
+def _serving_replay(model, learner: str) -> tuple[list[float], list[np.ndarray]]:
+    """Predicted success before each answer and concept mastery after each, by the serving
+    form one answer at a time (the reference the batched analytics must match)."""
+    state = model.model.init_state(1)
+    before, after = [], []
+    hist = _history(learner)
+    stamp = [datetime.fromisoformat(f"2024-03-01T{t}:00+00:00") for _, _, t in hist]
+    for k, (item, correct, _) in enumerate(hist):
+        idx = model.item_idx([item])
+        t = model.time_value(stamp[k], stamp[0], k)
+        # the prediction of answer k is made at its own time (models that forget decay)
+        before.append(float(model.predict(state, idx, t if k else None)[0]))
+        state = model.step_many(state, idx.tolist(), [correct], [t])
+        after.append(model.concept_mastery(state))
+    return before, after
+
+
+def _mastery(client, world, learner: str) -> dict[str, float]:
+    r = client.get(f"/v1/learners/{learner}/mastery", headers=world.headers("admin"))
+    assert r.status_code == 200, r.text
+    return {c["concept_id"]: c["mastery"] for c in r.json()["concepts"]}
+
+
+def test_items_have_the_fixture_concepts(posted, world):
+    h = world.headers("admin")
+    for item, concepts in ITEM_CONCEPTS.items():
+        r = posted.get(f"/v1/items/{item}", headers=h)
+        assert sorted(r.json()["concepts"]) == concepts
+
+
+def test_group_mastery_grid(posted, world):
+    h = world.headers("teacher")
+    r = posted.get("/v1/analytics/groups/g1/mastery", headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["group"] == {"id": "g1", "name": "Class 1", "learners": 2}
+    assert body["model"]["id"] == world.model_id and body["model"]["forgets"] is False
+    concepts = [c["concept_id"] for c in body["concepts"]]
+    assert sorted(concepts) == ["c0", "c1", "c2", "c3"]
+    # curriculum order honours the prerequisites c0 -> c1 -> c2
+    assert concepts.index("c0") < concepts.index("c1") < concepts.index("c2")
+    rows = {row["learner_id"]: row for row in body["learners"]}
+    assert list(rows) == ["u0", "u1"]
+    assert rows["u0"]["n_answers"] == 4 and rows["u1"]["n_answers"] == 3
+    assert rows["u0"]["last_answer"].startswith("2024-03-01T10:03:00")
+    assert rows["u1"]["last_answer"].startswith("2024-03-01T10:06:00")
+    per = {u: _mastery(posted, world, u) for u in ("u0", "u1")}
+    for u, row in rows.items():
+        for c, m in zip(concepts, row["mastery"], strict=True):
+            assert m == pytest.approx(per[u][c], abs=2e-6)
+        assert row["mean"] == pytest.approx(np.mean(row["mastery"]), abs=2e-6)
+    for k, c in enumerate(concepts):
+        assert body["concept_means"][k] == pytest.approx(
+            (per["u0"][c] + per["u1"][c]) / 2, abs=2e-6
+        )
+    # a page holds fewer learners; the means still average the whole group
+    page = posted.get("/v1/analytics/groups/g1/mastery?limit=1&offset=1", headers=h).json()
+    assert [x["learner_id"] for x in page["learners"]] == ["u1"]
+    assert page["concept_means"] == body["concept_means"]
+    assert page["offset"] == 1 and page["limit"] == 1
+
+
+def test_grid_rebuilds_stale_states_and_counts_new_members(posted, world):
+    from tutor.db import LearnerState, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        s.execute(LearnerState.__table__.delete())  # as after a model swap
+    engine.dispose()
+    h = world.headers("admin")
+    r = posted.put("/v1/groups/g1/members", json=["u0", "u1", "u3"], headers=h)
+    assert r.status_code == 200, r.text
+    body = posted.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    assert [x["learner_id"] for x in body["learners"]] == ["u0", "u1", "u3"]
+    u3 = body["learners"][2]
+    assert u3["n_answers"] == 0 and u3["last_answer"] is None
+    concepts = [c["concept_id"] for c in body["concepts"]]
+    for row in body["learners"]:
+        ref = _mastery(posted, world, row["learner_id"])
+        assert row["mastery"] == pytest.approx([ref[c] for c in concepts], abs=2e-6)
+    # the rebuilt states were kept
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s:
+        rows = s.execute(select(LearnerState.n_applied)).scalars().all()
+    engine.dispose()
+    assert sorted(rows) == [0, 3, 4]
+
+
+def test_learner_timeline(posted, world, dkt_run):
+    r = posted.get("/v1/analytics/learners/u0/timeline", headers=world.headers("learner"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # most practised first: c0 (3 answers), c1 (2), c2 (1)
+    assert [c["concept_id"] for c in body["concepts"]] == ["c0", "c1", "c2"]
+    pts = body["points"]
+    assert [p["index"] for p in pts] == [1, 2, 3, 4]
+    assert [p["event_id"] for p in pts] == ["a1", "a2", "a3", "a4"]
+    assert [p["item_id"] for p in pts] == ["i0", "i1", "i5", "i1"]
+    assert [p["correct"] for p in pts] == [1, 0, 1, 1]
+    assert [sorted(p["concepts"]) for p in pts] == [["c0", "c1"], ["c0"], ["c1", "c2"], ["c0"]]
+    assert pts[0]["timestamp"].startswith("2024-03-01T10:00:00")
+    now = _mastery(posted, world, "u0")
+    assert pts[-1]["mastery"] == pytest.approx([now["c0"], now["c1"], now["c2"]], abs=2e-6)
+    model = _served(dkt_run)
+    _, after = _serving_replay(model, "u0")
+    cidx = [model.concept_ids.index(c) + 1 for c in ("c0", "c1", "c2")]
+    for p, ref in zip(pts, after, strict=True):
+        assert p["mastery"] == pytest.approx(ref[cidx].tolist(), abs=2e-6)
+    # chosen concepts, thinned points (the last always kept)
+    r = posted.get(
+        "/v1/analytics/learners/u0/timeline?concepts=c3,c1&max_points=2",
+        headers=world.headers("admin"),
+    )
+    body = r.json()
+    assert [c["concept_id"] for c in body["concepts"]] == ["c3", "c1"]
+    assert [p["index"] for p in body["points"]] == [1, 4]
+    assert body["points"][1]["mastery"] == pytest.approx([now["c3"], now["c1"]], abs=2e-6)
+    r = posted.get(
+        "/v1/analytics/learners/u0/timeline?concepts=nope", headers=world.headers("admin")
+    )
+    assert r.status_code == 422 and "nope" in r.json()["detail"]
+
+
+def test_learning_curves(posted, world, dkt_run):
+    r = posted.get("/v1/analytics/groups/g1/learning-curves", headers=world.headers("teacher"))
+    assert r.status_code == 200, r.text
+    curves = {c["concept_id"]: c["points"] for c in r.json()["curves"]}
+    assert set(curves) == {"c0", "c1", "c2"}  # c3: nobody in g1 practised it
+    obs = {
+        c: [(p["opportunity"], p["learners"], p["observed_error"]) for p in pts]
+        for c, pts in curves.items()
+    }
+    assert obs == {
+        "c0": [(1, 2, 0.5), (2, 2, 0.5), (3, 1, 0.0)],
+        "c1": [(1, 2, 0.5), (2, 1, 0.0)],
+        "c2": [(1, 1, 0.0)],
+    }
+    # predicted: 1 - mean prediction before each answer, by the serving form
+    model = _served(dkt_run)
+    pb = {u: _serving_replay(model, u)[0] for u in ("u0", "u1")}
+    # (learner, answer position) at each opportunity, from the fixture table
+    at = {
+        "c0": [[("u0", 0), ("u1", 0)], [("u0", 1), ("u1", 2)], [("u0", 3)]],
+        "c1": [[("u0", 0), ("u1", 1)], [("u0", 2)]],
+        "c2": [[("u0", 2)]],
+    }
+    for c, opps in at.items():
+        for point, answers in zip(curves[c], opps, strict=True):
+            want = 1 - np.mean([pb[u][k] for u, k in answers])
+            assert point["predicted_error"] == pytest.approx(want, abs=2e-6)
+    r = posted.get(
+        "/v1/analytics/groups/g1/learning-curves?concepts=c0&max_opportunity=2",
+        headers=world.headers("admin"),
+    )
+    body = r.json()
+    assert [c["concept_id"] for c in body["curves"]] == ["c0"]
+    assert [p["opportunity"] for p in body["curves"][0]["points"]] == [1, 2]
+
+
+def test_learning_curves_agree_with_sql_window_functions(posted, world):
+    """The numpy opportunities equal ROW_NUMBER() OVER (PARTITION BY learner, concept)."""
+    from tutor.db import create_db_engine
+
+    sql = text(
+        """
+        SELECT c.external_id, o.opp, COUNT(*), AVG(1.0 - o.correct)
+        FROM (
+            SELECT ic.concept_id, i.correct,
+                   ROW_NUMBER() OVER (PARTITION BY i.learner_id, ic.concept_id
+                                      ORDER BY i.timestamp, i.event_id) AS opp
+            FROM interactions i
+            JOIN item_concepts ic ON ic.item_id = i.item_id
+            JOIN group_memberships gm ON gm.learner_id = i.learner_id
+            JOIN groups g ON g.id = gm.group_id
+            WHERE g.external_id = 'g1'
+        ) o JOIN concepts c ON c.id = o.concept_id
+        GROUP BY c.external_id, o.opp
+        """
+    )
+    engine = create_db_engine(world.url)
+    with engine.connect() as conn:
+        want = {(r[0], int(r[1])): (int(r[2]), float(r[3])) for r in conn.execute(sql)}
+    engine.dispose()
+    body = posted.get(
+        "/v1/analytics/groups/g1/learning-curves", headers=world.headers("admin")
+    ).json()
+    got = {
+        (c["concept_id"], p["opportunity"]): (p["learners"], p["observed_error"])
+        for c in body["curves"]
+        for p in c["points"]
+    }
+    assert set(got) == set(want)
+    for k, (n, err) in want.items():
+        assert got[k][0] == n and got[k][1] == pytest.approx(err, abs=1e-6)
+
+
+def _set_org_settings(world, **values) -> None:
+    from tutor.db import Organisation, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+        org.settings = {**(org.settings or {}), **values}
+    engine.dispose()
+
+
+def test_item_statistics(posted, world, dkt_run):
+    h = world.headers("teacher")
+    r = posted.get("/v1/analytics/groups/g1/items", headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["total"] == 4
+    items = {i["item_id"]: i for i in body["items"]}
+    assert [i["item_id"] for i in body["items"]][0] == "i1"  # most attempts first
+    got = {k: (v["attempts"], v["learners"], v["observed_success"]) for k, v in items.items()}
+    assert got == {"i0": (1, 1, 1.0), "i1": (4, 2, 0.5), "i5": (1, 1, 1.0), "i6": (1, 1, 0.0)}
+    assert items["i0"]["concepts"] == ["c0", "c1"]
+    model = _served(dkt_run)
+    pb = {u: _serving_replay(model, u)[0] for u in ("u0", "u1")}
+    preds: dict[str, list[float]] = {}
+    for u in ("u0", "u1"):
+        for (item, _, _), p in zip(_history(u), pb[u], strict=True):
+            preds.setdefault(item, []).append(p)
+    for item, ps in preds.items():
+        assert items[item]["predicted_success"] == pytest.approx(np.mean(ps), abs=2e-6)
+        # DKT has no item parameters: difficulty = 1 - predicted success
+        assert items[item]["difficulty"] == pytest.approx(1 - np.mean(ps), abs=2e-6)
+        assert items[item]["discrimination"] is None
+        assert items[item]["flagged"] is False  # fewer than 20 attempts
+    assert "1 - mean predicted success" in body["difficulty_source"]
+    # sorting and paging
+    r = posted.get("/v1/analytics/groups/g1/items?sort=observed_success&desc=false", headers=h)
+    assert [i["item_id"] for i in r.json()["items"]] == ["i6", "i1", "i0", "i5"]
+    r = posted.get("/v1/analytics/groups/g1/items?sort=gap&limit=2&offset=1", headers=h)
+    gaps = sorted(
+        ((abs(items[k]["observed_success"] - np.mean(v)), k) for k, v in preds.items()),
+        key=lambda g: (-g[0], g[1]),
+    )
+    assert [i["item_id"] for i in r.json()["items"]] == [k for _, k in gaps[1:3]]
+    assert posted.get("/v1/analytics/groups/g1/items?sort=x", headers=h).status_code == 422
+    # flags: thresholds from the organisation's settings; z from the predictions
+    _set_org_settings(world, item_flag_min_attempts=4, item_flag_z=0.01)
+    body = posted.get("/v1/analytics/groups/g1/items", headers=h).json()
+    i1 = next(i for i in body["items"] if i["item_id"] == "i1")
+    ps = np.array(preds["i1"])
+    z = (2 - ps.sum()) / math.sqrt((ps * (1 - ps)).sum())
+    assert body["thresholds"] == {"item_flag_min_attempts": 4, "item_flag_z": 0.01}
+    assert i1["flagged"] is bool(abs(z) > 0.01)
+    if i1["flagged"]:
+        assert f"z = {z:.1f}" in i1["flag_reason"]
+    assert all(not i["flagged"] for i in body["items"] if i["item_id"] != "i1")
+
+
+def test_learners_at_risk(posted, world):
+    h = world.headers("admin")
+    posted.put("/v1/groups/g1/members", json=["u0", "u1", "u3"], headers=h)
+    _set_org_settings(world, risk_low_mastery=0.99, risk_inactive_days=30, risk_window_answers=2)
+    r = posted.get("/v1/analytics/groups/g1/at-risk", headers=world.headers("teacher"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["thresholds"]["risk_low_mastery"] == 0.99
+    assert body["thresholds"]["risk_window_answers"] == 2
+    assert body["covered_concepts"] == ["c0", "c1", "c2"]
+    rows = {x["learner_id"]: x for x in body["learners"]}
+    assert set(rows) == {"u0", "u1", "u3"} and body["total"] == 3
+    grid = posted.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    cols = [c["concept_id"] for c in grid["concepts"]]
+    for g in grid["learners"]:
+        covered = [m for c, m in zip(cols, g["mastery"], strict=True) if c != "c3"]
+        assert rows[g["learner_id"]]["mean_mastery"] == pytest.approx(np.mean(covered), abs=2e-6)
+    for u in ("u0", "u1"):
+        reasons = " | ".join(rows[u]["reasons"])
+        assert "low mastery" in reasons and "inactive" in reasons  # answered in 2024
+        days = (datetime.now(UTC) - datetime(2024, 3, 1, 10, tzinfo=UTC)).days
+        assert rows[u]["days_inactive"] == pytest.approx(days, abs=1.1)
+    assert rows["u3"]["reasons"][-1] == "no answers yet"
+    assert rows["u3"]["mastery_change"] is None and rows["u3"]["days_inactive"] is None
+    # mastery change = mean covered mastery now - after all but the last 2 answers
+    first_two = _covered_mean_after(posted, world, "u1", 1)
+    assert rows["u1"]["mastery_change"] == pytest.approx(
+        rows["u1"]["mean_mastery"] - first_two, abs=2e-6
+    )
+    # an inactive learner with high mastery is flagged for inactivity only
+    _set_org_settings(world, risk_low_mastery=0.01, risk_mastery_drop=0.99)
+    body = posted.get("/v1/analytics/groups/g1/at-risk", headers=h).json()
+    assert all(
+        all(r.startswith(("inactive", "no answers")) for r in x["reasons"])
+        for x in body["learners"]
+    )
+
+
+def _covered_mean_after(client, world, learner: str, k: int) -> float:
+    """Mean mastery over c0..c2 after the learner's first ``k`` answers (from the
+    timeline, which replays through the serving form)."""
+    r = client.get(
+        f"/v1/analytics/learners/{learner}/timeline?concepts=c0,c1,c2",
+        headers=world.headers("admin"),
+    )
+    return float(np.mean(r.json()["points"][k - 1]["mastery"]))
+
+
+def test_model_card_dkt(posted, world):
+    r = posted.get("/v1/analytics/model-card", headers=world.headers("teacher"))
+    assert r.status_code == 200, r.text
+    card = r.json()
+    assert card["model"]["id"] == world.model_id and card["model"]["name"] == "dkt"
+    assert len(card["model"]["sha256"]) == 64
+    assert card["training"]["run"]["model"] == "dkt"
+    assert card["training"]["dataset"]["counts"]["learners"] == 60
+    assert card["training"]["vocabulary"] == {"items": 20, "concepts": 4}
+    assert card["training"]["validation"]["auc"] > 0
+    # no results.json in this run: no test metrics, no calibration
+    assert card["metrics"] is None and card["calibration"] is None
+    assert card["prerequisite_graph"] is None and card["traits"] is None
+
+
+def test_model_card_psikt_with_results(client, world, psikt_run, tmp_path):
+    import json
+    import shutil
+
+    from tutor import operations as ops
+    from tutor.analytics import clear_caches
+    from tutor.db import Organisation, create_db_engine, make_sessionmaker
+
+    clear_caches()
+    run = tmp_path / "psikt"
+    shutil.copytree(psikt_run, run)
+    results = {
+        "subset": "test learners",
+        "test": {"n": 100, "auc": 0.7, "acc": 0.7},
+        "calibration": [
+            {"bin_low": 0.0, "bin_high": 0.5, "n": 0, "predicted": None, "observed": None},
+            {"bin_low": 0.5, "bin_high": 1.0, "n": 100, "predicted": 0.7, "observed": 0.68},
+        ],
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+        ops.register_model(s, org=org, run_dir=run, activate=True)
+    engine.dispose()
+    batch = [
+        {
+            "event_id": e,
+            "learner_id": u,
+            "item_id": i,
+            "correct": c,
+            "timestamp": f"2024-03-01T{t}:00Z",
+        }
+        for e, u, i, c, t in ANSWERS
+    ]
+    assert (
+        client.post(
+            "/v1/answers", json={"answers": batch}, headers=world.headers("ingest")
+        ).status_code
+        == 201
+    )
+    h = world.headers("admin")
+    card = client.get("/v1/analytics/model-card", headers=h).json()
+    assert card["model"]["name"] == "psikt" and card["model"]["forgets"] is True
+    assert card["metrics"]["test"]["auc"] == 0.7
+    assert card["calibration"][1]["n"] == 100
+    graph = card["prerequisite_graph"]
+    assert [n["concept_id"] for n in graph["nodes"]] == ["c0", "c1", "c2", "c3"]
+    from tutor.runtime import LoadedModel
+
+    p = LoadedModel.from_bytes(0, (run / "best.pt").read_bytes()).model.prerequisite_graph()
+    want = {(f"c{i}", f"c{j}") for i, j in zip(*np.nonzero(p.numpy() > 0.5), strict=True)}
+    assert {(e["source"], e["target"]) for e in graph["edges"]} == want
+    assert all(e["probability"] > 0.5 for e in graph["edges"])
+    traits = card["traits"]
+    assert traits["learners"] == 3 and set(traits) >= {"alpha", "mu", "sigma", "gamma"}
+    assert traits["alpha"]["mean"] > 0
+    # a model that forgets: the grid at a later date differs and equals /mastery?at=
+    later = "2024-06-01T00:00:00Z"
+    grid = client.get(f"/v1/analytics/groups/g1/mastery?at={later}", headers=h).json()
+    now = client.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    assert grid["at"].startswith("2024-06-01") and grid["model"]["forgets"] is True
+    assert grid["learners"][0]["mastery"] != now["learners"][0]["mastery"]
+    ref = client.get(f"/v1/learners/u0/mastery?at={later}", headers=h).json()
+    ref = {c["concept_id"]: c["mastery"] for c in ref["concepts"]}
+    cols = [c["concept_id"] for c in grid["concepts"]]
+    assert grid["learners"][0]["mastery"] == pytest.approx([ref[c] for c in cols], abs=2e-6)
+    # learning curves through PSI-KT's forward (on the clock) equal its serving form
+    curves = client.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
+    curves = {c["concept_id"]: c["points"] for c in curves["curves"]}
+    assert set(curves) == {"c0", "c1", "c2"}
+    model = LoadedModel.from_bytes(0, (run / "best.pt").read_bytes())
+    pb = {u: _serving_replay(model, u)[0] for u in ("u0", "u1")}
+    want = 1 - np.mean([pb["u0"][1], pb["u1"][2]])  # c0, second opportunity
+    assert curves["c0"][1]["predicted_error"] == pytest.approx(want, abs=2e-5)
+    items = client.get("/v1/analytics/groups/g1/items", headers=h).json()
+    assert "psikt" in items["difficulty_source"]
+    assert all(i["difficulty"] is not None for i in items["items"])
+
+
+def test_access_rules(posted, world):
+    group_routes = [
+        "/v1/analytics/groups/{g}/mastery",
+        "/v1/analytics/groups/{g}/learning-curves",
+        "/v1/analytics/groups/{g}/items",
+        "/v1/analytics/groups/{g}/at-risk",
+    ]
+    expect = {
+        ("admin", "g1"): 200,
+        ("admin", "g2"): 200,
+        ("teacher", "g1"): 200,
+        ("teacher", "g2"): 404,  # not its group
+        ("admin", "nope"): 404,
+        ("learner", "g1"): 403,
+        ("ingest", "g1"): 403,
+        ("other_admin", "g1"): 404,  # another organisation
+    }
+    for route in group_routes:
+        for (who, g), code in expect.items():
+            r = posted.get(route.format(g=g), headers=world.headers(who))
+            assert r.status_code == code, (route, who, g, r.text)
+    timeline = "/v1/analytics/learners/{u}/timeline"
+    expect = {
+        ("admin", "u2"): 200,
+        ("teacher", "u1"): 200,
+        ("teacher", "u2"): 404,  # in g2 only
+        ("learner", "u0"): 200,  # itself
+        ("learner", "u1"): 404,
+        ("other_admin", "u0"): 404,
+        ("other_learner", "u0"): 404,
+        ("ingest", "u0"): 403,
+    }
+    for (who, u), code in expect.items():
+        r = posted.get(timeline.format(u=u), headers=world.headers(who))
+        assert r.status_code == code, (who, u, r.text)
+    card = "/v1/analytics/model-card"
+    for who, code in [("admin", 200), ("teacher", 200), ("learner", 403), ("ingest", 403)]:
+        assert posted.get(card, headers=world.headers(who)).status_code == code, who
+    assert posted.get("/v1/analytics/groups/g1/mastery").status_code == 401
+    # another organisation without a model: 404 naming it, not a crash
+    r = posted.get("/v1/analytics/model-card", headers=world.headers("other_admin"))
+    assert r.status_code == 404 and "model" in r.json()["detail"]
+
+
+def test_caches_follow_new_answers_and_empty_groups(posted, world):
+    h = world.headers("admin")
+    curves = "/v1/analytics/groups/g1/learning-curves?concepts=c0"
+    before = posted.get(curves, headers=h).json()["curves"][0]["points"]
+    assert [p["learners"] for p in before] == [2, 2, 1]
+    grid = posted.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    items = posted.get("/v1/analytics/groups/g1/items", headers=h).json()
+    new = {"event_id": "b4", "learner_id": "u1", "item_id": "i0", "correct": 0}
+    new["timestamp"] = "2024-03-01T10:07:00Z"
+    assert posted.post("/v1/answers", json=new, headers=world.headers("ingest")).status_code == 201
+    after = posted.get(curves, headers=h).json()["curves"][0]["points"]
+    assert [(p["learners"], p["observed_error"]) for p in after] == [(2, 0.5), (2, 0.5), (2, 0.5)]
+    grid2 = posted.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    assert grid2["learners"][1]["n_answers"] == 4
+    assert grid2["learners"][1]["mastery"] != grid["learners"][1]["mastery"]
+    ref = _mastery(posted, world, "u1")
+    cols = [c["concept_id"] for c in grid2["concepts"]]
+    assert grid2["learners"][1]["mastery"] == pytest.approx([ref[c] for c in cols], abs=2e-6)
+    items2 = posted.get("/v1/analytics/groups/g1/items", headers=h).json()
+    i0 = {i["item_id"]: i for i in items2["items"]}["i0"]
+    assert (i0["attempts"], i0["learners"], i0["observed_success"]) == (2, 2, 0.5)
+    assert items2["total"] == items["total"]
+    timeline = posted.get("/v1/analytics/learners/u1/timeline", headers=h).json()
+    assert timeline["points"][-1]["event_id"] == "b4"
+    # a group without members answers every route with empty results
+    assert posted.put("/v1/groups/g3", json={"name": "Empty"}, headers=h).status_code == 201
+    grid = posted.get("/v1/analytics/groups/g3/mastery", headers=h).json()
+    assert grid["learners"] == [] and grid["group"]["learners"] == 0
+    assert set(grid["concept_means"]) == {None}
+    assert posted.get("/v1/analytics/groups/g3/learning-curves", headers=h).json()["curves"] == []
+    assert posted.get("/v1/analytics/groups/g3/items", headers=h).json()["total"] == 0
+    risk = posted.get("/v1/analytics/groups/g3/at-risk", headers=h).json()
+    assert risk["learners"] == [] and risk["covered_concepts"] == []

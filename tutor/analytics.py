@@ -1,0 +1,1324 @@
+"""Analytics for teachers and administrators: group mastery grids, learner timelines,
+learning curves, item statistics, learners at risk and the active model's card.
+
+Nothing here knows about HTTP (the routes are in :mod:`tutor.api.analytics`); errors are
+:class:`~tutor.service.ServiceError` subclasses. Everything is computed per request from the
+database and the active model, vectorised:
+
+* **Current mastery of a group** (grid, at-risk): the group's stored learner states are read
+  in one query, decoded into one batched state (:func:`tutor.runtime.decode_many`) and
+  scored by one batched ``predict`` over every model item
+  (:func:`tutor.runtime.concept_mastery_many`), so a grid cell equals the learner's
+  ``/v1/learners/{id}/mastery`` value. Stale or missing states (after a model swap or a bulk
+  import) are rebuilt by one batched replay and kept, as the mastery route keeps its.
+* **Predictions before each answer** (learning curves, item statistics): the group's
+  answers are read in one ordered query (timestamps as epoch seconds computed by the
+  database) and run through the model's batch ``forward`` (its training form, equal to the
+  serving form to 1e-5) in length-bucketed batches. The result is cached per learner and
+  model (keyed by the learner's answer count, so a new answer replays that learner only).
+* **Aggregates**: opportunities (the k-th answer of a learner on a concept's items, in event
+  order) by a stable sort and a segmented count; attempts, success and predictions per item
+  and per (concept, opportunity) by ``np.bincount``; group membership, answer counts and last
+  answers by SQL.
+* **Caches** (per process, least recently used evicted): group results per (database, group,
+  model version, catalogue version, members and their answer counts), timelines per
+  (database, learner, model version, answer count), model cards per (database, model).
+
+Thresholds (learners at risk, item flags) are organisation settings (``org.settings``,
+``PATCH /v1/organisation/settings``) with the defaults in :data:`DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import Float, cast, func, select
+from sqlalchemy.orm import Session
+
+from kt_models.data import Sequences, iter_batches
+
+from . import recommend
+from .db import (
+    Group,
+    GroupMembership,
+    Interaction,
+    Item,
+    ItemConcept,
+    Learner,
+    LearnerState,
+    ModelVersion,
+    Organisation,
+)
+from .runtime import (
+    SECONDS_PER_DAY,
+    LoadedModel,
+    concept_mastery_many,
+    decode_many,
+    replay_many,
+    stack_states,
+)
+from .service import Invalid, NotFound, active_model, as_utc, db_scope, utcnow
+
+#: organisation settings read here, with their defaults
+DEFAULTS: dict[str, float | int] = {
+    #: at risk: mean mastery over the concepts the group has covered below this
+    "risk_low_mastery": 0.5,
+    #: at risk: that mean fell by more than this over the learner's last answers ...
+    "risk_mastery_drop": 0.1,
+    #: ... namely over this many answers
+    "risk_window_answers": 10,
+    #: at risk: no answer for more than this many days
+    "risk_inactive_days": 14.0,
+    #: item statistics: items with at least this many attempts can be flagged ...
+    "item_flag_min_attempts": 20,
+    #: ... when observed and predicted success differ by more than this many standard errors
+    "item_flag_z": 3.0,
+}
+#: the learned prerequisite graph's edges shown on the model card
+GRAPH_EDGE_THRESHOLD = 0.5
+#: default number of concepts on a timeline (the learner's most practised)
+TIMELINE_CONCEPTS = 8
+#: answers kept in the per-learner prediction cache, all learners together
+SEQ_CACHE_ROWS = 5_000_000
+#: tokens per batch of the forward pass (memory: DKT needs ~ tokens x concepts floats)
+FORWARD_TOKENS = 32_768
+
+
+def setting(org: Organisation, name: str, settings: Any = None) -> float | int:
+    """An analytics threshold: the organisation's value, else the service settings' (when
+    they have one), else :data:`DEFAULTS`."""
+    value = (org.settings or {}).get(name)
+    if value is None and settings is not None:
+        value = getattr(settings, name, None)
+    if value is None:
+        value = DEFAULTS[name]
+    return type(DEFAULTS[name])(value)
+
+
+# ---------------------------------------------------------------------- caches
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key not in self._d:
+                return None
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def put(self, key: Any, value: Any) -> Any:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+@dataclass
+class _Seq:
+    """One learner's answers in event order with the model's prediction before each."""
+
+    item_db: np.ndarray  # int64
+    correct: np.ndarray  # int8
+    t: np.ndarray  # float64 epoch seconds
+    p: np.ndarray  # float32 predicted success (nan: item unknown to the model)
+
+
+class _SeqCache:
+    """Per (database, model, learner, answers): the learner's :class:`_Seq`, bounded by the
+    total number of answers held."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self._d: OrderedDict[tuple, _Seq] = OrderedDict()
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> _Seq | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: tuple, value: _Seq) -> None:
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._rows -= len(old.p)
+            self._d[key] = value
+            self._rows += len(value.p)
+            while self._rows > self.max_rows and len(self._d) > 1:
+                _, v = self._d.popitem(last=False)
+                self._rows -= len(v.p)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._rows = 0
+
+
+_GROUP = _LRU(64)
+_TIMELINE = _LRU(256)
+_CARD = _LRU(16)
+_ITEMS = _LRU(16)
+#: learner states some answers back (at-risk), per learner
+_SNAPS = _LRU(200_000)
+_SEQS = _SeqCache(SEQ_CACHE_ROWS)
+
+
+def clear_caches() -> None:
+    for c in (_GROUP, _TIMELINE, _CARD, _ITEMS, _SNAPS, _SEQS):
+        c.clear()
+
+
+# ---------------------------------------------------------------------- shared pieces
+def _rnd(x: Any, nd: int = 6) -> float | None:
+    """A JSON-safe rounded float (None for nan/inf/None)."""
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, nd) if math.isfinite(x) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats (nan in stored results) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else as_utc(dt).isoformat()
+
+
+@dataclass
+class _Context:
+    model: LoadedModel
+    cat: recommend.Catalogue
+    view: dict[str, Any]
+    scope: str
+
+    def model_ref(self) -> dict[str, Any]:
+        m = self.model
+        return {"id": m.model_id, "name": m.name, "forgets": m.forgets}
+
+    def concept_order(self) -> list[int]:
+        """Positions of the organisation's concepts the model knows, in curriculum order."""
+        cidx = self.view["concept_idx"]
+        return [int(p) for p in self.view["curriculum_pos"] if cidx[p] > 0]
+
+    def concept_refs(self, positions: list[int] | np.ndarray) -> list[dict[str, str]]:
+        return [
+            {"concept_id": self.cat.concept_ext[p], "name": self.cat.concept_name[p]}
+            for p in positions
+        ]
+
+
+def _context(session: Session, org: Organisation) -> _Context:
+    model = active_model(session, org=org)
+    if model is None:
+        raise NotFound("no active model for this organisation")
+    cat = recommend.catalogue(session, org)
+    return _Context(model, cat, recommend._model_view(cat, model), db_scope(session))
+
+
+@dataclass
+class _ItemIndex:
+    """Every item of the organisation (active or not), by database id."""
+
+    db_ids: np.ndarray  # [I] sorted
+    ext: list[str]
+    model_idx: np.ndarray  # [I] model item index, 0 = unknown to the model
+    link_start: np.ndarray  # [I + 1] CSR offsets into link_concept
+    link_concept: np.ndarray  # concept positions (in the catalogue's concept order)
+
+    def positions(self, item_db: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.db_ids, item_db)
+
+
+def _item_index(session: Session, org: Organisation, ctx: _Context) -> _ItemIndex:
+    key = (ctx.scope, org.id, ctx.cat.version, ctx.model.model_id)
+    hit = _ITEMS.get(key)
+    if hit is not None:
+        return hit
+    rows = session.execute(
+        select(Item.id, Item.external_id).where(Item.org_id == org.id).order_by(Item.id)
+    ).all()
+    db_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    ext = [r[1] for r in rows]
+    links = np.array(
+        session.execute(
+            select(ItemConcept.item_id, ItemConcept.concept_id)
+            .join(Item, Item.id == ItemConcept.item_id)
+            .where(Item.org_id == org.id)
+        ).all(),
+        dtype=np.int64,
+    ).reshape(-1, 2)
+    cdb = ctx.cat.concept_db
+    ipos = np.searchsorted(db_ids, links[:, 0])
+    cpos = np.searchsorted(cdb, links[:, 1])
+    ok = (cpos < len(cdb)) & (cdb[np.minimum(cpos, max(len(cdb) - 1, 0))] == links[:, 1])
+    ipos, cpos = ipos[ok], cpos[ok]
+    order = np.lexsort((cpos, ipos))
+    ipos, cpos = ipos[order], cpos[order]
+    start = np.zeros(len(db_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ipos, minlength=len(db_ids)), out=start[1:])
+    idx = _ItemIndex(db_ids, ext, ctx.model.item_idx(ext), start, cpos.astype(np.int64))
+    return _ITEMS.put(key, idx)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _epoch(session: Session, col: Any) -> Any:
+    """Seconds since 1970 (UTC) of a timestamp column, computed by the database."""
+    if _dialect(session) == "sqlite":
+        return (func.julianday(col) - 2440587.5) * 86400.0
+    return cast(func.extract("epoch", col), Float)
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for every (s, l)."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def _pad(lens: np.ndarray, *flat: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Flat per-learner arrays (learner-major, ``lens`` each) as ``[n, max(lens)]``."""
+    n, t_max = len(lens), max(int(lens.max()) if len(lens) else 0, 1)
+    rows = np.repeat(np.arange(n), lens)
+    cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    out = []
+    for a in flat:
+        p = np.zeros((n, t_max), dtype=a.dtype)
+        p[rows, cols] = a
+        out.append(p)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------- group members
+@dataclass
+class _Members:
+    ids: np.ndarray  # [L] learner db ids, ordered by external id
+    ext: list[str]
+    names: list[str]
+    n_answers: np.ndarray  # [L]
+    first_seen: np.ndarray  # [L] epoch seconds (nan: none)
+    last_answer: list[datetime | None]
+
+    @property
+    def fingerprint(self) -> tuple[int, int, int]:
+        return (len(self.ids), int(self.n_answers.sum()), int(self.ids.sum()))
+
+
+def _members(session: Session, group: Group) -> _Members:
+    last = (
+        select(func.max(Interaction.timestamp))
+        .where(Interaction.learner_id == Learner.id)
+        .correlate(Learner)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(
+            Learner.id,
+            Learner.external_id,
+            Learner.name,
+            Learner.n_answers,
+            Learner.first_seen,
+            last,
+        )
+        .join(GroupMembership, GroupMembership.learner_id == Learner.id)
+        .where(GroupMembership.group_id == group.id)
+        .order_by(Learner.external_id)
+    ).all()
+    return _Members(
+        ids=np.array([r[0] for r in rows], dtype=np.int64),
+        ext=[r[1] for r in rows],
+        names=[r[2] or "" for r in rows],
+        n_answers=np.array([r[3] or 0 for r in rows], dtype=np.int64),
+        first_seen=np.array(
+            [as_utc(r[4]).timestamp() if r[4] is not None else np.nan for r in rows],
+            dtype=np.float64,
+        ),
+        last_answer=[as_utc(r[5]) if isinstance(r[5], datetime) else _parse(r[5]) for r in rows],
+    )
+
+
+def _parse(v: Any) -> datetime | None:
+    """A timestamp a scalar subquery returned as text (SQLite without type information)."""
+    if v is None:
+        return None
+    return as_utc(datetime.fromisoformat(str(v)))
+
+
+def _fetch_answers(
+    session: Session, *, group_id: int | None = None, learner_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """``[N, 4]`` float64 (learner id, item id, correct, epoch seconds) in event order per
+    learner (learners in id order): one ordered query over the (learner, time) index."""
+    cols = (
+        Interaction.learner_id,
+        Interaction.item_id,
+        Interaction.correct,
+        _epoch(session, Interaction.timestamp),
+    )
+    order = (Interaction.learner_id, Interaction.timestamp, Interaction.event_id)
+    queries = []
+    if group_id is not None:
+        queries.append(
+            select(*cols)
+            .join(GroupMembership, GroupMembership.learner_id == Interaction.learner_id)
+            .where(GroupMembership.group_id == int(group_id))
+            .order_by(*order)
+        )
+    else:
+        ids = np.sort(np.asarray(learner_ids, dtype=np.int64))
+        for s in range(0, len(ids), 500):
+            chunk = [int(x) for x in ids[s : s + 500]]
+            queries.append(select(*cols).where(Interaction.learner_id.in_(chunk)).order_by(*order))
+    parts = [_raw_rows(session, q) for q in queries]
+    n = sum(len(p) for p in parts)
+    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(parts))
+    return np.fromiter(flat, dtype=np.float64, count=4 * n).reshape(n, 4)
+
+
+def _raw_rows(session: Session, stmt: Any) -> list[tuple]:
+    """Rows of a query as the driver's plain tuples, in the session's transaction (no
+    per-row result objects: 200,000 rows cost the driver's time only). The statement's
+    parameters are integers, rendered inline."""
+    conn = session.connection()
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(sql)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+# ---------------------------------------------------------------------- predictions
+@torch.no_grad()
+def _predict_before(
+    model: LoadedModel, lens: np.ndarray, item_idx: np.ndarray, correct: np.ndarray, t: np.ndarray
+) -> np.ndarray:
+    """The model's success probability for every answer from the answers before it (batch
+    forward over length-bucketed batches); nan for items the model does not know."""
+    n_users = len(lens)
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    seqs = Sequences(
+        users=np.arange(n_users).astype(object),
+        offsets=offsets,
+        item=item_idx.astype(np.int64),
+        correct=correct.astype(np.int8),
+        time=t.astype(np.float64),
+        split=np.full(n_users, None, dtype=object),
+        fold=np.full(n_users, np.nan),
+        has_time=model.time_unit == "days",
+    )
+    p = np.full(len(item_idx), np.nan, dtype=np.float32)
+    users = np.flatnonzero(lens > 0)
+    for batch in iter_batches(seqs, users, batch_tokens=FORWARD_TOKENS, max_batch=1024):
+        prob = torch.sigmoid(model.model(batch)).numpy()
+        mask = batch.mask.numpy()
+        pos = offsets[batch.users][:, None] + np.arange(mask.shape[1])[None, :]
+        p[pos[mask]] = prob[mask]
+    p[item_idx == 0] = np.nan
+    return p
+
+
+@dataclass
+class _Replay:
+    """A group's answers (members in order, each in event order) with predictions."""
+
+    lens: np.ndarray  # [L]
+    item_db: np.ndarray  # [N]
+    ipos: np.ndarray  # [N] positions in the item index
+    correct: np.ndarray  # [N] int8
+    t: np.ndarray  # [N] epoch seconds
+    p: np.ndarray  # [N] predicted success before the answer (nan: unknown item)
+
+    @property
+    def learner(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.lens)), self.lens)
+
+
+def _group_replay(
+    session: Session, ctx: _Context, items: _ItemIndex, group: Group, members: _Members
+) -> _Replay:
+    model = ctx.model
+    seqs: list[_Seq | None] = [
+        _SEQS.get((ctx.scope, model.model_id, int(lid), int(n)))
+        for lid, n in zip(members.ids, members.n_answers, strict=True)
+    ]
+    need = np.array([k for k, s in enumerate(seqs) if s is None], dtype=np.int64)
+    if len(need):
+        # PostgreSQL plans the join with the membership table well for any group size;
+        # SQLite would scan every answer of the database in index order, so it gets the
+        # learners' ids (a range of the (learner, time) index each)
+        whole = len(need) * 2 > len(members.ids) and _dialect(session) != "sqlite"
+        if whole:
+            raw = _fetch_answers(session, group_id=group.id)
+        else:
+            raw = _fetch_answers(session, learner_ids=members.ids[need])
+        lid = raw[:, 0].astype(np.int64)
+        want = members.ids[need]
+        lo = np.searchsorted(lid, want, side="left")
+        hi = np.searchsorted(lid, want, side="right")
+        rows = _ranges(lo, hi - lo)
+        lens = hi - lo
+        item_db = raw[rows, 1].astype(np.int64)
+        correct = raw[rows, 2].astype(np.int8)
+        t = raw[rows, 3]
+        idx = items.model_idx[items.positions(item_db)]
+        p = _predict_before(model, lens, idx, correct, t)
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        for j, k in enumerate(need):
+            s, e = offsets[j], offsets[j + 1]
+            seq = _Seq(item_db[s:e], correct[s:e], t[s:e], p[s:e])
+            seqs[k] = seq
+            _SEQS.put((ctx.scope, model.model_id, int(members.ids[k]), int(e - s)), seq)
+    done = [s for s in seqs if s is not None]
+    lens = np.array([len(s.p) for s in done], dtype=np.int64)
+
+    def cat(name: str, dtype: Any) -> np.ndarray:
+        parts = [getattr(s, name) for s in done]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    item_db = cat("item_db", np.int64)
+    return _Replay(
+        lens=lens,
+        item_db=item_db,
+        ipos=items.positions(item_db),
+        correct=cat("correct", np.int8),
+        t=cat("t", np.float64),
+        p=cat("p", np.float32),
+    )
+
+
+@dataclass
+class _GroupStats:
+    """Everything derived from a group's replay that the curves and item routes need."""
+
+    replay: _Replay
+    # per (answer, concept of its item): concept position, opportunity, answer row
+    e_concept: np.ndarray
+    e_opp: np.ndarray
+    e_row: np.ndarray
+    # per item position: attempts, learners, successes, predicted sums (known items)
+    attempts: np.ndarray
+    learners: np.ndarray
+    successes: np.ndarray
+    p_n: np.ndarray
+    p_sum: np.ndarray
+    p_var: np.ndarray
+
+
+def _group_stats(
+    session: Session, org: Organisation, ctx: _Context, group: Group, members: _Members
+) -> _GroupStats:
+    key = (ctx.scope, "stats", group.id, ctx.model.model_id, ctx.cat.version, members.fingerprint)
+    hit = _GROUP.get(key)
+    if hit is not None:
+        return hit
+    items = _item_index(session, org, ctx)
+    rep = _group_replay(session, ctx, items, group, members)
+    n = len(rep.p)
+    # explode answers into (answer, concept) pairs
+    cnt = items.link_start[rep.ipos + 1] - items.link_start[rep.ipos]
+    e_row = np.repeat(np.arange(n, dtype=np.int64), cnt)
+    e_concept = items.link_concept[_ranges(items.link_start[rep.ipos], cnt)]
+    # opportunity: rank of the answer among the learner's answers on the concept
+    order = np.argsort(e_concept, kind="stable")  # rows stay learner-major, in event order
+    learner = rep.learner
+    c_s, l_s = e_concept[order], learner[e_row[order]]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (c_s[1:] != c_s[:-1]) | (l_s[1:] != l_s[:-1])
+    ar = np.arange(len(order))
+    start = np.maximum.accumulate(np.where(new, ar, 0)) if len(order) else ar
+    e_opp = np.empty(len(order), dtype=np.int64)
+    e_opp[order] = ar - start + 1
+    # per item
+    n_items = len(items.db_ids)
+    known = ~np.isnan(rep.p)
+    pk = np.where(known, rep.p, 0.0).astype(np.float64)
+    pairs = np.unique(learner * max(n_items, 1) + rep.ipos)
+    stats = _GroupStats(
+        replay=rep,
+        e_concept=e_concept,
+        e_opp=e_opp,
+        e_row=e_row,
+        attempts=np.bincount(rep.ipos, minlength=n_items),
+        learners=np.bincount(pairs % max(n_items, 1), minlength=n_items),
+        successes=np.bincount(rep.ipos, weights=rep.correct, minlength=n_items),
+        p_n=np.bincount(rep.ipos, weights=known, minlength=n_items),
+        p_sum=np.bincount(rep.ipos, weights=pk, minlength=n_items),
+        p_var=np.bincount(rep.ipos, weights=pk * (1 - pk), minlength=n_items),
+    )
+    return _GROUP.put(key, stats)
+
+
+# ---------------------------------------------------------------------- current states
+def _current_states(
+    session: Session, org: Organisation, ctx: _Context, group: Group, members: _Members
+) -> Any | None:
+    """The batched up-to-date state of every member (None for an empty group): stored
+    states in one query; stale or missing ones rebuilt in one batched replay and kept (see
+    :func:`tutor.service.keep_rebuilt_states`)."""
+    model = ctx.model
+    key = (ctx.scope, "states", group.id, model.model_id, members.fingerprint)
+    hit = _GROUP.get(key)
+    if hit is not None:
+        return hit
+    if not len(members.ids):
+        return None
+    rows = session.execute(
+        select(LearnerState.learner_id, LearnerState.state, LearnerState.n_applied)
+        .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
+        .where(GroupMembership.group_id == group.id, LearnerState.model_id == model.model_id)
+    ).all()
+    stored = {r[0]: (r[1], r[2]) for r in rows}
+    blobs: list[bytes] = []
+    stale: list[int] = []
+    for k, (lid, n) in enumerate(
+        zip(members.ids.tolist(), members.n_answers.tolist(), strict=True)
+    ):
+        row = stored.get(lid)
+        if row is None or row[1] != n:
+            stale.append(k)
+            blobs.append(b"")
+        else:
+            blobs.append(row[0])
+    if stale:
+        items = _item_index(session, org, ctx)
+        for k, blob in zip(
+            stale, _rebuild_states(session, ctx, items, members, stale), strict=True
+        ):
+            blobs[k] = blob
+    return _GROUP.put(key, decode_many(model, blobs))
+
+
+def _time_values(
+    model: LoadedModel, lens: np.ndarray, t: np.ndarray, first_seen: np.ndarray
+) -> np.ndarray:
+    """:meth:`LoadedModel.time_value` of flat answers (learner-major): days since the
+    learner's first answer (or ``first_seen`` when earlier), or the answer's position."""
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(int(lens.sum())) - np.repeat(starts, lens)
+    if model.time_unit == "answers" or not len(t):
+        return pos.astype(np.float64)
+    first_t = t[np.minimum(starts, len(t) - 1)]
+    first = np.fmin(first_seen, first_t)  # fmin: a missing first_seen gives the first answer
+    return np.maximum(t - np.repeat(first, lens), 0.0) / SECONDS_PER_DAY
+
+
+def _rebuild_states(
+    session: Session, ctx: _Context, items: _ItemIndex, members: _Members, which: list[int]
+) -> list[bytes]:
+    """Replay the histories of some members together; returns their state bytes and keeps
+    the rebuilt rows (the request ends with ``service.keep_rebuilt_states``)."""
+    model = ctx.model
+    ids = members.ids[which]
+    raw = _fetch_answers(session, learner_ids=ids)
+    lid = raw[:, 0].astype(np.int64)  # in learner id order
+    lo = np.searchsorted(lid, ids, side="left")
+    lens = np.searchsorted(lid, ids, side="right") - lo
+    rows = _ranges(lo, lens)
+    item_idx = items.model_idx[items.positions(raw[rows, 1].astype(np.int64))]
+    times = _time_values(model, lens, raw[rows, 3], members.first_seen[which])
+    it, cc, tt = _pad(lens, item_idx, raw[rows, 2].astype(np.float32), times)
+    state = replay_many(model, it, cc, tt, [lens])[0]
+    last = _last_answers(session, ids)
+    out = []
+    rebuilt = session.info.setdefault("rebuilt", [])
+    for j, learner_id in enumerate(ids.tolist()):
+        blob = model.encode(model.model.state_select(state, torch.tensor([j])))
+        out.append(blob)
+        row = session.get(LearnerState, (learner_id, model.model_id))
+        if row is None:
+            row = LearnerState(learner_id=learner_id, model_id=model.model_id, state=b"")
+            session.add(row)
+        ts, ev = last.get(learner_id, (None, None))
+        row.state, row.n_applied = blob, int(lens[j])
+        row.last_timestamp, row.last_event_id = ts, ev
+        rebuilt.append(row)
+    return out
+
+
+def _last_answers(session: Session, ids: np.ndarray) -> dict[int, tuple[datetime, str]]:
+    """(timestamp, event id) of each learner's last answer (a window query)."""
+    rn = (
+        func.row_number()
+        .over(
+            partition_by=Interaction.learner_id,
+            order_by=(Interaction.timestamp.desc(), Interaction.event_id.desc()),
+        )
+        .label("rn")
+    )
+    out: dict[int, tuple[datetime, str]] = {}
+    for s in range(0, len(ids), 500):
+        chunk = [int(x) for x in ids[s : s + 500]]
+        sub = (
+            select(Interaction.learner_id, Interaction.timestamp, Interaction.event_id, rn)
+            .where(Interaction.learner_id.in_(chunk))
+            .subquery()
+        )
+        for lid, ts, ev in session.execute(
+            select(sub.c.learner_id, sub.c.timestamp, sub.c.event_id).where(sub.c.rn == 1)
+        ):
+            out[lid] = (as_utc(ts), ev)
+    return out
+
+
+def _at_times(model: LoadedModel, members: _Members, at: datetime | None) -> np.ndarray | None:
+    """Per member, :meth:`LoadedModel.time_value` of ``at`` (None: at each last answer)."""
+    if at is None or not model.forgets:
+        return None
+    days = (as_utc(at).timestamp() - members.first_seen) / SECONDS_PER_DAY
+    return np.maximum(days, 0.0)
+
+
+# ---------------------------------------------------------------------- group mastery grid
+def group_mastery(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    at: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Learners x concepts: current (or, for models that forget, ``at``) predicted mastery,
+    a page of learners, with per-concept means over every member."""
+    ctx = _context(session, org)
+    members = _members(session, group)
+    cols = ctx.concept_order()
+    at_key = as_utc(at).isoformat() if at is not None and ctx.model.forgets else None
+    key = (
+        ctx.scope,
+        "grid",
+        group.id,
+        ctx.model.model_id,
+        ctx.cat.version,
+        members.fingerprint,
+        at_key,
+    )
+    grid = _GROUP.get(key)
+    if grid is None:
+        states = _current_states(session, org, ctx, group, members)
+        if states is None:
+            grid = np.zeros((0, len(cols)), dtype=np.float32)
+        else:
+            full = concept_mastery_many(ctx.model, states, _at_times(ctx.model, members, at))
+            grid = full[:, ctx.view["concept_idx"][cols]]
+        _GROUP.put(key, grid)
+    n = len(members.ids)
+    page = range(offset, min(offset + limit, n))
+    has_cols = grid.shape[1] > 0
+    learner_mean = grid.mean(1) if has_cols else np.full(n, np.nan)
+    concept_means = grid.mean(0) if n else np.full(len(cols), np.nan)
+    return {
+        "group": {"id": group.external_id, "name": group.name, "learners": n},
+        "model": ctx.model_ref(),
+        "at": at.isoformat() if at is not None else None,
+        "concepts": ctx.concept_refs(cols),
+        "learners": [
+            {
+                "learner_id": members.ext[k],
+                "name": members.names[k],
+                "mastery": [_rnd(x) for x in grid[k].tolist()],
+                "mean": _rnd(learner_mean[k]),
+                "n_answers": int(members.n_answers[k]),
+                "last_answer": _iso(members.last_answer[k]),
+            }
+            for k in page
+        ],
+        "concept_means": [_rnd(x) for x in concept_means.tolist()],
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+# ---------------------------------------------------------------------- learner timeline
+def _concept_positions(ctx: _Context, ids: list[str]) -> list[int]:
+    pos = {c: k for k, c in enumerate(ctx.cat.concept_ext)}
+    unknown = [c for c in ids if c not in pos]
+    if unknown:
+        raise Invalid(f"unknown concept(s): {', '.join(unknown)}")
+    return [pos[c] for c in dict.fromkeys(ids)]
+
+
+def learner_timeline(
+    session: Session,
+    *,
+    org: Organisation,
+    learner: Learner,
+    concepts: list[str] | None = None,
+    max_points: int = 500,
+) -> dict[str, Any]:
+    """The learner's answers in event order with the predicted mastery of some concepts
+    after each (the stored history replayed through the model's serving form; at most
+    ``max_points`` points, evenly spaced, always the last)."""
+    ctx = _context(session, org)
+    items = _item_index(session, org, ctx)
+    model = ctx.model
+    key = (
+        ctx.scope,
+        learner.id,
+        model.model_id,
+        ctx.cat.version,
+        int(learner.n_answers or 0),
+        max_points,
+    )
+    entry = _TIMELINE.get(key)
+    if entry is None:
+        entry = _TIMELINE.put(key, _replay_learner(session, ctx, items, learner, max_points))
+    hist, chosen, mastery, counts = entry
+    if concepts is None:
+        cidx = ctx.view["concept_idx"]
+        cand = np.flatnonzero((counts > 0) & (cidx > 0))
+        rank = {p: k for k, p in enumerate(ctx.view["curriculum_pos"])}
+        cand = sorted(cand.tolist(), key=lambda p: (-counts[p], rank.get(p, p)))
+        positions = cand[:TIMELINE_CONCEPTS]
+    else:
+        positions = _concept_positions(ctx, concepts)
+    midx = ctx.view["concept_idx"][positions] if positions else np.zeros(0, dtype=np.int64)
+    known = midx > 0
+    cols = mastery[:, midx] if len(positions) else np.zeros((len(chosen), 0))
+    points = []
+    for r, j in enumerate(chosen.tolist()):
+        ev, ts, item_pos, correct = hist[j]
+        cs = items.link_concept[items.link_start[item_pos] : items.link_start[item_pos + 1]]
+        points.append(
+            {
+                "index": j + 1,
+                "event_id": ev,
+                "timestamp": _iso(ts),
+                "item_id": items.ext[item_pos],
+                "correct": int(correct),
+                "concepts": [ctx.cat.concept_ext[c] for c in cs.tolist()],
+                "mastery": [
+                    _rnd(v) if ok else None for v, ok in zip(cols[r].tolist(), known, strict=True)
+                ],
+            }
+        )
+    return {
+        "learner_id": learner.external_id,
+        "model": ctx.model_ref(),
+        "concepts": ctx.concept_refs(positions),
+        "points": points,
+    }
+
+
+@torch.no_grad()
+def _replay_learner(
+    session: Session, ctx: _Context, items: _ItemIndex, learner: Learner, max_points: int
+) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray]:
+    model = ctx.model
+    rows = session.execute(
+        select(
+            Interaction.event_id,
+            Interaction.timestamp,
+            Interaction.item_id,
+            Interaction.correct,
+        )
+        .where(Interaction.learner_id == learner.id)
+        .order_by(Interaction.timestamp, Interaction.event_id)
+    ).all()
+    n = len(rows)
+    item_pos = items.positions(np.array([r[2] for r in rows], dtype=np.int64))
+    hist = [
+        (r[0], as_utc(r[1]), int(p), int(r[3]))
+        for r, p in zip(rows, item_pos.tolist(), strict=True)
+    ]
+    counts = np.zeros(len(ctx.cat.concept_ext), dtype=np.int64)
+    if n:
+        cnt = items.link_start[item_pos + 1] - items.link_start[item_pos]
+        cs = items.link_concept[_ranges(items.link_start[item_pos], cnt)]
+        counts = np.bincount(cs, minlength=len(ctx.cat.concept_ext))
+    if n == 0:
+        return hist, np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.float32), counts
+    chosen = (
+        np.arange(n)
+        if n <= max_points
+        else np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+    )
+    first = as_utc(learner.first_seen)
+    if first is None or hist[0][1] < first:
+        first = hist[0][1]
+    idx = items.model_idx[item_pos]
+    times = [model.time_value(h[1], first, k) for k, h in enumerate(hist)]
+    keep = np.zeros(n, dtype=bool)
+    keep[chosen] = True
+    state = model.model.init_state(1)
+    snaps = []
+    for k in range(n):
+        state = model.model.step(
+            state,
+            torch.tensor([int(idx[k])], dtype=torch.long),
+            torch.tensor([float(hist[k][3])]),
+            torch.tensor([times[k]], dtype=torch.float32),
+        )
+        if keep[k]:
+            snaps.append(state)
+    mastery = concept_mastery_many(model, stack_states(model, snaps))
+    return hist, chosen, mastery, counts
+
+
+# ---------------------------------------------------------------------- learning curves
+def learning_curves(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    concepts: list[str] | None = None,
+    max_opportunity: int = 20,
+) -> dict[str, Any]:
+    """Per concept, error rate by practice opportunity (DataShop style): observed, and
+    predicted by the model before each answer, with the number of learners at each point."""
+    ctx = _context(session, org)
+    members = _members(session, group)
+    st = _group_stats(session, org, ctx, group, members)
+    rep = st.replay
+    n_c = len(ctx.cat.concept_ext)
+    if concepts is None:
+        practised = np.bincount(st.e_concept, minlength=n_c) > 0
+        rank = ctx.view["curriculum_pos"]
+        positions = [int(p) for p in rank if practised[p]]
+    else:
+        positions = _concept_positions(ctx, concepts)
+    sel = st.e_opp <= max_opportunity
+    c, o, r = st.e_concept[sel], st.e_opp[sel] - 1, st.e_row[sel]
+    key = c * max_opportunity + o
+    size = n_c * max_opportunity
+    n = np.bincount(key, minlength=size)
+    ok = np.bincount(key, weights=rep.correct[r], minlength=size)
+    p = rep.p[r]
+    known = ~np.isnan(p)
+    pn = np.bincount(key[known], minlength=size)
+    ps = np.bincount(key[known], weights=p[known].astype(np.float64), minlength=size)
+    curves = []
+    for pos in positions:
+        pts = []
+        for k in range(max_opportunity):
+            i = pos * max_opportunity + k
+            if n[i] == 0:
+                continue
+            pts.append(
+                {
+                    "opportunity": k + 1,
+                    "learners": int(n[i]),
+                    "observed_error": _rnd(1.0 - ok[i] / n[i]),
+                    "predicted_error": _rnd(1.0 - ps[i] / pn[i]) if pn[i] else None,
+                }
+            )
+        curves.append(
+            {
+                "concept_id": ctx.cat.concept_ext[pos],
+                "name": ctx.cat.concept_name[pos],
+                "points": pts,
+            }
+        )
+    return {
+        "group": {"id": group.external_id, "name": group.name, "learners": len(members.ids)},
+        "model": ctx.model_ref(),
+        "max_opportunity": max_opportunity,
+        "curves": curves,
+    }
+
+
+# ---------------------------------------------------------------------- item statistics
+ITEM_SORTS = ("attempts", "observed_success", "predicted_success", "gap")
+
+
+def _item_parameters(model: LoadedModel) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """The model's own per-item difficulty and discrimination (indexed by model item), if
+    it has them, and what the difficulty column means."""
+    m = model.model
+    diff = getattr(m, "difficulty", None)
+    if isinstance(diff, torch.nn.Embedding):
+        diff = diff.weight[:, 0]
+    if isinstance(diff, torch.Tensor) and diff.dim() == 1 and len(diff) == m.vocab.n_items + 1:
+        d = diff.detach().cpu().numpy().astype(np.float64)
+        disc = getattr(m, "discrimination", None)
+        dd = None
+        if isinstance(disc, torch.Tensor) and disc.dim() == 1 and len(disc) == len(d):
+            dd = disc.detach().cpu().numpy().astype(np.float64)
+        return d, dd, f"the {m.name} model's item difficulty parameter (logit scale)"
+    return None, None, "1 - mean predicted success over the attempts"
+
+
+def item_statistics(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    sort: str = "attempts",
+    desc: bool = True,
+    limit: int = 50,
+    offset: int = 0,
+    settings: Any = None,
+) -> dict[str, Any]:
+    """Per item answered by the group: attempts, learners, observed and predicted success
+    (the model's prediction before each attempt), difficulty, discrimination; flagged when
+    observed success is more than ``item_flag_z`` standard errors from the predicted one
+    (Poisson-binomial variance given the predictions) over at least
+    ``item_flag_min_attempts`` attempts."""
+    if sort not in ITEM_SORTS:
+        raise Invalid(f"unknown sort {sort!r}; expected one of {', '.join(ITEM_SORTS)}")
+    ctx = _context(session, org)
+    members = _members(session, group)
+    st = _group_stats(session, org, ctx, group, members)
+    items = _item_index(session, org, ctx)
+    min_attempts = int(setting(org, "item_flag_min_attempts", settings))
+    z_max = float(setting(org, "item_flag_z", settings))
+    pos = np.flatnonzero(st.attempts > 0)
+    att = st.attempts[pos].astype(np.float64)
+    obs = st.successes[pos] / att
+    pn = st.p_n[pos]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pred = np.where(pn > 0, st.p_sum[pos] / np.maximum(pn, 1), np.nan)
+        # observed successes over the predicted attempts vs their expectation
+        obs_k = np.where(pn > 0, st.successes[pos], np.nan)
+        z = (obs_k - st.p_sum[pos]) / np.sqrt(st.p_var[pos])
+    gap = obs - pred
+    d_param, disc_param, d_source = _item_parameters(ctx.model)
+    midx = items.model_idx[pos]
+    known_param = d_param is not None
+    difficulty = np.where(midx > 0, d_param[midx], np.nan) if known_param else 1.0 - pred
+    disc = np.where(midx > 0, disc_param[midx], np.nan) if disc_param is not None else None
+    flagged = (att >= min_attempts) & (pn == att) & np.isfinite(z) & (np.abs(z) > z_max)
+    key = {
+        "attempts": att,
+        "observed_success": obs,
+        "predicted_success": pred,
+        "gap": np.abs(gap),
+    }[sort]
+    key = np.where(np.isnan(key), -np.inf if desc else np.inf, key)
+    order = np.lexsort((np.array(items.ext, dtype=object)[pos].astype(str), -key if desc else key))
+    page = order[offset : offset + limit]
+    out = []
+    for k in page.tolist():
+        ip = int(pos[k])
+        cs = items.link_concept[items.link_start[ip] : items.link_start[ip + 1]]
+        reason = None
+        if flagged[k]:
+            how = "easier" if gap[k] > 0 else "harder"
+            reason = (
+                f"{how} than the model predicts: observed success {obs[k]:.2f} vs predicted "
+                f"{pred[k]:.2f} over {int(att[k])} attempts (z = {z[k]:.1f}, threshold {z_max:g})"
+            )
+        out.append(
+            {
+                "item_id": items.ext[ip],
+                "concepts": [ctx.cat.concept_ext[c] for c in cs.tolist()],
+                "attempts": int(att[k]),
+                "learners": int(st.learners[ip]),
+                "observed_success": _rnd(obs[k]),
+                "predicted_success": _rnd(pred[k]),
+                "difficulty": _rnd(difficulty[k]),
+                "discrimination": _rnd(disc[k]) if disc is not None else None,
+                "flagged": bool(flagged[k]),
+                "flag_reason": reason,
+            }
+        )
+    return {
+        "group": {"id": group.external_id, "name": group.name, "learners": len(members.ids)},
+        "model": ctx.model_ref(),
+        "difficulty_source": d_source,
+        "thresholds": {"item_flag_min_attempts": min_attempts, "item_flag_z": z_max},
+        "items": out,
+        "total": int(len(pos)),
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+# ---------------------------------------------------------------------- learners at risk
+def at_risk(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    settings: Any = None,
+    now: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Members with low mastery on the concepts the group has covered, falling mastery over
+    their last answers, or a long inactivity (thresholds: organisation settings). Mastery
+    "now" is at ``now`` for models that forget (decayed), at the last answer otherwise; the
+    change compares it with the state ``risk_window_answers`` answers earlier."""
+    ctx = _context(session, org)
+    model = ctx.model
+    low = float(setting(org, "risk_low_mastery", settings))
+    drop = float(setting(org, "risk_mastery_drop", settings))
+    window = int(setting(org, "risk_window_answers", settings))
+    inactive = float(setting(org, "risk_inactive_days", settings))
+    now = as_utc(now) or utcnow()
+    members = _members(session, group)
+    st = _group_stats(session, org, ctx, group, members)
+    cidx = ctx.view["concept_idx"]
+    covered = np.unique(st.e_concept)
+    covered = covered[cidx[covered] > 0]
+    covered_m = cidx[covered]
+    n = len(members.ids)
+    mean_now = np.full(n, np.nan)
+    change = np.full(n, np.nan)
+    if n and len(covered_m):
+        states = _current_states(session, org, ctx, group, members)
+        m_now = concept_mastery_many(model, states, _at_times(model, members, now))
+        mean_now = m_now[:, covered_m].mean(1)
+        key = (
+            ctx.scope,
+            "before",
+            group.id,
+            model.model_id,
+            members.fingerprint,
+            window,
+        )
+        m_then = _GROUP.get(key)
+        if m_then is None:
+            then = _states_before(session, org, ctx, members, st.replay, window)
+            m_then = _GROUP.put(key, concept_mastery_many(model, then))
+        change = np.where(members.n_answers > 0, mean_now - m_then[:, covered_m].mean(1), np.nan)
+    days = np.array(
+        [
+            (now - la).total_seconds() / SECONDS_PER_DAY if la is not None else np.nan
+            for la in members.last_answer
+        ]
+    )
+    flagged = []
+    for k in range(n):
+        reasons = []
+        if np.isfinite(mean_now[k]) and mean_now[k] < low:
+            reasons.append(
+                f"low mastery: {mean_now[k]:.2f} on average over the {len(covered_m)} concepts "
+                f"the group has covered (threshold {low:g})"
+            )
+        if np.isfinite(change[k]) and change[k] < -drop:
+            reasons.append(
+                f"falling mastery: {change[k]:+.2f} over the last {window} answers "
+                f"(threshold -{drop:g})"
+            )
+        if members.n_answers[k] == 0:
+            reasons.append("no answers yet")
+        elif np.isfinite(days[k]) and days[k] > inactive:
+            reasons.append(f"inactive for {days[k]:.0f} days (threshold {inactive:g})")
+        if reasons:
+            flagged.append((k, reasons))
+    flagged.sort(key=lambda kr: (-len(kr[1]), np.nan_to_num(mean_now[kr[0]], nan=2.0)))
+    return {
+        "group": {"id": group.external_id, "name": group.name, "learners": n},
+        "model": ctx.model_ref(),
+        "thresholds": {
+            "risk_low_mastery": low,
+            "risk_mastery_drop": drop,
+            "risk_window_answers": window,
+            "risk_inactive_days": inactive,
+        },
+        "covered_concepts": [ctx.cat.concept_ext[c] for c in covered.tolist()],
+        "learners": [
+            {
+                "learner_id": members.ext[k],
+                "name": members.names[k],
+                "reasons": reasons,
+                "mean_mastery": _rnd(mean_now[k]),
+                "mastery_change": _rnd(change[k]),
+                "days_inactive": _rnd(days[k], 2),
+            }
+            for k, reasons in flagged[offset : offset + limit]
+        ],
+        "total": len(flagged),
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+def _states_before(
+    session: Session,
+    org: Organisation,
+    ctx: _Context,
+    members: _Members,
+    rep: _Replay,
+    window: int,
+) -> Any:
+    """The batched state of every member ``window`` answers before its last (the initial
+    state with fewer answers), cached per learner and answer count: after a new answer only
+    that learner is replayed."""
+    model = ctx.model
+    keys = [
+        (ctx.scope, model.model_id, int(lid), int(n), window)
+        for lid, n in zip(members.ids, rep.lens, strict=True)
+    ]
+    blobs = [_SNAPS.get(k) for k in keys]
+    need = np.array([k for k, b in enumerate(blobs) if b is None], dtype=np.int64)
+    if len(need):
+        items = _item_index(session, org, ctx)
+        starts = np.cumsum(rep.lens) - rep.lens
+        lens = rep.lens[need]
+        rows = _ranges(starts[need], lens)
+        times = _time_values(model, lens, rep.t[rows], members.first_seen[need])
+        it, cc, tt = _pad(
+            lens, items.model_idx[rep.ipos[rows]], rep.correct[rows].astype(np.float32), times
+        )
+        state = replay_many(model, it, cc, tt, [np.maximum(lens - window, 0)])[0]
+        for j, k in enumerate(need.tolist()):
+            blobs[k] = model.encode(model.model.state_select(state, torch.tensor([j])))
+            _SNAPS.put(keys[k], blobs[k])
+    return decode_many(model, blobs)
+
+
+# ---------------------------------------------------------------------- model card
+def model_card(session: Session, *, org: Organisation) -> dict[str, Any]:
+    """The active model: what it was trained on, how it scored, its calibration, and for
+    PSI-KT the learned prerequisite graph and a summary of the learners' traits."""
+    ctx = _context(session, org)
+    model = ctx.model
+    mv = session.get(ModelVersion, model.model_id)
+    if mv is None:
+        raise NotFound(f"model {model.model_id} not found")
+    static = _CARD.get((ctx.scope, mv.id))
+    if static is None:
+        static = _CARD.put((ctx.scope, mv.id), _static_card(session, ctx, mv))
+    traits = None
+    if hasattr(model.model, "learner_traits"):
+        traits = _traits_summary(session, ctx)
+    return {**static, "traits": traits}
+
+
+def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str, Any]:
+    model = ctx.model
+    info = mv.info or {}
+    blob = session.scalar(select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
+    payload: dict[str, Any] = {}
+    if blob:
+        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    manifest = payload.get("manifest") or {}
+    extra = payload.get("extra") or {}
+    vocab = model.model.vocab
+    training = {
+        "run": info.get("run"),
+        "time_unit": model.time_unit,
+        "dataset": {
+            "format": manifest.get("format"),
+            "source": manifest.get("source"),
+            "created_at": manifest.get("created_at"),
+            "counts": manifest.get("counts"),
+        }
+        if manifest
+        else None,
+        "vocabulary": {"items": vocab.n_items, "concepts": vocab.n_concepts},
+        "checkpoint_epoch": extra.get("epoch"),
+        "validation": extra.get("valid"),
+    }
+    results = info.get("results") or {}
+    metrics = None
+    if results:
+        metrics = {
+            "subset": results.get("subset"),
+            "protocol": results.get("protocol"),
+            "learners": results.get("learners"),
+            "test": results.get("test"),
+            "multi_step": results.get("multi_step"),
+        }
+    graph = None
+    fn = getattr(model.model, "prerequisite_graph", None)
+    if fn is not None:
+        p = fn().cpu().numpy()
+        names = dict(zip(ctx.cat.concept_ext, ctx.cat.concept_name, strict=True))
+        src, dst = np.nonzero(p > GRAPH_EDGE_THRESHOLD)
+        order = np.argsort(-p[src, dst], kind="stable")
+        graph = {
+            "threshold": GRAPH_EDGE_THRESHOLD,
+            "nodes": [{"concept_id": c, "name": names.get(c, "")} for c in model.concept_ids],
+            "edges": [
+                {
+                    "source": model.concept_ids[int(src[k])],
+                    "target": model.concept_ids[int(dst[k])],
+                    "probability": _rnd(p[src[k], dst[k]]),
+                }
+                for k in order.tolist()
+            ],
+        }
+    return _json_safe(
+        {
+            "model": {
+                "id": mv.id,
+                "name": mv.name,
+                "label": mv.label,
+                "created_at": _iso(mv.created_at),
+                "sha256": mv.sha256,
+                "forgets": model.forgets,
+            },
+            "training": training,
+            "metrics": metrics,
+            "calibration": results.get("calibration"),
+            "prerequisite_graph": graph,
+        }
+    )
+
+
+def _traits_summary(session: Session, ctx: _Context, max_learners: int = 10_000) -> dict:
+    """Mean, spread and quantiles of the learners' posterior traits (PSI-KT), over the
+    stored states of the organisation's learners for this model (up to ``max_learners``)."""
+    model = ctx.model
+    width = sum(nb for _, _, nb in model._layout)
+    blobs = [
+        b
+        for b in session.scalars(
+            select(LearnerState.state)
+            .where(LearnerState.model_id == model.model_id, LearnerState.n_applied > 0)
+            .order_by(LearnerState.learner_id)
+            .limit(max_learners)
+        )
+        if len(b) == width
+    ]
+    prior = {
+        k: _rnd(v)
+        for k, v in zip(
+            ("alpha", "mu", "sigma", "gamma"),
+            (float(x) for x in model.model.traits(model.model.trait_prior.detach())),
+            strict=True,
+        )
+    }
+    out: dict[str, Any] = {"learners": len(blobs), "prior": prior}
+    if blobs:
+        traits = model.model.learner_traits(decode_many(model, blobs))
+        for name, v in traits.items():
+            a = v.detach().cpu().numpy().astype(np.float64)
+            q = np.quantile(a, [0.1, 0.5, 0.9])
+            out[name] = {
+                "mean": _rnd(a.mean()),
+                "sd": _rnd(a.std()),
+                "p10": _rnd(q[0]),
+                "median": _rnd(q[1]),
+                "p90": _rnd(q[2]),
+            }
+    return out
