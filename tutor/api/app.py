@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..dashboard import router as dashboard_router
 from ..db import create_db_engine, make_sessionmaker
 from ..db.session import is_sqlite
 from ..service import ServiceError
@@ -154,4 +155,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, prefix="/v1")
     app.include_router(analytics.router, prefix="/v1")
     app.include_router(xapi.router)
+    app.include_router(dashboard_router)
     return app

@@ -1,0 +1,400 @@
+"""The dashboard at ``/dashboard``: its routes, and end to end in Debian's headless Chromium.
+
+The browser test builds a small world on a SQLite file (group g1 = {u0, u1}, concepts of the
+tiny trained DKT), posts answers for g1's learners through the API, serves it with a real
+uvicorn process and drives ``/usr/bin/chromium`` through the system ``/usr/bin/chromedriver``
+(Selenium; no downloaded browser): a wrong key shows the 401 detail; the teacher key logs in;
+group g1 is picked; the heatmap renders learners x concepts cells (counted as SVG marks); a
+click on a cell opens that learner's timeline; every other view renders without an error;
+nothing is fetched from another origin and the console has no errors. Screenshots go to the
+test's tmp directory and, where ``DASHBOARD_SCREENSHOTS`` names a directory, there too.
+
+Without Chromium and its driver, Selenium or the vendored charting library the browser tests
+skip with the reason (``scripts/test.sh`` installs the browser where apt is available and
+``scripts/setup.sh`` vendors the library).
+
+Screenshots of the demo for the docs (``tutor demo --no-serve --workdir demo`` first)::
+
+    DASHBOARD_DEMO=demo DASHBOARD_SCREENSHOTS=docs/dashboard \\
+        .venv/bin/python -m pytest tests/tutor/test_dashboard_browser.py -k demo
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tutor.conftest import build_world, reset_schema
+from tests.tutor.test_e2e import ans, run_server
+from tutor.dashboard import VENDOR_FILES, static_root, vendor_missing
+
+CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER_PATH", "/usr/bin/chromedriver")
+WAIT_S = 60
+# the heatmap's cells: one SVG path per (learner, concept) in the rect mark's group
+CELLS = "#heatmap svg g.mark-rect.role-mark path"
+TIMELINE_LINES = "#timeline svg g.mark-line.role-mark path"
+TIMELINE_DOTS = "#timeline svg g.mark-symbol.role-mark path"
+
+
+# ---------------------------------------------------------------------- routes (no browser)
+@pytest.fixture
+def app_client(tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from tutor.api import create_app
+    from tutor.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}", environment="test")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.skipif(bool(vendor_missing()), reason="run scripts/vendor_dashboard.sh first")
+def test_dashboard_page_and_assets(app_client):
+    r = app_client.get("/dashboard")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+    srcs = [s for s in re.findall(r'(?:src|href)="([^"]+)"', r.text) if s != "data:,"]
+    assert srcs and all(s.startswith("/dashboard/static/") for s in srcs), srcs
+    for src in srcs:
+        asset = app_client.get(src)
+        assert asset.status_code == 200, src
+        assert asset.headers["content-type"].split(";")[0] in ("text/javascript", "text/css")
+    assert app_client.get("/dashboard/").status_code == 200
+    # the page itself needs no key; the data calls do
+    assert app_client.get("/v1/groups").status_code == 401
+
+
+def test_dashboard_references_no_external_url():
+    root = static_root()
+    for name in ("index.html", "app.js", "app.css"):
+        text = (root / name).read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), name
+
+
+def test_dashboard_static_paths_are_confined(app_client):
+    for bad in ("../__init__.py", "..%2F__init__.py", "vendor/../../__init__.py", "nope.js"):
+        assert app_client.get(f"/dashboard/static/{bad}").status_code == 404, bad
+
+
+def test_dashboard_without_vendored_library_is_503(app_client, monkeypatch):
+    import tutor.dashboard as dashboard
+
+    monkeypatch.setattr(dashboard, "vendor_missing", lambda: list(VENDOR_FILES))
+    r = app_client.get("/dashboard")
+    assert r.status_code == 503
+    assert "scripts/vendor_dashboard.sh" in r.json()["detail"]
+
+
+# ---------------------------------------------------------------------- the browser
+def _skip_without_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.skip(
+            f"no headless browser: {', '.join(missing)} missing (apt-get install chromium "
+            "chromium-driver; scripts/test.sh does it where apt-get is available)"
+        )
+    pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[dev]')")
+    if vendor_missing():
+        pytest.skip(
+            f"dashboard charting library not vendored ({', '.join(vendor_missing())}): "
+            "run scripts/vendor_dashboard.sh"
+        )
+
+
+@pytest.fixture
+def browser() -> Iterator:
+    _skip_without_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1600,1000",
+        "--force-device-scale-factor=1",
+        "--lang=en-GB",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Shots:
+    """Screenshots into the test's tmp directory (and ``DASHBOARD_SCREENSHOTS`` when set)."""
+
+    def __init__(self, driver, tmp: Path) -> None:
+        self.driver = driver
+        self.dirs = [tmp / "screenshots"]
+        if os.environ.get("DASHBOARD_SCREENSHOTS"):
+            self.dirs.append(Path(os.environ["DASHBOARD_SCREENSHOTS"]))
+        for d in self.dirs:
+            d.mkdir(parents=True, exist_ok=True)
+
+    def take(self, name: str, element_id: str | None = None) -> Path:
+        from selenium.webdriver.common.by import By
+
+        first = self.dirs[0] / f"{name}.png"
+        if element_id:
+            self.driver.find_element(By.ID, element_id).screenshot(str(first))
+        else:
+            # the window as tall as the page's content (600 to 1400 px), then back
+            size = self.driver.get_window_size()
+            chrome, page = self.driver.execute_script(
+                "return [window.outerHeight - window.innerHeight, Math.ceil("
+                "document.querySelector('main').getBoundingClientRect().bottom + scrollY)]"
+            )
+            self.driver.set_window_size(size["width"], min(1400, max(600, page)) + chrome)
+            self.driver.save_screenshot(str(first))
+            self.driver.set_window_size(size["width"], size["height"])
+        for d in self.dirs[1:]:
+            shutil.copyfile(first, d / first.name)
+        return first
+
+
+def _wait(driver, predicate, what: str, timeout: float = WAIT_S):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+    except TimeoutException:
+        states = driver.execute_script(
+            "return [...document.querySelectorAll('.state')].filter(e => !e.hidden)"
+            ".map(e => e.id + ': ' + e.textContent)"
+        )
+        raise AssertionError(f"timed out waiting for {what}; visible states: {states}") from None
+
+
+def _css(driver, selector: str) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def _visible(driver, element_id: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id).is_displayed()
+
+
+def _state(driver, element_id: str) -> str:
+    """The state box's kind: '' (hidden: content shown), 'loading', 'empty' or 'error'."""
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, element_id).get_attribute("data-state") or ""
+
+
+def _settled(driver, element_id: str) -> bool:
+    return _state(driver, element_id) != "loading"
+
+
+def _login(driver, base: str, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/dashboard")
+    _wait(driver, lambda d: _visible(d, "login"), "the login form")
+    field = driver.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.ID, "login-submit").click()
+
+
+def _pick_group(driver, group: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    _wait(driver, lambda d: _visible(d, "app"), "the dashboard after login")
+    select = Select(driver.find_element(By.ID, "group-select"))
+    assert group in [o.get_attribute("value") for o in select.options]
+    select.select_by_value(group)
+
+
+def _cell(driver, learner: str, concept: str):
+    """The heatmap cell of a learner and a concept (by the mark's ARIA description)."""
+    found = [
+        c
+        for c in _css(driver, CELLS)
+        if f"concept: {concept}; learner: {learner};" in (c.get_attribute("aria-label") or "")
+    ]
+    assert len(found) == 1, f"{len(found)} cells for ({learner}, {concept})"
+    return found[0]
+
+
+def _tab(driver, tab: str) -> None:
+    _css(driver, f'.tabs [data-tab="{tab}"]')[0].click()
+
+
+def _origin_report(driver, base: str) -> tuple[list[str], list[str]]:
+    """Resources fetched from another origin, and console errors (bar the expected 401)."""
+    urls = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])"
+    )
+    foreign = [u for u in urls if not u.startswith(base)]
+    errors = [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "status of 401" not in e["message"]
+    ]
+    return foreign, errors
+
+
+def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
+    from selenium.webdriver.common.by import By
+
+    from tutor.recommend import _CACHE
+    from tutor.service import MODELS
+
+    MODELS.clear()
+    _CACHE.clear()
+    url = f"sqlite:///{tmp_path / 'tutor.db'}"
+    reset_schema(url)
+    world = build_world(url, dkt_run)
+    shots = Shots(browser, tmp_path)
+    with run_server(world.url, tmp_path / "server.log") as (base, _):
+        with httpx.Client(base_url=base, timeout=30) as http:
+            # answers for g1's learners: u0 mostly right on c0's items, u1 mixed
+            batch = [ans(f"d0-{k}", "u0", f"i{k % 5}", int(k % 4 != 0), k) for k in range(12)]
+            batch += [ans(f"d1-{k}", "u1", f"i{k % 10}", k % 2, k) for k in range(10)]
+            r = http.post("/v1/answers", json={"answers": batch}, headers=world.headers("ingest"))
+            assert r.status_code == 201, r.text
+            n_concepts = http.get("/v1/concepts", headers=world.headers("admin")).json()["total"]
+            n_learners = http.get("/v1/groups/g1", headers=world.headers("admin")).json()
+            n_learners = len(n_learners["members"])
+        assert (n_learners, n_concepts) == (2, 4)
+        driver = browser
+
+        # a wrong key: the API's 401 detail is shown, the form stays
+        _login(driver, base, "not-a-key")
+        _wait(
+            driver,
+            lambda d: "invalid or revoked API key" in d.find_element(By.ID, "login-error").text,
+            "the 401 detail under the login form",
+        )
+        assert _visible(driver, "login") and not _visible(driver, "app")
+        shots.take("login-error")
+
+        # the teacher's key, group g1: the heatmap renders learners x concepts cells
+        _login(driver, base, world.keys["teacher"])
+        _pick_group(driver, "g1")
+        assert driver.execute_script("return sessionStorage.length") >= 1
+        _wait(driver, lambda d: _settled(d, "mastery-state"), "the mastery heatmap")
+        assert _state(driver, "mastery-state") == "", driver.find_element(By.ID, "mastery-state")
+        _wait(driver, lambda d: len(_css(d, CELLS)) > 0, "heatmap cells")
+        cells = _css(driver, CELLS)
+        assert len(cells) == n_learners * n_concepts
+        heatmap = driver.find_element(By.ID, "heatmap")
+        assert heatmap.get_attribute("data-cells") == str(n_learners * n_concepts)
+        shots.take("heatmap")
+
+        # a click on a cell (u0, c0) opens u0's timeline with c0 highlighted: one dot per
+        # answer of u0 on c0's items (i0..i4: all 12 of them)
+        _cell(driver, "u0", "c0").click()
+        _wait(driver, lambda d: _visible(d, "panel-learner"), "the learner panel")
+        _wait(driver, lambda d: _settled(d, "learner-state"), "the timeline")
+        assert _state(driver, "learner-state") == "", driver.find_element(By.ID, "learner-state")
+        _wait(driver, lambda d: len(_css(d, TIMELINE_LINES)) > 0, "the timeline's lines")
+        assert driver.find_element(By.ID, "learner-title").text.endswith("u0")
+        assert driver.find_element(By.ID, "learner-concept").get_attribute("value") == "c0"
+        assert driver.find_element(By.ID, "timeline").get_attribute("data-points") == "12"
+        assert len(_css(driver, TIMELINE_DOTS)) == 12
+        width = driver.execute_script(
+            "return document.querySelector('#timeline svg').getBoundingClientRect().width"
+        )
+        assert width > 300, f"the timeline is {width} px wide"
+        shots.take("timeline")
+
+        # every other view renders without an error state
+        for tab, box in [
+            ("curves", "curves-state"),
+            ("items", "items-state"),
+            ("risk", "risk-state"),
+            ("model", "model-state"),
+        ]:
+            _tab(driver, tab)
+            _wait(driver, lambda d, b=box: _settled(d, b), f"the {tab} view")
+            state = driver.find_element(By.ID, box)
+            assert _state(driver, box) != "error", f"{tab}: {state.text}"
+            shots.take(tab)
+        _tab(driver, "items")
+        if _visible(driver, "items-table"):
+            header = _css(driver, '#items-table th[data-sort="attempts"]')[0]
+            assert header.get_attribute("aria-sort") == "descending"
+            header.click()
+            _wait(
+                driver,
+                lambda d: (
+                    _css(d, '#items-table th[data-sort="attempts"]')[0].get_attribute("aria-sort")
+                    == "ascending"
+                    and _settled(d, "items-state")
+                ),
+                "items sorted ascending",
+            )
+            assert _state(driver, "items-state") != "error"
+
+        foreign, errors = _origin_report(driver, base)
+        assert not foreign, f"fetched from another origin: {foreign}"
+        assert not errors, f"console errors: {errors}"
+
+        # log out: the key leaves session storage
+        driver.find_element(By.ID, "logout").click()
+        _wait(driver, lambda d: _visible(d, "login"), "the login form after logging out")
+        assert (
+            driver.execute_script("return sessionStorage.getItem('kt-tutor.dashboard.key')") is None
+        )
+
+
+# ---------------------------------------------------------------------- the demo, for the docs
+@pytest.mark.skipif(
+    not os.environ.get("DASHBOARD_DEMO"),
+    reason="screenshots of the demo: set DASHBOARD_DEMO to a `tutor demo --no-serve` workdir",
+)
+def test_dashboard_demo_screenshots(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    workdir = Path(os.environ["DASHBOARD_DEMO"]).resolve()
+    demo = json.loads((workdir / "keys.json").read_text())
+    browser.set_window_size(1700, 1250)
+    shots = Shots(browser, tmp_path)
+    with run_server(demo["database_url"], tmp_path / "server.log") as (base, _):
+        auth = {"Authorization": f"Bearer {demo['keys']['teacher']}"}
+        with httpx.Client(base_url=base, timeout=120, headers=auth) as http:
+            grid = http.get("/v1/analytics/groups/demo-class/mastery").json()
+            learner = max(grid["learners"], key=lambda r: r["n_answers"])["learner_id"]
+            top = http.get(f"/v1/analytics/learners/{learner}/timeline").json()["concepts"][0]
+        driver = browser
+        _login(driver, base, demo["keys"]["teacher"])
+        _pick_group(driver, "demo-class")
+        _wait(driver, lambda d: len(_css(d, CELLS)) > 0, "heatmap cells", timeout=180)
+        shots.take("heatmap")
+        _cell(driver, learner, top["name"] or top["concept_id"]).click()
+        _wait(driver, lambda d: len(_css(d, TIMELINE_DOTS)) > 0, "the timeline", timeout=120)
+        shots.take("timeline")
+        for tab, box in [
+            ("curves", "curves-state"),
+            ("items", "items-state"),
+            ("risk", "risk-state"),
+            ("model", "model-state"),
+        ]:
+            _tab(driver, tab)
+            _wait(driver, lambda d, b=box: _settled(d, b), f"the {tab} view", timeout=180)
+            assert _state(driver, box) != "error", driver.find_element(By.ID, box).text
+            shots.take({"risk": "at-risk", "model": "model-card"}.get(tab, tab))
