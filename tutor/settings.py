@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     #: prediction, with at least this many attempts
     item_flag_min_attempts: int = Field(20, ge=1)
     item_flag_z: float = Field(3.0, gt=0)
+    #: analytics caches filled in the background at start-up and after a model is activated:
+    #: this many of each organisation's largest groups (their answers run through the model
+    #: once, so the first dashboard request is not the one that pays); 0 = off
+    analytics_warmup_groups: int = Field(20, ge=0)
     #: loaded models kept in memory per process
     model_cache_size: int = Field(4, ge=1)
     #: SQLite busy timeout (seconds) while another writer holds the lock

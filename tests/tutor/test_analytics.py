@@ -541,3 +541,37 @@ def test_caches_follow_new_answers_and_empty_groups(posted, world):
     assert posted.get("/v1/analytics/groups/g3/items", headers=h).json()["total"] == 0
     risk = posted.get("/v1/analytics/groups/g3/at-risk", headers=h).json()
     assert risk["learners"] == [] and risk["covered_concepts"] == []
+
+
+def test_warm_up_fills_the_caches_at_start_and_after_activation(posted, world, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from tutor import analytics
+    from tutor.api import create_app
+
+    h = world.headers("admin")
+    curves = "/v1/analytics/groups/g1/learning-curves"
+    items = "/v1/analytics/groups/g1/items"
+    expected = posted.get(curves, headers=h).json(), posted.get(items, headers=h).json()
+    analytics.clear_caches()
+    settings = world.settings.model_copy(update={"analytics_warmup_groups": 5})
+    with TestClient(create_app(settings)) as c:
+        warmer = c.app.state.analytics_warmer
+        assert warmer.idle.wait(60), "the start-up warm-up did not finish"
+        assert warmer.last["groups"] == 2  # g1 and g2 (the groups with members)
+        assert warmer.last["learners"] == 3
+
+        # every answer is cached: the routes read none from the database any more
+        def no_fetch(*args, **kwargs):
+            raise AssertionError("answers fetched after the warm-up")
+
+        monkeypatch.setattr(analytics, "_fetch_answers", no_fetch)
+        assert (c.get(curves, headers=h).json(), c.get(items, headers=h).json()) == expected
+        assert c.get("/v1/analytics/groups/g1/at-risk", headers=h).status_code == 200
+        monkeypatch.undo()
+        # activating a model starts another pass
+        passes = warmer.passes
+        r = c.post(f"/v1/models/{world.model_id}/activate", headers=h)
+        assert r.status_code == 200, r.text
+        assert warmer.idle.wait(60) and warmer.passes == passes + 1
+    assert c.app.state.analytics_warmer._thread is None  # stopped with the app

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -855,16 +855,20 @@ def get_model(
 
 @router.post("/models/{model_id}/activate", response_model=ModelOut)
 def activate_model(
-    model_id: ModelId, session: SessionDep, principal: PrincipalDep, org: OrgDep
+    model_id: ModelId, session: SessionDep, principal: PrincipalDep, org: OrgDep, request: Request
 ) -> ModelOut:
     """Make this version the active one (hot swap). Learner states for it are rebuilt lazily,
-    on each learner's next request, or eagerly with ``rebuild-states``."""
+    on each learner's next request, or eagerly with ``rebuild-states``; the analytics caches
+    for it are filled in the background (``TUTOR_ANALYTICS_WARMUP_GROUPS``)."""
     require_roles(principal, "admin")
     with _transaction(session):
         _lock_org(session, org)
         _model(session, org, model_id)  # 404 for unknown ids and other organisations'
         ops.activate_model(session, org=org, model_id=model_id)
         out = _model(session, org, model_id)
+    warmer = getattr(request.app.state, "analytics_warmer", None)
+    if warmer is not None:
+        warmer.kick()
     return out
 
 

@@ -98,8 +98,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):  # noqa: ANN202
         # one request = a few small tensor ops: intra-op threads only add overhead
         torch.set_num_threads(1)
-        yield
-        app.state.engine.dispose()
+        warmer = None
+        if settings.analytics_warmup_groups:
+            from ..analytics import Warmer
+
+            warmer = Warmer(
+                app.state.read_sessionmaker,
+                max_groups=settings.analytics_warmup_groups,
+                settings=settings,
+            )
+            warmer.start()
+        app.state.analytics_warmer = warmer
+        try:
+            yield
+        finally:
+            if warmer is not None:
+                warmer.stop()
+            app.state.engine.dispose()
 
     app = FastAPI(
         title="kt-tutor",
