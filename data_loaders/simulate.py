@@ -55,12 +55,16 @@ import math
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from .base import Loader, Option
 from .errors import IngestError
+
+if TYPE_CHECKING:
+    from .writer import DatasetWriter
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -192,18 +196,13 @@ class SimulatedPopulation:
         self.item_difficulty = rng.uniform(0.1, 0.75, n_items)
 
         # learners
-        self.ability = rng.standard_normal(L)
-        self.learning_rate = np.clip(
-            p.learning_rate * np.exp(0.4 * rng.standard_normal(L)), 0.02, 0.6
-        )
-        self.half_life_days = np.clip(
-            p.half_life_days * np.exp(0.6 * rng.standard_normal(L)), 0.5, 60.0
-        )
-        self.prior = _sigmoid(
-            -1.6 + 0.8 * self.ability[:, None] + 0.4 * rng.standard_normal((L, C))
-        )
-        self.n_answers = np.maximum(1, np.rint(rng.gamma(2.0, p.answers / 2.0, L))).astype(np.int64)
-        self.start_ms = start_ms(p.start) + rng.integers(0, 7 * DAY_MS, L)
+        traits = draw_learner_traits(p, rng, L)
+        self.ability = traits["ability"]
+        self.learning_rate = traits["learning_rate"]
+        self.half_life_days = traits["half_life_days"]
+        self.prior = traits["prior"]
+        self.n_answers = traits["n_answers"]
+        self.start_ms = traits["start_ms"]
         # prerequisite lookup for the learning update: padded (C, P) table, -1 = none
         width = max(1, int(self.prereq_matrix.sum(axis=1).max(initial=0)))
         self._prereq_table = np.full((C, width), -1, dtype=np.int64)
@@ -382,6 +381,32 @@ class SimulatedPopulation:
         )
 
 
+def draw_learner_traits(
+    params: SimulationParams, rng: np.random.Generator, n: int
+) -> dict[str, np.ndarray]:
+    """Draw ``n`` learners' traits (the distributions of the module docstring), in this order
+    from ``rng``: ability, learning rate, half-life, prior mastery, answer count, start.
+
+    :class:`SimulatedPopulation` draws its learners with it; other code can draw further
+    learners of the same world from another generator (e.g. evaluation cohorts).
+    """
+    p, C = params, params.concepts
+    ability = rng.standard_normal(n)
+    learning_rate = np.clip(p.learning_rate * np.exp(0.4 * rng.standard_normal(n)), 0.02, 0.6)
+    half_life_days = np.clip(p.half_life_days * np.exp(0.6 * rng.standard_normal(n)), 0.5, 60.0)
+    prior = _sigmoid(-1.6 + 0.8 * ability[:, None] + 0.4 * rng.standard_normal((n, C)))
+    n_answers = np.maximum(1, np.rint(rng.gamma(2.0, p.answers / 2.0, n))).astype(np.int64)
+    start = start_ms(p.start) + rng.integers(0, 7 * DAY_MS, n)
+    return {
+        "ability": ability,
+        "learning_rate": learning_rate,
+        "half_life_days": half_life_days,
+        "prior": prior,
+        "n_answers": n_answers,
+        "start_ms": start,
+    }
+
+
 def generate(
     params: SimulationParams | None = None, seed: int = 0
 ) -> tuple[SimulatedPopulation, SimulatedLog]:
@@ -453,61 +478,71 @@ class SimulateLoader(Loader):
         params = SimulationParams(**{k: v for k, v in self.opts.items() if k in names})
         pop = SimulatedPopulation(params, int(self.opts["seed"]))
         log = pop.generate()
-        n = len(log)
-        C = params.concepts
-        concept_names = [str(c) for c in range(C)]
-        self.writer.progress.start("simulating", n)
-
-        file_idx = self.writer.register_file(f"simulate:seed={pop.seed}", None)
-        users = pa.array([f"u{i + 1}" for i in range(params.learners)], pa.string())
-        item_names = pa.array([f"q{i + 1}" for i in range(pop.n_items)], pa.string())
-        item_lists = _concept_lists(pop.item_concepts, pa.array(concept_names, pa.string()))
-        for s in range(0, n, CHUNK_ROWS):
-            e = min(s + CHUNK_ROWS, n)
-            item_idx = pa.array(log.item[s:e].astype(np.int32))
-            table = pa.table(
-                {
-                    "user_id": pa.DictionaryArray.from_arrays(
-                        pa.array(log.learner[s:e].astype(np.int32)), users
-                    ),
-                    "item_id": pa.DictionaryArray.from_arrays(item_idx, item_names),
-                    "concept_ids": item_lists.take(item_idx),
-                    "correct": pa.array(log.correct[s:e]),
-                    "timestamp": pa.array(log.timestamp_ms[s:e]),
-                    "elapsed_ms": pa.array(log.elapsed_ms[s:e]),
-                    "_file": pa.array(np.full(e - s, file_idx, dtype=np.int32)),
-                    "_line": pa.array(np.arange(s + 1, e + 1, dtype=np.int64)),
-                    "_order": pa.array(log.timestamp_ms[s:e]),
-                }
-            )
-            self.writer.add_interactions(table)
-            self.writer.progress.advance(e - s)
-        self.writer.count_read(n)
-
-        self.writer.add_items(
-            pa.table(
-                {
-                    "item_id": item_names,
-                    "concept_ids": item_lists,
-                    "difficulty": pa.array(pop.item_difficulty, pa.float64()),
-                }
-            )
-        )
-        self.writer.add_concepts(concept_names, [f"concept {c}" for c in range(C)])
-        self.writer.note(
-            "simulation",
-            {
-                "model": "SimulatedPopulation (data_loaders/simulate.py)",
-                "seed": pop.seed,
-                "params": params.to_dict(),
-                "prerequisites": [[str(a), str(b)] for a, b in pop.prerequisites],
-                "user_ids": "u<learner + 1>",
-                "item_ids": "q<item + 1>",
-                "concept_ids": "0 .. concepts-1 (curriculum order)",
-            },
-        )
+        write_simulation(self.writer, pop, log)
         if self.opts.get("kt1_dir"):
             write_kt1(pop, log, self.opts["kt1_dir"])
+
+
+def write_simulation(
+    writer: DatasetWriter, pop: SimulatedPopulation, log: SimulatedLog, model: str = ""
+) -> None:
+    """Hand a simulated log to a dataset writer: interactions, items (with their true
+    difficulty), concepts and the ``simulation`` note (seed, parameters, true prerequisite
+    graph). ``model`` names the population class in the note (default: this module's)."""
+    params = pop.params
+    n = len(log)
+    C = params.concepts
+    concept_names = [str(c) for c in range(C)]
+    writer.progress.start("simulating", n)
+
+    file_idx = writer.register_file(f"simulate:seed={pop.seed}", None)
+    users = pa.array([f"u{i + 1}" for i in range(params.learners)], pa.string())
+    item_names = pa.array([f"q{i + 1}" for i in range(pop.n_items)], pa.string())
+    item_lists = _concept_lists(pop.item_concepts, pa.array(concept_names, pa.string()))
+    for s in range(0, n, CHUNK_ROWS):
+        e = min(s + CHUNK_ROWS, n)
+        item_idx = pa.array(log.item[s:e].astype(np.int32))
+        table = pa.table(
+            {
+                "user_id": pa.DictionaryArray.from_arrays(
+                    pa.array(log.learner[s:e].astype(np.int32)), users
+                ),
+                "item_id": pa.DictionaryArray.from_arrays(item_idx, item_names),
+                "concept_ids": item_lists.take(item_idx),
+                "correct": pa.array(log.correct[s:e]),
+                "timestamp": pa.array(log.timestamp_ms[s:e]),
+                "elapsed_ms": pa.array(log.elapsed_ms[s:e]),
+                "_file": pa.array(np.full(e - s, file_idx, dtype=np.int32)),
+                "_line": pa.array(np.arange(s + 1, e + 1, dtype=np.int64)),
+                "_order": pa.array(log.timestamp_ms[s:e]),
+            }
+        )
+        writer.add_interactions(table)
+        writer.progress.advance(e - s)
+    writer.count_read(n)
+
+    writer.add_items(
+        pa.table(
+            {
+                "item_id": item_names,
+                "concept_ids": item_lists,
+                "difficulty": pa.array(pop.item_difficulty, pa.float64()),
+            }
+        )
+    )
+    writer.add_concepts(concept_names, [f"concept {c}" for c in range(C)])
+    writer.note(
+        "simulation",
+        {
+            "model": model or "SimulatedPopulation (data_loaders/simulate.py)",
+            "seed": pop.seed,
+            "params": params.to_dict(),
+            "prerequisites": [[str(a), str(b)] for a, b in pop.prerequisites],
+            "user_ids": "u<learner + 1>",
+            "item_ids": "q<item + 1>",
+            "concept_ids": "0 .. concepts-1 (curriculum order)",
+        },
+    )
 
 
 def _concept_lists(item_concepts: np.ndarray, names: pa.Array) -> pa.ListArray:
