@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from data_loaders import FORMATS, DatasetError, IngestError, get_loader, ingest, open_dataset
+from tutor import sim_cli as _sim_cli
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -1109,6 +1110,11 @@ def serve_cmd(
 
     get_settings.cache_clear()
     uvicorn.run("tutor.api.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+# simulated learners and policy evaluation (tutor/sim_cli.py)
+app.add_typer(_sim_cli.simulate_app, name="simulate")
+app.command("policy-eval")(_sim_cli.policy_eval_cmd)
 
 
 def main() -> None:

@@ -404,7 +404,9 @@ def stats_from_sequences(seqs: Iterable[tuple[np.ndarray, np.ndarray]]) -> LogSt
         concepts=len(concepts),
         correct_rate=n_correct / float(ln.sum()),
         length_quantiles=q,
-        error_by_opportunity=[float(e / c) if c else float("nan") for e, c in zip(err, cnt)],
+        error_by_opportunity=[
+            float(e / c) if c else float("nan") for e, c in zip(err, cnt, strict=True)
+        ],
         correct_first_half=first / first_n if first_n else float("nan"),
         correct_second_half=second / second_n if second_n else float("nan"),
         same_concept_rate=same / pairs if pairs else float("nan"),
