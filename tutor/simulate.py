@@ -13,7 +13,14 @@ difficulty, learners who learn, forget, guess and slip). What this module adds:
     concept whose prerequisites are unknown (strong prerequisites);
   - ``prior_shift``: added to every learner's prior-mastery logit (calibration);
   - ``difficulty_low`` / ``difficulty_high``: the items' difficulty range (the base world's
-    U(0.1, 0.75) rescaled linearly, so the same seed gives the same ranking of items).
+    U(0.1, 0.75) rescaled linearly, so the same seed gives the same ranking of items);
+  - ``item_reach`` (off by default): in the base world an item's difficulty does not change
+    what is learned from it (only whether it is answered correctly, which halves or not the
+    gain). With a reach ``r`` the gain is also multiplied by
+    ``sigmoid(steepness * (m_K + r - d))``: an item far beyond the learner's mastery (``d``
+    more than ``r`` above ``m_K``) teaches little, one within reach teaches fully. This is
+    the zone-of-proximal-development assumption behind target-difficulty policies, so it is
+    a separate knob, and the results say which settings use it.
 
 * :meth:`SimWorld.cohort`: new learners of the same world (same graph and items), drawn from
   another seed with the world's trait distributions; training logs and evaluation cohorts
@@ -22,7 +29,8 @@ difficulty, learners who learn, forget, guess and slip). What this module adds:
   and a time it answers (forgetting first, then the answer, then learning) and it reports its
   true mastery at any time without changing it. The truth is only visible to the evaluator.
 * :data:`SETTINGS`: named settings (``default``, ``prerequisites``: strong prerequisites,
-  ``forgetting``: strong forgetting, ``calibrated``: fitted to ASSISTments 2009).
+  ``forgetting``: strong forgetting, the same two with ``-zpd`` where items beyond reach
+  teach little, ``calibrated``: fitted to ASSISTments 2009).
 * Calibration (:func:`real_stats`, :func:`simulated_stats`, :func:`calibrate`,
   :func:`junyi_graph_stats`): summary statistics of a real four-line dataset (ASSISTments
   2009 as AKT distributes it: correct rate, sequence lengths, learning curves by opportunity)
@@ -71,6 +79,7 @@ class WorldExtras:
     prior_shift: float = 0.0
     difficulty_low: float = 0.1
     difficulty_high: float = 0.75
+    item_reach: float | None = None
 
     def validate(self) -> None:
         if not 0.0 <= self.prereq_floor <= 1.0:
@@ -80,6 +89,8 @@ class WorldExtras:
                 "difficulty range must satisfy 0 <= difficulty_low < difficulty_high <= 1, "
                 f"got {self.difficulty_low}, {self.difficulty_high}"
             )
+        if self.item_reach is not None and not 0.0 <= self.item_reach <= 1.0:
+            raise SimulationError(f"item_reach must be in [0, 1], got {self.item_reach}")
         if not math.isfinite(self.prior_shift) or abs(self.prior_shift) > 6:
             raise SimulationError(f"prior_shift must be in [-6, 6], got {self.prior_shift}")
 
@@ -135,9 +146,14 @@ class SimWorld(SimulatedPopulation):
     def learn(
         self, state: LearnerState, learners: np.ndarray, items: np.ndarray, correct: np.ndarray
     ) -> None:
-        """The base learning update with ``prereq_floor`` in place of its fixed 0.2."""
+        """The base learning update with ``prereq_floor`` in place of its fixed 0.2 and, with
+        ``item_reach``, less learning from items beyond reach (see the module docstring)."""
         floor = self.extras.prereq_floor
         gain_scale = self.learning_rate[learners] * (0.5 + 0.5 * correct)
+        if self.extras.item_reach is not None:
+            m_k = self.item_mastery(state, learners, items)
+            z = self.params.steepness * (m_k + self.extras.item_reach - self.item_difficulty[items])
+            gain_scale = gain_scale / (1.0 + np.exp(-z))
         for col in (0, 1):
             c = self.item_concepts[items, col]
             ok = c >= 0
@@ -271,6 +287,19 @@ SETTINGS: dict[str, WorldSetting] = {
             "forgetting",
             "strong forgetting: 1.5-day median half-life, the base prerequisite floor",
             WorldExtras(prereq_floor=0.2),
+            half_life_days=1.5,
+        ),
+        _setting(
+            "prerequisites-zpd",
+            "the prerequisites setting where items beyond reach teach little (item_reach 0.2)",
+            WorldExtras(prereq_floor=0.0, prior_shift=-0.5, item_reach=0.2),
+            second_concept_rate=0.4,
+            half_life_days=20.0,
+        ),
+        _setting(
+            "forgetting-zpd",
+            "the forgetting setting where items beyond reach teach little (item_reach 0.2)",
+            WorldExtras(prereq_floor=0.2, item_reach=0.2),
             half_life_days=1.5,
         ),
     )

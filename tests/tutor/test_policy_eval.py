@@ -1,0 +1,224 @@
+"""Policy evaluation (tutor/policy_eval.py) on a tiny world with tiny models: the service
+path, the baselines' rules, the HTTP path, outcomes and their intervals, the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tutor.cli import app
+from tutor.policy_eval import (
+    EvalConfig,
+    PolicyEvalError,
+    SkillBuilderPolicy,
+    StepContext,
+    TextbookPolicy,
+    build_service,
+    evaluate_setting,
+    http_check,
+    make_cohort,
+    mean_ci,
+    paired_difference,
+    parse_policy,
+    policy_overrides,
+    share_ci,
+    train_models,
+    write_outputs,
+)
+from tutor.simulate import SETTINGS, WorldSetting, make_world
+
+TINY = EvalConfig(
+    policies=("hardest:dkt", "dkt:target"),
+    learners=16,
+    seeds=(0,),
+    questions=24,
+    session_length=8,
+    train_learners=150,
+    epochs=3,
+)
+
+
+def tiny_setting(name: str = "prerequisites-zpd") -> WorldSetting:
+    s = SETTINGS[name]
+    return replace(s, params=replace(s.params, concepts=5, items_per_concept=6))
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import torch
+
+    torch.set_num_threads(1)
+    world = make_world(tiny_setting(), learners=TINY.train_learners, seed=TINY.world_seed)
+    work = tmp_path_factory.mktemp("policy-eval")
+    return train_models(world, ["bkt", "dkt"], work, TINY, log=lambda m: None)
+
+
+def test_hardest_item_does_worse_than_target(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
+    res = evaluate_setting(tiny_setting(), TINY, tmp_path, runs=tiny_runs, log=lambda m: None)
+    hard, target = res.summaries["hardest:dkt"], res.summaries["dkt:target"]
+    assert target.final[0] > hard.final[0]
+    diff = paired_difference(res.runs["dkt:target"], res.runs["hardest:dkt"])
+    assert diff[0] > 0 and diff[1] > 0  # the same learners learn more, beyond noise
+    assert target.success[0] > hard.success[0]  # and are less often wrong
+    # every answer went through the service: the learners' histories are in the database
+    from sqlalchemy import func, select
+
+    from tutor.db import Interaction, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'service.db'}")
+    with make_sessionmaker(engine)() as s:
+        n = s.scalar(select(func.count()).select_from(Interaction))
+    engine.dispose()
+    assert n == 2 * TINY.learners * TINY.questions
+
+
+def test_outcomes_tables_and_plot(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
+    cfg = replace(
+        TINY,
+        policies=("random", "textbook", "skill-builder", "lowest-mastery", "dkt:mixed"),
+        learners=6,
+        questions=12,
+    )
+    res = evaluate_setting(tiny_setting(), cfg, tmp_path / "w", runs=tiny_runs, log=lambda m: None)
+    for s in res.summaries.values():
+        assert 0 < s.final[0] < 1 and s.final[1] <= s.final[0] <= s.final[2]
+        assert 0 <= s.success[0] <= 1
+        assert s.retention[0] <= s.final[0] + 1e-9  # a week without practice: forgetting
+        assert len(s.curve_mean) == cfg.questions and s.n_learners == cfg.learners
+    assert res.best_ours() == "dkt:mixed"
+    assert {v["baseline"] for v in res.verdict()} == {
+        "skill-builder",
+        "lowest-mastery",
+        "random",
+        "textbook",
+    }
+    paths = write_outputs(res, tmp_path / "out")
+    table = paths["table"].read_text()
+    assert "| skill-builder |" in table and "Best of ours" in table
+    assert paths["plot"].stat().st_size > 10_000
+    assert '"verdict"' in paths["json"].read_text()
+
+
+def test_http_path_makes_the_same_choices(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
+    world = make_world(tiny_setting(), learners=TINY.train_learners, seed=TINY.world_seed)
+    cfg = replace(TINY, questions=6)
+    out = http_check(world, tiny_runs, cfg, "dkt:mixed", 2, tmp_path)
+    assert out["identical"] and out["same"] == out["total"] == 12
+    with pytest.raises(PolicyEvalError, match="does not forget"):
+        http_check(world, tiny_runs, cfg, "psikt:mixed", 2, tmp_path)
+
+
+def test_cohorts_are_shared_by_policies() -> None:
+    world = make_world(tiny_setting(), learners=20, seed=0)
+    a, b = make_cohort(world, TINY, 0), make_cohort(world, TINY, 0)
+    assert np.array_equal(a.times_ms, b.times_ms) and np.array_equal(a.uniforms, b.uniforms)
+    assert np.array_equal(a.world.prior, b.world.prior)
+    c = make_cohort(world, TINY, 1)
+    assert not np.array_equal(a.uniforms, c.uniforms)
+    gaps = np.diff(a.times_ms, axis=1)
+    assert (gaps > 0).all()
+    # a long gap (hours to days) between sessions, 45 s inside one
+    k = TINY.session_length
+    assert (gaps[:, k - 1] >= 6 * 3_600_000).all()
+    assert (gaps[:, 0] == 45_000).all()
+
+
+def _ctx(items: list[int], answers: list[int], day: int = 1) -> StepContext:
+    return StepContext(None, None, None, datetime(2026, 1, day, tzinfo=UTC), items, answers)
+
+
+def test_textbook_order() -> None:
+    world = make_world(tiny_setting(), learners=2, seed=0)
+    cfg = replace(TINY, questions=10)  # 5 concepts: 2 questions each
+    pol = TextbookPolicy(world, cfg, 0)
+    items: list[int] = []
+    for _ in range(12):
+        items.append(pol.choose(_ctx(items, [1] * len(items))))
+    concepts = world.item_concepts[items, 0].tolist()
+    assert concepts[:10] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert concepts[10:] == [0, 0] and items[10] != items[0]  # around again, next items
+
+
+def test_skill_builder_rule() -> None:
+    world = make_world(tiny_setting(), learners=2, seed=0)
+    pol = SkillBuilderPolicy(world, TINY, 0)
+    items: list[int] = []
+    answers = [1, 0, 1, 1, 1, 1]  # three in a row only at the 5th answer
+    for a in answers:
+        items.append(pol.choose(_ctx(items, answers[: len(items)])))
+        _ = a
+    concepts = world.item_concepts[items, 0].tolist()
+    assert concepts == [0, 0, 0, 0, 0, 1]
+    # ten attempts in a day without three in a row: on to the next concept
+    pol = SkillBuilderPolicy(world, TINY, 0)
+    items, answers = [], [0] * 12
+    for _ in range(12):
+        items.append(pol.choose(_ctx(items, answers[: len(items)])))
+    assert world.item_concepts[items, 0].tolist() == [0] * 10 + [1, 1]
+
+
+def test_policy_names() -> None:
+    assert parse_policy("random") == ("random", None, None)
+    assert parse_policy("lowest-mastery") == ("lowest-mastery", "bkt", None)
+    assert parse_policy("psikt:review") == ("service", "psikt", "review")
+    assert parse_policy("dkt:mixed@mastery=0.6,target=0.5") == ("service", "dkt", "mixed")
+    assert policy_overrides("dkt:mixed@mastery=0.6,target=0.5") == {"mastery": 0.6, "target": 0.5}
+    for bad, msg in (
+        ("greedy", "unknown policy"),
+        ("dkt:best", "unknown policy"),
+        ("hardest:rnn", "unknown model"),
+        ("dkt:mixed@speed=1", "unknown setting"),
+        ("dkt:mixed@target=2", r"in \(0, 1\)"),
+    ):
+        with pytest.raises(PolicyEvalError, match=msg):
+            parse_policy(bad)
+    with pytest.raises(PolicyEvalError, match="questions"):
+        replace(TINY, questions=0).validate()
+    with pytest.raises(PolicyEvalError, match="tuning seed"):
+        replace(TINY, tune=("dkt",), tune_seed=0).validate()
+
+
+def test_intervals() -> None:
+    m, lo, hi = mean_ci(np.array([0.0, 1.0] * 50))
+    assert m == 0.5 and hi - lo == pytest.approx(2 * 1.959964 * np.std([0, 1] * 50, ddof=1) / 10)
+    p, lo, hi = share_ci(np.array([True] * 10))
+    assert p == 1.0 and hi == pytest.approx(1.0) and 0.6 < lo < 0.8
+    assert np.isnan(mean_ci(np.array([np.nan]))[0])
+
+
+def test_service_holds_the_world(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
+    from sqlalchemy import func, select
+
+    from tutor.db import Item, PrerequisiteEdge
+
+    world = make_world(tiny_setting(), learners=5, seed=0)
+    svc = build_service(world, tiny_runs, tmp_path / "svc.db")
+    with svc.factory() as s:
+        assert s.scalar(select(func.count()).select_from(Item)) == world.n_items
+        edges = s.scalar(select(func.count()).select_from(PrerequisiteEdge))
+        assert edges == len(world.prerequisites)
+    assert set(svc.model_ids) == {"bkt", "dkt"}
+    svc.close()
+
+
+def test_cli_simulate_and_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        ["simulate", "generate", "--out", str(tmp_path / "ds"), "--learners", "30"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "answers of 30 learners" in r.output
+    r = runner.invoke(app, ["simulate", "generate", "--out", str(tmp_path / "x"), "--setting", "z"])
+    assert r.exit_code == 2 and "unknown simulator setting" in r.output
+    r = runner.invoke(app, ["policy-eval", "--policies", "greedy", "-q"])
+    assert r.exit_code == 2 and "unknown policy" in r.output
+    r = runner.invoke(app, ["policy-eval", "--seeds", "a,b", "-q"])
+    assert r.exit_code == 2 and "--seeds" in r.output
+    r = runner.invoke(app, ["simulate", "settings"])
+    assert r.exit_code == 0 and "prerequisites" in r.output
