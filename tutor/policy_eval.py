@@ -1063,3 +1063,37 @@ __all__ = [
     "run_policy",
     "write_outputs",
 ]
+
+
+def write_summary(out: Path) -> Path:
+    """``out/summary.md``: one row per setting found under ``out`` (its ``results.json``):
+    our best policy and its mean true mastery against each baseline's, with the verdict."""
+    import json
+
+    rows = []
+    for f in sorted(out.glob("*/results.json")):
+        data = json.loads(f.read_text())
+        for v in data.get("verdict", []):
+            rows.append((data["setting"]["name"], v))
+    if not rows:
+        raise PolicyEvalError(f"{out}: no */results.json to summarise (run tutor policy-eval)")
+    lines = [
+        "# Policy evaluation: summary",
+        "",
+        "Mean true mastery after N questions (95% CI over learners and seeds) of our best "
+        "policy in each setting against each baseline; the paired difference uses the same "
+        "learners under both policies. Written by `tutor policy-eval` (tutor/policy_eval.py).",
+        "",
+        "| setting | our best policy | its mastery | baseline | baseline's mastery | "
+        "ours - baseline (paired) | non-overlapping win? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in rows:
+        lines.append(
+            f"| {name} | {v['best']} | {_fmt(tuple(v['best_final']))} | {v['baseline']} | "
+            f"{_fmt(tuple(v['baseline_final']))} | {_fmt(tuple(v['paired_difference']))} | "
+            f"{'yes' if v['non_overlapping_win'] else 'no'} |"
+        )
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -205,9 +205,16 @@ def policy_eval_cmd(
         Path,
         typer.Option("--out", "-O", help="Writes <setting>/table.md, results.json, mastery.png"),
     ] = Path("docs/policy_eval"),
+    summary_only: Annotated[
+        bool, typer.Option("--summary-only", help="Only rebuild OUT/summary.md from results.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Compare tutoring policies on simulated learners through the service's code path."""
+    """Compare tutoring policies on simulated learners through the service's code path.
+
+    For each setting: train the models on a simulated log, run every policy on the same
+    cohorts through the service (record_answers, learner_view, recommend), check the HTTP path,
+    and write OUT/<setting>/table.md, results.json and mastery.png, then OUT/summary.md."""
     import torch
 
     from .policy_eval import (
@@ -217,9 +224,16 @@ def policy_eval_cmd(
         evaluate_setting,
         results_table,
         write_outputs,
+        write_summary,
     )
     from .simulate import SimulationError, load_setting
 
+    if summary_only:
+        try:
+            console.print(f"wrote {write_summary(out_dir)}")
+        except PolicyEvalError as exc:
+            _fail(str(exc))
+        return
     torch.set_num_threads(1)
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -264,3 +278,4 @@ def policy_eval_cmd(
         paths = write_outputs(res, out_dir)
         out.print(results_table(res), highlight=False)
         console.print(f"wrote {paths['table']}, {paths['json']} and {paths['plot']}")
+    console.print(f"wrote {write_summary(out_dir)}")

@@ -29,6 +29,7 @@ from tutor.policy_eval import (
     share_ci,
     train_models,
     write_outputs,
+    write_summary,
 )
 from tutor.simulate import SETTINGS, WorldSetting, make_world
 
@@ -102,6 +103,10 @@ def test_outcomes_tables_and_plot(tiny_runs: dict[str, Path], tmp_path: Path) ->
     assert "| skill-builder |" in table and "Best of ours" in table
     assert paths["plot"].stat().st_size > 10_000
     assert '"verdict"' in paths["json"].read_text()
+    summary = write_summary(tmp_path / "out").read_text()
+    assert "| prerequisites-zpd | dkt:mixed |" in summary
+    with pytest.raises(PolicyEvalError, match="no \\*/results.json"):
+        write_summary(tmp_path / "empty")
 
 
 def test_http_path_makes_the_same_choices(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
