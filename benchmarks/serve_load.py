@@ -583,6 +583,16 @@ def render(console, db: str, workers: int, balance: str, setup: dict, res: dict,
 
 
 # ---------------------------------------------------------------------- main
+def _uvicorn_stack() -> str:
+    """The event loop and HTTP parser uvicorn picks by default ('auto': uvloop and httptools
+    when installed, as with ``uvicorn[standard]``)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"{loop}, {http}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite,postgresql")
@@ -629,7 +639,7 @@ def main() -> None:
     )
     console.print(
         f"serve_load: {os.cpu_count()} cores ({cpu_name}), Python {platform.python_version()}, "
-        f"uvicorn (asyncio, h11), load generator on the same machine; "
+        f"uvicorn ({_uvicorn_stack()}), load generator on the same machine; "
         f"{datetime.now(UTC):%Y-%m-%d}\n"
         f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\n"
     )

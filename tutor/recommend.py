@@ -61,6 +61,8 @@ class Catalogue:
     #: the item -> concept links as two flat arrays (item position, concept position)
     link_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     link_concept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: item external id -> position
+    item_pos: dict[str, int] = field(default_factory=dict)
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -114,6 +116,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
     cat.link_concept = (
         np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
     ).astype(np.int64)
+    cat.item_pos = {ext: k for k, ext in enumerate(cat.item_ext)}
     with _LOCK:
         _CACHE[key] = cat
     return cat
@@ -215,14 +218,17 @@ def learner_view(
     now = as_utc(at) or utcnow()
     first = as_utc(learner.first_seen)
     t_now = model.time_value(now, first, learner.n_answers) if model.forgets and first else None
-    p_items = model.predict(state, view["item_idx"], t_now) if len(cat.item_ext) else np.zeros(0)
-    full = model.concept_mastery(state, t_now)
+    # one prediction over every item the model knows (index 0: items it was not trained on),
+    # read both per catalogue item and as concept mastery
+    p_all = model.predict_all(state, t_now)
+    p_items = p_all[view["item_idx"]] if len(cat.item_ext) else np.zeros(0)
+    full = model.mastery_from(p_all)
     cidx = view["concept_idx"]
     mastery = np.where(cidx > 0, full[cidx], np.nan)
     mastery_then = None
     if t_now is not None and row.last_timestamp is not None:
         t_last = model.time_value(as_utc(row.last_timestamp), first, learner.n_answers)
-        then = model.concept_mastery(state, t_last)
+        then = model.mastery_from(model.predict_all(state, t_last))
         mastery_then = np.where(cidx > 0, then[cidx], np.nan)
     recent: set[int] = set()
     if recent_exclusion:

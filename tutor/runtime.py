@@ -162,6 +162,19 @@ class LoadedModel:
         return self.model.predict(state, it, at_time=tt)[0].numpy()
 
     @torch.no_grad()
+    def predict_all(self, state: Any, at_time: float | None = None) -> np.ndarray:
+        """Success probabilities of every model item ``[n_items + 1]``, index 0 included (the
+        prediction for an item the model was not trained on), in one ``predict``."""
+        n_items = self.concept_item_weights.shape[1] - 1
+        return self.predict(state, np.arange(0, n_items + 1), at_time)
+
+    def mastery_from(self, p_all: np.ndarray) -> np.ndarray:
+        """Concept mastery ``[C + 1]`` from :meth:`predict_all`'s probabilities."""
+        full = torch.from_numpy(np.asarray(p_all, dtype=np.float32)).clone()
+        full[0] = 0.0
+        return (self.concept_item_weights @ full).numpy()
+
+    @torch.no_grad()
     def concept_mastery(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Mastery of every model concept (index 1..C): the mean predicted success over its
         items. Returns ``[C + 1]`` (entry 0 unused)."""

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import URL, func, insert, inspect, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .db import (
     Concept,
@@ -105,7 +107,12 @@ def active_model(session: Session, *, org: Organisation) -> LoadedModel | None:
 
 def db_scope(session: Session) -> str:
     """The database a session talks to, as a cache scope."""
-    return session.get_bind().url.render_as_string(hide_password=True)
+    return _url_scope(session.get_bind().url)
+
+
+@lru_cache(maxsize=64)
+def _url_scope(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
 
 
 # ---------------------------------------------------------------------- states
@@ -142,18 +149,26 @@ def rebuild_state(
     row.last_event_id = hist[-1][3] if hist else None
     learner.n_answers = len(hist)
     session.info.setdefault("rebuilt", []).append(row)
+    remember_state(session, learner.id, model.model_id, row)
     return state, row
 
 
 def keep_rebuilt_states(session: Session) -> None:
     """End a read request: keep the states it had to rebuild.
 
-    On PostgreSQL the request's transaction simply commits. A SQLite read runs in a read
+    With nothing rebuilt the session is closed (the read transaction ends in the route's
+    thread). On PostgreSQL the request's transaction simply commits. A SQLite read runs in a read
     transaction (it never waits for writers) that cannot write, so the rebuilt states are
     written afterwards in a short write transaction of their own, each only if the learner
     has not answered meanwhile; if the database is busy they are rebuilt again next time.
     """
     rebuilt = session.info.pop("rebuilt", [])
+    session.info.pop(LOADED_STATES, None)
+    if not rebuilt:
+        # nothing to keep: end the read transaction here, in the route's thread (closing keeps
+        # the loaded attributes readable, where a rollback would expire them all)
+        session.close()
+        return
     if session.get_bind().dialect.name != "sqlite":
         session.commit()
         return
@@ -163,7 +178,7 @@ def keep_rebuilt_states(session: Session) -> None:
     ]
     session.rollback()
     factory = session.info.get("write_factory")
-    if not snap or factory is None:
+    if factory is None:
         return
     from sqlalchemy.exc import OperationalError
 
@@ -182,11 +197,25 @@ def keep_rebuilt_states(session: Session) -> None:
         pass
 
 
+#: ``session.info`` key: {(learner id, model id): the LearnerState row or None (no row)} of
+#: states read together with their learners (the session's identity map holds its objects
+#: weakly: this keeps them, so that :func:`current_state` needs no second query)
+LOADED_STATES = "loaded_states"
+
+
+def remember_state(
+    session: Session, learner_id: int, model_id: int, row: LearnerState | None
+) -> None:
+    session.info.setdefault(LOADED_STATES, {})[(learner_id, model_id)] = row
+
+
 def current_state(
     session: Session, *, learner: Learner, model: LoadedModel
 ) -> tuple[Any, LearnerState]:
     """The learner's up-to-date state for ``model`` (rebuilt if missing or stale)."""
-    row = session.get(LearnerState, (learner.id, model.model_id))
+    key = (learner.id, model.model_id)
+    known = session.info.get(LOADED_STATES)
+    row = known[key] if known and key in known else session.get(LearnerState, key)
     if row is None or row.n_applied != learner.n_answers:
         return rebuild_state(session, learner=learner, model=model)
     return model.decode(row.state), row
@@ -220,12 +249,85 @@ class Catalogue:
     by_model: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def _touched_concepts(session: Session, item: Item) -> list[Concept]:
-    return list(item.concepts)
+@dataclass(frozen=True)
+class ConceptRef:
+    external_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What the answer path needs of an item (from the cached catalogue when it is current,
+    so that an answer costs no catalogue query)."""
+
+    id: int
+    external_id: str
+    concepts: tuple[ConceptRef, ...]
+
+
+def _item_ref(item: Item) -> ItemRef:
+    cs = sorted(item.concepts, key=lambda c: c.id)
+    return ItemRef(item.id, item.external_id, tuple(ConceptRef(c.external_id, c.name) for c in cs))
+
+
+def _items(
+    session: Session, *, org: Organisation, external_ids: list[str], auto_create: bool
+) -> dict[str, ItemRef]:
+    """The items of ``external_ids``: active ones from the organisation's cached catalogue
+    (no query while it is current), the rest (inactive, unknown, or all of them when the
+    catalogue must be rebuilt) in one query; unknown ones are created (``auto_create``) or
+    NotFound."""
+    from .recommend import catalogue  # recommend imports this module
+
+    out: dict[str, ItemRef] = {}
+    missing = list(external_ids)
+    cat = catalogue(session, org) if not (session.new or session.dirty) else None
+    if cat is not None:
+        pos = cat.item_pos
+        missing = []
+        for ext in external_ids:
+            k = pos.get(ext)
+            if k is None:
+                missing.append(ext)
+                continue
+            out[ext] = ItemRef(
+                int(cat.item_db[k]),
+                ext,
+                tuple(
+                    ConceptRef(cat.concept_ext[c], cat.concept_name[c])
+                    for c in cat.item_concepts[k]
+                ),
+            )
+    if missing:
+        found = {
+            i.external_id: i
+            for i in session.scalars(
+                select(Item).where(Item.org_id == org.id, Item.external_id.in_(missing))
+            )
+        }
+        created = False
+        for ext in missing:
+            item = found.get(ext)
+            if item is None:
+                if not auto_create:
+                    raise NotFound(f"item {ext!r} not found")
+                item = Item(org_id=org.id, external_id=ext, meta={}, concepts=[])
+                session.add(item)
+                org.bump_catalogue()
+                created = True
+            found[ext] = item
+        if created:
+            session.flush()
+        for ext in missing:
+            out[ext] = _item_ref(found[ext])
+    return out
 
 
 def mastery_of(
-    model: LoadedModel, state: Any, concepts: list[Concept], at_time: float | None = None
+    model: LoadedModel,
+    state: Any,
+    concepts: list[Concept] | tuple[ConceptRef, ...],
+    at_time: float | None = None,
 ) -> list[dict[str, Any]]:
     m = model.concept_mastery(state, at_time)
     out = []
@@ -314,30 +416,23 @@ def record_answers(
     if not fresh:
         return results  # type: ignore[return-value]
 
-    # 2. items (one query), then learner by learner (each locked) in event order
-    item_ids = sorted({a.item_id for group in fresh.values() for _, a in group})
-    items = {
-        i.external_id: i
-        for i in session.scalars(
-            select(Item).where(Item.org_id == org.id, Item.external_id.in_(item_ids))
-        )
-    }
-    for iid in item_ids:
-        if iid not in items:
-            if not auto_create_items:
-                raise NotFound(f"item {iid!r} not found")
-            items[iid] = Item(org_id=org.id, external_id=iid, meta={})
-            session.add(items[iid])
-            org.bump_catalogue()
-    session.flush()
+    # 2. items (the cached catalogue), then the learners, locked, with their states (one
+    # query), then learner by learner in event order
+    items = _items(
+        session,
+        org=org,
+        external_ids=sorted({a.item_id for group in fresh.values() for _, a in group}),
+        auto_create=auto_create_items,
+    )
+    learners = _lock_learners(session, org=org, external_ids=sorted(fresh), model=model)
+    writes = _Writes()
     now = utcnow()
     for learner_ext in sorted(fresh):
         group = fresh[learner_ext]
-        try:
-            learner = get_learner(session, org_id=org.id, external_id=learner_ext, lock=True)
-        except NotFound:
+        learner = learners.get(learner_ext)
+        if learner is None:
             if not auto_create_learners:
-                raise
+                raise NotFound(f"learner {learner_ext!r} not found")
             learner = Learner(org_id=org.id, external_id=learner_ext, n_answers=0)
             session.add(learner)
             session.flush()
@@ -354,8 +449,79 @@ def record_answers(
             items=items,
             model=model,
             results=results,
+            writes=writes,
         )
+    writes.apply(session)
+    session.flush()
     return results  # type: ignore[return-value]
+
+
+def _lock_learners(
+    session: Session, *, org: Organisation, external_ids: list[str], model: LoadedModel | None
+) -> dict[str, Learner]:
+    """The learners of ``external_ids`` that exist, locked (``FOR UPDATE`` on PostgreSQL, in
+    external id order so that two requests never wait on each other crosswise; SQLite holds
+    the database lock since ``BEGIN IMMEDIATE``), with their states for ``model`` loaded
+    into the session (so :func:`current_state` needs no query): one statement."""
+    if model is None:
+        q = select(Learner)
+    else:
+        q = select(Learner, LearnerState).outerjoin(
+            LearnerState,
+            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == model.model_id),
+        )
+    q = (
+        q.where(Learner.org_id == org.id, Learner.external_id.in_(external_ids))
+        .order_by(Learner.external_id)
+        .with_for_update(of=Learner)
+    )
+    out = {}
+    for row in session.execute(q):
+        out[row[0].external_id] = row[0]
+        if model is not None:
+            remember_state(session, row[0].id, model.model_id, row[1])
+    return out
+
+
+class _Writes:
+    """The answer path's writes as plain Core statements (the unit of work's bookkeeping
+    costs more than the three statements themselves): new answers, and column updates of
+    learners and states that are already in the database. Their in-memory ORM attributes
+    are set as if loaded (:func:`set_committed_value`), so a later flush never writes them
+    again; objects not yet in the database (a state the replay just created) are set as
+    usual and inserted by the flush."""
+
+    def __init__(self) -> None:
+        self.interactions: list[dict[str, Any]] = []
+        self.updates: dict[tuple[Any, tuple[Any, ...]], dict[str, Any]] = {}
+        self.responses: list[tuple[int, str, dict[str, Any]]] = []
+
+    def set(self, obj: Any, attr: str, value: Any) -> None:
+        st = inspect(obj)
+        if not st.persistent:
+            setattr(obj, attr, value)
+            return
+        set_committed_value(obj, attr, value)
+        col = st.mapper.attrs[attr].columns[0]
+        self.updates.setdefault((st.mapper.local_table, st.identity), {})[col.key] = value
+
+    def apply(self, session: Session) -> None:
+        if self.interactions:
+            session.execute(insert(Interaction.__table__), self.interactions)
+            self.interactions = []
+        for (table, ident), values in self.updates.items():
+            pk = table.primary_key.columns
+            cond = [c == v for c, v in zip(pk, ident, strict=True)]
+            session.execute(update(table).where(*cond).values(**values))
+        self.updates = {}
+        t = Interaction.__table__
+        for org_id, event_id, response in self.responses:
+            session.execute(
+                update(t)
+                .where(t.c.org_id == org_id, t.c.event_id == event_id)
+                .values(response=response)
+            )
+        self.responses = []
 
 
 def _apply_learner(
@@ -364,30 +530,32 @@ def _apply_learner(
     org: Organisation,
     learner: Learner,
     group: list[tuple[int, AnswerIn]],
-    items: dict[str, Item],
+    items: dict[str, ItemRef],
     model: LoadedModel | None,
     results: list[dict[str, Any] | None],
+    writes: _Writes,
 ) -> None:
     state, row = (None, None)
     if model is not None:
         state, row = current_state(session, learner=learner, model=model)
     for k, a in group:
         item = items[a.item_id]
-        inter = Interaction(
-            org_id=org.id,
-            learner_id=learner.id,
-            item_id=item.id,
-            event_id=a.event_id,
-            correct=int(a.correct),
-            timestamp=a.timestamp,
-            elapsed_ms=a.elapsed_ms,
-            attempt=a.attempt,
-            source=a.source,
-        )
-        session.add(inter)
+        inter = {
+            "org_id": org.id,
+            "learner_id": learner.id,
+            "item_id": item.id,
+            "event_id": a.event_id,
+            "correct": int(a.correct),
+            "timestamp": a.timestamp,
+            "elapsed_ms": a.elapsed_ms,
+            "attempt": a.attempt,
+            "source": a.source,
+            "response": None,
+        }
+        writes.interactions.append(inter)
         first = as_utc(learner.first_seen)
         n_before = learner.n_answers
-        learner.n_answers = n_before + 1
+        writes.set(learner, "n_answers", n_before + 1)
         late = (
             row is not None
             and row.last_timestamp is not None
@@ -395,21 +563,24 @@ def _apply_learner(
         )
         if first is None or a.timestamp < first:
             late = late or first is not None
-            learner.first_seen = a.timestamp
+            writes.set(learner, "first_seen", a.timestamp)
         mastery: list[dict[str, Any]] = []
         if model is not None:
             if late:
+                # the replay reads the stored history: this answer (and every pending write)
+                # goes to the database first; its response is written afterwards
+                writes.apply(session)
                 session.flush()
                 state, row = rebuild_state(session, learner=learner, model=model)
             else:
                 t = model.time_value(a.timestamp, as_utc(learner.first_seen), n_before)
                 idx = model.item_idx([a.item_id]).tolist()
                 state = model.step_many(state, idx, [int(a.correct)], [t])
-                row.state = model.encode(state)
-                row.n_applied = learner.n_answers
-                row.last_timestamp = a.timestamp
-                row.last_event_id = a.event_id
-            mastery = mastery_of(model, state, _touched_concepts(session, item))
+                writes.set(row, "state", model.encode(state))
+                writes.set(row, "n_applied", learner.n_answers)
+                writes.set(row, "last_timestamp", a.timestamp)
+                writes.set(row, "last_event_id", a.event_id)
+            mastery = mastery_of(model, state, item.concepts)
         response = {
             "event_id": a.event_id,
             "learner_id": learner.external_id,
@@ -420,9 +591,11 @@ def _apply_learner(
             "mastery": mastery,
             "replayed": False,
         }
-        inter.response = response
+        if writes.interactions and writes.interactions[-1] is inter:
+            inter["response"] = response  # not inserted yet
+        else:
+            writes.responses.append((org.id, a.event_id, response))
         results[k] = response
-    session.flush()
 
 
 # ---------------------------------------------------------------------- reading

@@ -61,7 +61,16 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, ge=1)
     #: SQLite busy timeout (seconds) while another writer holds the lock
     sqlite_timeout: float = 30.0
-    pool_size: int = 10
+    #: database connections per process (PostgreSQL; as many again may overflow under bursts)
+    pool_size: int = Field(10, ge=1)
+    #: test each pooled connection with a round trip before use (PostgreSQL). Off: a
+    #: connection that died (database restart) fails one request with 503, the pool is then
+    #: invalidated and the next request reconnects
+    pool_pre_ping: bool = False
+    #: authenticated API keys are remembered per process for this many seconds (0 = off): a
+    #: key revoked elsewhere (the CLI, another worker) stops working at most this long after;
+    #: deleting a learner or a group through the API forgets this process's keys at once
+    auth_cache_seconds: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

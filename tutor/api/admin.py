@@ -50,7 +50,15 @@ from ..db import (
 from ..security import Principal
 from ..service import as_utc
 from ..settings import POLICIES, Settings
-from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
+from .deps import (
+    OrgDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    forget_keys,
+    require_roles,
+    visible_learner,
+)
 
 router = APIRouter(tags=["admin"])
 
@@ -610,7 +618,7 @@ def put_learner(
 
 @router.delete("/learners/{learner_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_learner(
-    learner_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep
+    learner_id: ExtId, request: Request, session: SessionDep, principal: PrincipalDep, org: OrgDep
 ) -> Response:
     """Delete a learner with everything of theirs: answers, model states, group memberships
     and their learner API keys (xAPI statements are kept, unlinked)."""
@@ -622,6 +630,7 @@ def delete_learner(
             session.execute(table.__table__.delete().where(table.learner_id == learner.id))
         session.delete(learner)
         session.flush()
+    forget_keys(request)  # the learner's keys are gone: no cached principal may outlive them
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -773,7 +782,7 @@ def put_members(
 
 @router.delete("/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_group(
-    group_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep
+    group_id: ExtId, request: Request, session: SessionDep, principal: PrincipalDep, org: OrgDep
 ) -> Response:
     """Delete a group (its learners stay; teacher keys lose access to it)."""
     require_roles(principal, "admin")
@@ -784,6 +793,7 @@ def delete_group(
         )
         session.delete(group)
         session.flush()
+    forget_keys(request)  # teacher keys of the group lose it (cached principals hold its id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -13,12 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm.exc import ObjectDeletedError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..dashboard import router as dashboard_router
 from ..db import create_db_engine, make_sessionmaker
 from ..db.session import is_sqlite
+from ..security import AuthCache
 from ..service import ServiceError
 from ..settings import Settings, get_settings
 
@@ -127,7 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     engine = create_db_engine(
-        settings.database_url, sqlite_timeout=settings.sqlite_timeout, pool_size=settings.pool_size
+        settings.database_url,
+        sqlite_timeout=settings.sqlite_timeout,
+        pool_size=settings.pool_size,
+        pool_pre_ping=settings.pool_pre_ping,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -136,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.execution_options(readonly=True) if is_sqlite(settings.database_url) else engine
     )
     app.state.read_sessionmaker = make_sessionmaker(read_engine)
+    app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     )
@@ -153,6 +159,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=503,
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(ObjectDeletedError)
+    async def _gone(request: Request, exc: ObjectDeletedError) -> JSONResponse:
+        if "Organisation" in str(exc):
+            # the organisation of a key remembered by the auth cache was deleted meanwhile
+            app.state.auth_cache.clear()
+            return JSONResponse(
+                {"detail": "invalid or revoked API key"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raise exc
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

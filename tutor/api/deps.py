@@ -7,14 +7,18 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from starlette.concurrency import run_in_threadpool
 
-from ..db import GroupMembership, Learner, Organisation
-from ..security import Principal, authenticate
+from ..db import GroupMembership, Learner, LearnerState, Organisation
+from ..runtime import LoadedModel
+from ..security import AuthCache, Principal, authenticate, hash_key
+from ..service import remember_state
 from ..settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
+    # async (as every dependency here): a sync dependency costs a hop to a worker thread
     return request.app.state.settings
 
 
@@ -45,21 +49,40 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(request: Request, settings: SettingsDep) -> Principal:
+def _lookup_key(request: Request, token: str, key_hash: str) -> Principal | None:
+    """The key's principal from the database (in a worker thread): a short read transaction
+    of its own (see get_session); None for an unknown or revoked key or a deleted
+    organisation."""
+    settings = request.app.state.settings
+    with request.app.state.read_sessionmaker() as auth_session:
+        principal = authenticate(auth_session, token, settings.key_pepper, key_hash=key_hash)
+        if principal is not None and auth_session.get(Organisation, principal.org_id) is None:
+            principal = None  # the key's organisation was deleted
+    return principal
+
+
+async def get_principal(request: Request) -> Principal:
+    """The caller. Authenticated keys are remembered for ``auth_cache_seconds``
+    (:class:`tutor.security.AuthCache`): a hit costs no query and no thread hop."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # a short read transaction of its own (see get_session)
-    with request.app.state.read_sessionmaker() as auth_session:
-        principal = authenticate(auth_session, token.strip(), settings.key_pepper)
-        org = auth_session.get(Organisation, principal.org_id) if principal else None
-    if principal is not None and org is None:  # the key's organisation was deleted
-        principal = None
+    state = request.app.state
+    settings: Settings = state.settings
+    cache: AuthCache = state.auth_cache
+    key_hash = hash_key(token, settings.key_pepper)
+    principal = cache.get(key_hash)
+    if principal is None:
+        generation = cache.generation()
+        principal = await run_in_threadpool(_lookup_key, request, token, key_hash)
+        if principal is not None:
+            cache.put(key_hash, principal, generation)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -67,8 +90,7 @@ def get_principal(request: Request, settings: SettingsDep) -> Principal:
             headers={"WWW-Authenticate": "Bearer"},
         )
     request.state.principal = principal
-    request.state.org = org
-    limiter = request.app.state.rate_limiter
+    limiter = state.rate_limiter
     if limiter is not None and not limiter.allow(principal.key_id):
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -81,13 +103,25 @@ def get_principal(request: Request, settings: SettingsDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_org(request: Request, session: SessionDep, principal: PrincipalDep) -> Organisation:
-    """The caller's organisation, attached to the request session without a query (so the
-    transaction still begins inside the route; see get_session)."""
-    return session.merge(request.state.org, load=False)
+async def get_org(session: SessionDep, principal: PrincipalDep) -> Organisation:
+    """The caller's organisation in the request session, without a query here: its row is
+    read (refreshed) at the first use of one of its attributes, inside the route's thread and
+    transaction (see get_session), so it is always current (active model, catalogue version,
+    settings), and costs one primary-key read."""
+    org = Organisation(id=principal.org_id)
+    make_transient_to_detached(org)
+    session.add(org)
+    return org
 
 
 OrgDep = Annotated[Organisation, Depends(get_org)]
+
+
+def forget_keys(request: Request) -> None:
+    """Forget this process's authenticated keys (after a change that revokes or narrows
+    keys: a learner or a group deleted); other processes forget them within the cache's
+    time to live."""
+    request.app.state.auth_cache.clear()
 
 
 def require_roles(principal: Principal, *roles: str) -> None:
@@ -99,17 +133,31 @@ def require_roles(principal: Principal, *roles: str) -> None:
 
 
 def visible_learner(
-    session: Session, principal: Principal, external_id: str, *, lock: bool = False
+    session: Session,
+    principal: Principal,
+    external_id: str,
+    *,
+    lock: bool = False,
+    state_of: LoadedModel | None = None,
 ) -> Learner:
     """The learner, if the caller may see them; 404 otherwise (never 403, so ids of other
-    organisations or learners cannot be probed)."""
+    organisations or learners cannot be probed). ``state_of``: also load the learner's state
+    for that model into the session in the same statement (then
+    :func:`tutor.service.current_state` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
-    q = select(Learner).where(
-        Learner.org_id == principal.org_id, Learner.external_id == external_id
-    )
+    q = select(Learner)
+    if state_of is not None:
+        q = select(Learner, LearnerState).outerjoin(
+            LearnerState,
+            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == state_of.model_id),
+        )
+    q = q.where(Learner.org_id == principal.org_id, Learner.external_id == external_id)
     if lock:
-        q = q.with_for_update()
-    learner = session.scalar(q)
+        q = q.with_for_update(of=Learner)
+    row = session.execute(q).first()
+    learner = None if row is None else row[0]
+    if learner is not None and state_of is not None:
+        remember_state(session, learner.id, state_of.model_id, row[1])
     ok = learner is not None
     if ok and principal.role == "learner":
         ok = learner.id == principal.learner_id

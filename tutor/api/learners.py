@@ -40,7 +40,8 @@ def get_mastery(
 ) -> Mastery:
     """Predicted mastery of every concept of the organisation (null where the active model
     does not know the concept)."""
-    learner = visible_learner(session, principal, learner_id)
+    model = service.active_model(session, org=org)
+    learner = visible_learner(session, principal, learner_id, state_of=model)
     out = service.learner_mastery(session, org=org, learner=learner, at=at)
     _persist(session)
     return Mastery.model_validate(out)
@@ -58,7 +59,9 @@ def next_items(
     target: Annotated[float | None, Query(gt=0, lt=1)] = None,
 ) -> NextItems:
     """The next items for the learner, each with its predicted success and the reason."""
-    learner = visible_learner(session, principal, learner_id)
+    model = service.active_model(session, org=org)
+    learner = visible_learner(session, principal, learner_id, state_of=model)
+    learner_ext = learner.external_id
     lv = recommend.learner_view(
         session,
         org=org,
@@ -75,8 +78,8 @@ def next_items(
         mastery_threshold=float(_org_setting(org, settings, "mastery_threshold")),
         review_threshold=float(_org_setting(org, settings, "review_threshold")),
     )
-    _persist(session)
-    return NextItems.model_validate({"learner_id": learner.external_id, **out})
+    _persist(session)  # (may end the transaction: nothing of the session is read after it)
+    return NextItems.model_validate({"learner_id": learner_ext, **out})
 
 
 @router.get("/learners/{learner_id}/history", response_model=History)
@@ -105,12 +108,13 @@ def learner_curriculum(
     """The designed concept order (prerequisites first) with this learner's mastery; the
     concepts already mastered are marked."""
     learner = visible_learner(session, principal, learner_id)
+    learner_ext = learner.external_id
     lv = recommend.learner_view(session, org=org, learner=learner, recent_exclusion=0)
     out = recommend.curriculum_for(
         lv.view, lv.cat, lv.mastery, float(_org_setting(org, settings, "mastery_threshold"))
     )
     _persist(session)
-    return CurriculumOut.model_validate({"scope": f"learner {learner.external_id}", **out})
+    return CurriculumOut.model_validate({"scope": f"learner {learner_ext}", **out})
 
 
 @router.get("/groups/{group_id}/curriculum", response_model=CurriculumOut)

@@ -15,7 +15,14 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_db_engine(url: str, *, sqlite_timeout: float = 30.0, pool_size: int = 10) -> Engine:
+def create_db_engine(
+    url: str, *, sqlite_timeout: float = 30.0, pool_size: int = 10, pool_pre_ping: bool = False
+) -> Engine:
+    """The engine for ``url``. ``pool_pre_ping`` (PostgreSQL) tests each connection with a
+    round trip when it leaves the pool: off by default, since it costs a round trip per
+    request; without it a connection that died (a database restart) fails its request with
+    an OperationalError (503), SQLAlchemy then invalidates the pool and the next request
+    reconnects."""
     if is_sqlite(url):
         engine = create_engine(
             url,
@@ -40,7 +47,9 @@ def create_db_engine(url: str, *, sqlite_timeout: float = 30.0, pool_size: int =
             conn.exec_driver_sql("BEGIN" if ro else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pool_pre_ping
+    )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

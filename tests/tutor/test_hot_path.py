@@ -1,0 +1,151 @@
+"""The hot request path stays cheap: a bounded number of SQL statements per answer and per
+next-items request (counted with a SQLAlchemy event listener, so that a regression fails
+here), and the per-process authentication cache: no query for a remembered key, revocation
+effective after the time to live, at once when the API deletes a learner or a group."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, update
+
+from tutor.api import create_app
+from tutor.db import ApiKey, create_db_engine
+
+#: statements per request once warm (the key cached, the model and catalogue loaded), not
+#: counting SQLite's BEGIN: answer = organisation, replay check, learner + state (locked),
+#: insert, two updates; next-items = organisation, learner + state, recent items
+MAX_ANSWER_STATEMENTS = 6
+MAX_NEXT_ITEMS_STATEMENTS = 3
+
+
+@contextmanager
+def statements(app):  # noqa: ANN001, ANN201
+    """The SQL statements the app's engine runs inside the block (BEGIN excluded)."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, params, context, executemany):  # noqa: ANN001, ARG001
+        if not statement.lstrip().upper().startswith("BEGIN"):
+            seen.append(statement)
+
+    engine = app.state.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _answer(event_id: str, learner: str = "u1", item: str = "i5", **kw) -> dict:
+    return {"event_id": event_id, "learner_id": learner, "item_id": item, "correct": 1, **kw}
+
+
+def _show(stmts: list[str]) -> str:
+    return "\n".join(s.split("\n")[0][:120] for s in stmts)
+
+
+def test_answer_and_next_items_statement_budget(client, world):
+    ing, adm = world.headers("ingest"), world.headers("admin")
+    for k in range(2):  # warm: keys cached, model and catalogue loaded, the state built
+        assert client.post("/v1/answers", json=_answer(f"w{k}"), headers=ing).status_code == 201
+        assert client.get("/v1/learners/u1/next-items", headers=adm).status_code == 200
+    with statements(client.app) as answer:
+        r = client.post("/v1/answers", json=_answer("x1"), headers=ing)
+    assert r.status_code == 201, r.text
+    assert len(answer) <= MAX_ANSWER_STATEMENTS, _show(answer)
+    with statements(client.app) as nxt:
+        r = client.get("/v1/learners/u1/next-items", headers=adm)
+    assert r.status_code == 200, r.text
+    assert len(nxt) <= MAX_NEXT_ITEMS_STATEMENTS, _show(nxt)
+    for stmt in answer + nxt:  # authentication came from the cache
+        assert "api_keys" not in stmt, stmt
+    # a replay: the stored result, no write
+    with statements(client.app) as replay:
+        again = client.post("/v1/answers", json=_answer("x1"), headers=ing)
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    assert not any(s.lstrip().upper().startswith(("INSERT", "UPDATE")) for s in replay)
+
+
+def test_batch_of_learners_takes_one_locking_query(client, world):
+    ing = world.headers("ingest")
+    client.post("/v1/answers", json=_answer("w0"), headers=ing)
+    batch = [
+        _answer(f"b{k}", learner=f"u{k % 4}", timestamp=f"2024-01-01T10:{k:02d}:00Z")
+        for k in range(8)
+    ]
+    with statements(client.app) as stmts:
+        r = client.post("/v1/answers", json={"answers": batch}, headers=ing)
+    assert r.status_code == 201, r.text
+    learner_selects = [s for s in stmts if s.lstrip().startswith("SELECT learners.")]
+    assert len(learner_selects) == 1, _show(stmts)
+
+
+def _revoke(url: str, key: str) -> None:
+    engine = create_db_engine(url)
+    with engine.begin() as c:
+        c.execute(
+            update(ApiKey)
+            .where(ApiKey.prefix == key.split("_")[1])
+            .values(revoked_at=datetime.now(UTC))
+        )
+    engine.dispose()
+
+
+@pytest.fixture
+def short_ttl_client(world):
+    app = create_app(world.settings.model_copy(update={"auth_cache_seconds": 1.0}))
+    with TestClient(app) as c:
+        yield c
+
+
+def test_revoked_key_stops_working_after_the_ttl(short_ttl_client, world):
+    c, h = short_ttl_client, world.headers("admin")
+    assert c.get("/v1/learners/u1/mastery", headers=h).status_code == 200
+    assert len(c.app.state.auth_cache) == 1
+    _revoke(world.url, world.keys["admin"])  # as `tutor keys revoke` (another process) does
+    # remembered for at most the time to live...
+    assert c.get("/v1/learners/u1/mastery", headers=h).status_code == 200
+    time.sleep(1.1)
+    # ...then looked up again, and refused
+    r = c.get("/v1/learners/u1/mastery", headers=h)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert c.get("/v1/learners/u1/mastery", headers=h).status_code == 401
+
+
+def test_cache_off_revocation_is_immediate(world):
+    app = create_app(world.settings.model_copy(update={"auth_cache_seconds": 0}))
+    with TestClient(app) as c:
+        h = world.headers("ingest")
+        assert c.post("/v1/answers", json=_answer("z1"), headers=h).status_code == 201
+        assert len(app.state.auth_cache) == 0
+        _revoke(world.url, world.keys["ingest"])
+        assert c.post("/v1/answers", json=_answer("z2"), headers=h).status_code == 401
+
+
+def test_unknown_keys_are_not_remembered(client, world):
+    bad = {"Authorization": f"Bearer {world.keys['admin']}x"}
+    for _ in range(2):
+        assert client.get("/v1/learners/u1/mastery", headers=bad).status_code == 401
+    assert len(client.app.state.auth_cache) == 0
+
+
+def test_deleting_a_learner_through_the_api_revokes_its_key_at_once(client, world):
+    mine = world.headers("learner")  # u0's own key
+    assert client.get("/v1/learners/u0/mastery", headers=mine).status_code == 200
+    r = client.delete("/v1/learners/u0", headers=world.headers("admin"))
+    assert r.status_code == 204
+    assert client.get("/v1/learners/u0/mastery", headers=mine).status_code == 401
+    r = client.post("/v1/answers", json=_answer("d1", learner="u0"), headers=mine)
+    assert r.status_code == 401
+
+
+def test_deleting_a_group_through_the_api_narrows_teacher_keys_at_once(client, world):
+    teacher = world.headers("teacher")  # group g1 = {u0, u1}
+    assert client.get("/v1/learners/u1/mastery", headers=teacher).status_code == 200
+    assert client.delete("/v1/groups/g1", headers=world.headers("admin")).status_code == 204
+    # the key still authenticates, but no longer sees the group's learners (404, not 403)
+    assert client.get("/v1/learners/u1/mastery", headers=teacher).status_code == 404
