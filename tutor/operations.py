@@ -21,6 +21,7 @@ from .db import (
     Concept,
     Group,
     GroupMembership,
+    Interaction,
     Item,
     Learner,
     LearnerState,
@@ -252,8 +253,50 @@ def rebuild_states(
     progress: Any = None,
 ) -> int:
     """Eagerly (re)build every learner's state for a model version (default: the active
-    one), replaying histories in batches through the model's serving form."""
-    from .service import MODELS, _history, as_utc, db_scope
+    one), replaying histories in batches through the model's serving form (one history
+    query per batch; one torch thread: batches of small steps gain nothing from more, and on
+    a busy machine the extra threads' spin-waits made it several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _rebuild_states(
+            session, org=org, model_id=model_id, batch_size=batch_size, progress=progress
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _histories(session: Session, learner_ids: list[int]) -> dict[int, list[tuple]]:
+    """Each learner's answers in event order, as ``service._history`` (one query)."""
+    from .service import as_utc
+
+    out: dict[int, list[tuple]] = {lid: [] for lid in learner_ids}
+    rows = session.execute(
+        select(
+            Interaction.learner_id,
+            Item.external_id,
+            Interaction.correct,
+            Interaction.timestamp,
+            Interaction.event_id,
+        )
+        .join(Item, Item.id == Interaction.item_id)
+        .where(Interaction.learner_id.in_(learner_ids))
+        .order_by(Interaction.learner_id, Interaction.timestamp, Interaction.event_id)
+    )
+    for lid, item, correct, ts, ev in rows:
+        out[lid].append((item, int(correct), as_utc(ts), ev))
+    return out
+
+
+def _rebuild_states(
+    session: Session,
+    *,
+    org: Organisation,
+    model_id: int | None,
+    batch_size: int,
+    progress: Any,
+) -> int:
+    from .service import MODELS, as_utc, db_scope
 
     mid = model_id or org.active_model_id
     if mid is None:
@@ -270,7 +313,8 @@ def rebuild_states(
     done = 0
     for start in range(0, len(learners), batch_size):
         chunk = learners[start : start + batch_size]
-        hists = [_history(session, lr.id) for lr in chunk]
+        by_learner = _histories(session, [lr.id for lr in chunk])
+        hists = [by_learner[lr.id] for lr in chunk]
         lens = np.array([len(h) for h in hists])
         n = len(chunk)
         t_max = max(int(lens.max()) if n else 0, 1)
