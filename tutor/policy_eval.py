@@ -145,6 +145,11 @@ class EvalConfig:
                 raise PolicyEvalError(f"cannot tune {m!r}: expected one of {', '.join(MODELS)}")
         if self.tune and self.tune_seed in self.seeds:
             raise PolicyEvalError("the tuning seed must not be an evaluation seed")
+        if self.tune and not (self.tune_mastery and self.tune_target and self.tune_learners > 0):
+            raise PolicyEvalError("tuning needs mastery and target values and learners")
+        for v in (*self.tune_mastery, *self.tune_target):
+            if not 0 < v < 1:
+                raise PolicyEvalError(f"tuning values must be in (0, 1), got {v}")
 
     def models_needed(self) -> list[str]:
         need = {"bkt"}  # baselines post answers with BKT active; lowest-mastery reads it

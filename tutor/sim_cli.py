@@ -192,6 +192,13 @@ def policy_eval_cmd(
     tune: Annotated[
         str, typer.Option(help="Models whose mixed policy is tuned on a separate cohort.")
     ] = "dkt,psikt",
+    tune_mastery: Annotated[
+        str, typer.Option(help="Mastery thresholds tried when tuning (comma-separated).")
+    ] = "0.5,0.6,0.7",
+    tune_target: Annotated[
+        str, typer.Option(help="Target successes tried when tuning (comma-separated).")
+    ] = "0.5,0.7",
+    tune_learners: Annotated[int, typer.Option(help="Learners of the tuning cohort.")] = 30,
     http_learners: Annotated[
         int, typer.Option(help="Learners of the HTTP path check (0: none).")
     ] = 3,
@@ -240,6 +247,12 @@ def policy_eval_cmd(
     except ValueError:
         _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
         return
+    try:
+        grid_m = tuple(float(x) for x in tune_mastery.split(",") if x.strip())
+        grid_t = tuple(float(x) for x in tune_target.split(",") if x.strip())
+    except ValueError:
+        _fail("--tune-mastery and --tune-target must be comma-separated numbers")
+        return
     pols = (
         tuple(p.strip() for p in policies.split(",") if p.strip()) if policies else DEFAULT_POLICIES
     )
@@ -253,6 +266,9 @@ def policy_eval_cmd(
         train_learners=train_learners,
         epochs=epochs,
         tune=tuple(m.strip() for m in tune.split(",") if m.strip()),
+        tune_mastery=grid_m,
+        tune_target=grid_t,
+        tune_learners=tune_learners,
     )
     names = setting or ["prerequisites", "forgetting"]
     try:
