@@ -252,10 +252,20 @@ class SimulatedPopulation:
         return p.guess + (1.0 - p.guess - p.slip) * _sigmoid(z)
 
     def learn(
-        self, state: LearnerState, learners: np.ndarray, items: np.ndarray, correct: np.ndarray
+        self,
+        state: LearnerState,
+        learners: np.ndarray,
+        items: np.ndarray,
+        correct: np.ndarray,
+        *,
+        gain_scale: np.ndarray | None = None,
+        prereq_floor: float = 0.2,
     ) -> None:
-        """Apply the learning update of one answer per (distinct) learner."""
-        gain_scale = self.learning_rate[learners] * (0.5 + 0.5 * correct)
+        """Apply the learning update of one answer per (distinct) learner. ``gain_scale``
+        replaces the per-answer gain ``eta * (0.5 + 0.5 * correct)`` and ``prereq_floor`` the
+        learning left while prerequisites are unknown (variants of this world set them)."""
+        if gain_scale is None:
+            gain_scale = self.learning_rate[learners] * (0.5 + 0.5 * correct)
         for col in (0, 1):
             c = self.item_concepts[items, col]
             ok = c >= 0
@@ -265,7 +275,9 @@ class SimulatedPopulation:
             pres = self._prereq_table[cc]  # (k, P)
             pm = np.where(pres >= 0, state.mastery[ll[:, None], np.maximum(pres, 0)], np.inf)
             support = pm.min(axis=1)
-            support = np.where(np.isinf(support), 1.0, 0.2 + 0.8 * support)
+            support = np.where(
+                np.isinf(support), 1.0, prereq_floor + (1.0 - prereq_floor) * support
+            )
             m = state.mastery[ll, cc]
             state.mastery[ll, cc] = m + gs * support * (1.0 - m)
 

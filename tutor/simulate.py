@@ -154,18 +154,7 @@ class SimWorld(SimulatedPopulation):
             m_k = self.item_mastery(state, learners, items)
             z = self.params.steepness * (m_k + self.extras.item_reach - self.item_difficulty[items])
             gain_scale = gain_scale / (1.0 + np.exp(-z))
-        for col in (0, 1):
-            c = self.item_concepts[items, col]
-            ok = c >= 0
-            if not ok.any():
-                continue
-            ll, cc, gs = learners[ok], c[ok], gain_scale[ok]
-            pres = self._prereq_table[cc]
-            pm = np.where(pres >= 0, state.mastery[ll[:, None], np.maximum(pres, 0)], np.inf)
-            support = pm.min(axis=1)
-            support = np.where(np.isinf(support), 1.0, floor + (1.0 - floor) * support)
-            m = state.mastery[ll, cc]
-            state.mastery[ll, cc] = m + gs * support * (1.0 - m)
+        super().learn(state, learners, items, correct, gain_scale=gain_scale, prereq_floor=floor)
 
     def cohort(self, learners: int, seed: int) -> SimWorld:
         """``learners`` new learners of this world (same graph and items), drawn with the

@@ -323,17 +323,7 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
         shots.take("timeline")
 
         # every other view renders without an error state
-        for tab, box in [
-            ("curves", "curves-state"),
-            ("items", "items-state"),
-            ("risk", "risk-state"),
-            ("model", "model-state"),
-        ]:
-            _tab(driver, tab)
-            _wait(driver, lambda d, b=box: _settled(d, b), f"the {tab} view")
-            state = driver.find_element(By.ID, box)
-            assert _state(driver, box) != "error", f"{tab}: {state.text}"
-            shots.take(tab)
+        _other_views(driver, shots)
         _tab(driver, "items")
         if _visible(driver, "items-table"):
             header = _css(driver, '#items-table th[data-sort="attempts"]')[0]
@@ -362,13 +352,27 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
         )
 
 
+def _other_views(
+    driver, shots: Shots, *, timeout: float = WAIT_S, names: dict[str, str] | None = None
+) -> None:
+    """Open the curves, items, at-risk and model-card tabs: each settles without an error
+    state; a screenshot of each (named by ``names``, else by the tab)."""
+    from selenium.webdriver.common.by import By
+
+    for tab in ("curves", "items", "risk", "model"):
+        box = f"{tab}-state"
+        _tab(driver, tab)
+        _wait(driver, lambda d, b=box: _settled(d, b), f"the {tab} view", timeout=timeout)
+        assert _state(driver, box) != "error", f"{tab}: {driver.find_element(By.ID, box).text}"
+        shots.take((names or {}).get(tab, tab))
+
+
 # ---------------------------------------------------------------------- the demo, for the docs
 @pytest.mark.skipif(
     not os.environ.get("DASHBOARD_DEMO"),
     reason="screenshots of the demo: set DASHBOARD_DEMO to a `tutor demo --no-serve` workdir",
 )
 def test_dashboard_demo_screenshots(browser, tmp_path):
-    from selenium.webdriver.common.by import By
 
     workdir = Path(os.environ["DASHBOARD_DEMO"]).resolve()
     demo = json.loads((workdir / "keys.json").read_text())
@@ -388,13 +392,4 @@ def test_dashboard_demo_screenshots(browser, tmp_path):
         _cell(driver, learner, top["name"] or top["concept_id"]).click()
         _wait(driver, lambda d: len(_css(d, TIMELINE_DOTS)) > 0, "the timeline", timeout=120)
         shots.take("timeline")
-        for tab, box in [
-            ("curves", "curves-state"),
-            ("items", "items-state"),
-            ("risk", "risk-state"),
-            ("model", "model-state"),
-        ]:
-            _tab(driver, tab)
-            _wait(driver, lambda d, b=box: _settled(d, b), f"the {tab} view", timeout=180)
-            assert _state(driver, box) != "error", driver.find_element(By.ID, box).text
-            shots.take({"risk": "at-risk", "model": "model-card"}.get(tab, tab))
+        _other_views(driver, shots, timeout=180, names={"risk": "at-risk", "model": "model-card"})
