@@ -12,6 +12,7 @@ AUC) and ``last.pt`` (weights, optimiser and counters, for ``--resume``).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -54,6 +55,9 @@ class TrainConfig:
     fold: int = 0
     device: str = "auto"
     threads: int = 0  # 0: torch's default
+    #: exponential moving average of the weights (Polyak averaging), 0 = off; e.g. 0.999.
+    #: Validation, the checkpoints and early stopping then use the averaged weights.
+    ema: float = 0.0
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -134,6 +138,10 @@ def train(
     lr = cfg.lr if cfg.lr is not None else type(model).default_lr
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
+    ema_model = copy.deepcopy(model) if cfg.ema else None
+
     start_epoch, best_auc, bad_epochs = 0, -1.0, 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +152,8 @@ def train(
             raise ValueError(f"{last}: was a {state.get('model')} run, not {model_name}")
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
+        if ema_model is not None:
+            ema_model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
         start_epoch, best_auc, bad_epochs = state["epoch"], state["best_auc"], state["bad_epochs"]
         log(f"resuming after epoch {start_epoch} (best valid AUC {best_auc:.4f})")
     elif rank == 0 and (out / "metrics.jsonl").exists() and not resume:
@@ -213,6 +223,8 @@ def train(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if ema_model is not None:
+                _ema_update(ema_model, model, cfg.ema)
             n_tok = int(prediction_mask(batch).sum())
             total_loss += float(loss.detach()) * n_tok
             total_tok += n_tok
@@ -220,7 +232,8 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{total_loss / max(total_tok, 1):.4f}")
         train_secs = time.perf_counter() - t0
-        y, p = predict_next_step(model, seqs, split.valid, device)
+        scored = ema_model if ema_model is not None else model
+        y, p = predict_next_step(scored, seqs, split.valid, device)
         vm = metrics(y, p)
         if bar is not None:
             bar.set_postfix(loss=f"{total_loss / max(total_tok, 1):.4f}", auc=f"{vm['auc']:.4f}")
@@ -247,12 +260,14 @@ def train(
                 fh.write(json.dumps(record) + "\n")
             if improved:
                 save_checkpoint(
-                    model,
+                    scored,
                     out / "best.pt",
                     manifest=manifest,
                     extra={"run": run_info, "epoch": epoch + 1, "valid": vm},
                 )
-            _save_last(out / "last.pt", model_name, model, opt, epoch + 1, best_auc, bad_epochs)
+            _save_last(
+                out / "last.pt", model_name, model, opt, epoch + 1, best_auc, bad_epochs, ema_model
+            )
             log(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid AUC {vm['auc']:.4f}"
                 f" ({train_secs:.1f} s){' *' if improved else ''}"
@@ -267,7 +282,7 @@ def train(
         "best_valid_auc": best_auc,
         "epochs": history,
         "split": split.to_dict(),
-        "model": model,
+        "model": ema_model if ema_model is not None else model,
         "rank": rank,
         "world_size": world,
     }
@@ -281,12 +296,14 @@ def _save_last(
     epoch: int,
     best_auc: float,
     bad_epochs: int,
+    ema_model: KTModel | None = None,
 ) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(
         {
             "model": name,
             "state_dict": model.state_dict(),
+            "ema_state_dict": ema_model.state_dict() if ema_model is not None else None,
             "optimizer": opt.state_dict(),
             "epoch": epoch,
             "best_auc": best_auc,
@@ -295,6 +312,15 @@ def _save_last(
         tmp,
     )
     tmp.replace(path)
+
+
+@torch.no_grad()
+def _ema_update(ema_model: KTModel, model: KTModel, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights; buffers are copied as they are."""
+    for e, q in zip(ema_model.parameters(), model.parameters(), strict=True):
+        e.lerp_(q.detach(), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
 
 
 def _bar(total: int, desc: str, enabled: bool):  # noqa: ANN202 - tqdm or None

@@ -116,6 +116,7 @@ class EvalConfig:
     # the recommender's settings (the service's defaults)
     target: float = 0.7
     rec_mastery_threshold: float = 0.8
+    mastery_scale: str = "reachable"
     review_threshold: float = 0.6
     recent_exclusion: int = 5
     #: models whose ``mixed`` policy gets tuned settings (mastery threshold, target) chosen on
@@ -138,6 +139,10 @@ class EvalConfig:
             raise PolicyEvalError("gaps must be positive and retention_days non-negative")
         if not 0 < self.mastery_threshold < 1:
             raise PolicyEvalError("mastery_threshold must be in (0, 1)")
+        if self.mastery_scale not in ("reachable", "success"):
+            raise PolicyEvalError(
+                f"mastery_scale must be 'reachable' or 'success', got {self.mastery_scale!r}"
+            )
         for p in self.policies:
             parse_policy(p)
         for m in self.tune:
@@ -349,6 +354,8 @@ class ServicePolicy(Policy):
             learner=ctx.learner,
             recent_exclusion=self.cfg.recent_exclusion,
             at=ctx.at,
+            # OATutor's heuristic reads BKT's mastery as it is (against its 0.95 threshold)
+            scale="success" if self.kind == "lowest-mastery" else self.cfg.mastery_scale,
         )
 
     def choose(self, ctx: StepContext) -> int:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from .curriculum import design_curriculum
 from .db import Concept, Interaction, Item, ItemConcept, Learner, Organisation, PrerequisiteEdge
-from .runtime import LoadedModel
+from .runtime import REFERENCE_STREAK, LoadedModel
 from .service import (
     Invalid,
     NotFound,
@@ -42,6 +42,7 @@ from .service import (
     db_scope,
     utcnow,
 )
+from .settings import MASTERY_SCALES
 
 POLICIES = ("mixed", "target", "review", "curriculum")
 
@@ -208,7 +209,17 @@ def learner_view(
     learner: Learner,
     recent_exclusion: int,
     at: datetime | None = None,
+    scale: str = "reachable",
 ) -> LearnerView:
+    """What the policies see of one learner. ``scale`` is how concept mastery is measured
+    (see the module docstring): ``reachable`` (the default) on the range between a new
+    learner and one who has just answered :data:`REFERENCE_STREAK` in a row correctly
+    (:meth:`tutor.runtime.LoadedModel.scaled_mastery`), ``success`` as the mean predicted
+    success over the concept's items."""
+    if scale not in MASTERY_SCALES:
+        raise Invalid(
+            f"unknown mastery scale {scale!r}; expected one of {', '.join(MASTERY_SCALES)}"
+        )
     model = active_model(session, org=org)
     if model is None:
         raise NotFound("no active model for this organisation")
@@ -223,12 +234,16 @@ def learner_view(
     p_all = model.predict_all(state, t_now)
     p_items = p_all[view["item_idx"]] if len(cat.item_ext) else np.zeros(0)
     full = model.mastery_from(p_all)
+    if scale == "reachable":
+        full = model.scaled_mastery(full, REFERENCE_STREAK)
     cidx = view["concept_idx"]
     mastery = np.where(cidx > 0, full[cidx], np.nan)
     mastery_then = None
     if t_now is not None and row.last_timestamp is not None:
         t_last = model.time_value(as_utc(row.last_timestamp), first, learner.n_answers)
         then = model.mastery_from(model.predict_all(state, t_last))
+        if scale == "reachable":
+            then = model.scaled_mastery(then, REFERENCE_STREAK)
         mastery_then = np.where(cidx > 0, then[cidx], np.nan)
     recent: set[int] = set()
     if recent_exclusion:

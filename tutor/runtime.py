@@ -14,7 +14,7 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,10 @@ import torch
 from kt_models.base import KTModel, load_checkpoint
 
 SECONDS_PER_DAY = 86400.0
+#: the reachable mastery scale's reference (:meth:`LoadedModel.scaled_mastery`): a learner who
+#: has just answered this many in a row correctly (ASSISTments' skill-builder mastery
+#: criterion) has mastery 1
+REFERENCE_STREAK = 3
 
 
 def _leaves(state: Any) -> list[torch.Tensor]:
@@ -64,6 +68,8 @@ class LoadedModel:
     concept_item_weights: torch.Tensor
     _template: Any
     _layout: list[tuple[tuple[int, ...], torch.dtype, int]]
+    #: streak length -> (floor, ceiling) of concept mastery (see :meth:`mastery_reference`)
+    _references: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_bytes(cls, model_id: int, blob: bytes) -> LoadedModel:
@@ -173,6 +179,59 @@ class LoadedModel:
         full = torch.from_numpy(np.asarray(p_all, dtype=np.float32)).clone()
         full[0] = 0.0
         return (self.concept_item_weights @ full).numpy()
+
+    @torch.no_grad()
+    def mastery_reference(self, streak: int = REFERENCE_STREAK) -> tuple[np.ndarray, np.ndarray]:
+        """What concept mastery (:meth:`mastery_from`) can be, per concept ``[C + 1]``:
+        the *floor* is a new learner's (no answer yet), the *ceiling* that of a new learner
+        right after ``streak`` correct answers in a row on the concept's items (taken in turn,
+        45 seconds apart, read at the last answer).
+
+        Predicted success never reaches 1: guessing and slipping, item difficulty and the
+        model's caution keep it lower, by an amount that differs per concept and per model,
+        so a fixed threshold on it (say 0.8) can be out of reach for every learner of one
+        concept and trivial for another. :meth:`scaled_mastery` measures mastery on this
+        reachable range instead. Computed once per model version (one batched replay of
+        ``streak`` steps over all concepts) and cached.
+        """
+        if streak < 1:
+            raise ValueError(f"streak must be at least 1, got {streak}")
+        ref = self._references.get(streak)
+        if ref is not None:
+            return ref
+        w = self.concept_item_weights
+        n_c = w.shape[0] - 1
+        dt = 45.0 / SECONDS_PER_DAY if self.time_unit == "days" else 1.0
+        t0 = 0.0 if self.forgets else None
+        floor = self.concept_mastery(self.model.init_state(1), t0).astype(np.float64)
+        ceiling = floor.copy()
+        concepts = [c for c in range(1, n_c + 1) if bool((w[c, 1:] > 0).any())]
+        if concepts:
+            own = [torch.nonzero(w[c, 1:] > 0).flatten() + 1 for c in concepts]
+            state = self.model.init_state(len(concepts))
+            ones = torch.ones(len(concepts))
+            for k in range(streak):
+                item = torch.stack([o[k % len(o)] for o in own]).long()
+                state = self.model.step(state, item, ones, torch.full((len(concepts),), k * dt))
+            at = np.full(len(concepts), (streak - 1) * dt) if self.forgets else None
+            m = concept_mastery_many(self, state, at)
+            idx = np.array(concepts)
+            ceiling[idx] = m[np.arange(len(concepts)), idx]
+        self._references[streak] = (floor, ceiling)
+        return floor, ceiling
+
+    def scaled_mastery(self, mastery: np.ndarray, streak: int = REFERENCE_STREAK) -> np.ndarray:
+        """Concept mastery ``[C + 1]`` (from :meth:`mastery_from`) placed on the reachable
+        range of :meth:`mastery_reference`: 0 = a new learner (or below), 1 = a learner who
+        has just answered ``streak`` in a row correctly (or above), clipped to [0, 1].
+        Concepts whose range is narrower than 0.02 (the model barely moves on them) keep the
+        predicted success as it is."""
+        lo, hi = self.mastery_reference(streak)
+        span = hi - lo
+        ok = span >= 0.02
+        m = np.asarray(mastery, dtype=np.float64)
+        scaled = np.clip((m - lo) / np.where(ok, span, 1.0), 0.0, 1.0)
+        return np.where(ok, scaled, m)
 
     @torch.no_grad()
     def concept_mastery(self, state: Any, at_time: float | None = None) -> np.ndarray:

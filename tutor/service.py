@@ -330,6 +330,7 @@ def mastery_of(
     at_time: float | None = None,
 ) -> list[dict[str, Any]]:
     m = model.concept_mastery(state, at_time)
+    r = model.scaled_mastery(m)
     out = []
     for c in concepts:
         idx = _model_concept_index(model, c.external_id)
@@ -338,6 +339,7 @@ def mastery_of(
                 "concept_id": c.external_id,
                 "name": c.name,
                 "mastery": None if idx is None else round(float(m[idx]), 6),
+                "reachable": None if idx is None else round(float(r[idx]), 6),
             }
         )
     return out

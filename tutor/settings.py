@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PEPPER = "kt-tutor-development-pepper"
 POLICIES = ("mixed", "target", "review", "curriculum")
+MASTERY_SCALES = ("reachable", "success")
 
 
 class Settings(BaseSettings):
@@ -41,6 +42,10 @@ class Settings(BaseSettings):
     default_policy: Literal["mixed", "target", "review", "curriculum"] = "mixed"
     target_success: float = Field(0.7, gt=0, lt=1)
     mastery_threshold: float = Field(0.8, gt=0, lt=1)
+    #: what ``mastery_threshold`` is compared with: ``reachable`` = concept mastery on the
+    #: range between a new learner and one who has just answered 3 in a row correctly
+    #: (tutor.runtime.LoadedModel.scaled_mastery); ``success`` = mean predicted success
+    mastery_scale: Literal["reachable", "success"] = "reachable"
     review_threshold: float = Field(0.6, gt=0, lt=1)
     recent_exclusion: int = Field(5, ge=0)
     #: analytics: learners at risk (mean mastery of covered concepts below, a drop of at least

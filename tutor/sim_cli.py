@@ -199,6 +199,10 @@ def policy_eval_cmd(
         str, typer.Option(help="Target successes tried when tuning (comma-separated).")
     ] = "0.5,0.7",
     tune_learners: Annotated[int, typer.Option(help="Learners of the tuning cohort.")] = 30,
+    mastery_scale: Annotated[
+        str,
+        typer.Option(help="The recommender's mastery scale: reachable (default) or success."),
+    ] = "reachable",
     http_learners: Annotated[
         int, typer.Option(help="Learners of the HTTP path check (0: none).")
     ] = 3,
@@ -269,6 +273,7 @@ def policy_eval_cmd(
         tune_mastery=grid_m,
         tune_target=grid_t,
         tune_learners=tune_learners,
+        mastery_scale=mastery_scale,
     )
     names = setting or ["prerequisites", "forgetting"]
     try:

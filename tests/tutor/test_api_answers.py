@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def answer(event: str, learner: str = "u0", item: str = "i5", correct: int = 1, **kw) -> dict:
     return {"event_id": event, "learner_id": learner, "item_id": item, "correct": correct, **kw}
@@ -103,6 +105,28 @@ def test_curricula(client, world):
     assert (
         client.get("/v1/groups/g2/curriculum", headers=world.headers("teacher")).status_code == 404
     )
+
+
+def test_mastery_scale_reachable_by_default_and_success_on_request(client, world):
+    h = world.headers("admin")
+    for k in range(4):
+        ans = answer(f"s{k}", item="i0", correct=1)
+        r = client.post("/v1/answers", json=ans, headers=world.headers("ingest"))
+        assert r.status_code in (200, 201), r.text
+    concepts = client.get("/v1/learners/u0/mastery", headers=h).json()["concepts"]
+    raw = {c["concept_id"]: c["mastery"] for c in concepts}
+    reach = {c["concept_id"]: c["reachable"] for c in concepts}
+    assert all(0.0 <= v <= 1.0 for v in reach.values()) and reach != raw
+    info = client.get("/v1/organisation", headers=h).json()
+    assert info["effective_settings"]["mastery_scale"] == "reachable"
+    steps = client.get("/v1/learners/u0/curriculum", headers=h).json()["steps"]
+    assert {s["concept_id"]: s["mastery"] for s in steps} == pytest.approx(reach, abs=1e-5)
+    r = client.patch("/v1/organisation/settings", json={"mastery_scale": "success"}, headers=h)
+    assert r.status_code == 200, r.text
+    steps = client.get("/v1/learners/u0/curriculum", headers=h).json()["steps"]
+    assert {s["concept_id"]: s["mastery"] for s in steps} == pytest.approx(raw, abs=1e-5)
+    r = client.patch("/v1/organisation/settings", json={"mastery_scale": "logit"}, headers=h)
+    assert r.status_code == 422 and "mastery_scale" in r.json()["detail"]
 
 
 def test_state_rebuilt_on_a_read_is_kept(client, world):

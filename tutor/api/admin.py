@@ -49,7 +49,7 @@ from ..db import (
 )
 from ..security import Principal
 from ..service import as_utc
-from ..settings import POLICIES, Settings
+from ..settings import MASTERY_SCALES, POLICIES, Settings
 from .deps import (
     OrgDep,
     PrincipalDep,
@@ -903,6 +903,7 @@ SETTING_KEYS = (
     "default_policy",
     "target_success",
     "mastery_threshold",
+    "mastery_scale",
     "review_threshold",
     "recent_exclusion",
     "risk_low_mastery",
@@ -926,6 +927,10 @@ def _check_setting(key: str, value: Any) -> Any:
     if key == "default_policy":
         if value not in POLICIES:
             raise bad(f"expected one of {', '.join(POLICIES)}")
+        return value
+    if key == "mastery_scale":
+        if value not in MASTERY_SCALES:
+            raise bad(f"expected one of {', '.join(MASTERY_SCALES)}")
         return value
     if key in INT_SETTINGS:
         if isinstance(value, bool) or not isinstance(value, int):

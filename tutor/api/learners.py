@@ -67,6 +67,7 @@ def next_items(
         org=org,
         learner=learner,
         recent_exclusion=int(_org_setting(org, settings, "recent_exclusion")),
+        scale=_org_setting(org, settings, "mastery_scale"),
     )
     out = recommend.recommend(
         lv,
@@ -109,7 +110,13 @@ def learner_curriculum(
     concepts already mastered are marked."""
     learner = visible_learner(session, principal, learner_id)
     learner_ext = learner.external_id
-    lv = recommend.learner_view(session, org=org, learner=learner, recent_exclusion=0)
+    lv = recommend.learner_view(
+        session,
+        org=org,
+        learner=learner,
+        recent_exclusion=0,
+        scale=_org_setting(org, settings, "mastery_scale"),
+    )
     out = recommend.curriculum_for(
         lv.view, lv.cat, lv.mastery, float(_org_setting(org, settings, "mastery_threshold"))
     )
@@ -148,7 +155,10 @@ def group_curriculum(
         rows = []
         for learner in learners:
             state, _ = service.current_state(session, learner=learner, model=model)
-            rows.append(model.concept_mastery(state)[cidx])
+            m = model.concept_mastery(state)
+            if _org_setting(org, settings, "mastery_scale") == "reachable":
+                m = model.scaled_mastery(m, recommend.REFERENCE_STREAK)
+            rows.append(m[cidx])
         mean = np.where(cidx > 0, np.mean(rows, axis=0), np.nan)
     out = recommend.curriculum_for(
         view, cat, mean, float(_org_setting(org, settings, "mastery_threshold"))

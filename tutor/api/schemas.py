@@ -45,7 +45,17 @@ class AnswerBatch(BaseModel):
 class ConceptMastery(BaseModel):
     concept_id: str
     name: str = ""
-    mastery: float | None
+    mastery: float | None = Field(
+        description="Mean predicted success over the concept's items (null: unknown to the model)"
+    )
+    reachable: float | None = Field(
+        None,
+        description=(
+            "The same mastery on the reachable range: 0 = a new learner, 1 = a learner who "
+            "has just answered 3 in a row correctly (what mastery_scale='reachable' compares "
+            "with the mastery threshold)"
+        ),
+    )
 
 
 class ModelRef(BaseModel):
