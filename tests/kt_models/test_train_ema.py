@@ -1,0 +1,40 @@
+"""Training with an exponential moving average of the weights (``TrainConfig.ema``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kt_models.base import load_checkpoint
+from kt_models.train import TrainConfig, _ema_update, train
+
+
+def test_ema_update_is_the_moving_average():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in a.parameters()]
+    _ema_update(a, b, 0.9)
+    for e, old, q in zip(a.parameters(), before, b.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * old + 0.1 * q.detach())
+
+
+def test_ema_weights_are_validated_checkpointed_and_resumed(skill_dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = TrainConfig(epochs=2, patience=5, seed=3, ema=0.9)
+    over = {"hidden": 16, "emb_dim": 8}
+    res = train("dkt", skill_dataset, run, config=cfg, model_overrides=over, progress=False)
+    last = torch.load(run / "last.pt", weights_only=False)
+    ema, raw = last["ema_state_dict"], last["state_dict"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)  # the average lags the weights
+    returned = res["model"].state_dict()
+    assert all(torch.equal(returned[k].cpu(), ema[k]) for k in ema)
+    best, _ = load_checkpoint(run / "best.pt")
+    epochs = [e["valid_auc"] for e in res["epochs"]]
+    if epochs[-1] >= max(epochs):  # the best epoch was the last: best.pt holds the average
+        assert all(torch.equal(best.state_dict()[k], ema[k]) for k in ema)
+    more = TrainConfig(epochs=3, patience=5, seed=3, ema=0.9)
+    res2 = train(
+        "dkt", skill_dataset, run, config=more, model_overrides=over, resume=True, progress=False
+    )
+    assert [e["epoch"] for e in res2["epochs"]] == [3]
+    with pytest.raises(ValueError, match="ema"):
+        train("dkt", skill_dataset, tmp_path / "bad", config=TrainConfig(epochs=1, ema=1.0))
