@@ -814,7 +814,9 @@ def evaluate_setting(
             tuning=tuning,
         )
         if http_learners:
-            pol = next((p for p in cfg.policies if p.startswith("dkt:")), None)
+            # PSI-KT's mixed policy where it runs (it forgets: the clock must travel too)
+            plain = [p for p in cfg.policies if parse_policy(p)[0] == "service" and "@" not in p]
+            pol = "psikt:mixed" if "psikt:mixed" in plain else next(iter(plain), None)
             if pol is not None:
                 result.http = http_check(
                     train_world, runs, cfg, pol, http_learners, workdir / "http"
@@ -843,8 +845,8 @@ def http_check(
     ``GET /v1/learners/{id}/next-items?n=1&policy=...`` then ``POST /v1/answers``), and count
     identical choices.
 
-    The API's next-items has no ``at`` parameter (it recommends *now*), so the HTTP check uses
-    a model that does not forget (DKT): its recommendations do not depend on the clock.
+    Each next-items request passes the simulated clock (``at=``, the time of the question),
+    so that models that forget (PSI-KT) see the same elapsed time as in-process.
     """
     from fastapi.testclient import TestClient
 
@@ -854,9 +856,9 @@ def http_check(
     from .settings import Settings
 
     kind, model, service_policy = parse_policy(policy)
-    if kind != "service" or model == "psikt":
+    if kind != "service" or "@" in policy:
         raise PolicyEvalError(
-            "the HTTP check needs a recommender policy of a model that does not forget"
+            f"the HTTP check needs a recommender policy with the service's settings, got {policy!r}"
         )
     small = EvalConfig(**{**asdict(cfg), "learners": learners, "policies": (policy,)})
     cohort = make_cohort(world, small, cfg.seeds[0])
@@ -868,7 +870,17 @@ def http_check(
         svc.close()
 
     svc = build_service(world, runs, workdir / "http.db")
-    settings = Settings(database_url=svc.url, environment="test", analytics_warmup_groups=0)
+    settings = Settings(
+        database_url=svc.url,
+        environment="test",
+        analytics_warmup_groups=0,
+        # the API's recommender with the evaluation's settings
+        target_success=cfg.target,
+        mastery_threshold=cfg.rec_mastery_threshold,
+        mastery_scale=cfg.mastery_scale,
+        review_threshold=cfg.review_threshold,
+        recent_exclusion=cfg.recent_exclusion,
+    )
     from .db import Learner
 
     with svc.factory() as s, s.begin():
@@ -893,9 +905,10 @@ def http_check(
         for k in range(N):
             batch = []
             for i in range(L):
+                at_ms = int(cohort.times_ms[i, k])
                 r = client.get(
                     f"/v1/learners/{quote(ext[i], safe='')}/next-items",
-                    params={"n": 1, "policy": service_policy},
+                    params={"n": 1, "policy": service_policy, "at": _ms_to_dt(at_ms).isoformat()},
                     headers=headers,
                 )
                 if r.status_code != 200:
@@ -904,7 +917,6 @@ def http_check(
                 item = _item_index(got[0]["item_id"]) if got else -1
                 if item < 0:
                     raise PolicyEvalError("next-items recommended nothing")
-                at_ms = int(cohort.times_ms[i, k])
                 correct = sims[i].answer(item, at_ms)
                 choices[i, k] = item
                 batch.append(
@@ -950,7 +962,9 @@ def results_table(res: SettingResult) -> str:
         f"in sessions of {cfg.session_length} (median gap {cfg.session_gap_days:g} days); "
         f"retention {cfg.retention_days:g} days after the last question; "
         f"'mastered' = true mastery >= {cfg.mastery_threshold:g}. "
-        "95% CIs over learners and seeds.\n"
+        "95% CIs over learners and seeds. The recommender's settings unless tuned: target "
+        f"{cfg.target:g}, mastery threshold {cfg.rec_mastery_threshold:g} on the "
+        f"'{cfg.mastery_scale}' mastery scale, review threshold {cfg.review_threshold:g}.\n"
     )
     if res.model_auc:
         aucs = ", ".join(f"{m} {a:.3f}" for m, a in sorted(res.model_auc.items()))

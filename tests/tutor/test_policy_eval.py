@@ -56,7 +56,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     world = make_world(tiny_setting(), learners=TINY.train_learners, seed=TINY.world_seed)
     work = tmp_path_factory.mktemp("policy-eval")
-    return train_models(world, ["bkt", "dkt"], work, TINY, log=lambda m: None)
+    return train_models(world, ["bkt", "dkt", "psikt"], work, TINY, log=lambda m: None)
 
 
 def test_hardest_item_does_worse_than_target(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
@@ -114,8 +114,10 @@ def test_http_path_makes_the_same_choices(tiny_runs: dict[str, Path], tmp_path: 
     cfg = replace(TINY, questions=6)
     out = http_check(world, tiny_runs, cfg, "dkt:mixed", 2, tmp_path)
     assert out["identical"] and out["same"] == out["total"] == 12
-    with pytest.raises(PolicyEvalError, match="does not forget"):
-        http_check(world, tiny_runs, cfg, "psikt:mixed", 2, tmp_path)
+    out = http_check(world, tiny_runs, cfg, "psikt:mixed", 2, tmp_path / "psikt")
+    assert out["identical"] and out["same"] == out["total"] == 12
+    with pytest.raises(PolicyEvalError, match="recommender policy"):
+        http_check(world, tiny_runs, cfg, "random", 2, tmp_path / "random")
 
 
 def test_cohorts_are_shared_by_policies() -> None:
@@ -207,7 +209,7 @@ def test_service_holds_the_world(tiny_runs: dict[str, Path], tmp_path: Path) -> 
         assert s.scalar(select(func.count()).select_from(Item)) == world.n_items
         edges = s.scalar(select(func.count()).select_from(PrerequisiteEdge))
         assert edges == len(world.prerequisites)
-    assert set(svc.model_ids) == {"bkt", "dkt"}
+    assert set(svc.model_ids) == {"bkt", "dkt", "psikt"}
     svc.close()
 
 

@@ -57,6 +57,13 @@ def next_items(
     n: Annotated[int, Query(ge=1, le=100)] = 5,
     policy: Annotated[str | None, Query(description=f"One of {', '.join(POLICIES)}")] = None,
     target: Annotated[float | None, Query(gt=0, lt=1)] = None,
+    at: Annotated[
+        datetime | None,
+        Query(
+            description="Recommend for this time (ISO 8601; default now): models that forget "
+            "predict mastery and review needs at that time, e.g. for the start of a session"
+        ),
+    ] = None,
 ) -> NextItems:
     """The next items for the learner, each with its predicted success and the reason."""
     model = service.active_model(session, org=org)
@@ -67,6 +74,7 @@ def next_items(
         org=org,
         learner=learner,
         recent_exclusion=int(_org_setting(org, settings, "recent_exclusion")),
+        at=at,
         scale=_org_setting(org, settings, "mastery_scale"),
     )
     out = recommend.recommend(
