@@ -129,6 +129,17 @@ def test_mastery_scale_reachable_by_default_and_success_on_request(client, world
     assert r.status_code == 422 and "mastery_scale" in r.json()["detail"]
 
 
+def test_next_items_for_a_given_time(client, world):
+    h = world.headers("admin")
+    url = "/v1/learners/u0/next-items"
+    r = client.get(url, params={"n": 3, "at": "2030-01-01T09:00:00Z"}, headers=h)
+    assert r.status_code == 200 and len(r.json()["items"]) == 3, r.text
+    # DKT does not forget: the same items now and later
+    assert r.json()["items"] == client.get(url, params={"n": 3}, headers=h).json()["items"]
+    r = client.get(url, params={"at": "next tuesday"}, headers=h)
+    assert r.status_code == 422 and "at" in str(r.json()["detail"])
+
+
 def test_state_rebuilt_on_a_read_is_kept(client, world):
     from sqlalchemy import select
 
