@@ -38,8 +38,9 @@ Policies (:func:`make_policy` names):
   (the service's concept mastery of the BKT model) among those below OATutor's 0.95 mastery
   threshold, an item of it at random among the ones not just answered;
 * ``MODEL:POLICY`` with MODEL in dkt, cakt, psikt and POLICY in target, review, curriculum,
-  mixed: the service's recommender (first recommended item). ``review`` recommends nothing
-  when no concept has decayed (always, for models that do not forget), and ``curriculum``
+  mixed: the service's recommender (first recommended item), with the service's settings
+  (mastery on the reachable scale unless ``mastery_scale='success'``). ``review`` recommends
+  nothing when no concept has decayed (always, for models that do not forget), and ``curriculum``
   nothing once every concept is predicted mastered: the evaluation then takes the ``target``
   recommendation and counts these fallbacks;
 * ``hardest:MODEL``: the item with the lowest predicted success (a deliberately bad policy,
