@@ -20,7 +20,6 @@ The DKT row that reaches 0.730 on ASSIST2015:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -31,7 +30,7 @@ from rich.table import Table
 
 from data_loaders import ingest
 from kt_models.evaluate import evaluate_run
-from kt_models.train import TrainConfig, train
+from kt_models.train import TrainConfig, train, train_option
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,21 +51,6 @@ REFERENCE = {
     ("a15", "bkt"): (0.698, "pyKT paper (BKT)"),
     ("a09", "dkt"): (0.7541, "pyKT paper, ASSIST2009 DKT"),
 }
-
-
-def _train_value(key: str, raw: str) -> object:
-    """A ``TrainConfig`` field's value from text, typed like the field's default."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if key not in fields:
-        raise SystemExit(f"--train-set: unknown training option {key!r}")
-    if key == "lr":
-        return float(raw)
-    if key == "max_len":
-        return None if raw.lower() in ("none", "0", "") else int(raw)
-    default = fields[key].default
-    if isinstance(default, bool):
-        return raw.lower() in ("1", "true", "yes")
-    return type(default)(raw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.train_set:
         model, kv = s.split(":", 1)
         k, v = kv.split("=", 1)
-        train_over.setdefault(model, {})[k] = _train_value(k, v)
+        train_over.setdefault(model, {})[k] = train_option(k, v)
 
     table = Table(title="Knowledge-tracing quality (test learners)")
     for col in (

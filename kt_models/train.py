@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,31 @@ class TrainConfig:
     #: exponential moving average of the weights (Polyak averaging), 0 = off; e.g. 0.999.
     #: Validation, the checkpoints and early stopping then use the averaged weights.
     ema: float = 0.0
+
+
+def train_option(key: str, value: Any) -> Any:
+    """A :class:`TrainConfig` field's value from a command line or config file: text is
+    converted to the field's type (``max_len`` ``none``/``0`` = whole sequences, booleans
+    ``1/true/yes``); other values pass as they are. Unknown names and bad text raise
+    ``ValueError`` naming the option."""
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    if key not in default:
+        raise ValueError(f"unknown training option {key!r}")
+    if not isinstance(value, str):
+        return value
+    cur = default[key]
+    try:
+        if key == "max_len":
+            return None if value.lower() in ("none", "0", "") else int(value)
+        if key == "lr":
+            return float(value)
+        if isinstance(cur, bool):
+            return value.lower() in ("1", "true", "yes")
+        if cur is not None and not isinstance(cur, str):
+            return type(cur)(value)
+    except ValueError as exc:
+        raise ValueError(f"training option {key!r}: {exc}") from None
+    return value
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -331,4 +356,4 @@ def _bar(total: int, desc: str, enabled: bool):  # noqa: ANN202 - tqdm or None
     return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
-__all__ = ["TrainConfig", "Split", "train", "predict_next_step", "pick_device"]
+__all__ = ["TrainConfig", "Split", "train", "train_option", "predict_next_step", "pick_device"]

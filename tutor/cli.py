@@ -295,13 +295,10 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a knowledge-tracing model (early stopping on validation AUC; DDP under torchrun)."""
-    import dataclasses
-
-    from kt_models.train import TrainConfig, train
+    from kt_models.train import TrainConfig, train, train_option
 
     file_train, file_model = _load_config_file(config)
     tc = TrainConfig()
-    fields = {f.name: f for f in dataclasses.fields(tc)}
     given = {**file_train, **_parse_sets(train_set, "--train-set")}
     for k, v in (
         ("epochs", epochs),
@@ -314,20 +311,11 @@ def train_cmd(
         if v is not None:
             given[k] = v
     for k, v in given.items():
-        if k not in fields:
-            console.print(f"[red]error:[/red] unknown training option {k!r}")
-            raise typer.Exit(code=2)
-        cur = getattr(tc, k)
         try:
-            if isinstance(v, str) and k == "max_len":
-                v = None if v.lower() in ("none", "0", "") else int(v)
-            elif isinstance(v, str) and k == "lr":
-                v = float(v)
-            elif isinstance(v, str) and cur is not None and not isinstance(cur, str):
-                v = type(cur)(v) if not isinstance(cur, bool) else v.lower() in ("1", "true", "yes")
+            v = train_option(k, v)
         except ValueError as exc:
-            console.print(f"[red]error:[/red] training option {k!r}: {exc}")
-            raise typer.Exit(code=2) from exc
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from None
         setattr(tc, k, v)
     overrides = {**file_model, **_parse_sets(set_, "--set")}
     try:

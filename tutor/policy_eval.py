@@ -140,9 +140,12 @@ class EvalConfig:
             raise PolicyEvalError("gaps must be positive and retention_days non-negative")
         if not 0 < self.mastery_threshold < 1:
             raise PolicyEvalError("mastery_threshold must be in (0, 1)")
-        if self.mastery_scale not in ("reachable", "success"):
+        from .settings import MASTERY_SCALES
+
+        if self.mastery_scale not in MASTERY_SCALES:
             raise PolicyEvalError(
-                f"mastery_scale must be 'reachable' or 'success', got {self.mastery_scale!r}"
+                f"mastery_scale must be one of {', '.join(MASTERY_SCALES)}, "
+                f"got {self.mastery_scale!r}"
             )
         for p in self.policies:
             parse_policy(p)

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from .curriculum import design_curriculum
 from .db import Concept, Interaction, Item, ItemConcept, Learner, Organisation, PrerequisiteEdge
-from .runtime import REFERENCE_STREAK, LoadedModel
+from .runtime import LoadedModel
 from .service import (
     Invalid,
     NotFound,
@@ -213,7 +213,7 @@ def learner_view(
 ) -> LearnerView:
     """What the policies see of one learner. ``scale`` is how concept mastery is measured
     (see the module docstring): ``reachable`` (the default) on the range between a new
-    learner and one who has just answered :data:`REFERENCE_STREAK` in a row correctly
+    learner and one who has just answered :data:`tutor.runtime.REFERENCE_STREAK` in a row correctly
     (:meth:`tutor.runtime.LoadedModel.scaled_mastery`), ``success`` as the mean predicted
     success over the concept's items."""
     if scale not in MASTERY_SCALES:
@@ -235,7 +235,7 @@ def learner_view(
     p_items = p_all[view["item_idx"]] if len(cat.item_ext) else np.zeros(0)
     full = model.mastery_from(p_all)
     if scale == "reachable":
-        full = model.scaled_mastery(full, REFERENCE_STREAK)
+        full = model.scaled_mastery(full)
     cidx = view["concept_idx"]
     mastery = np.where(cidx > 0, full[cidx], np.nan)
     mastery_then = None
@@ -243,7 +243,7 @@ def learner_view(
         t_last = model.time_value(as_utc(row.last_timestamp), first, learner.n_answers)
         then = model.mastery_from(model.predict_all(state, t_last))
         if scale == "reachable":
-            then = model.scaled_mastery(then, REFERENCE_STREAK)
+            then = model.scaled_mastery(then)
         mastery_then = np.where(cidx > 0, then[cidx], np.nan)
     recent: set[int] = set()
     if recent_exclusion:

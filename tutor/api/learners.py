@@ -160,13 +160,12 @@ def group_curriculum(
     mean = None
     if learners:
         cidx = view["concept_idx"]
+        reachable = _org_setting(org, settings, "mastery_scale") == "reachable"
         rows = []
         for learner in learners:
             state, _ = service.current_state(session, learner=learner, model=model)
             m = model.concept_mastery(state)
-            if _org_setting(org, settings, "mastery_scale") == "reachable":
-                m = model.scaled_mastery(m, recommend.REFERENCE_STREAK)
-            rows.append(m[cidx])
+            rows.append((model.scaled_mastery(m) if reachable else m)[cidx])
         mean = np.where(cidx > 0, np.mean(rows, axis=0), np.nan)
     out = recommend.curriculum_for(
         view, cat, mean, float(_org_setting(org, settings, "mastery_threshold"))
