@@ -1,11 +1,13 @@
 """Training throughput and serving latency of every model.
 
 * training: seconds per epoch and interactions per second on ASSIST2015 (pyKT split, the
-  folds 1-4 training learners), one epoch after a warm-up epoch;
+  folds 1-4 training learners), one epoch after a warm-up epoch, with the training loop's
+  gradient clipping and weight average (TrainConfig's defaults) included;
 * serving: the time of one ``step`` and of one ``predict`` for a single learner (the request
   path of the tutor service), averaged over 2,000 answers.
 
-Usage: python benchmarks/kt_speed.py [--models dkt,cakt,...] [--threads 2] [--synthetic N]
+Usage: python benchmarks/kt_speed.py [--models dkt,dkt-large,cakt,...] [--threads 2]
+  [--synthetic N] [--batch-tokens N]  (dkt-large: kt_quality.py's 256-unit DKT)
   --synthetic N times an epoch on a simulated dataset of N interactions instead (for GPUs:
   e.g. --synthetic 20000000 --device cuda).
 """
@@ -13,6 +15,7 @@ Usage: python benchmarks/kt_speed.py [--models dkt,cakt,...] [--threads 2] [--sy
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -26,7 +29,10 @@ from rich.table import Table
 from data_loaders import ingest
 from kt_models.base import build_model, make_config
 from kt_models.data import load_sequences, make_batch, plan_batches, split_learners, windows
-from kt_models.train import TrainConfig, pick_device
+from kt_models.train import TrainConfig, _ema_update, ema_decay, pick_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kt_quality import VARIANTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +44,7 @@ def time_epoch(
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
     model = build_model(name, vocab, make_config(name, overrides)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or type(model).default_lr)
+    ema = copy.deepcopy(model) if cfg.ema else None
     ws = windows(seqs, split.train, cfg.max_len)
     plan = plan_batches(
         ws,
@@ -58,7 +65,11 @@ def time_epoch(
             loss = model.loss(b, model(b))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                _ema_update(ema, model, ema_decay(cfg.ema, 1000))
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
@@ -66,10 +77,12 @@ def time_epoch(
 
 
 @torch.no_grad()
-def time_step(name: str, data: Path, n: int = 2000) -> tuple[float, float]:
+def time_step(
+    name: str, data: Path, overrides: dict | None = None, n: int = 2000
+) -> tuple[float, float]:
     """(ms per ``step`` alone, ms per ``predict`` of one item) for a single learner."""
     seqs, vocab = load_sequences(data)
-    model = build_model(name, vocab, make_config(name)).eval()
+    model = build_model(name, vocab, make_config(name, overrides)).eval()
     state = model.init_state(1)
     items = torch.from_numpy(seqs.item[:n].astype(np.int64))
     correct = torch.from_numpy(seqs.correct[:n].astype(np.float32))
@@ -89,7 +102,7 @@ def time_step(name: str, data: Path, n: int = 2000) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--models", default="dkt,dkt+,cakt,psikt,bkt,logistic")
+    ap.add_argument("--models", default="dkt,dkt-large,dkt+,cakt,psikt,bkt,logistic")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--synthetic", type=int, default=0, help="simulate N interactions instead")
@@ -125,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for col in ("model", "s/epoch", "interactions/s", "step ms (1 learner)", "predict ms"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    cfg = TrainConfig(batch_tokens=args.batch_tokens)
     for name in args.models.split(","):
-        secs, n = time_epoch(name, data, device, cfg)
-        ms, pms = time_step(name, data) if device.type == "cpu" else (float("nan"),) * 2
+        base, over, train_over = VARIANTS.get(name, (name, {}, {}))
+        cfg = TrainConfig(batch_tokens=args.batch_tokens, **train_over)
+        secs, n = time_epoch(base, data, device, cfg, over)
+        ms, pms = time_step(base, data, over) if device.type == "cpu" else (float("nan"),) * 2
         table.add_row(name, f"{secs:.2f}", f"{n / secs:,.0f}", f"{ms:.3f}", f"{pms:.3f}")
         console.print(
             f"{name}: {secs:.2f} s/epoch, {n / secs:,.0f} interactions/s, "

@@ -271,7 +271,8 @@ def train_cmd(
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory (tutor ingest).")],
     out_dir: Annotated[Path, typer.Option("--out", "-O", help="Run directory to write.")],
     config: Annotated[
-        Path | None, typer.Option("--config", help="TOML/JSON file with [train] and [model].")
+        Path | None,
+        typer.Option("--config", help="TOML/JSON file with \\[train] and \\[model] tables."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     seed: Annotated[

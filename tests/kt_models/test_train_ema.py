@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kt_models.base import load_checkpoint
-from kt_models.train import TrainConfig, _ema_update, train, train_option
+from kt_models.train import TrainConfig, _ema_update, ema_decay, train, train_option
 
 
 def test_ema_update_is_the_moving_average():
@@ -15,6 +15,14 @@ def test_ema_update_is_the_moving_average():
     _ema_update(a, b, 0.9)
     for e, old, q in zip(a.parameters(), before, b.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * old + 0.1 * q.detach())
+
+
+def test_ema_decay_warms_up_to_its_ceiling():
+    assert ema_decay(0.995, 0) == pytest.approx(0.1)  # the first average is mostly the weights
+    assert ema_decay(0.995, 90) == pytest.approx(91 / 100)
+    assert ema_decay(0.995, 10_000) == 0.995
+    steps = [ema_decay(0.999, t) for t in range(0, 20_000, 50)]
+    assert steps == sorted(steps) and max(steps) == 0.999
 
 
 def test_ema_weights_are_validated_checkpointed_and_resumed(skill_dataset, tmp_path):
@@ -34,6 +42,12 @@ def test_ema_weights_are_validated_checkpointed_and_resumed(skill_dataset, tmp_p
         "dkt", skill_dataset, run, config=more, model_overrides=over, resume=True, progress=False
     )
     assert [e["epoch"] for e in res2["epochs"]] == [2, 3]
+    # the warm-up counter survives the resume: three epochs' steps in all
+    after = torch.load(run / "last.pt", weights_only=False)["ema_steps"]
+    assert last["ema_steps"] > 0 and after == 3 * last["ema_steps"]
+    off = TrainConfig(epochs=1, patience=5, seed=3, ema=0.0)
+    train("dkt", skill_dataset, tmp_path / "off", config=off, model_overrides=over, progress=False)
+    assert torch.load(tmp_path / "off" / "last.pt", weights_only=False)["ema_state_dict"] is None
     with pytest.raises(ValueError, match="ema"):
         train("dkt", skill_dataset, tmp_path / "bad", config=TrainConfig(epochs=1, ema=1.0))
 
