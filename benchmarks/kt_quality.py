@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
-    ap.add_argument("--models", default="dkt,dkt+,cakt,psikt,bkt,logistic")
+    ap.add_argument("--models", default="dkt,dkt-large,dkt+,cakt,psikt,bkt,logistic")
     ap.add_argument("--datasets", default="a15,a09,kt1")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=4)
