@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.reuse and _reusable(run, base, mcfg, cfg):
                 console.print(f"[{key} {model}] reusing {run}")
                 r = json.loads((run / "results.json").read_text())
-                lines = (run / "metrics.jsonl").read_text().splitlines()
-                secs = [json.loads(line)["train_seconds"] for line in lines if line.strip()]
+                if r.get("multi_step", {}).get("horizon", 0) != args.multi_step:
+                    r = evaluate_run(run, multi_step=args.multi_step)  # another horizon
             else:
                 train(
                     base,
@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                     progress=False,
                     log=lambda m, model=model, key=key: console.print(f"[{key} {model}] {m}"),
                 )
-                lines = (run / "metrics.jsonl").read_text().splitlines()
-                secs = [json.loads(line)["train_seconds"] for line in lines if line.strip()]
                 r = evaluate_run(run, multi_step=args.multi_step)
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+            secs = [json.loads(line)["train_seconds"] for line in lines if line.strip()]
             ref = REFERENCE.get((key, base))
             row = {
                 "dataset": label,

@@ -1,8 +1,8 @@
 """Training throughput and serving latency of every model.
 
 * training: seconds per epoch and interactions per second on ASSIST2015 (pyKT split, the
-  folds 1-4 training learners), one epoch after a warm-up epoch, with the training loop's
-  gradient clipping and weight average (TrainConfig's defaults) included;
+  folds 1-4 training learners), one epoch after a warm-up epoch, each step the training
+  loop's own (``kt_models.train.optimizer_step``: finiteness check, clipping, weight average);
 * serving: the time of one ``step`` and of one ``predict`` for a single learner (the request
   path of the tutor service), averaged over 2,000 answers.
 
@@ -29,7 +29,7 @@ from rich.table import Table
 from data_loaders import ingest
 from kt_models.base import build_model, make_config
 from kt_models.data import load_sequences, make_batch, plan_batches, split_learners, windows
-from kt_models.train import TrainConfig, _ema_update, ema_decay, pick_device
+from kt_models.train import TrainConfig, optimizer_step, pick_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kt_quality import VARIANTS  # noqa: E402
@@ -44,7 +44,7 @@ def time_epoch(
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
     model = build_model(name, vocab, make_config(name, overrides)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or type(model).default_lr)
-    ema = copy.deepcopy(model) if cfg.ema else None
+    ema, steps = (copy.deepcopy(model) if cfg.ema else None), 0
     ws = windows(seqs, split.train, cfg.max_len)
     plan = plan_batches(
         ws,
@@ -62,14 +62,8 @@ def time_epoch(
         t0 = time.perf_counter()
         for g in plan:
             b = make_batch(ws, g).to(device)
-            loss = model.loss(b, model(b))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                _ema_update(ema, model, ema_decay(cfg.ema, 1000))
+            optimizer_step(model, opt, model.loss(b, model(b)), cfg, ema, steps)
+            steps += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)

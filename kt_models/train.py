@@ -238,14 +238,7 @@ def train(
             batch = make_batch(train_seqs, group).to(device)
             logits = ddp_model(batch)
             loss = model.loss(batch, logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # a step whose loss or gradient is not finite is skipped (as mixed-precision
-            # training does) and counted; every rank sees the same averaged gradient
-            finite = bool(torch.isfinite(loss)) and all(
-                bool(torch.isfinite(q.grad).all()) for q in model.parameters() if q.grad is not None
-            )
-            if not finite:
+            if not optimizer_step(model, opt, loss, cfg, ema_model, ema_steps):
                 skipped += 1
                 if skipped > max(10, len(plan) // 2):
                     raise FloatingPointError(
@@ -253,12 +246,7 @@ def train(
                         f"{epoch + 1}; lower the learning rate (--lr)"
                     )
                 continue
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema_model is not None:
-                _ema_update(ema_model, model, ema_decay(cfg.ema, ema_steps))
-                ema_steps += 1
+            ema_steps += 1
             n_tok = int(prediction_mask(batch).sum())
             total_loss += float(loss.detach()) * n_tok
             total_tok += n_tok
@@ -356,6 +344,33 @@ def _save_last(
         tmp,
     )
     tmp.replace(path)
+
+
+def optimizer_step(
+    model: KTModel,
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    cfg: TrainConfig,
+    ema_model: KTModel | None = None,
+    ema_steps: int = 0,
+) -> bool:
+    """One training step on ``loss``: backward, clip to ``cfg.grad_clip``, Adam, then the
+    weight average's update (its ``ema_steps``-th). A step whose loss or gradient is not
+    finite is skipped (as mixed-precision training does) and False returned; under DDP every
+    rank sees the same averaged gradient, so all skip alike."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    finite = bool(torch.isfinite(loss)) and all(
+        bool(torch.isfinite(q.grad).all()) for q in model.parameters() if q.grad is not None
+    )
+    if not finite:
+        return False
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    if ema_model is not None:
+        _ema_update(ema_model, model, ema_decay(cfg.ema, ema_steps))
+    return True
 
 
 def ema_decay(decay: float, steps: int) -> float:

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from kt_models.base import load_checkpoint
-from kt_models.train import TrainConfig, _ema_update, ema_decay, train, train_option
+from kt_models.train import (
+    TrainConfig,
+    _ema_update,
+    ema_decay,
+    optimizer_step,
+    train,
+    train_option,
+)
 
 
 def test_ema_update_is_the_moving_average():
@@ -23,6 +30,24 @@ def test_ema_decay_warms_up_to_its_ceiling():
     assert ema_decay(0.995, 10_000) == 0.995
     steps = [ema_decay(0.999, t) for t in range(0, 20_000, 50)]
     assert steps == sorted(steps) and max(steps) == 0.999
+
+
+def test_optimizer_step_moves_the_average_and_skips_non_finite_losses():
+    torch.manual_seed(0)
+    model, avg = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    avg.load_state_dict(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    cfg = TrainConfig(grad_clip=1.0, ema=0.995)
+    x = torch.randn(8, 3)
+    w0 = model.weight.detach().clone()
+    assert optimizer_step(model, opt, model(x).pow(2).mean(), cfg, avg, 0)
+    w = model.weight.detach().clone()
+    assert not torch.equal(w, w0)
+    # decay 0.1 at step 0: the average moved 90% of the way to the new weights
+    torch.testing.assert_close(avg.weight.detach(), 0.1 * w0 + 0.9 * w)
+    before = avg.weight.detach().clone()
+    assert not optimizer_step(model, opt, model(x).sum() * float("nan"), cfg, avg, 1)
+    assert torch.equal(model.weight.detach(), w) and torch.equal(avg.weight.detach(), before)
 
 
 def test_ema_weights_are_validated_checkpointed_and_resumed(skill_dataset, tmp_path):
