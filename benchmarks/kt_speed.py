@@ -43,7 +43,8 @@ def time_epoch(
     seqs, vocab = load_sequences(data)
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
     model = build_model(name, vocab, make_config(name, overrides)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or type(model).default_lr)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else type(model).default_weight_decay
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or type(model).default_lr, weight_decay=wd)
     ema, steps = (copy.deepcopy(model) if cfg.ema else None), 0
     ws = windows(seqs, split.train, cfg.max_len)
     plan = plan_batches(

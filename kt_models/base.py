@@ -53,6 +53,8 @@ class KTModel(nn.Module):
     forgets: ClassVar[bool] = False
     #: the Adam learning rate ``tutor train`` uses unless told otherwise
     default_lr: ClassVar[float] = 2e-3
+    #: the Adam L2 weight decay ``tutor train`` uses unless told otherwise
+    default_weight_decay: ClassVar[float] = 0.0
 
     def __init__(self, config: ModelConfig, vocab: Vocab) -> None:
         super().__init__()

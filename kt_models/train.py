@@ -44,7 +44,7 @@ from .metrics import metrics
 class TrainConfig:
     epochs: int = 30
     lr: float | None = None  # None: the model class's default_lr
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the model class's default_weight_decay
     #: padded positions per batch (see data.plan_batches). Small batches generalise better
     #: on the benchmark datasets (ASSIST2015, with ``ema``: DKT 0.7217 at 32,768 -> 0.7289 at
     #: 2,048, at a similar epoch time on CPU); raise it on a GPU, where larger batches keep
@@ -80,7 +80,7 @@ def train_option(key: str, value: Any) -> Any:
     try:
         if key == "max_len":
             return None if value.lower() in ("none", "0", "") else int(value)
-        if key == "lr":
+        if key in ("lr", "weight_decay"):
             return float(value)
         if isinstance(cur, bool):
             return value.lower() in ("1", "true", "yes")
@@ -167,7 +167,8 @@ def train(
     mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
     model = build_model(model_name, vocab, mcfg).to(device)
     lr = cfg.lr if cfg.lr is not None else type(model).default_lr
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else type(model).default_weight_decay
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
 
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")

@@ -82,8 +82,25 @@ def test_train_option_types_text_like_the_field():
     assert train_option("batch_tokens", "2048") == 2048
     assert train_option("max_len", "none") is None and train_option("max_len", "50") == 50
     assert train_option("lr", "1e-3") == 1e-3 and train_option("device", "cpu") == "cpu"
+    assert train_option("weight_decay", "1e-5") == 1e-5
     assert train_option("epochs", 7) == 7  # a config file's typed value passes as it is
     with pytest.raises(ValueError, match="unknown training option 'colour'"):
         train_option("colour", "red")
     with pytest.raises(ValueError, match="'batch_tokens'"):
         train_option("batch_tokens", "many")
+
+
+def test_weight_decay_defaults_to_the_model_class_and_can_be_overridden(skill_dataset, tmp_path):
+    over = {"H": 3, "hidden": 9}
+
+    def decay(name: str, run: str, **kw) -> float:
+        cfg = TrainConfig(epochs=1, seed=3, **kw)
+        o = over if name == "cakt" else {"hidden": 8, "emb_dim": 4}
+        train(name, skill_dataset, tmp_path / run, config=cfg, model_overrides=o, progress=False)
+        last = torch.load(tmp_path / run / "last.pt", weights_only=False)
+        return last["optimizer"]["param_groups"][0]["weight_decay"]
+
+    assert decay("cakt", "c") == 1e-5  # CAKT's default_weight_decay
+    assert decay("cakt", "c0", weight_decay=0.0) == 0.0  # an explicit 0 is not "unset"
+    assert decay("dkt", "d") == 0.0
+    assert decay("dkt", "d1", weight_decay=1e-4) == 1e-4
