@@ -29,7 +29,7 @@ from rich.table import Table
 from data_loaders import ingest
 from kt_models.base import build_model, make_config
 from kt_models.data import load_sequences, make_batch, plan_batches, split_learners, windows
-from kt_models.train import TrainConfig, optimizer_step, pick_device
+from kt_models.train import TrainConfig, make_optimizer, optimizer_step, pick_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kt_quality import VARIANTS  # noqa: E402
@@ -43,8 +43,7 @@ def time_epoch(
     seqs, vocab = load_sequences(data)
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
     model = build_model(name, vocab, make_config(name, overrides)).to(device)
-    wd = cfg.weight_decay if cfg.weight_decay is not None else type(model).default_weight_decay
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or type(model).default_lr, weight_decay=wd)
+    opt = make_optimizer(model, cfg)
     ema, steps = (copy.deepcopy(model) if cfg.ema else None), 0
     ws = windows(seqs, split.train, cfg.max_len)
     plan = plan_batches(

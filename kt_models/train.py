@@ -166,9 +166,7 @@ def train(
         raise ValueError(f"{data}: the split leaves no training or validation learners")
     mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
     model = build_model(model_name, vocab, mcfg).to(device)
-    lr = cfg.lr if cfg.lr is not None else type(model).default_lr
-    wd = cfg.weight_decay if cfg.weight_decay is not None else type(model).default_weight_decay
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    opt = make_optimizer(model, cfg)
 
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
@@ -345,6 +343,15 @@ def _save_last(
         tmp,
     )
     tmp.replace(path)
+
+
+def make_optimizer(model: KTModel, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with ``cfg``'s learning rate and weight decay, or the model class's defaults
+    (``default_lr``, ``default_weight_decay``) where they are ``None``."""
+    cls = type(model)
+    lr = cfg.lr if cfg.lr is not None else cls.default_lr
+    wd = cfg.weight_decay if cfg.weight_decay is not None else cls.default_weight_decay
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
 
 
 def optimizer_step(

@@ -91,16 +91,14 @@ def test_train_option_types_text_like_the_field():
 
 
 def test_weight_decay_defaults_to_the_model_class_and_can_be_overridden(skill_dataset, tmp_path):
-    over = {"H": 3, "hidden": 9}
-
-    def decay(name: str, run: str, **kw) -> float:
+    def decay(name: str, run: str, over: dict, **kw) -> float:
         cfg = TrainConfig(epochs=1, seed=3, **kw)
-        o = over if name == "cakt" else {"hidden": 8, "emb_dim": 4}
-        train(name, skill_dataset, tmp_path / run, config=cfg, model_overrides=o, progress=False)
+        train(name, skill_dataset, tmp_path / run, config=cfg, model_overrides=over, progress=False)
         last = torch.load(tmp_path / run / "last.pt", weights_only=False)
         return last["optimizer"]["param_groups"][0]["weight_decay"]
 
-    assert decay("cakt", "c") == 1e-5  # CAKT's default_weight_decay
-    assert decay("cakt", "c0", weight_decay=0.0) == 0.0  # an explicit 0 is not "unset"
-    assert decay("dkt", "d") == 0.0
-    assert decay("dkt", "d1", weight_decay=1e-4) == 1e-4
+    cakt, dkt = {"H": 3, "hidden": 9}, {"hidden": 8, "emb_dim": 4}
+    assert decay("cakt", "c", cakt) == 1e-5  # CAKT's default_weight_decay
+    assert decay("cakt", "c0", cakt, weight_decay=0.0) == 0.0  # an explicit 0 is not "unset"
+    assert decay("dkt", "d", dkt) == 0.0
+    assert decay("dkt", "d1", dkt, weight_decay=1e-4) == 1e-4
