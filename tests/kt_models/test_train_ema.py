@@ -100,5 +100,6 @@ def test_weight_decay_defaults_to_the_model_class_and_can_be_overridden(skill_da
     cakt, dkt = {"H": 3, "hidden": 9}, {"hidden": 8, "emb_dim": 4}
     assert decay("cakt", "c", cakt) == 1e-5  # CAKT's default_weight_decay
     assert decay("cakt", "c0", cakt, weight_decay=0.0) == 0.0  # an explicit 0 is not "unset"
-    assert decay("dkt", "d", dkt) == 0.0
+    assert decay("dkt", "d", dkt) == 1e-5  # DKT's too
     assert decay("dkt", "d1", dkt, weight_decay=1e-4) == 1e-4
+    assert decay("logistic", "l", {}) == 0.0  # the base class's: none
