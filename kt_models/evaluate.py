@@ -102,3 +102,48 @@ def evaluate_run(
     results["unknown_items_dropped"] = seqs.meta.get("unknown_items", 0)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _test_answers(run_dir: Path, dev: torch.device) -> tuple[dict[str, Any], np.ndarray, Any]:
+    from .report import next_step_answers
+
+    run = json.loads((run_dir / "run.json").read_text())
+    model, _ = load_checkpoint(run_dir / "best.pt", map_location=dev)
+    seqs, _ = load_sequences(Path(run["data"]), vocab=model.vocab)
+    tc = run["train_config"]
+    users = split_learners(seqs, seed=tc["seed"], fold=tc["fold"]).test
+    return run, seqs.users[users], next_step_answers(model, seqs, users, dev)
+
+
+def compare_runs(
+    run_a: Path | str,
+    run_b: Path | str,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Next-step test AUC of two runs on the same test learners, with a paired bootstrap
+    confidence interval of the difference ``a - b`` over learners
+    (:func:`kt_models.metrics.paired_auc_bootstrap`). Both runs must have been trained on the
+    same dataset with the same test learners; ``ValueError`` says what differs otherwise."""
+    from .metrics import paired_auc_bootstrap
+
+    dev = pick_device(device)
+    (ra, ua, a), (rb, ub, b) = (_test_answers(Path(r), dev) for r in (run_a, run_b))
+    if len(ua) != len(ub) or not (ua == ub).all():
+        raise ValueError(
+            f"{run_a} and {run_b} have different test learners ({len(ua)} and {len(ub)}; "
+            f"data {ra['data']} and {rb['data']}): compare runs of one dataset and split"
+        )
+    if len(a.y) != len(b.y) or not (a.y == b.y).all() or not (a.scored == b.scored).all():
+        raise ValueError(
+            f"{run_a} and {run_b} see different answers of the same test learners (data "
+            f"{ra['data']} and {rb['data']}): compare runs of one dataset"
+        )
+    m = a.scored
+    res = paired_auc_bootstrap(
+        a.y[m], a.p[m], b.p[m], a.learner[m], n_boot=n_boot, seed=seed, level=level
+    )
+    return {"a": str(run_a), "b": str(run_b), "model_a": ra["model"], "model_b": rb["model"], **res}

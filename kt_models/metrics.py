@@ -58,3 +58,68 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict
             }
         )
     return rows
+
+
+def _weighted_auc(gid: np.ndarray, n_groups: int, y: np.ndarray, w: np.ndarray) -> float:
+    """AUC with answer weights ``w``; ``gid`` numbers the distinct scores in ascending order
+    (ties share a number and count one half, as in the rank-sum AUC)."""
+    pos = np.bincount(gid, weights=w * y, minlength=n_groups)
+    neg = np.bincount(gid, weights=w * (1.0 - y), minlength=n_groups)
+    below = np.cumsum(neg) - neg
+    denom = pos.sum() * neg.sum()
+    return float((pos * (below + 0.5 * neg)).sum() / denom) if denom > 0 else float("nan")
+
+
+def paired_auc_bootstrap(
+    y: np.ndarray,
+    p_a: np.ndarray,
+    p_b: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """AUC of two models' predictions ``p_a``, ``p_b`` of the same answers ``y``, their
+    difference ``a - b``, and a percentile confidence interval of the difference from a
+    paired bootstrap over ``groups`` (learner ids): each replicate draws learners with
+    replacement and weights every answer by its learner's draw count, identically for both
+    models, so the interval reflects the learner-to-learner variation the test set samples
+    (answers of one learner are not independent). ``p_le_0`` is the share of replicates
+    whose difference is <= 0 (a one-sided bootstrap p-value for "a beats b")."""
+    y = np.asarray(y, dtype=np.float64)
+    p_a, p_b = np.asarray(p_a, dtype=np.float64), np.asarray(p_b, dtype=np.float64)
+    if not (len(y) == len(p_a) == len(p_b) == len(groups)):
+        raise ValueError(
+            f"answers, predictions and groups differ in length: {len(y)}, {len(p_a)}, "
+            f"{len(p_b)}, {len(groups)}"
+        )
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    _, learner = np.unique(np.asarray(groups), return_inverse=True)
+    n_learners = int(learner.max()) + 1 if len(learner) else 0
+    ids = []
+    for p in (p_a, p_b):
+        uniq, gid = np.unique(p, return_inverse=True)
+        ids.append((gid, len(uniq)))
+    ones = np.ones_like(y)
+    auc_a, auc_b = (_weighted_auc(g, n, y, ones) for g, n in ids)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for r in range(n_boot):
+        counts = np.bincount(rng.integers(0, n_learners, n_learners), minlength=n_learners)
+        w = counts[learner].astype(np.float64)
+        diffs[r] = _weighted_auc(*ids[0], y, w) - _weighted_auc(*ids[1], y, w)
+    lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "diff": auc_a - auc_b,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "level": level,
+        "p_le_0": float(np.mean(diffs <= 0)),
+        "n_boot": n_boot,
+        "learners": n_learners,
+        "answers": int(len(y)),
+    }

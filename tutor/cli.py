@@ -409,6 +409,46 @@ def evaluate_cmd(
             _fail(f"--plot {plot}: {exc}")
 
 
+@app.command("compare")
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(help="Run directory A.")],
+    run_b: Annotated[list[Path], typer.Argument(help="One or more run directories B.")],
+    boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+) -> None:
+    """Is run A's test AUC above run B's? The difference with a 95% interval from a paired
+    bootstrap over the test learners (same learners, same answers, both models)."""
+    from kt_models.base import CheckpointError
+    from kt_models.evaluate import compare_runs
+
+    if boot < 1:
+        _fail(f"--boot must be at least 1, got {boot}")
+    table = Table(title=f"Test AUC, A - B, paired bootstrap over learners ({boot} replicates)")
+    for col in ("A", "B", "learners", "AUC A", "AUC B", "A - B", "95% interval", "P(A - B <= 0)"):
+        table.add_column(col, justify="left" if col in ("A", "B") else "right")
+    for b in run_b:
+        try:
+            r = compare_runs(run_a, b, n_boot=boot, seed=seed, device=device)
+        except (CheckpointError, FileNotFoundError, ValueError) as exc:
+            _fail(f"{exc}")
+        table.add_row(
+            f"{run_a} ({r['model_a']})",
+            f"{b} ({r['model_b']})",
+            f"{r['learners']:,}",
+            f"{r['auc_a']:.4f}",
+            f"{r['auc_b']:.4f}",
+            f"{r['diff']:+.4f}",
+            f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
+            f"{r['p_le_0']:.3f}",
+        )
+    out.print(table)
+    out.print(
+        "The interval covers test-learner sampling only, not training randomness: compare "
+        "several seeds per model too."
+    )
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (tutor train).")],
