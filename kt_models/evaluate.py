@@ -20,7 +20,8 @@ import torch
 
 from .base import KTModel, load_checkpoint
 from .data import Sequences, load_sequences, make_batch, plan_batches, split_learners
-from .metrics import calibration_table, metrics
+from .metrics import calibration_table, metrics, paired_auc_bootstrap
+from .report import Answers, next_step_answers
 from .train import pick_device, predict_next_step
 
 
@@ -104,9 +105,8 @@ def evaluate_run(
     return results
 
 
-def _test_answers(run_dir: Path, dev: torch.device) -> tuple[dict[str, Any], np.ndarray, Any]:
-    from .report import next_step_answers
-
+def _test_answers(run_dir: Path, dev: torch.device) -> tuple[dict[str, Any], np.ndarray, Answers]:
+    """A run's record, its test learners' ids and their next-step predictions."""
     run = json.loads((run_dir / "run.json").read_text())
     model, _ = load_checkpoint(run_dir / "best.pt", map_location=dev)
     seqs, _ = load_sequences(Path(run["data"]), vocab=model.vocab)
@@ -128,8 +128,6 @@ def compare_runs(
     confidence interval of the difference ``a - b`` over learners
     (:func:`kt_models.metrics.paired_auc_bootstrap`). Both runs must have been trained on the
     same dataset with the same test learners; ``ValueError`` says what differs otherwise."""
-    from .metrics import paired_auc_bootstrap
-
     dev = pick_device(device)
     (ra, ua, a), (rb, ub, b) = (_test_answers(Path(r), dev) for r in (run_a, run_b))
     if len(ua) != len(ub) or not (ua == ub).all():
