@@ -20,7 +20,7 @@ Choices where the paper is silent or where data differs from its setting:
   log-likelihood of the HMM (forward algorithm), not by EM or a grid search. The filter is a
   loop over ``T`` with tensor operations over learners and the item's concepts (gather /
   scatter on the ``[B, C+1]`` mastery table, O(B K) per step, never ``[B, T, C]``).
-  Parameters move slowly at DKT's ``lr`` of 2e-3; this model's default ``lr`` is 0.05.
+  Parameters move slowly at DKT's ``lr`` of 1e-3; this model's default ``lr`` is 0.05.
 * **Degeneracy**: ``G = 0.5 sigmoid(g)`` and ``S = 0.5 sigmoid(s)``, so guess and slip stay
   below 0.5 and "learned" always means "more likely correct" (the classic fix for the
   model's identifiability problem, Baker et al. 2008).

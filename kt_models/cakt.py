@@ -170,9 +170,10 @@ class _Block3D(nn.Module):
 class CAKT(KTModel):
     name = "cakt"
     config_class = CAKTConfig
-    #: L2 weight decay of its Adam (the paper is silent; DKT trains without): CAKT overfits
-    #: ASSIST2015 from the 4th epoch without it; 1e-5 moves the best validation AUC later and
-    #: higher (seed 2: 0.7341 at epoch 4 -> 0.7356 at epoch 6; test 0.7289 -> 0.7309)
+    #: L2 weight decay of its Adam (the paper is silent; DKT's default is the same): CAKT
+    #: overfits ASSIST2015 from the 4th epoch without it; 1e-5 moves the best validation AUC
+    #: later and higher (seed 2: 0.7341 at epoch 4 -> 0.7356 at epoch 6; test 0.7289 ->
+    #: 0.7309, 0.7305 when re-run in session 8)
     default_weight_decay = 1e-5
 
     def __init__(self, config: CAKTConfig, vocab: Vocab) -> None:

@@ -29,7 +29,7 @@ Choices:
   values: zero, except the practice weights, which start small with their expected signs
   (``gamma`` 0.1, ``rho`` -0.1, ``w_succ`` 0.1, ``w_fail`` -0.1) so the first epochs
   already rank answers by history. Being convex, the fit converges from any start;
-  ``lr`` 0.01 -- 0.05 suits it better than DKT's 2e-3; its default is 0.02.
+  ``lr`` 0.01 -- 0.05 suits it better than DKT's 1e-3; its default is 0.02.
 * **Batch forward** without a ``[B, T, C]`` tensor: counts per (learner, concept) come from
   one stable sort of the ``B T K`` (learner, concept) keys and a segmented exclusive
   cumulative sum, so memory is O(B T K) whatever the number of concepts.

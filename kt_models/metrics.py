@@ -86,7 +86,8 @@ def paired_auc_bootstrap(
     replacement and weights every answer by its learner's draw count, identically for both
     models, so the interval reflects the learner-to-learner variation the test set samples
     (answers of one learner are not independent). ``p_le_0`` is the share of replicates
-    whose difference is <= 0 (a one-sided bootstrap p-value for "a beats b")."""
+    whose difference is <= 0 (a one-sided bootstrap p-value for "a beats b"), over the
+    replicates with both classes (``degenerate_replicates`` counts the others)."""
     y = np.asarray(y, dtype=np.float64)
     p_a, p_b = np.asarray(p_a, dtype=np.float64), np.asarray(p_b, dtype=np.float64)
     if not (len(y) == len(p_a) == len(p_b) == len(groups)):
@@ -96,6 +97,12 @@ def paired_auc_bootstrap(
         )
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if not (np.isfinite(p_a).all() and np.isfinite(p_b).all()):
+        raise ValueError("predictions must be finite")
+    if not 0 < y.sum() < len(y):
+        raise ValueError("the answers are all of one class: AUC is undefined")
     _, learner = np.unique(np.asarray(groups), return_inverse=True)
     n_learners = int(learner.max()) + 1 if len(learner) else 0
     ids = []
@@ -110,7 +117,10 @@ def paired_auc_bootstrap(
         counts = np.bincount(rng.integers(0, n_learners, n_learners), minlength=n_learners)
         w = counts[learner].astype(np.float64)
         diffs[r] = _weighted_auc(*ids[0], y, w) - _weighted_auc(*ids[1], y, w)
-    lo, hi = np.nanquantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    # a replicate that drew learners with answers of one class only has no AUC
+    ok = np.isfinite(diffs)
+    diffs = diffs[ok]
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {
         "auc_a": auc_a,
         "auc_b": auc_b,
@@ -120,6 +130,7 @@ def paired_auc_bootstrap(
         "level": level,
         "p_le_0": float(np.mean(diffs <= 0)),
         "n_boot": n_boot,
+        "degenerate_replicates": int((~ok).sum()),
         "learners": n_learners,
         "answers": int(len(y)),
     }

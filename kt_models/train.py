@@ -46,9 +46,9 @@ class TrainConfig:
     lr: float | None = None  # None: the model class's default_lr
     weight_decay: float | None = None  # None: the model class's default_weight_decay
     #: padded positions per batch (see data.plan_batches). Small batches generalise better
-    #: on the benchmark datasets (ASSIST2015, with ``ema``: DKT 0.7217 at 32,768 -> 0.7289 at
-    #: 2,048, at a similar epoch time on CPU); raise it on a GPU, where larger batches keep
-    #: the device busy.
+    #: on the benchmark datasets (ASSIST2015, with ``ema``: DKT at its former defaults 0.7217
+    #: at 32,768 -> 0.7289 at 2,048, at a similar epoch time on CPU); raise it on a GPU,
+    #: where larger batches keep the device busy.
     batch_tokens: int = 2048
     max_batch: int = 256
     max_len: int | None = 200  # training windows (see data.windows); evaluation: whole

@@ -430,8 +430,8 @@ def compare_cmd(
     for b in run_b:
         try:
             r = compare_runs(run_a, b, n_boot=boot, seed=seed, device=device)
-        except (CheckpointError, FileNotFoundError, ValueError) as exc:
-            _fail(f"{exc}")
+        except (CheckpointError, DatasetError, OSError, ValueError, KeyError) as exc:
+            _fail(f"comparing {run_a} with {b}: {exc}")
         table.add_row(
             f"{run_a} ({r['model_a']})",
             f"{b} ({r['model_b']})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -14,7 +16,9 @@ from tests.kt_models.conftest import write_skill_dataset
 from tutor.cli import app
 
 
-def _answers(seed: int = 0, n: int = 4000, learners: int = 200):
+def _answers(
+    seed: int = 0, n: int = 4000, learners: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     g = rng.integers(0, learners, n)
     skill = rng.normal(0, 1, learners)[g]
@@ -59,10 +63,27 @@ def test_bootstrap_refuses_misaligned_input():
         paired_auc_bootstrap(y, good, noisy[:-1], g)
     with pytest.raises(ValueError, match="level"):
         paired_auc_bootstrap(y, good, noisy, g, level=1.5)
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_auc_bootstrap(y, good, noisy, g, n_boot=0)
+    with pytest.raises(ValueError, match="finite"):
+        paired_auc_bootstrap(y, np.where(g == 0, np.nan, good), noisy, g)
+    with pytest.raises(ValueError, match="one class"):
+        paired_auc_bootstrap(np.ones_like(y), good, noisy, g)
+
+
+def test_bootstrap_skips_replicates_without_both_classes():
+    """Two learners, one always right and one always wrong: a replicate drawing one of them
+    twice has no AUC; it is counted, not read as a win."""
+    y = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    g = np.array([0, 0, 0, 1, 1, 1])
+    p_a, p_b = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]), np.array([0.6, 0.5, 0.4, 0.5, 0.4, 0.3])
+    r = paired_auc_bootstrap(y, p_a, p_b, g, n_boot=200, seed=0)
+    assert 50 < r["degenerate_replicates"] < 150  # about half draw a single learner
+    assert r["diff"] == pytest.approx(1.0 - 7.0 / 9) and r["p_le_0"] == 0.0
 
 
 @pytest.fixture(scope="module")
-def two_runs(skill_dataset, tmp_path_factory):
+def two_runs(skill_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compare")
     runs = {}
     for name, over in (("dkt", {"hidden": 16, "emb_dim": 8}), ("logistic", {})):
