@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,8 +23,10 @@ import torch
 from .base import KTModel, load_checkpoint
 from .data import Sequences, load_sequences, make_batch, plan_batches, split_learners
 from .metrics import calibration_table, metrics, paired_auc_bootstrap
-from .report import Answers, next_step_answers
 from .train import pick_device, predict_next_step
+
+if TYPE_CHECKING:
+    from .report import Answers
 
 
 @torch.no_grad()
@@ -60,6 +64,56 @@ def predict_multi_step(
     return np.concatenate(ys), np.concatenate(ps), np.concatenate(ks)
 
 
+@dataclass
+class LoadedRun:
+    """A run directory opened for evaluation: its record, checkpoint, data and learners."""
+
+    dir: Path
+    record: dict[str, Any]  # run.json
+    model: KTModel
+    payload: dict[str, Any]  # the checkpoint's other content
+    data: Path
+    seqs: Sequences
+    users: np.ndarray  # learner indices into ``seqs`` to evaluate
+    subset: str
+    protocol: str
+
+
+def load_run(
+    run_dir: Path | str,
+    *,
+    data: Path | str | None = None,
+    device: torch.device,
+    checkpoint: str = "best.pt",
+) -> LoadedRun:
+    """Open a run: ``run.json``, the checkpoint, its dataset (or ``data``) read with the
+    checkpoint's vocabularies, and the learners to evaluate: the test learners of the
+    training protocol on the run's own dataset, every learner of another one. Raises
+    FileNotFoundError for a missing run directory or ``run.json`` and
+    :class:`~kt_models.base.CheckpointError` for a missing or bad checkpoint."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: run directory not found")
+    if not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir / 'run.json'}: not found (not a run directory?)")
+    run = json.loads((run_dir / "run.json").read_text())
+    model, payload = load_checkpoint(run_dir / checkpoint, map_location=device)
+    data_path = Path(data) if data is not None else Path(run["data"])
+    seqs, _ = load_sequences(data_path, vocab=model.vocab)
+    if data is None or Path(data).resolve() == Path(run["data"]).resolve():
+        tc = run["train_config"]
+        split = split_learners(seqs, seed=tc["seed"], fold=tc["fold"])
+        users, subset, protocol = (
+            split.test,
+            "test learners of the training protocol",
+            split.protocol,
+        )
+    else:
+        users, subset = np.arange(seqs.n_users), "all learners of another dataset"
+        protocol = "external dataset"
+    return LoadedRun(run_dir, run, model, payload, data_path, seqs, users, subset, protocol)
+
+
 def evaluate_run(
     run_dir: Path | str,
     *,
@@ -69,21 +123,10 @@ def evaluate_run(
     checkpoint: str = "best.pt",
 ) -> dict[str, Any]:
     """Evaluate a run's best checkpoint; writes and returns ``results.json``'s content."""
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
     dev = pick_device(device)
-    model, payload = load_checkpoint(run_dir / checkpoint, map_location=dev)
-    data_path = Path(data) if data is not None else Path(run["data"])
-    seqs, _ = load_sequences(data_path, vocab=model.vocab)
-    tc = run["train_config"]
-    same_data = data is None or Path(data).resolve() == Path(run["data"]).resolve()
-    if same_data:
-        split = split_learners(seqs, seed=tc["seed"], fold=tc["fold"])
-        users, subset = split.test, "test learners of the training protocol"
-        protocol = split.protocol
-    else:
-        users, subset = np.arange(seqs.n_users), "all learners of another dataset"
-        protocol = "external dataset"
+    lr = load_run(run_dir, data=data, device=dev, checkpoint=checkpoint)
+    run_dir, run, model, payload = lr.dir, lr.record, lr.model, lr.payload
+    data_path, seqs, users, subset, protocol = lr.data, lr.seqs, lr.users, lr.subset, lr.protocol
     y, p = predict_next_step(model, seqs, users, dev)
     results: dict[str, Any] = {
         "model": run["model"],
@@ -105,43 +148,48 @@ def evaluate_run(
     return results
 
 
-def _test_answers(run_dir: Path, dev: torch.device) -> tuple[dict[str, Any], np.ndarray, Answers]:
-    """A run's record, its test learners' ids and their next-step predictions."""
-    run = json.loads((run_dir / "run.json").read_text())
-    model, _ = load_checkpoint(run_dir / "best.pt", map_location=dev)
-    seqs, _ = load_sequences(Path(run["data"]), vocab=model.vocab)
-    tc = run["train_config"]
-    users = split_learners(seqs, seed=tc["seed"], fold=tc["fold"]).test
-    return run, seqs.users[users], next_step_answers(model, seqs, users, dev)
-
-
 def compare_runs(
     run_a: Path | str,
-    run_b: Path | str,
+    runs_b: Sequence[Path | str],
     *,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
     device: str = "auto",
-) -> dict[str, Any]:
-    """Next-step test AUC of two runs on the same test learners, with a paired bootstrap
-    confidence interval of the difference ``a - b`` over learners
-    (:func:`kt_models.metrics.paired_auc_bootstrap`). Both runs must have been trained on the
-    same dataset with the same test learners; ``ValueError`` says what differs otherwise."""
+) -> list[dict[str, Any]]:
+    """Next-step test AUC of run ``a`` against each of ``runs_b`` on the same test learners,
+    with a paired bootstrap confidence interval of the difference ``a - b`` over learners
+    (:func:`kt_models.metrics.paired_auc_bootstrap`); ``a``'s predictions are computed once.
+    Every run must have been trained on the same dataset with the same test learners;
+    ``ValueError`` says what differs otherwise."""
+    from .report import next_step_answers
+
     dev = pick_device(device)
-    (ra, ua, a), (rb, ub, b) = (_test_answers(Path(r), dev) for r in (run_a, run_b))
-    if len(ua) != len(ub) or not (ua == ub).all():
-        raise ValueError(
-            f"{run_a} and {run_b} have different test learners ({len(ua)} and {len(ub)}; "
-            f"data {ra['data']} and {rb['data']}): compare runs of one dataset and split"
+
+    def answers(run: Path | str) -> tuple[LoadedRun, Answers]:
+        lr = load_run(run, device=dev)
+        return lr, next_step_answers(lr.model, lr.seqs, lr.users, dev)
+
+    ra, a = answers(run_a)
+    ua = ra.seqs.users[ra.users]
+    out = []
+    for run_b in runs_b:
+        rb, b = answers(run_b)
+        ub = rb.seqs.users[rb.users]
+        if len(ua) != len(ub) or not (ua == ub).all():
+            raise ValueError(
+                f"{run_a} and {run_b} have different test learners ({len(ua)} and {len(ub)}; "
+                f"data {ra.data} and {rb.data}): compare runs of one dataset and split"
+            )
+        if len(a.y) != len(b.y) or not (a.y == b.y).all() or not (a.scored == b.scored).all():
+            raise ValueError(
+                f"{run_a} and {run_b} see different answers of the same test learners (data "
+                f"{ra.data} and {rb.data}): compare runs of one dataset"
+            )
+        m = a.scored
+        res = paired_auc_bootstrap(
+            a.y[m], a.p[m], b.p[m], a.learner[m], n_boot=n_boot, seed=seed, level=level
         )
-    if len(a.y) != len(b.y) or not (a.y == b.y).all() or not (a.scored == b.scored).all():
-        raise ValueError(
-            f"{run_a} and {run_b} see different answers of the same test learners (data "
-            f"{ra['data']} and {rb['data']}): compare runs of one dataset"
-        )
-    m = a.scored
-    res = paired_auc_bootstrap(
-        a.y[m], a.p[m], b.p[m], a.learner[m], n_boot=n_boot, seed=seed, level=level
-    )
-    return {"a": str(run_a), "b": str(run_b), "model_a": ra["model"], "model_b": rb["model"], **res}
+        models = {"model_a": ra.record["model"], "model_b": rb.record["model"]}
+        out.append({"a": str(run_a), "b": str(run_b), **models, **res})
+    return out

@@ -48,8 +48,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from .base import KTModel, load_checkpoint, prediction_mask
-from .data import Sequences, load_sequences, make_batch, plan_batches, split_learners
+from .base import KTModel, prediction_mask
+from .data import Sequences, make_batch, plan_batches
+from .evaluate import load_run
 from .metrics import calibration_table, metrics
 from .train import pick_device
 
@@ -609,18 +610,6 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], No
         yield task
 
 
-def _select_learners(
-    run: dict[str, Any], seqs: Sequences, data: Path | str | None
-) -> tuple[np.ndarray, str, str]:
-    """The learners ``evaluate_run`` evaluates: (indices, subset, protocol)."""
-    same = data is None or Path(data).resolve() == Path(run["data"]).resolve()
-    if same:
-        tc = run["train_config"]
-        split = split_learners(seqs, seed=tc["seed"], fold=tc["fold"])
-        return split.test, "test learners of the training protocol", split.protocol
-    return np.arange(seqs.n_users), "all learners of another dataset", "external dataset"
-
-
 def _clean(x: Any) -> Any:
     """JSON-safe: nan/inf -> None."""
     if isinstance(x, float):
@@ -647,17 +636,11 @@ def write_report(
     """Write the plots, ``report.json`` and ``index.html`` of a run into ``out_dir``;
     returns the HTML's path. Raises FileNotFoundError for a missing run directory or
     ``run.json`` and :class:`~kt_models.base.CheckpointError` for a missing/bad checkpoint."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
-    if not (run_dir / "run.json").is_file():
-        raise FileNotFoundError(f"{run_dir / 'run.json'}: not found (not a run directory?)")
-    run = json.loads((run_dir / "run.json").read_text())
+    out_dir = Path(out_dir)
     dev = pick_device(device)
-    model, payload = load_checkpoint(run_dir / checkpoint, map_location=dev)
-    data_path = Path(data) if data is not None else Path(run["data"])
-    seqs, _ = load_sequences(data_path, vocab=model.vocab)
-    users, subset, protocol = _select_learners(run, seqs, data)
+    lr = load_run(run_dir, data=data, device=dev, checkpoint=checkpoint)
+    run_dir, run, model, payload = lr.dir, lr.record, lr.model, lr.payload
+    data_path, seqs, users, subset, protocol = lr.data, lr.seqs, lr.users, lr.subset, lr.protocol
     if len(users) == 0:
         raise ValueError(f"{data_path}: no learners to report on ({subset})")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -427,14 +427,14 @@ def compare_cmd(
     table = Table(title=f"Test AUC, A - B, paired bootstrap over learners ({boot} replicates)")
     for col in ("A", "B", "learners", "AUC A", "AUC B", "A - B", "95% interval", "P(A - B <= 0)"):
         table.add_column(col, justify="left" if col in ("A", "B") else "right")
-    for b in run_b:
-        try:
-            r = compare_runs(run_a, b, n_boot=boot, seed=seed, device=device)
-        except (CheckpointError, DatasetError, OSError, ValueError, KeyError) as exc:
-            _fail(f"comparing {run_a} with {b}: {exc}")
+    try:
+        rows = compare_runs(run_a, run_b, n_boot=boot, seed=seed, device=device)
+    except (CheckpointError, DatasetError, OSError, ValueError, KeyError) as exc:
+        _fail(f"{exc}")
+    for r in rows:
         table.add_row(
             f"{run_a} ({r['model_a']})",
-            f"{b} ({r['model_b']})",
+            f"{r['b']} ({r['model_b']})",
             f"{r['learners']:,}",
             f"{r['auc_a']:.4f}",
             f"{r['auc_b']:.4f}",

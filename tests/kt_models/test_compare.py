@@ -96,7 +96,7 @@ def two_runs(skill_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 def test_compare_runs_uses_the_test_learners_of_both_runs(two_runs):
     a, b = two_runs["dkt"], two_runs["logistic"]
-    r = compare_runs(a, b, n_boot=100, device="cpu")
+    [r] = compare_runs(a, [b], n_boot=100, device="cpu")
     ea = evaluate_run(a, multi_step=0, device="cpu")["test"]
     eb = evaluate_run(b, multi_step=0, device="cpu")["test"]
     assert r["auc_a"] == pytest.approx(ea["auc"], abs=1e-9)
@@ -110,7 +110,7 @@ def test_compare_refuses_runs_of_different_datasets(two_runs, tmp_path):
     run = tmp_path / "run-other"
     train("logistic", other, run, config=TrainConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="different test learners"):
-        compare_runs(two_runs["dkt"], run, n_boot=10, device="cpu")
+        compare_runs(two_runs["dkt"], [two_runs["logistic"], run], n_boot=10, device="cpu")
 
 
 def test_tutor_compare_prints_the_difference_and_fails_clearly(two_runs, tmp_path):

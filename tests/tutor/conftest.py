@@ -38,7 +38,7 @@ def _train(
     data: Path,
     name: str,
     lr: float | None = None,
-    **over,
+    **over: object,
 ) -> Path:
     run = tmp_path_factory.mktemp(f"run-{name.replace('+', 'plus')}")
     cfg = TrainConfig(epochs=4, patience=4, threads=1, seed=1, lr=lr)
