@@ -51,6 +51,9 @@ class KTModel(nn.Module):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     #: whether ``predict(..., at_time=...)`` changes with time (the model forgets)
     forgets: ClassVar[bool] = False
+    #: whether predictions tell apart the items of one concept (an item-level model); for a
+    #: concept-level model the service adds item difficulty estimated from the data
+    item_aware: ClassVar[bool] = False
     #: the Adam learning rate ``tutor train`` uses unless told otherwise
     default_lr: ClassVar[float] = 2e-3
     #: the Adam L2 weight decay ``tutor train`` uses unless told otherwise

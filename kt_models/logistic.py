@@ -62,6 +62,7 @@ class LogisticConfig(ModelConfig):
 @register
 class Logistic(KTModel):
     name = "logistic"
+    item_aware = True  # a difficulty per item
     default_lr = 0.02
     config_class = LogisticConfig
 

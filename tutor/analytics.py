@@ -603,11 +603,17 @@ def _current_states(
     if not len(members.ids):
         return None
     rows = session.execute(
-        select(LearnerState.learner_id, LearnerState.state, LearnerState.n_applied)
+        select(
+            LearnerState.learner_id,
+            LearnerState.state,
+            LearnerState.n_applied,
+            LearnerState.evidence.is_(None),
+        )
         .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
         .where(GroupMembership.group_id == group.id, LearnerState.model_id == model.model_id)
     ).all()
-    stored = {r[0]: (r[1], r[2]) for r in rows}
+    # a state without its evidence (from before migration 0002) is rebuilt with it
+    stored = {r[0]: (r[1], -1 if r[3] else r[2]) for r in rows}
     blobs: list[bytes] = []
     stale: list[int] = []
     for k, (lid, n) in enumerate(
@@ -647,32 +653,44 @@ def _rebuild_states(
 ) -> list[bytes]:
     """Replay the histories of some members together; returns their state bytes and keeps
     the rebuilt rows (the request ends with ``service.keep_rebuilt_states``)."""
+    from .evidence import dump as evidence_dump
+    from .operations import _histories
+    from .service import concepts_of_items, replay_histories
+
     model = ctx.model
-    ids = members.ids[which]
-    raw = _fetch_answers(session, learner_ids=ids)
-    lid = raw[:, 0].astype(np.int64)  # in learner id order
-    lo = np.searchsorted(lid, ids, side="left")
-    lens = np.searchsorted(lid, ids, side="right") - lo
-    rows = _ranges(lo, lens)
-    item_idx = items.model_idx[items.positions(raw[rows, 1].astype(np.int64))]
-    times = _time_values(model, lens, raw[rows, 3], members.first_seen[which])
-    it, cc, tt = _pad(lens, item_idx, raw[rows, 2].astype(np.float32), times)
-    state = replay_many(model, it, cc, tt, [lens])[0]
-    last = _last_answers(session, ids)
+    ids = [int(x) for x in members.ids[which]]
+    by_learner = _histories(session, ids)
+    hists = [by_learner[i] for i in ids]
+    learners = {lr.id: lr for lr in session.scalars(select(Learner).where(Learner.id.in_(ids)))}
+    firsts = []
+    for i, h in zip(ids, hists, strict=True):
+        first = as_utc(learners[i].first_seen)
+        if h and (first is None or h[0][2] < first):
+            first = h[0][2]
+        firsts.append(first)
+    concepts_of = concepts_of_items(
+        session, org_id=ctx_org_id(learners), item_ext=[x[0] for h in hists for x in h]
+    )
+    with torch.no_grad():
+        replayed = replay_histories(model, hists, firsts, concepts_of)
     out = []
     rebuilt = session.info.setdefault("rebuilt", [])
-    for j, learner_id in enumerate(ids.tolist()):
-        blob = model.encode(model.model.state_select(state, torch.tensor([j])))
+    for learner_id, h, (st, ev) in zip(ids, hists, replayed, strict=True):
+        blob = model.encode(st)
         out.append(blob)
         row = session.get(LearnerState, (learner_id, model.model_id))
         if row is None:
             row = LearnerState(learner_id=learner_id, model_id=model.model_id, state=b"")
             session.add(row)
-        ts, ev = last.get(learner_id, (None, None))
-        row.state, row.n_applied = blob, int(lens[j])
-        row.last_timestamp, row.last_event_id = ts, ev
+        row.state, row.n_applied, row.evidence = blob, len(h), evidence_dump(ev)
+        row.last_timestamp = h[-1][2] if h else None
+        row.last_event_id = h[-1][3] if h else None
         rebuilt.append(row)
     return out
+
+
+def ctx_org_id(learners: dict[int, Learner]) -> int:
+    return next(iter(learners.values())).org_id
 
 
 def _last_answers(session: Session, ids: np.ndarray) -> dict[int, tuple[datetime, str]]:
@@ -1118,6 +1136,8 @@ def at_risk(
             for la in members.last_answer
         ]
     )
+    struggling = _struggling(session, org, ctx, group, settings)
+    rule = _rule(org, settings)
     flagged = []
     for k in range(n):
         reasons = []
@@ -1131,6 +1151,14 @@ def at_risk(
                 f"falling mastery: {change[k]:+.2f} over the last {window} answers "
                 f"(threshold -{drop:g})"
             )
+        for c, e in struggling.get(int(members.ids[k]), []):
+            if -e.run >= rule.struggle_run:
+                reasons.append(f"{-e.run} wrong in a row on {ctx.cat.name(c)}")
+            else:
+                reasons.append(
+                    f"no progress on {ctx.cat.name(c)} after {e.n} questions "
+                    f"({e.n_correct} correct)"
+                )
         if members.n_answers[k] == 0:
             reasons.append("no answers yet")
         elif np.isfinite(days[k]) and days[k] > inactive:
@@ -1163,6 +1191,34 @@ def at_risk(
         "offset": offset,
         "limit": limit,
     }
+
+
+def _rule(org: Organisation, settings: Any) -> Any:
+    from .evidence import EvidenceRule
+    from .settings import evidence_rule
+
+    return EvidenceRule() if settings is None else evidence_rule(org.settings, settings)
+
+
+def _struggling(
+    session: Session, org: Organisation, ctx: _Context, group: Group, settings: Any
+) -> dict[int, list[tuple[int, Any]]]:
+    """Per member, the concepts (positions) whose own evidence says struggling."""
+    from .evidence import is_struggling, load
+
+    rule = _rule(org, settings)
+    pos = {c: k for k, c in enumerate(ctx.cat.concept_ext)}
+    out: dict[int, list[tuple[int, Any]]] = {}
+    rows = session.execute(
+        select(LearnerState.learner_id, LearnerState.evidence)
+        .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
+        .where(GroupMembership.group_id == group.id, LearnerState.model_id == ctx.model.model_id)
+    )
+    for lid, raw in rows:
+        for cid, e in load(raw).items():
+            if cid in pos and is_struggling(e, rule):
+                out.setdefault(int(lid), []).append((pos[cid], e))
+    return out
 
 
 def _states_before(

@@ -68,6 +68,9 @@ __all__ = [
 
 GAMMA = 0.5
 """Decay of the contrast weight ``w_t = GAMMA ** (t - 1)`` along the sequence."""
+PRECEDENCE_WEIGHT = 2.0
+"""Weight of the data's precedence (see :func:`design_curriculum`) against the per-step gains,
+which lie around 0-2; 2 makes a concept usually met last cost as much as the best contrast."""
 
 
 @dataclass
@@ -256,7 +259,12 @@ class _State:
 
 
 def _search(
-    norm: np.ndarray, anchor: np.ndarray, unmet0: np.ndarray, children: list[list[int]], width: int
+    norm: np.ndarray,
+    anchor: np.ndarray,
+    unmet0: np.ndarray,
+    children: list[list[int]],
+    width: int,
+    penalty: np.ndarray | None = None,
 ) -> tuple[list[int], float]:
     """Beam search (greedy for ``width == 1``) over eligible orderings; returns best order."""
     k = len(anchor)
@@ -271,6 +279,8 @@ def _search(
             gains = w * norm[lasts]
             if t >= 2:
                 gains = gains + (1.0 - w) * (1.0 - np.stack([s.minpred for s in beam]))
+        if penalty is not None:
+            gains = gains - penalty[None, :]
         totals = np.array([s.score for s in beam])[:, None] + gains
         eligible = np.stack([(~s.placed) & (s.unmet == 0) for s in beam])
         totals = np.where(eligible, totals, -np.inf)
@@ -308,18 +318,21 @@ def _search(
     return best.order, best.score
 
 
-def _topological(k: int, unmet0: np.ndarray, children: list[list[int]]) -> list[int]:
+def _topological(
+    k: int, unmet0: np.ndarray, children: list[list[int]], key: np.ndarray | None = None
+) -> list[int]:
     unmet = unmet0.copy()
-    heap = [i for i in range(k) if unmet[i] == 0]
+    rank = np.zeros(k) if key is None else key
+    heap = [(float(rank[i]), i) for i in range(k) if unmet[i] == 0]
     heapq.heapify(heap)
     order: list[int] = []
     while heap:
-        i = heapq.heappop(heap)
+        _, i = heapq.heappop(heap)
         order.append(i)
         for c in children[i]:
             unmet[c] -= 1
             if unmet[c] == 0:
-                heapq.heappush(heap, c)
+                heapq.heappush(heap, (float(rank[c]), c))
     return order
 
 
@@ -335,6 +348,8 @@ def design_curriculum(
     mastered: Collection[str] | Mapping[str, float] = (),
     mastery_threshold: float = 0.95,
     beam: int = 1,
+    precedence: Sequence[float] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> Curriculum:
     """Design a teaching order for the concepts not yet mastered.
 
@@ -351,6 +366,12 @@ def design_curriculum(
             ignored.
         mastery_threshold: threshold used when ``mastered`` is a mapping.
         beam: beam width; 1 is greedy (``method='greedy'``), larger is ``method='beam'``.
+        precedence: per concept, where it usually comes (0 = first, 1 = last), e.g. from the
+            order in which learners met the concepts in the logs. *(ours)* Each step's gain is
+            lowered by :data:`PRECEDENCE_WEIGHT` times it, so that among the eligible concepts
+            the usual early ones come first unless contrast and transfer outweigh it; without
+            vectors it orders the topological sort.
+        names: concept id -> name, for the reasons (a teacher reads names, not ids).
 
     Returns:
         A :class:`Curriculum` whose ``score`` is :func:`ordering_score` of the order over the
@@ -381,28 +402,47 @@ def design_curriculum(
     unmet0 = np.array([sum(not done[p] for p in parents[g]) for g in todo], dtype=np.int64)
     local_children = [[local[c] for c in children[g] if c in local] for g in todo]
     prereq_names = [[ids[p] for p in parents[g]] for g in todo]
+    label = dict(names or {})
+
+    def shown(cid: str) -> str:
+        return label.get(cid) or cid
+
+    penalty = None
+    if precedence is not None:
+        prec = np.asarray(precedence, dtype=np.float64)
+        if prec.shape != (len(ids),) or not np.all(np.isfinite(prec)):
+            raise ValueError(f"precedence must be {len(ids)} finite numbers")
+        penalty = PRECEDENCE_WEIGHT * prec[todo]
 
     if vectors is None:
-        order = _topological(k, unmet0, local_children)
+        key = None if penalty is None else penalty
+        order = _topological(k, unmet0, local_children, key)
         steps = []
         for pos, i in enumerate(order):
-            names = prereq_names[i]
-            reason = _prereq_phrase(names) if names else "no prerequisites; given order"
-            steps.append(CurriculumStep(ids[todo[i]], pos, None, names, reason))
+            pre = prereq_names[i]
+            if pre:
+                reason = _prereq_phrase([shown(p) for p in pre])
+            elif penalty is not None:
+                reason = "no prerequisites; usual position in the data"
+            else:
+                reason = "no prerequisites; given order"
+            steps.append(CurriculumStep(ids[todo[i]], pos, None, pre, reason))
         return Curriculum(steps, None, "topological")
 
     dist = distance_matrix(vectors[todo])
     norm, anchor, mean, std = _statistics(dist)
-    order, score = _search(norm, anchor, unmet0, local_children, 1)
+    order, score = _search(norm, anchor, unmet0, local_children, 1, penalty)
     method = "greedy"
     if beam > 1:
         method = "beam"
-        beam_order, beam_score = _search(norm, anchor, unmet0, local_children, beam)
+        beam_order, beam_score = _search(norm, anchor, unmet0, local_children, beam, penalty)
         if beam_score > score:
             order, score = beam_order, beam_score
 
     idx = np.asarray(order, dtype=np.int64)
     contrast, transfer, nearest = _step_terms(idx, norm)
+    if order:  # the ordering's score (the precedence penalty only steered the search)
+        score = float(anchor[order[0]] + contrast.sum() + transfer.sum())
     steps = []
     for pos, i in enumerate(order):
         parts: list[str] = []
@@ -411,11 +451,11 @@ def design_curriculum(
             parts.append(f"central start (mean distance {mean[i]:.3f}, spread {std[i]:.3f})")
         else:
             gain = float(contrast[pos] + transfer[pos])
-            prev = ids[todo[order[pos - 1]]]
-            contrast_part = f"contrasts with previous {prev!r}"
+            prev = shown(ids[todo[order[pos - 1]]])
+            contrast_part = f"contrasts with the previous concept, {prev}"
             if nearest[pos] >= 0:
-                similar = ids[todo[order[nearest[pos]]]]
-                revisit_part = f"revisits similar concept {similar!r}"
+                similar = shown(ids[todo[order[nearest[pos]]]])
+                revisit_part = f"builds on the similar concept {similar}"
                 if transfer[pos] > contrast[pos]:
                     parts += [revisit_part, contrast_part]
                 else:
@@ -423,6 +463,6 @@ def design_curriculum(
             else:
                 parts.append(contrast_part)
         if prereq_names[i]:
-            parts.append(_prereq_phrase(prereq_names[i]))
+            parts.append(_prereq_phrase([shown(p) for p in prereq_names[i]]))
         steps.append(CurriculumStep(ids[todo[i]], pos, gain, prereq_names[i], "; ".join(parts)))
     return Curriculum(steps, float(score), method)

@@ -38,7 +38,7 @@ def build_demo(
     from kt_models.train import TrainConfig, train
 
     from . import operations as ops
-    from .db import Group, Learner, create_db_engine, make_sessionmaker
+    from .db import Concept, Group, Learner, create_db_engine, make_sessionmaker
     from .db.migrate import upgrade
     from .importer import import_dataset
     from .security import create_key
@@ -97,6 +97,9 @@ def build_demo(
     with factory() as s, s.begin():
         org = ops.get_org(s, DEMO_ORG)
         org.name = "kt-tutor demo (ASSISTments 2009 sample)"
+        known = set(s.scalars(select(Concept.external_id).where(Concept.org_id == org.id)))
+        edges = prerequisite_edges(_sample("assist2009_ccss") / "prerequisites.csv", known)
+        ops.set_prerequisites(s, org=org, edges=edges)
         mv = ops.register_model(s, org=org, run_dir=run, activate=True, label="demo DKT")
         learners = list(
             s.scalars(select(Learner).where(Learner.org_id == org.id).order_by(Learner.id))
@@ -106,7 +109,10 @@ def build_demo(
         s.flush()
         ops.add_members(s, group=group, learners=learners[:30])
         n = ops.rebuild_states(s, org=org, model_id=mv.id)
-        say(f"4/6 model {mv.id} ({mv.name}) active; states of {n:,} learners built")
+        say(
+            f"4/6 prerequisite graph ({len(edges)} edges, after the Common Core State Standards) "
+            f"loaded; model {mv.id} ({mv.name}) active; states of {n:,} learners built"
+        )
         pep = settings.key_pepper
         keys = {
             "admin": create_key(s, org=org, role="admin", pepper=pep, name="demo admin")[0],
@@ -149,6 +155,31 @@ def try_urls(base: str, demo: dict[str, Any]) -> str:
             f"  learner key ({lid}): {k['learner']}",
         ]
     )
+
+
+def prerequisite_edges(path: Path, known: set[str]) -> list[tuple[str, str]]:
+    """The bundled prerequisite graph (``prerequisite,concept`` CSV) restricted to the concepts
+    ``known`` to the organisation; a concept missing there is bridged (its prerequisites
+    become prerequisites of what it leads to), so that no ordering is lost."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as fh:
+        pairs = [(r["prerequisite"].strip(), r["concept"].strip()) for r in csv.DictReader(fh)]
+    parents: dict[str, set[str]] = {}
+    for a, b in pairs:
+        parents.setdefault(b, set()).add(a)
+
+    def known_ancestors(c: str, seen: set[str]) -> set[str]:
+        out: set[str] = set()
+        for p in parents.get(c, ()):
+            if p in seen:
+                continue
+            seen.add(p)
+            out |= {p} if p in known else known_ancestors(p, seen)
+        return out
+
+    edges = {(a, b) for b in parents if b in known for a in known_ancestors(b, set())}
+    return sorted(edges, key=lambda e: (int(e[0]), int(e[1])) if e[0].isdigit() else e)
 
 
 def _sample(name: str) -> Path:

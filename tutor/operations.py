@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -296,7 +295,8 @@ def _rebuild_states(
     batch_size: int,
     progress: Any,
 ) -> int:
-    from .service import MODELS, as_utc, db_scope
+    from .evidence import dump as evidence_dump
+    from .service import MODELS, as_utc, concepts_of_items, db_scope, replay_histories
 
     mid = model_id or org.active_model_id
     if mid is None:
@@ -306,6 +306,7 @@ def _rebuild_states(
         raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
     model = MODELS.get(mid, lambda: mv.checkpoint, scope=db_scope(session))
     learners = list(session.scalars(select(Learner).where(Learner.org_id == org.id)))
+    concepts_of = concepts_of_items(session, org_id=org.id)
     existing = {
         s.learner_id: s
         for s in session.scalars(select(LearnerState).where(LearnerState.model_id == mid))
@@ -315,46 +316,29 @@ def _rebuild_states(
         chunk = learners[start : start + batch_size]
         by_learner = _histories(session, [lr.id for lr in chunk])
         hists = [by_learner[lr.id] for lr in chunk]
-        lens = np.array([len(h) for h in hists])
-        n = len(chunk)
-        t_max = max(int(lens.max()) if n else 0, 1)
-        items = np.zeros((n, t_max), dtype=np.int64)
-        correct = np.zeros((n, t_max), dtype=np.float32)
-        times = np.zeros((n, t_max), dtype=np.float32)
-        for k, (lr, h) in enumerate(zip(chunk, hists, strict=True)):
-            if not h:
-                continue
-            first = as_utc(lr.first_seen) or h[0][2]
-            if h[0][2] < first:
+        firsts = []
+        for lr, h in zip(chunk, hists, strict=True):
+            first = as_utc(lr.first_seen) or (h[0][2] if h else None)
+            if h and h[0][2] < first:
                 first = h[0][2]
-            lr.first_seen = first
-            items[k, : len(h)] = model.item_idx([x[0] for x in h])
-            correct[k, : len(h)] = [x[1] for x in h]
-            times[k, : len(h)] = [model.time_value(x[2], first, j) for j, x in enumerate(h)]
-        state = model.model.init_state(n)
-        finals: list[Any] = [None] * n
-        for t in range(t_max):
-            state = model.model.step(
-                state,
-                torch.from_numpy(items[:, t]),
-                torch.from_numpy(correct[:, t]),
-                torch.from_numpy(times[:, t]),
-            )
-            for k in np.flatnonzero(lens == t + 1):
-                finals[k] = model.model.state_select(state, torch.tensor([k]))
-        for k, (lr, h) in enumerate(zip(chunk, hists, strict=True)):
-            st = finals[k] if finals[k] is not None else model.model.init_state(1)
+            if h:
+                lr.first_seen = first
+            firsts.append(first)
+        with torch.no_grad():
+            replayed = replay_histories(model, hists, firsts, concepts_of)
+        for (lr, h), (st, ev) in zip(zip(chunk, hists, strict=True), replayed, strict=True):
             row = existing.get(lr.id)
             if row is None:
                 row = LearnerState(learner_id=lr.id, model_id=mid, state=b"")
                 session.add(row)
             row.state = model.encode(st)
+            row.evidence = evidence_dump(ev)
             row.n_applied = len(h)
             row.last_timestamp = h[-1][2] if h else None
             row.last_event_id = h[-1][3] if h else None
             lr.n_answers = len(h)
         session.flush()
-        done += n
+        done += len(chunk)
         if progress is not None:
-            progress(n)
+            progress(len(chunk))
     return done

@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from .evidence import EvidenceRule
 from .simulate import SimLearner, SimulationError, SimWorld, WorldSetting, make_world, write_dataset
 
 BASELINES = ("random", "textbook", "skill-builder", "lowest-mastery")
@@ -367,6 +368,11 @@ class ServicePolicy(Policy):
             at=ctx.at,
             # OATutor's heuristic reads BKT's mastery as it is (against its 0.95 threshold)
             scale="success" if self.kind == "lowest-mastery" else self.cfg.mastery_scale,
+            rule=EvidenceRule(
+                mastery_threshold=policy_overrides(self.name).get(
+                    "mastery", self.cfg.rec_mastery_threshold
+                )
+            ),
         )
 
     def choose(self, ctx: StepContext) -> int:
@@ -388,7 +394,6 @@ class ServicePolicy(Policy):
         kw = {
             "n": 1,
             "target": over.get("target", self.cfg.target),
-            "mastery_threshold": over.get("mastery", self.cfg.rec_mastery_threshold),
             "review_threshold": self.cfg.review_threshold,
         }
         out = recommend.recommend(lv, policy=self.service_policy, **kw)

@@ -1,37 +1,53 @@
 """Next-question recommendation: candidate items scored by the active model, picked by a
-named policy, each with the reason it was chosen.
+named policy from one registry (:data:`POLICIES`), each with the reason in a teacher's words.
 
-Per request: one batched ``predict`` over every candidate item of the organisation, one
-vector of concept mastery (now, and at the learner's last answer for models that forget),
-and the organisation's curriculum (cached per catalogue and model version). Policies:
+What a policy sees (:class:`LearnerView`, computed once per request): every catalogue item's
+predicted success (the active model's; for a concept-level model, shifted by the item's
+difficulty estimated from the organisation's answers with shrinkage, so that the items of one
+concept are told apart), and per concept the learner's status and reported mastery
+(:mod:`tutor.evidence`: only the learner's own answers make a concept mastered), the model's
+estimate, today's answers on it and, for models that forget, the estimate at the last answer.
 
-* ``target``: the item whose predicted success is closest to the target (default 0.7, the
-  zone of proximal development);
-* ``review``: concepts whose predicted mastery has decayed below the review threshold since
-  the learner's last answer (models that forget, e.g. PSI-KT); empty for other models;
-* ``curriculum``: items of the next unmastered concept of the designed curriculum
-  (:mod:`tutor.curriculum`) whose prerequisites are mastered;
-* ``mixed`` (default): review first (at most a third of the slots), then the curriculum's
-  next concept (up to half), then target items.
+Rules every policy follows: a concept counts as mastered only with its ``mastered`` status;
+items whose concepts have an unmastered prerequisite (organisation graph, else PSI-KT's learned
+one) are skipped (relaxed, and said so, when nothing else is left); concepts that reached today's
+cap of questions are skipped; items answered in the last ``recent_exclusion`` answers are
+skipped. Policies (``register`` adds one):
 
-Every policy skips items answered in the learner's last ``recent_exclusion`` answers and items
-with a concept whose prerequisites are not yet mastered (when nothing else is left, the
-prerequisite rule is relaxed and the reason says so).
+* ``mixed`` (default): review one decayed concept (models that forget), then *stay on the
+  concept the learner is working on* until it is mastered or capped; when it is struggling,
+  *step back* to its unmastered prerequisite, or to its easiest questions; then the next
+  concept of the curriculum; then the target rule;
+* ``target``: the items whose predicted success is closest to the target (0.7 by default);
+* ``review``: concepts practised whose predicted mastery has decayed below the review
+  threshold since the learner's last answer (models that forget);
+* ``curriculum``: items of the next concept in the designed curriculum
+  (:mod:`tutor.curriculum`) that is not mastered and whose prerequisites are;
+* ``skill-builder``: ASSISTments' rule: the curriculum's concepts in turn until 3 correct in a
+  row (or today's cap), items at random;
+* ``lowest-mastery``: OATutor's heuristic: the unmastered concept with the lowest reported
+  mastery, an item at random;
+* ``random``: any item at random.
+
+An empty list comes with a ``note`` that says why.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from . import evidence as ev_mod
 from .curriculum import design_curriculum
 from .db import Concept, Interaction, Item, ItemConcept, Learner, Organisation, PrerequisiteEdge
+from .evidence import EvidenceRule
 from .runtime import LoadedModel
 from .service import (
     Invalid,
@@ -44,7 +60,14 @@ from .service import (
 )
 from .settings import MASTERY_SCALES
 
-POLICIES = ("mixed", "target", "review", "curriculum")
+#: item difficulty: pseudo-answers at the concept's success rate added to an item's own
+#: (empirical-Bayes shrinkage: an item seen 10 times sits halfway to its concept's rate)
+ITEM_SHRINKAGE = 10.0
+#: data precedence: learners sampled (most recent first) and the support and agreement a pair
+#: of concepts needs before "a is met before b" orders the curriculum
+PRECEDENCE_LEARNERS = 5000
+PRECEDENCE_MIN_LEARNERS = 20
+PRECEDENCE_AGREEMENT = 0.7
 
 
 @dataclass
@@ -64,7 +87,17 @@ class Catalogue:
     link_concept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: item external id -> position
     item_pos: dict[str, int] = field(default_factory=dict)
+    #: [I] logit shift of each item against its concept's success rate (shrunk; 0: no data)
+    item_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: [C, C] learners who met concept a (row) before concept b (column) in their logs
+    met_before: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    #: [C] mean position (0 first .. 1 last) at which learners met each concept (nan: never)
+    met_position: np.ndarray = field(default_factory=lambda: np.zeros(0))
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def name(self, pos: int) -> str:
+        """A concept's name for a teacher (its id where it has no name)."""
+        return self.concept_name[pos] or self.concept_ext[pos]
 
 
 _CACHE: dict[tuple[str, int], Catalogue] = {}
@@ -118,9 +151,127 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
     ).astype(np.int64)
     cat.item_pos = {ext: k for k, ext in enumerate(cat.item_ext)}
+    cat.item_offset = _item_offsets(session, org, cat)
+    cat.met_before, cat.met_position = _precedence(session, org, cat)
     with _LOCK:
         _CACHE[key] = cat
     return cat
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def _item_offsets(session: Session, org: Organisation, cat: Catalogue) -> np.ndarray:
+    """Each item's difficulty against its concepts' as a logit shift, from the organisation's
+    answers: ``logit((k_i + a r_c) / (n_i + a)) - logit(r_c)`` with ``a = ITEM_SHRINKAGE`` and
+    ``r_c`` the success rate of the item's concepts (pooled)."""
+    n_i = np.zeros(len(cat.item_ext))
+    k_i = np.zeros(len(cat.item_ext))
+    pos = {int(d): k for k, d in enumerate(cat.item_db.tolist())}
+    rows = session.execute(
+        select(Interaction.item_id, func.count(), func.sum(Interaction.correct))
+        .where(Interaction.org_id == org.id)
+        .group_by(Interaction.item_id)
+    )
+    for iid, n, k in rows:
+        p = pos.get(int(iid))
+        if p is not None:
+            n_i[p], k_i[p] = float(n), float(k or 0)
+    if not len(cat.link_item):
+        return np.zeros(len(cat.item_ext))
+    n_c = np.bincount(cat.link_concept, weights=n_i[cat.link_item], minlength=len(cat.concept_ext))
+    k_c = np.bincount(cat.link_concept, weights=k_i[cat.link_item], minlength=len(cat.concept_ext))
+    rate_c = (k_c + 1.0) / (n_c + 2.0)  # Laplace: a concept without answers sits at 0.5
+    per_item = np.bincount(
+        cat.link_item, weights=rate_c[cat.link_concept], minlength=len(cat.item_ext)
+    )
+    links = np.bincount(cat.link_item, minlength=len(cat.item_ext))
+    base = np.where(links > 0, per_item / np.maximum(links, 1), 0.5)
+    shrunk = (k_i + ITEM_SHRINKAGE * base) / (n_i + ITEM_SHRINKAGE)
+    return _logit(shrunk) - _logit(base)
+
+
+def _precedence(
+    session: Session, org: Organisation, cat: Catalogue
+) -> tuple[np.ndarray, np.ndarray]:
+    """From the organisation's logs (up to PRECEDENCE_LEARNERS learners): how many learners
+    met concept a before concept b, and each concept's mean relative first-meeting position."""
+    c = len(cat.concept_ext)
+    before = np.zeros((c, c))
+    pos_sum, pos_n = np.zeros(c), np.zeros(c)
+    if c == 0:
+        return before, np.zeros(0)
+    cpos = {int(d): k for k, d in enumerate(cat.concept_db.tolist())}
+    sample = (
+        select(Learner.id)
+        .where(Learner.org_id == org.id, Learner.n_answers > 0)
+        .order_by(Learner.id.desc())
+        .limit(PRECEDENCE_LEARNERS)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Interaction.learner_id, ItemConcept.concept_id, func.min(Interaction.timestamp))
+        .join(ItemConcept, ItemConcept.item_id == Interaction.item_id)
+        .where(Interaction.org_id == org.id, Interaction.learner_id.in_(sample))
+        .group_by(Interaction.learner_id, ItemConcept.concept_id)
+        .order_by(Interaction.learner_id, func.min(Interaction.timestamp))
+    ).all()
+    k = 0
+    while k < len(rows):
+        j = k
+        while j < len(rows) and rows[j][0] == rows[k][0]:
+            j += 1
+        seq = [cpos[int(r[1])] for r in rows[k:j] if int(r[1]) in cpos]
+        if len(seq) > 1:
+            idx = np.array(seq)
+            upper = np.triu(np.ones((len(idx), len(idx)), dtype=bool), 1)
+            a, b = np.nonzero(upper)
+            np.add.at(before, (idx[a], idx[b]), 1.0)
+            np.add.at(pos_sum, idx, np.arange(len(idx)) / (len(idx) - 1))
+            np.add.at(pos_n, idx, 1.0)
+        k = j
+    position = np.divide(pos_sum, pos_n, out=np.full(c, np.nan), where=pos_n > 0)
+    return before, position
+
+
+def data_precedence_edges(
+    cat: Catalogue, fixed: list[tuple[int, int]]
+) -> list[tuple[int, int, float, int]]:
+    """Concept pairs that most learners met in one order (at least PRECEDENCE_AGREEMENT of
+    at least PRECEDENCE_MIN_LEARNERS who met both), as ``(a, b, share, learners)``, strongest
+    first, skipping any that would close a cycle with ``fixed`` or a stronger pair."""
+    m = cat.met_before
+    both = m + m.T
+    share = np.divide(m, both, out=np.zeros_like(m), where=both > 0)
+    cand = np.argwhere((both >= PRECEDENCE_MIN_LEARNERS) & (share >= PRECEDENCE_AGREEMENT))
+    cand = sorted(
+        ((int(a), int(b)) for a, b in cand), key=lambda e: (-share[e], -both[e], e[0], e[1])
+    )
+    children: dict[int, set[int]] = {}
+    for a, b in fixed:
+        children.setdefault(a, set()).add(b)
+
+    def reaches(src: int, dst: int) -> bool:
+        stack, seen = [src], {src}
+        while stack:
+            x = stack.pop()
+            if x == dst:
+                return True
+            for y in children.get(x, ()):
+                if y not in seen:
+                    seen.add(y)
+                    stack.append(y)
+        return False
+
+    out = []
+    for a, b in cand:
+        if reaches(b, a) or reaches(a, b):
+            continue  # would close a cycle, or already implied
+        children.setdefault(a, set()).add(b)
+        out.append((a, b, float(share[a, b]), int(both[a, b])))
+    return out
 
 
 def learned_prerequisites(model: LoadedModel, threshold: float = 0.7) -> list[tuple[str, str]]:
@@ -149,19 +300,25 @@ def learned_prerequisites(model: LoadedModel, threshold: float = 0.7) -> list[tu
 
 
 def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
-    """Per (catalogue, model): item model indices, concept model indices, curriculum."""
+    """Per (catalogue, model): item and concept model indices, the prerequisite gates
+    (organisation graph, else PSI-KT's learned one) and the curriculum, ordered by the gates,
+    by the data's precedence (the order in which learners met the concepts) and by Singh et
+    al.'s contrast and transfer terms over the model's concept vectors."""
     view = cat.per_model.get(model.model_id)
     if view is not None:
         return view
     item_idx = model.item_idx(cat.item_ext)
     pos = {c: i + 1 for i, c in enumerate(model.concept_ids)}
     concept_idx = np.array([pos.get(c, 0) for c in cat.concept_ext], dtype=np.int64)
-    prereq_ext = [(cat.concept_ext[a], cat.concept_ext[b]) for a, b in cat.prerequisites]
+    cpos = {c: k for k, c in enumerate(cat.concept_ext)}
+    gates = list(cat.prerequisites)
     source = "organisation"
-    if not prereq_ext:
-        known = set(cat.concept_ext)
-        prereq_ext = [(a, b) for a, b in learned_prerequisites(model) if a in known and b in known]
-        source = "learned by the model" if prereq_ext else "none"
+    if not gates:
+        gates = [
+            (cpos[a], cpos[b]) for a, b in learned_prerequisites(model) if a in cpos and b in cpos
+        ]
+        source = "learned by the model" if gates else "none"
+    data_edges = data_precedence_edges(cat, gates)
     vectors = None
     cv = model.model.concept_vectors()
     if cv is not None and len(cat.concept_ext):
@@ -169,21 +326,36 @@ def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
         vectors = np.zeros((len(cat.concept_ext), cvn.shape[1]))
         have = concept_idx > 0
         vectors[have] = cvn[concept_idx[have] - 1]
-    curriculum = design_curriculum(vectors, cat.concept_ext, prerequisites=prereq_ext)
-    cpos = {c: k for k, c in enumerate(cat.concept_ext)}
+    position = np.nan_to_num(cat.met_position, nan=1.0) if len(cat.met_position) else None
+    order_edges = [(cat.concept_ext[a], cat.concept_ext[b]) for a, b in gates] + [
+        (cat.concept_ext[a], cat.concept_ext[b]) for a, b, _, _ in data_edges
+    ]
+    curriculum = design_curriculum(
+        vectors,
+        cat.concept_ext,
+        prerequisites=order_edges,
+        precedence=position,
+        names={c: cat.name(k) for k, c in enumerate(cat.concept_ext)},
+    )
     parents: list[list[int]] = [[] for _ in cat.concept_ext]
-    for a, b in prereq_ext:
-        parents[cpos[b]].append(cpos[a])
+    for a, b in gates:
+        parents[b].append(a)
+    after: list[list[str]] = [[] for _ in cat.concept_ext]
+    for a, b, share, n in data_edges:
+        after[b].append(f"{cat.name(a)} ({share:.0%} of {n} learners met it first)")
+    cur_pos = [cpos[c] for c in curriculum.order()]
     view = {
-        "edges": np.array([(cpos[a], cpos[b]) for a, b in prereq_ext], dtype=np.int64).reshape(
-            -1, 2
-        ),
+        "edges": np.array(gates, dtype=np.int64).reshape(-1, 2),
         "item_idx": item_idx,
         "concept_idx": concept_idx,
         "curriculum": curriculum,
-        "curriculum_pos": [cpos[c] for c in curriculum.order()],
+        "curriculum_pos": cur_pos,
+        "curriculum_rank": {c: k for k, c in enumerate(cur_pos)},
         "parents": parents,
+        "after": after,
+        "data_edges": data_edges,
         "prerequisite_source": source,
+        "item_aware": bool(getattr(model.model, "item_aware", False)),
     }
     cat.per_model[model.model_id] = view
     return view
@@ -196,10 +368,39 @@ class LearnerView:
     cat: Catalogue
     view: dict[str, Any]
     model: LoadedModel
-    p_items: np.ndarray  # [I] predicted success now
-    mastery: np.ndarray  # [C] concept mastery now (nan: the model does not know the concept)
-    mastery_then: np.ndarray | None  # [C] at the learner's last answer (forgetting models)
-    recent: set[int]  # item positions answered recently
+    p_items: np.ndarray  # [I] predicted success now (item difficulty included)
+    estimate: np.ndarray  # [C] the model's concept estimate now (nan: unknown concept)
+    estimate_then: np.ndarray | None  # [C] at the learner's last answer (forgetting models)
+    evidence: ev_mod.Evidence  # the learner's own evidence, by concept external id
+    rule: EvidenceRule
+    today: str  # UTC date of the request (the daily cap counts answers on it)
+    recent: list[int]  # item positions answered recently, the latest first
+    any_answers: bool
+    exclude_recent: bool = True  # skip the recent items (recent_exclusion > 0)
+
+    def __post_init__(self) -> None:
+        c = len(self.cat.concept_ext)
+        e = [self.evidence.get(x) for x in self.cat.concept_ext]
+        self.n_own = np.array([x.n if x else 0 for x in e], dtype=np.int64)
+        self.mastered = np.array([ev_mod.is_mastered(x, self.rule) for x in e], dtype=bool)
+        self.struggling = np.array([ev_mod.is_struggling(x, self.rule) for x in e], dtype=bool)
+        self.capped = np.array([ev_mod.capped(x, self.rule, self.today) for x in e], dtype=bool)
+        est = np.asarray(self.estimate, dtype=np.float64)
+        self.mastery = np.array(
+            [x.p if x is not None and x.n else est[k] for k, x in enumerate(e)], dtype=np.float64
+        ).reshape(c)
+
+    def status(self, pos: int) -> str:
+        e = self.evidence.get(self.cat.concept_ext[pos])
+        return ev_mod.status(e, self.rule, any_answers=self.any_answers)
+
+    def basis(self, pos: int) -> str:
+        e = self.evidence.get(self.cat.concept_ext[pos])
+        return ev_mod.basis(e, self.rule, any_answers=self.any_answers)
+
+
+def _shifted(p: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(_logit(np.asarray(p, dtype=np.float64)) + offset)))
 
 
 def learner_view(
@@ -210,12 +411,14 @@ def learner_view(
     recent_exclusion: int,
     at: datetime | None = None,
     scale: str = "reachable",
+    rule: EvidenceRule | None = None,
 ) -> LearnerView:
-    """What the policies see of one learner. ``scale`` is how concept mastery is measured
-    (see the module docstring): ``reachable`` (the default) on the range between a new
-    learner and one who has just answered :data:`tutor.runtime.REFERENCE_STREAK` in a row correctly
+    """What the policies see of one learner. ``scale`` is how the model's concept estimate is
+    measured: ``reachable`` (the default) on the range between a new learner and one who has
+    just answered :data:`tutor.runtime.REFERENCE_STREAK` in a row correctly
     (:meth:`tutor.runtime.LoadedModel.scaled_mastery`), ``success`` as the mean predicted
-    success over the concept's items."""
+    success over the concept's items. ``rule`` is the mastery criterion (the defaults of
+    :class:`tutor.evidence.EvidenceRule` when None)."""
     if scale not in MASTERY_SCALES:
         raise Invalid(
             f"unknown mastery scale {scale!r}; expected one of {', '.join(MASTERY_SCALES)}"
@@ -230,48 +433,448 @@ def learner_view(
     first = as_utc(learner.first_seen)
     t_now = model.time_value(now, first, learner.n_answers) if model.forgets and first else None
     # one prediction over every item the model knows (index 0: items it was not trained on),
-    # read both per catalogue item and as concept mastery
+    # read both per catalogue item and as concept estimates
     p_all = model.predict_all(state, t_now)
     p_items = p_all[view["item_idx"]] if len(cat.item_ext) else np.zeros(0)
+    if len(p_items) and not view["item_aware"]:
+        p_items = _shifted(p_items, cat.item_offset)
     full = model.mastery_from(p_all)
     if scale == "reachable":
         full = model.scaled_mastery(full)
     cidx = view["concept_idx"]
-    mastery = np.where(cidx > 0, full[cidx], np.nan)
-    mastery_then = None
+    estimate = np.where(cidx > 0, full[cidx], np.nan)
+    estimate_then = None
     if t_now is not None and row.last_timestamp is not None:
         t_last = model.time_value(as_utc(row.last_timestamp), first, learner.n_answers)
         then = model.mastery_from(model.predict_all(state, t_last))
         if scale == "reachable":
             then = model.scaled_mastery(then)
-        mastery_then = np.where(cidx > 0, then[cidx], np.nan)
-    recent: set[int] = set()
-    if recent_exclusion:
-        ids = session.scalars(
-            select(Interaction.item_id)
-            .where(Interaction.learner_id == learner.id)
-            .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
-            .limit(recent_exclusion)
-        ).all()
-        pos = np.flatnonzero(np.isin(cat.item_db, np.array(ids, dtype=np.int64)))
-        recent = set(pos.tolist())
-    return LearnerView(cat, view, model, p_items, mastery, mastery_then, recent)
+        estimate_then = np.where(cidx > 0, then[cidx], np.nan)
+    keep = max(int(recent_exclusion), 1)
+    ids = session.scalars(
+        select(Interaction.item_id)
+        .where(Interaction.learner_id == learner.id)
+        .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
+        .limit(keep)
+    ).all()
+    pos_of = {int(d): k for k, d in enumerate(cat.item_db.tolist())} if ids else {}
+    recent = [pos_of[int(i)] for i in ids if int(i) in pos_of]
+    return LearnerView(
+        cat=cat,
+        view=view,
+        model=model,
+        p_items=p_items,
+        estimate=estimate,
+        estimate_then=estimate_then,
+        evidence=ev_mod.load(row.evidence),
+        rule=rule or EvidenceRule(),
+        today=now.date().isoformat(),
+        recent=recent,
+        any_answers=learner.n_answers > 0,
+        exclude_recent=bool(recent_exclusion),
+    )
 
 
-def _mastered(lv: LearnerView, threshold: float) -> np.ndarray:
-    return np.nan_to_num(lv.mastery, nan=0.0) >= threshold
+# ---------------------------------------------------------------------- choosing
+class Picker:
+    """The state of one recommendation: what is picked so far, what is allowed, and why an
+    empty list is empty. Policies call :meth:`take` with candidate items."""
+
+    def __init__(
+        self, lv: LearnerView, *, n: int, target: float, review_threshold: float, seed: int
+    ) -> None:
+        self.lv, self.n, self.target, self.review_threshold = lv, n, target, review_threshold
+        self.rng = np.random.default_rng(seed)
+        cat = lv.cat
+        n_items = len(cat.item_ext)
+        self.picked: list[dict[str, Any]] = []
+        self.taken = np.zeros(n_items, dtype=bool)
+        self.fresh = np.ones(n_items, dtype=bool)
+        if lv.exclude_recent and lv.recent:
+            self.fresh[lv.recent] = False
+        # concepts open to new work: prerequisites mastered, not capped today
+        blocked = np.zeros(len(cat.concept_ext), dtype=bool)
+        edges = lv.view["edges"]
+        if len(edges):
+            blocked[edges[~lv.mastered[edges[:, 0]], 1]] = True
+        self.blocked = blocked
+        self.open = ~blocked & ~lv.capped
+        self.closed = np.zeros(n_items, dtype=bool)  # an item with a concept not open
+        if len(cat.link_item):
+            self.closed[cat.link_item[~self.open[cat.link_concept]]] = True
+        self.eligible = self.fresh & ~self.closed
+        self.relaxed = False
+        self.notes: list[str] = []
+
+    @property
+    def room(self) -> int:
+        return self.n - len(self.picked)
+
+    def items_of(self, concept: int) -> np.ndarray:
+        cat = self.lv.cat
+        return cat.link_item[cat.link_concept == concept]
+
+    def has_open_items(self, concept: int) -> bool:
+        """Whether the concept has items (it is open itself: see :meth:`take_concept`)."""
+        return bool(len(self.items_of(concept)))
+
+    def closeness(self, positions: np.ndarray) -> np.ndarray:
+        return np.abs(self.lv.p_items[positions] - self.target)
+
+    def take(
+        self,
+        positions: np.ndarray,
+        rule: str,
+        why: Callable[[int], str],
+        limit: int,
+        *,
+        order: str = "target",
+        allow: np.ndarray | None = None,
+    ) -> int:
+        """Pick up to ``limit`` of ``positions`` (allowed by ``allow``, default the eligible
+        items), ordered by ``order``: ``target`` (closest predicted success first), ``easy``
+        (highest first) or ``random``. Returns how many were picked."""
+        ok = self.eligible if allow is None else allow
+        positions = np.unique(np.asarray(positions, dtype=np.int64))
+        positions = positions[ok[positions] & ~self.taken[positions]]
+        if order == "easy":
+            positions = positions[np.argsort(-self.lv.p_items[positions], kind="stable")]
+        elif order == "random":
+            positions = self.rng.permutation(positions)
+        else:
+            positions = positions[np.argsort(self.closeness(positions), kind="stable")]
+        positions = positions[: max(min(limit, self.room), 0)]
+        cat = self.lv.cat
+        for p in positions:
+            self.taken[p] = True
+            self.picked.append(
+                {
+                    "item_id": cat.item_ext[p],
+                    "predicted_success": round(float(self.lv.p_items[p]), 6),
+                    "concepts": [cat.concept_ext[c] for c in cat.item_concepts[p]],
+                    "concept_names": [cat.name(c) for c in cat.item_concepts[p]],
+                    "policy": rule,
+                    "reason": why(int(p)),
+                }
+            )
+        return len(positions)
+
+    def take_concept(
+        self, concept: int, rule: str, why: Callable[[int], str], limit: int, order: str = "target"
+    ) -> int:
+        """Items of one open concept, in tiers: fresh items whose other concepts are open too;
+        then fresh items whatever their other concepts (a concept whose every item also carries
+        a concept still waiting for prerequisites must not wait for ever); then, for a concept
+        with no fresh item left, the least recently answered ones, so that a learner is never
+        stuck for want of new items."""
+        items = self.items_of(concept)
+        got = self.take(items, rule, why, limit, order=order)
+        if got < limit and self.open[concept]:
+            got += self.take(items, rule, why, limit - got, order=order, allow=self.fresh)
+        if got == 0 and self.open[concept]:
+            recent = self.lv.recent
+            stale = [p for p in items.tolist() if not self.taken[p]]
+            stale.sort(key=lambda p: -recent.index(p) if p in recent else -len(recent) - 1)
+            for p in stale[: max(min(limit, self.room), 0)]:
+                allow = np.zeros(len(self.taken), dtype=bool)
+                allow[p] = True
+                got += self.take(np.array([p]), rule, why, 1, allow=allow)
+        return got
+
+    def success_phrase(self, p: int) -> str:
+        return f"Predicted success on this question: {self.lv.p_items[p]:.2f}."
 
 
-def _prereq_ok(lv: LearnerView, mastered: np.ndarray) -> np.ndarray:
-    """[I] bool: every concept of the item has all its prerequisites mastered."""
-    cat = lv.cat
-    edges = lv.view["edges"]
-    blocked = np.zeros(len(cat.concept_ext), dtype=bool)
-    if len(edges):
-        blocked[edges[~mastered[edges[:, 0]], 1]] = True
-    item_blocked = np.zeros(len(cat.item_ext), dtype=bool)
-    item_blocked[cat.link_item[blocked[cat.link_concept]]] = True
-    return ~item_blocked
+@dataclass(frozen=True)
+class Policy:
+    """A named recommendation policy: ``fill`` picks items into a :class:`Picker`."""
+
+    name: str
+    description: str
+    fill: Callable[[Picker], None]
+
+
+POLICIES: dict[str, Policy] = {}
+
+
+def register(
+    name: str, description: str
+) -> Callable[[Callable[[Picker], None]], Callable[[Picker], None]]:
+    """Add a policy to the registry (used by ``next-items``, settings and policy-eval)."""
+
+    def deco(fn: Callable[[Picker], None]) -> Callable[[Picker], None]:
+        if name in POLICIES:
+            raise ValueError(f"policy {name!r} is registered twice")
+        POLICIES[name] = Policy(name, description, fn)
+        return fn
+
+    return deco
+
+
+def _next_concepts(pk: Picker, exclude: set[int] | None = None) -> list[int]:
+    """Curriculum concepts open to new work, in curriculum order: not mastered, prerequisites
+    mastered, not capped today, with items."""
+    lv = pk.lv
+    out = []
+    for c in lv.view["curriculum_pos"]:
+        if c in (exclude or ()) or lv.mastered[c] or not pk.open[c]:
+            continue
+        if not pk.has_open_items(c):
+            continue
+        out.append(c)
+    return out
+
+
+def _curriculum_reason(pk: Picker, c: int) -> Callable[[int], str]:
+    lv = pk.lv
+    k = lv.view["curriculum_rank"][c] + 1
+    total = len(lv.view["curriculum_pos"])
+    pre = [lv.cat.name(p) for p in lv.view["parents"][c]]
+    why = f"its prerequisites {', '.join(pre)} are mastered" if pre else "no prerequisites"
+    return lambda p: (
+        f"Next in the curriculum: {lv.cat.name(c)} (step {k} of {total}; {why}). "
+        + pk.success_phrase(p)
+    )
+
+
+def _review(pk: Picker, limit: int) -> None:
+    lv = pk.lv
+    if lv.estimate_then is None:
+        pk.notes.append(
+            f"nothing to review: the active model ({lv.model.name}) does not model forgetting"
+        )
+        return
+    now = np.nan_to_num(lv.estimate, nan=1.0)
+    then = np.nan_to_num(lv.estimate_then, nan=0.0)
+    practised = lv.n_own > 0
+    decayed = np.flatnonzero(
+        practised & (then >= pk.review_threshold) & (now < pk.review_threshold)
+    )
+    decayed = decayed[np.argsort(now[decayed] - then[decayed])]
+    if not len(decayed):
+        pk.notes.append(
+            f"nothing to review: no practised concept's predicted mastery has fallen below "
+            f"{pk.review_threshold:.2f} since the last answer"
+        )
+    for c in decayed:
+        if pk.room <= 0 or limit <= 0:
+            break
+        limit -= pk.take_concept(
+            int(c),
+            "review",
+            lambda p, c=c: (
+                f"Review {lv.cat.name(c)}: the model predicts its mastery fell from "
+                f"{then[c]:.2f} to {now[c]:.2f} since the last answer."
+            ),
+            1,
+        )
+
+
+def _curriculum(pk: Picker, limit: int, exclude: set[int] | None = None) -> None:
+    start = len(pk.picked)
+    for c in _next_concepts(pk, exclude):
+        left = limit - (len(pk.picked) - start)
+        if pk.room <= 0 or left <= 0:
+            break
+        pk.take_concept(c, "curriculum", _curriculum_reason(pk, c), left)
+    if len(pk.picked) == start:
+        _explain_nothing_open(pk)
+
+
+def _explain_nothing_open(pk: Picker) -> None:
+    lv = pk.lv
+    if lv.mastered.all():
+        pk.notes.append("every concept is mastered")
+    elif (lv.capped | lv.mastered).all():
+        pk.notes.append(
+            f"every concept not yet mastered has had today's {lv.rule.daily_cap} questions"
+        )
+    elif not (pk.open & ~lv.mastered).any():
+        pk.notes.append("every concept not yet mastered waits for a prerequisite")
+
+
+def _focus(pk: Picker) -> int | None:
+    """The concept the learner is working on: that of the latest answer, while it is not
+    mastered and not capped today."""
+    lv = pk.lv
+    if not lv.recent:
+        return None
+    for c in lv.cat.item_concepts[lv.recent[0]]:
+        c = int(c)
+        if not lv.mastered[c] and pk.open[c] and pk.has_open_items(c):
+            return c
+    return None
+
+
+def _step_back(pk: Picker, c: int) -> None:
+    """A struggling concept: its earliest unmastered prerequisite that is open, else its
+    easiest questions."""
+    lv = pk.lv
+    e = lv.evidence.get(lv.cat.concept_ext[c])
+    trouble = (
+        f"{-e.run} wrong in a row on {lv.cat.name(c)}"
+        if e is not None and -e.run >= lv.rule.struggle_run
+        else f"no progress on {lv.cat.name(c)} after {e.n if e else 0} questions"
+    )
+    seen, frontier, candidates = {c}, list(lv.view["parents"][c]), []
+    while frontier:
+        p = frontier.pop(0)
+        if p in seen:
+            continue
+        seen.add(p)
+        if not lv.mastered[p]:
+            if pk.open[p]:
+                candidates.append(p)
+            frontier.extend(lv.view["parents"][p])
+    rank = lv.view["curriculum_rank"]
+    for p in sorted(candidates, key=lambda x: rank.get(x, 0)):
+        pk.take_concept(
+            p,
+            "step-back",
+            lambda q, p=p: (
+                f"Step back to {lv.cat.name(p)}, a prerequisite of {lv.cat.name(c)}: {trouble}. "
+                + pk.success_phrase(q)
+            ),
+            pk.room,
+        )
+        if pk.room <= 0:
+            return
+    pk.take_concept(
+        c,
+        "step-back",
+        lambda q: f"Easier question on {lv.cat.name(c)}: {trouble}. " + pk.success_phrase(q),
+        pk.room,
+        order="easy",
+    )
+
+
+@register(
+    "mixed",
+    "review a decayed concept, stay on the current concept until mastered (stepping back when "
+    "struggling), then the curriculum's next concept, then the target rule",
+)
+def _mixed(pk: Picker) -> None:
+    lv = pk.lv
+    if lv.estimate_then is not None:
+        _review(pk, 1)
+        pk.notes.clear()
+    focus = _focus(pk)
+    if focus is not None:
+        if lv.struggling[focus]:
+            _step_back(pk, focus)
+        else:
+            e = lv.evidence.get(lv.cat.concept_ext[focus])
+            so_far = f"{e.n_correct} of {e.n} correct so far" if e else "just started"
+            pk.take_concept(
+                focus,
+                "continue",
+                lambda p: (
+                    f"Keep practising {lv.cat.name(focus)} until it is mastered ({so_far}). "
+                    + pk.success_phrase(p)
+                ),
+                pk.room,
+            )
+    if pk.room > 0:
+        _curriculum(pk, pk.room, {focus} if focus is not None else set())
+    if pk.room > 0:
+        _target(pk, practice=False)
+
+
+@register("target", "the items whose predicted success is closest to the target")
+def _target_policy(pk: Picker) -> None:
+    _target(pk, practice=True)
+
+
+def _target(pk: Picker, *, practice: bool) -> None:
+    """Items closest to the target, concepts not yet mastered first; with ``practice`` also
+    items whose concepts are all mastered."""
+    lv = pk.lv
+    open_items = np.flatnonzero(pk.eligible)
+    mastered_items = np.zeros(len(pk.taken), dtype=bool)
+    if len(lv.cat.link_item):
+        # items all of whose concepts are mastered are practice, not learning: last
+        np.logical_or.at(mastered_items, lv.cat.link_item, lv.mastered[lv.cat.link_concept])
+        done = np.ones(len(pk.taken), dtype=bool)
+        np.logical_and.at(done, lv.cat.link_item, lv.mastered[lv.cat.link_concept])
+        mastered_items = done & (np.bincount(lv.cat.link_item, minlength=len(done)) > 0)
+
+    def why(p: int) -> str:
+        names = ", ".join(lv.cat.name(c) for c in lv.cat.item_concepts[p]) or "no concept"
+        return (
+            f"Predicted success {lv.p_items[p]:.2f} is close to the target {pk.target:.2f} "
+            f"({names})."
+        )
+
+    pk.take(open_items[~mastered_items[open_items]], "target", why, pk.room)
+    if pk.room > 0 and practice:
+        pk.take(open_items, "target", why, pk.room)
+    if not pk.picked:
+        _explain_nothing_open(pk)
+
+
+@register("review", "concepts whose predicted mastery has decayed since the last answer")
+def _review_policy(pk: Picker) -> None:
+    _review(pk, pk.n)
+
+
+@register("curriculum", "items of the next concept of the designed curriculum")
+def _curriculum_policy(pk: Picker) -> None:
+    _curriculum(pk, pk.n)
+
+
+@register(
+    "skill-builder",
+    "ASSISTments' rule: the curriculum's concepts in turn until 3 correct in a row (or the "
+    "daily cap), items at random",
+)
+def _skill_builder(pk: Picker) -> None:
+    lv = pk.lv
+    for c in lv.view["curriculum_pos"]:
+        e = lv.evidence.get(lv.cat.concept_ext[c])
+        if (e is not None and e.run >= 3) or lv.capped[c] or not pk.has_open_items(c):
+            continue
+        pk.take_concept(
+            c,
+            "skill-builder",
+            lambda p, c=c: f"Skill builder {lv.cat.name(c)}: until 3 correct in a row.",
+            pk.room,
+            order="random",
+        )
+        if pk.room <= 0:
+            return
+
+
+@register(
+    "lowest-mastery",
+    "OATutor's heuristic: the unmastered concept with the lowest reported mastery",
+)
+def _lowest_mastery(pk: Picker) -> None:
+    lv = pk.lv
+    m = np.nan_to_num(lv.mastery, nan=0.0)
+    for c in np.argsort(m, kind="stable"):
+        if lv.mastered[c] or not pk.open[c] or not pk.has_open_items(int(c)):
+            continue
+        pk.take_concept(
+            int(c),
+            "lowest-mastery",
+            lambda p, c=c: f"Lowest mastery: {lv.cat.name(c)} at {m[c]:.2f}.",
+            pk.room,
+            order="random",
+        )
+        if pk.room <= 0:
+            return
+
+
+@register("random", "items drawn at random from the catalogue")
+def _random(pk: Picker) -> None:
+    pk.take(
+        np.arange(len(pk.taken)),
+        "random",
+        lambda p: "Drawn at random.",
+        pk.room,
+        order="random",
+        allow=pk.fresh,
+    )
 
 
 def recommend(
@@ -280,137 +883,82 @@ def recommend(
     n: int,
     policy: str,
     target: float,
-    mastery_threshold: float,
     review_threshold: float,
+    seed: int = 0,
+    mastery_threshold: float | None = None,
 ) -> dict[str, Any]:
-    if policy not in POLICIES:
+    """Run the registered ``policy`` for one learner. ``mastery_threshold`` is kept for
+    callers of the earlier signature; the view's rule decides what is mastered."""
+    spec = POLICIES.get(policy)
+    if spec is None:
         raise Invalid(f"unknown policy {policy!r}; expected one of {', '.join(POLICIES)}")
-    n_items = len(lv.cat.item_ext)
-    mastered = _mastered(lv, mastery_threshold)
-    ok = _prereq_ok(lv, mastered) if n_items else np.zeros(0, dtype=bool)
-    fresh = np.ones(n_items, dtype=bool)
-    if lv.recent:
-        fresh[list(lv.recent)] = False
-    eligible = fresh & ok
-    relaxed = False
-    if not eligible.any():
-        eligible, relaxed = fresh.copy(), True
-    closeness = np.abs(lv.p_items - target)
-    picked: list[dict[str, Any]] = []
-    taken = np.zeros(n_items, dtype=bool)
-
-    def concept_label(pos: int) -> str:
-        return lv.cat.concept_ext[pos]
-
-    def take(positions: np.ndarray, rule: str, why: Any, limit: int) -> None:
-        positions = positions[eligible[positions] & ~taken[positions]]
-        positions = positions[np.argsort(closeness[positions], kind="stable")][:limit]
-        for p in positions:
-            taken[p] = True
-            cs = lv.cat.item_concepts[p]
-            picked.append(
-                {
-                    "item_id": lv.cat.item_ext[p],
-                    "predicted_success": round(float(lv.p_items[p]), 6),
-                    "concepts": [concept_label(c) for c in cs],
-                    "policy": rule,
-                    "reason": why(p),
-                }
-            )
-
-    def items_of(concepts: np.ndarray) -> np.ndarray:
-        return np.unique(lv.cat.link_item[np.isin(lv.cat.link_concept, concepts)])
-
-    def review(limit: int) -> None:
-        if lv.mastery_then is None:
-            return
-        now, then = np.nan_to_num(lv.mastery, nan=1.0), np.nan_to_num(lv.mastery_then, nan=0.0)
-        decayed = np.flatnonzero((then >= review_threshold) & (now < review_threshold))
-        decayed = decayed[np.argsort(now[decayed] - then[decayed])]
-        for c in decayed:
-            if len(picked) >= limit:
-                break
-            take(
-                items_of(np.array([c])),
-                "review",
-                lambda p, c=c: (
-                    f"review {concept_label(c)}: predicted mastery fell from "
-                    f"{then[c]:.2f} to {now[c]:.2f} since the last answer"
-                ),
-                1,
-            )
-
-    def curriculum(limit: int) -> None:
-        for c in lv.view["curriculum_pos"]:
-            if len(picked) >= limit:
-                break
-            if mastered[c] or not all(mastered[p] for p in lv.view["parents"][c]):
-                continue
-            k = lv.view["curriculum_pos"].index(c) + 1
-            take(
-                items_of(np.array([c])),
-                "curriculum",
-                lambda p, c=c, k=k: (
-                    f"next concept in the curriculum: {concept_label(c)} (position {k}, "
-                    f"mastery {np.nan_to_num(lv.mastery[c]):.2f}); predicted success "
-                    f"{lv.p_items[p]:.2f}"
-                ),
-                limit - len(picked),
-            )
-
-    def target_fill(limit: int) -> None:
-        take(
-            np.arange(n_items),
-            "target",
-            lambda p: f"predicted success {lv.p_items[p]:.2f} is close to the target {target:.2f}",
-            limit - len(picked),
-        )
-
-    if policy == "target":
-        target_fill(n)
-    elif policy == "review":
-        review(n)
-    elif policy == "curriculum":
-        curriculum(n)
-    else:
-        review(max(1, n // 3))
-        curriculum(len(picked) + max(1, (n + 1) // 2))
-        target_fill(n)
+    pk = Picker(lv, n=n, target=target, review_threshold=review_threshold, seed=seed)
+    spec.fill(pk)
+    if not pk.picked and policy not in ("review",) and pk.fresh.any():
+        # nothing open: relax the prerequisite gates (said so) rather than leave the learner
+        # without a question
+        pk.eligible = pk.fresh & ~_capped_items(pk)
+        if pk.eligible.any():
+            pk.relaxed = True
+            pk.open = ~lv.capped
+            spec.fill(pk)
+    note = None
+    if not pk.picked:
+        note = "; ".join(dict.fromkeys(pk.notes)) or "no item is open to this learner"
+        note = note[0].upper() + note[1:] + "."
     return {
         "policy": policy,
         "target": target,
         "model": {"id": lv.model.model_id, "name": lv.model.name, "forgets": lv.model.forgets},
         "prerequisites": lv.view["prerequisite_source"],
-        "prerequisites_relaxed": relaxed,
-        "items": picked[:n],
+        "prerequisites_relaxed": pk.relaxed,
+        "items": pk.picked[:n],
+        "note": note,
     }
+
+
+def _capped_items(pk: Picker) -> np.ndarray:
+    cat = pk.lv.cat
+    out = np.zeros(len(pk.taken), dtype=bool)
+    if len(cat.link_item):
+        out[cat.link_item[pk.lv.capped[cat.link_concept]]] = True
+    return out
 
 
 def curriculum_for(
     view: dict[str, Any],
     cat: Catalogue,
     mastery: np.ndarray | None,
-    mastery_threshold: float,
+    mastered: np.ndarray | None,
+    statuses: list[str] | None = None,
 ) -> dict[str, Any]:
+    """The designed curriculum with, per step, what it rests on and the mastery of a learner
+    (``statuses`` given) or a group (mean mastery; ``mastered`` when every member is)."""
     cur = view["curriculum"]
     steps = []
     for step, c in zip(cur.steps, view["curriculum_pos"], strict=True):
         m = None if mastery is None or np.isnan(mastery[c]) else round(float(mastery[c]), 6)
+        reason = step.reason
+        if view["after"][c]:
+            reason += "; usually after " + ", ".join(view["after"][c])
         steps.append(
             {
                 "position": step.position + 1,
                 "concept_id": step.concept_id,
-                "name": cat.concept_name[c],
+                "name": cat.name(c),
                 "score_gain": step.score_gain,
                 "prerequisites": step.prerequisites,
-                "reason": step.reason,
+                "prerequisite_names": [cat.name(p) for p in view["parents"][c]],
+                "reason": reason,
                 "mastery": m,
-                "mastered": m is not None and m >= mastery_threshold,
+                "mastered": bool(mastered[c]) if mastered is not None else False,
+                "status": statuses[c] if statuses is not None else None,
             }
         )
     return {
         "method": cur.method,
         "score": cur.score,
         "prerequisites": view["prerequisite_source"],
+        "data_precedence_pairs": len(view["data_edges"]),
         "steps": steps,
     }

@@ -233,6 +233,44 @@ class LoadedModel:
         scaled = np.clip((m - lo) / np.where(ok, span, 1.0), 0.0, 1.0)
         return np.where(ok, scaled, m)
 
+    def concept_items(self, concepts: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """The model items of ``concepts`` (model concept indices, 1..C) and the
+        ``[len(concepts), len(items)]`` averaging weights that turn their predictions into
+        concept mastery: what a read of a few concepts needs, instead of every item."""
+        w = self.concept_item_weights[torch.as_tensor(np.asarray(concepts, dtype=np.int64))]
+        cols = torch.nonzero(w.sum(0) > 0).flatten()
+        return cols.numpy(), w[:, cols]
+
+    @torch.no_grad()
+    def estimates(
+        self,
+        state: Any,
+        concepts: np.ndarray,
+        at_times: np.ndarray | None = None,
+        scale: str = "reachable",
+    ) -> np.ndarray:
+        """Concept mastery ``[n, len(concepts)]`` of the ``n`` learners of ``state`` for a few
+        model concepts (index 0: unknown, nan), predicting only their items; on the reachable
+        range (:meth:`scaled_mastery`) unless ``scale='success'``."""
+        concepts = np.asarray(concepts, dtype=np.int64)
+        n = state_batch_size(self, state)
+        out = np.full((n, len(concepts)), np.nan)
+        known = np.flatnonzero(concepts > 0)
+        if not len(known):
+            return out
+        items, w = self.concept_items(concepts[known])
+        if not len(items):
+            return out
+        p = torch.from_numpy(predict_many(self, state, items, at_times))
+        m = (p @ w.T).numpy().astype(np.float64)  # [n, k]
+        if scale == "reachable":
+            lo, hi = self.mastery_reference()
+            full = np.zeros((n, len(lo)))
+            full[:, concepts[known]] = m
+            m = self.scaled_mastery(full)[:, concepts[known]]
+        out[:, known] = m
+        return out
+
     @torch.no_grad()
     def concept_mastery(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Mastery of every model concept (index 1..C): the mean predicted success over its

@@ -20,10 +20,12 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import URL, func, insert, inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from . import evidence as evidence_mod
 from .db import (
     Concept,
     Interaction,
@@ -34,6 +36,7 @@ from .db import (
     ModelVersion,
     Organisation,
 )
+from .evidence import Evidence, EvidenceRule
 from .runtime import LoadedModel, ModelCache
 
 
@@ -126,6 +129,90 @@ def _history(session: Session, learner_id: int) -> list[tuple[str, int, datetime
     return [(r[0], int(r[1]), as_utc(r[2]), r[3]) for r in rows]
 
 
+def concepts_of_items(
+    session: Session, *, org_id: int, item_ext: list[str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Item external id -> its concepts' external ids (sorted by concept id), for the items
+    named (every item of the organisation when ``item_ext`` is None)."""
+    out: dict[str, list[str]] = {}
+    q = (
+        select(Item.external_id, Concept.external_id)
+        .join(ItemConcept, ItemConcept.item_id == Item.id)
+        .join(Concept, Concept.id == ItemConcept.concept_id)
+        .where(Item.org_id == org_id)
+        .order_by(Item.external_id, Concept.id)
+    )
+    if item_ext is None:
+        chunks: list[list[str] | None] = [None]
+    else:
+        uniq = sorted(set(item_ext))
+        chunks = [uniq[k : k + 5000] for k in range(0, len(uniq), 5000)]
+    for chunk in chunks:
+        qq = q if chunk is None else q.where(Item.external_id.in_(chunk))
+        for it, c in session.execute(qq):
+            out.setdefault(it, []).append(c)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def replay_histories(
+    model: LoadedModel,
+    hists: list[list[tuple[str, int, datetime, str]]],
+    firsts: list[datetime | None],
+    concepts_of: dict[str, tuple[str, ...]],
+) -> list[tuple[Any, Evidence]]:
+    """The one replay of stored histories (event order) through the model's serving form:
+    each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
+    started at a concept's first own answer from the model's estimate just before it, as the
+    answer path does. Histories are stepped together, one ``step`` per position."""
+    n = len(hists)
+    lens = np.array([len(h) for h in hists], dtype=np.int64)
+    t_max = int(lens.max()) if n else 0
+    items = np.zeros((n, max(t_max, 1)), dtype=np.int64)
+    correct = np.zeros((n, max(t_max, 1)), dtype=np.float32)
+    times = np.zeros((n, max(t_max, 1)), dtype=np.float32)
+    for k, h in enumerate(hists):
+        if not h:
+            continue
+        items[k, : len(h)] = model.item_idx([x[0] for x in h])
+        correct[k, : len(h)] = [x[1] for x in h]
+        times[k, : len(h)] = [model.time_value(x[2], firsts[k], j) for j, x in enumerate(h)]
+    evs: list[Evidence] = [{} for _ in range(n)]
+    state = model.model.init_state(n)
+    finals: list[Any] = [None] * n
+    for t in range(t_max):
+        active = np.flatnonzero(lens > t)
+        need: dict[int, list[str]] = {}
+        for k in active:
+            miss = evidence_mod.needs_prior(evs[k], concepts_of.get(hists[k][t][0], ()))
+            if miss:
+                need[int(k)] = miss
+        priors: dict[int, dict[str, float]] = {}
+        if need:
+            ks = np.array(sorted(need), dtype=np.int64)
+            cset = sorted({c for v in need.values() for c in v})
+            col = {c: j for j, c in enumerate(cset)}
+            cidx = np.array([_model_concept_index(model, c) or 0 for c in cset], dtype=np.int64)
+            sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
+            est = model.estimates(sub, cidx, times[ks, t] if model.forgets else None)
+            for r, k in enumerate(ks.tolist()):
+                priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
+        for k in active:
+            h = hists[k][t]
+            evidence_mod.fold(evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k))
+        state = model.model.step(
+            state,
+            torch.from_numpy(items[:, t]),
+            torch.from_numpy(correct[:, t]),
+            torch.from_numpy(times[:, t]),
+        )
+        for k in np.flatnonzero(lens == t + 1):
+            finals[k] = state if n == 1 else model.model.state_select(state, torch.tensor([k]))
+    return [
+        (finals[k] if finals[k] is not None else model.model.init_state(1), evs[k])
+        for k in range(n)
+    ]
+
+
 def rebuild_state(
     session: Session, *, learner: Learner, model: LoadedModel
 ) -> tuple[Any, LearnerState]:
@@ -134,16 +221,15 @@ def rebuild_state(
     first = as_utc(learner.first_seen)
     if hist and (first is None or hist[0][2] < first):
         first = learner.first_seen = hist[0][2]
-    state = model.model.init_state(1)
-    if hist:
-        items = model.item_idx([h[0] for h in hist]).tolist()
-        times = [model.time_value(h[2], first, k) for k, h in enumerate(hist)]
-        state = model.step_many(state, items, [h[1] for h in hist], times)
+    concepts_of = concepts_of_items(session, org_id=learner.org_id, item_ext=[h[0] for h in hist])
+    with torch.no_grad():
+        state, ev = replay_histories(model, [hist], [first], concepts_of)[0]
     row = session.get(LearnerState, (learner.id, model.model_id))
     if row is None:
         row = LearnerState(learner_id=learner.id, model_id=model.model_id, state=b"")
         session.add(row)
     row.state = model.encode(state)
+    row.evidence = evidence_mod.dump(ev)
     row.n_applied = len(hist)
     row.last_timestamp = hist[-1][2] if hist else None
     row.last_event_id = hist[-1][3] if hist else None
@@ -173,7 +259,15 @@ def keep_rebuilt_states(session: Session) -> None:
         session.commit()
         return
     snap = [
-        (r.learner_id, r.model_id, r.state, r.n_applied, r.last_timestamp, r.last_event_id)
+        (
+            r.learner_id,
+            r.model_id,
+            r.state,
+            r.evidence,
+            r.n_applied,
+            r.last_timestamp,
+            r.last_event_id,
+        )
         for r in rebuilt
     ]
     session.rollback()
@@ -184,7 +278,7 @@ def keep_rebuilt_states(session: Session) -> None:
 
     try:
         with factory() as w, w.begin():
-            for lid, mid, blob, n, ts, ev in snap:
+            for lid, mid, blob, evid, n, ts, ev in snap:
                 learner = w.get(Learner, lid)
                 if learner is None or learner.n_answers != n:
                     continue
@@ -192,7 +286,8 @@ def keep_rebuilt_states(session: Session) -> None:
                 if row is None:
                     row = LearnerState(learner_id=lid, model_id=mid, state=blob)
                     w.add(row)
-                row.state, row.n_applied, row.last_timestamp, row.last_event_id = blob, n, ts, ev
+                row.state, row.evidence, row.n_applied = blob, evid, n
+                row.last_timestamp, row.last_event_id = ts, ev
     except OperationalError:
         pass
 
@@ -216,7 +311,7 @@ def current_state(
     key = (learner.id, model.model_id)
     known = session.info.get(LOADED_STATES)
     row = known[key] if known and key in known else session.get(LearnerState, key)
-    if row is None or row.n_applied != learner.n_answers:
+    if row is None or row.n_applied != learner.n_answers or row.evidence is None:
         return rebuild_state(session, learner=learner, model=model)
     return model.decode(row.state), row
 
@@ -327,19 +422,45 @@ def mastery_of(
     model: LoadedModel,
     state: Any,
     concepts: list[Concept] | tuple[ConceptRef, ...],
+    *,
+    evidence: Evidence,
+    rule: EvidenceRule,
+    any_answers: bool,
     at_time: float | None = None,
+    scale: str = "reachable",
 ) -> list[dict[str, Any]]:
-    m = model.concept_mastery(state, at_time)
-    r = model.scaled_mastery(m)
+    """Each concept's status and reported mastery (:mod:`tutor.evidence`): the evidence
+    mastery where the learner has answered the concept, the model's estimate (labelled so)
+    where not; with the model's estimate and mean predicted success beside it. Predicts only
+    the items of ``concepts``."""
+    cidx = np.array(
+        [_model_concept_index(model, c.external_id) or 0 for c in concepts], dtype=np.int64
+    )
+    at = None if at_time is None else np.array([at_time])
+    success = model.estimates(state, cidx, at, scale="success")[0]
+    est = success
+    if scale == "reachable" and len(cidx):
+        lo, _ = model.mastery_reference()
+        full = np.zeros(len(lo))
+        full[cidx] = np.nan_to_num(success)
+        est = np.where(cidx > 0, model.scaled_mastery(full)[cidx], np.nan)
     out = []
-    for c in concepts:
-        idx = _model_concept_index(model, c.external_id)
+    for k, c in enumerate(concepts):
+        e = evidence.get(c.external_id)
+        known = cidx[k] > 0
+        own = e is not None and e.n > 0
+        reported = e.p if own else (float(est[k]) if known else None)
         out.append(
             {
                 "concept_id": c.external_id,
                 "name": c.name,
-                "mastery": None if idx is None else round(float(m[idx]), 6),
-                "reachable": None if idx is None else round(float(r[idx]), 6),
+                "status": evidence_mod.status(e, rule, any_answers=any_answers),
+                "answers": e.n if e is not None else 0,
+                "correct": e.n_correct if e is not None else 0,
+                "mastery": None if reported is None else round(float(reported), 6),
+                "estimate": round(float(est[k]), 6) if known else None,
+                "predicted_success": round(float(success[k]), 6) if known else None,
+                "basis": evidence_mod.basis(e, rule, any_answers=any_answers),
             }
         )
     return out
@@ -369,8 +490,12 @@ def record_answers(
     auto_create_learners: bool = False,
     auto_create_items: bool = False,
     allowed_learner: str | None = None,
+    rule: EvidenceRule | None = None,
+    scale: str = "reachable",
 ) -> list[dict[str, Any]]:
     """Store and apply answers (idempotent by event id); results in the input order.
+    ``rule`` and ``scale`` are the organisation's mastery criterion and estimate scale (for
+    the statuses in the responses; defaults: :class:`tutor.evidence.EvidenceRule`).
 
     ``allowed_learner`` restricts every answer to one learner (a learner's own key): others
     are reported as not found.
@@ -452,6 +577,8 @@ def record_answers(
             model=model,
             results=results,
             writes=writes,
+            rule=rule or EvidenceRule(),
+            scale=scale,
         )
     writes.apply(session)
     session.flush()
@@ -536,10 +663,14 @@ def _apply_learner(
     model: LoadedModel | None,
     results: list[dict[str, Any] | None],
     writes: _Writes,
+    rule: EvidenceRule,
+    scale: str,
 ) -> None:
     state, row = (None, None)
+    ev: Evidence = {}
     if model is not None:
         state, row = current_state(session, learner=learner, model=model)
+        ev = evidence_mod.load(row.evidence)
     for k, a in group:
         item = items[a.item_id]
         inter = {
@@ -574,15 +705,29 @@ def _apply_learner(
                 writes.apply(session)
                 session.flush()
                 state, row = rebuild_state(session, learner=learner, model=model)
+                ev = evidence_mod.load(row.evidence)
             else:
                 t = model.time_value(a.timestamp, as_utc(learner.first_seen), n_before)
+                cexts = [c.external_id for c in item.concepts]
+                need = evidence_mod.needs_prior(ev, cexts)
+                priors: dict[str, float] = {}
+                if need:  # the model's estimate just before the first own answer
+                    cidx = np.array([_model_concept_index(model, c) or 0 for c in need])
+                    at = np.array([t]) if model.forgets else None
+                    priors = dict(
+                        zip(need, model.estimates(state, cidx, at)[0].tolist(), strict=True)
+                    )
+                evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors)
                 idx = model.item_idx([a.item_id]).tolist()
                 state = model.step_many(state, idx, [int(a.correct)], [t])
                 writes.set(row, "state", model.encode(state))
+                writes.set(row, "evidence", evidence_mod.dump(ev))
                 writes.set(row, "n_applied", learner.n_answers)
                 writes.set(row, "last_timestamp", a.timestamp)
                 writes.set(row, "last_event_id", a.event_id)
-            mastery = mastery_of(model, state, item.concepts)
+            mastery = mastery_of(
+                model, state, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
+            )
         response = {
             "event_id": a.event_id,
             "learner_id": learner.external_id,
@@ -602,7 +747,13 @@ def _apply_learner(
 
 # ---------------------------------------------------------------------- reading
 def learner_mastery(
-    session: Session, *, org: Organisation, learner: Learner, at: datetime | None = None
+    session: Session,
+    *,
+    org: Organisation,
+    learner: Learner,
+    at: datetime | None = None,
+    rule: EvidenceRule | None = None,
+    scale: str = "reachable",
 ) -> dict[str, Any]:
     model = active_model(session, org=org)
     concepts = list(
@@ -612,16 +763,30 @@ def learner_mastery(
     )
     if model is None:
         raise NotFound("no active model for this organisation")
-    state, _ = current_state(session, learner=learner, model=model)
+    state, row = current_state(session, learner=learner, model=model)
     at_time = None
     if at is not None and model.forgets and learner.first_seen is not None:
         at_time = model.time_value(as_utc(at), as_utc(learner.first_seen), learner.n_answers)
+    rows = mastery_of(
+        model,
+        state,
+        concepts,
+        evidence=evidence_mod.load(row.evidence),
+        rule=rule or EvidenceRule(),
+        any_answers=learner.n_answers > 0,
+        at_time=at_time,
+        scale=scale,
+    )
+    counts = {s: 0 for s in evidence_mod.STATUSES}
+    for r in rows:
+        counts[r["status"]] += 1
     return {
         "learner_id": learner.external_id,
         "model": {"id": model.model_id, "name": model.name, "forgets": model.forgets},
         "at": at.isoformat() if at is not None else None,
         "n_answers": learner.n_answers,
-        "concepts": mastery_of(model, state, concepts, at_time),
+        "statuses": counts,
+        "concepts": rows,
     }
 
 

@@ -14,8 +14,20 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .evidence import EvidenceRule
+
 DEFAULT_PEPPER = "kt-tutor-development-pepper"
-POLICIES = ("mixed", "target", "review", "curriculum")
+#: the recommendation policies' names (tutor.recommend.POLICIES is the registry; a test keeps
+#: the two equal)
+POLICIES = (
+    "mixed",
+    "target",
+    "review",
+    "curriculum",
+    "skill-builder",
+    "lowest-mastery",
+    "random",
+)
 MASTERY_SCALES = ("reachable", "success")
 
 
@@ -39,13 +51,25 @@ class Settings(BaseSettings):
     #: requests per minute per API key; 0 switches rate limiting off
     rate_limit_per_minute: int = 0
     #: recommendation defaults (per-organisation settings override them)
-    default_policy: Literal["mixed", "target", "review", "curriculum"] = "mixed"
+    default_policy: Literal[
+        "mixed", "target", "review", "curriculum", "skill-builder", "lowest-mastery", "random"
+    ] = "mixed"
     target_success: float = Field(0.7, gt=0, lt=1)
     mastery_threshold: float = Field(0.8, gt=0, lt=1)
     #: what ``mastery_threshold`` is compared with: ``reachable`` = concept mastery on the
     #: range between a new learner and one who has just answered 3 in a row correctly
     #: (tutor.runtime.LoadedModel.scaled_mastery); ``success`` = mean predicted success
     mastery_scale: Literal["reachable", "success"] = "reachable"
+    #: evidence-based mastery (tutor.evidence): a concept is mastered with at least this many
+    #: of the learner's own answers and evidence mastery at or above ``mastery_threshold``
+    mastery_min_answers: int = Field(3, ge=1, le=1000)
+    #: struggling: this many own answers wrong in a row, or this many own answers without
+    #: mastery (the recommender then steps back and at-risk names the concept)
+    struggle_run: int = Field(3, ge=1, le=1000)
+    struggle_answers: int = Field(8, ge=1, le=1000)
+    #: at most this many questions on one concept per UTC day (ASSISTments' skill-builder
+    #: limit); 0 = no cap
+    concept_daily_cap: int = Field(10, ge=0, le=1000)
     review_threshold: float = Field(0.6, gt=0, lt=1)
     recent_exclusion: int = Field(5, ge=0)
     #: analytics: learners at risk (mean mastery of covered concepts below, a drop of at least
@@ -85,6 +109,22 @@ class Settings(BaseSettings):
                 "in production"
             )
         return self
+
+
+def evidence_rule(org_settings: dict | None, settings: Settings) -> EvidenceRule:
+    """The mastery criterion of an organisation: its overrides, else the service's settings."""
+    own = org_settings or {}
+
+    def get(key: str) -> object:
+        return own.get(key, getattr(settings, key))
+
+    return EvidenceRule(
+        mastery_threshold=float(get("mastery_threshold")),
+        min_answers=int(get("mastery_min_answers")),
+        struggle_run=int(get("struggle_run")),
+        struggle_answers=int(get("struggle_answers")),
+        daily_cap=int(get("concept_daily_cap")),
+    )
 
 
 @lru_cache

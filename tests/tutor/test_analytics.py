@@ -88,7 +88,7 @@ def _serving_replay(model, learner: str) -> tuple[list[float], list[np.ndarray]]
 def _mastery(client, world, learner: str) -> dict[str, float]:
     r = client.get(f"/v1/learners/{learner}/mastery", headers=world.headers("admin"))
     assert r.status_code == 200, r.text
-    return {c["concept_id"]: c["mastery"] for c in r.json()["concepts"]}
+    return {c["concept_id"]: c["predicted_success"] for c in r.json()["concepts"]}
 
 
 def test_items_have_the_fixture_concepts(posted, world):
@@ -448,7 +448,7 @@ def test_model_card_psikt_with_results(client, world, psikt_run, tmp_path):
     assert grid["at"].startswith("2024-06-01") and grid["model"]["forgets"] is True
     assert grid["learners"][0]["mastery"] != now["learners"][0]["mastery"]
     ref = client.get(f"/v1/learners/u0/mastery?at={later}", headers=h).json()
-    ref = {c["concept_id"]: c["mastery"] for c in ref["concepts"]}
+    ref = {c["concept_id"]: c["predicted_success"] for c in ref["concepts"]}
     cols = [c["concept_id"] for c in grid["concepts"]]
     assert grid["learners"][0]["mastery"] == pytest.approx([ref[c] for c in cols], abs=2e-6)
     # learning curves through PSI-KT's forward (on the clock) equal its serving form

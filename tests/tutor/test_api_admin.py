@@ -292,7 +292,7 @@ def test_settings_patch_changes_default_policy(client, world):
     assert body["policy"] == "target" and body["target"] == 0.6
     for bad, name in [
         ({"colour": "red"}, "colour"),
-        ({"default_policy": "random"}, "default_policy"),
+        ({"default_policy": "coin-toss"}, "default_policy"),
         ({"mastery_threshold": 1.0}, "mastery_threshold"),
         ({"review_threshold": True}, "review_threshold"),
         ({"recent_exclusion": -1}, "recent_exclusion"),

@@ -141,14 +141,14 @@ def test_early_contrast_switches_cluster():
         order = design_curriculum(v, ids, beam=width).order()
         assert order[0][0] != order[1][0], order
     steps = design_curriculum(v, ids).steps
-    assert "contrasts with previous" in steps[1].reason
+    assert "contrasts with the previous concept" in steps[1].reason
 
 
 def test_late_steps_revisit_similar_concepts():
     rng = np.random.default_rng(2)
     v = rng.normal(size=(10, 6))
     cur = design_curriculum(v, _ids(10))
-    assert any("revisits similar concept" in s.reason for s in cur.steps[2:])
+    assert any("builds on the similar concept" in s.reason for s in cur.steps[2:])
     assert all("revisits" not in s.reason for s in cur.steps[:2])
 
 

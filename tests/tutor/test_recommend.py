@@ -1,116 +1,237 @@
 """Recommendation policies on a hand-made learner view (no database, no model).
 
-Catalogue: concepts a -> b -> c (prerequisite chain) and d (free); two items per concept.
+Catalogue: concepts a -> b -> c (prerequisite chain) and d (free); two items per concept
+(plus a third for a). Mastery comes from the learner's own evidence (tutor.evidence).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tutor.recommend import Catalogue, LearnerView, recommend
+from tutor import evidence as ev
+from tutor.recommend import POLICIES, Catalogue, LearnerView, recommend
+from tutor.settings import POLICIES as SETTING_POLICIES
 
 CONCEPTS = ["a", "b", "c", "d"]
-ITEMS = ["a1", "a2", "b1", "b2", "c1", "c2", "d1", "d2"]
+ITEMS = ["a1", "a2", "b1", "b2", "c1", "c2", "d1", "d2", "a3"]
+ITEM_CONCEPT = [0, 0, 1, 1, 2, 2, 3, 3, 0]
+P = [0.9, 0.75, 0.6, 0.69, 0.3, 0.2, 0.5, 0.71, 0.95]
+DAY = datetime(2026, 1, 5, 10, tzinfo=UTC)
+
+
+def evidence(**answers: str) -> ev.Evidence:
+    """Own answers per concept as strings of 1/0, e.g. evidence(a="111")."""
+    out: ev.Evidence = {}
+    for concept, seq in answers.items():
+        for x in seq:
+            ev.fold(out, [concept], x == "1", DAY, {concept: 0.3})
+    return out
 
 
 def view(
-    p_items,
-    mastery,
-    mastery_then=None,
+    p_items=P,
+    own: ev.Evidence | None = None,
+    estimate=(0.5, 0.5, 0.5, 0.5),
+    estimate_then=None,
     recent=(),
     edges=((0, 1), (1, 2)),
     order=(0, 3, 1, 2),
+    rule: ev.EvidenceRule | None = None,
 ) -> LearnerView:
-    item_concepts = [np.array([k // 2]) for k in range(len(ITEMS))]
     cat = Catalogue(
         version=0,
         item_db=np.arange(1, len(ITEMS) + 1),
         item_ext=ITEMS,
-        item_concepts=item_concepts,
+        item_concepts=[np.array([c]) for c in ITEM_CONCEPT],
         concept_db=np.arange(1, 5),
         concept_ext=CONCEPTS,
-        concept_name=[c.upper() for c in CONCEPTS],
+        concept_name=[f"Concept {c.upper()}" for c in CONCEPTS],
         prerequisites=list(edges),
         link_item=np.arange(len(ITEMS)),
-        link_concept=np.array([k // 2 for k in range(len(ITEMS))]),
+        link_concept=np.array(ITEM_CONCEPT),
     )
-    parents = [[] for _ in CONCEPTS]
+    parents: list[list[int]] = [[] for _ in CONCEPTS]
     for a, b in edges:
         parents[b].append(a)
     v = {
         "edges": np.array(edges, dtype=np.int64).reshape(-1, 2),
         "curriculum_pos": list(order),
+        "curriculum_rank": {c: k for k, c in enumerate(order)},
         "parents": parents,
+        "after": [[] for _ in CONCEPTS],
+        "data_edges": [],
         "prerequisite_source": "organisation",
     }
-    model = SimpleNamespace(model_id=1, name="fake", forgets=mastery_then is not None)
+    model = SimpleNamespace(model_id=1, name="fake", forgets=estimate_then is not None)
+    own = own or {}
     return LearnerView(
-        cat,
-        v,
-        model,
-        np.asarray(p_items, dtype=float),
-        np.asarray(mastery, dtype=float),
-        None if mastery_then is None else np.asarray(mastery_then, dtype=float),
-        set(recent),
+        cat=cat,
+        view=v,
+        model=model,
+        p_items=np.asarray(p_items, dtype=float),
+        estimate=np.asarray(estimate, dtype=float),
+        estimate_then=None if estimate_then is None else np.asarray(estimate_then, dtype=float),
+        evidence=own,
+        rule=rule or ev.EvidenceRule(),
+        today=DAY.date().isoformat(),
+        recent=list(recent),
+        any_answers=bool(own),
     )
 
 
 def run(lv, policy, n=3, **kw):
-    args = {"target": 0.7, "mastery_threshold": 0.8, "review_threshold": 0.6, **kw}
+    args = {"target": 0.7, "review_threshold": 0.6, **kw}
     return recommend(lv, n=n, policy=policy, **args)
 
 
-P = [0.9, 0.75, 0.6, 0.69, 0.3, 0.2, 0.5, 0.71]
+def ids(out) -> list[str]:
+    return [i["item_id"] for i in out["items"]]
 
 
-def test_target_picks_closest_to_target_among_allowed_items():
-    # nothing mastered: b and c are blocked by their prerequisites
-    out = run(view(P, [0.5, 0.5, 0.5, 0.5]), "target")
-    ids = [i["item_id"] for i in out["items"]]
-    assert ids == ["d2", "a2", "d1"]
+def test_one_registry_behind_the_settings_and_unknown_policy_refused():
+    assert tuple(POLICIES) == SETTING_POLICIES
+    assert all(p.description for p in POLICIES.values())
+    with pytest.raises(Exception, match="unknown policy"):
+        run(view(), "hardest")
+
+
+def test_target_picks_closest_to_target_among_open_items():
+    # nothing mastered: b and c wait for their prerequisites
+    out = run(view(), "target")
+    assert ids(out) == ["d2", "a2", "d1"]
     assert all(i["policy"] == "target" for i in out["items"])
-    assert "0.71" in out["items"][0]["reason"]
+    assert "0.71" in out["items"][0]["reason"] and "Concept D" in out["items"][0]["reason"]
 
 
-def test_prerequisites_open_when_mastered_and_recent_items_are_skipped():
-    out = run(view(P, [0.9, 0.5, 0.5, 0.5], recent=[7]), "target")
-    ids = [i["item_id"] for i in out["items"]]
-    assert ids[0] == "b2"  # 0.69, allowed now that a is mastered
-    assert "d2" not in ids  # answered recently
-    assert not any(i.startswith("c") for i in ids)  # c still needs b
+def test_an_estimate_never_counts_as_mastered():
+    # the model is sure of a (estimate 1.0) but the learner never answered it: b stays closed
+    out = run(view(estimate=(1.0, 0.5, 0.5, 0.5)), "target", n=9)
+    assert not any(i.startswith(("b", "c")) for i in ids(out))
+    lv = view(estimate=(1.0, 0.5, 0.5, 0.5), own=evidence(d="1"))
+    assert lv.status(0) == "estimated" and not lv.mastered[0]
+
+
+def test_own_evidence_opens_prerequisites_and_recent_items_are_skipped():
+    out = run(view(own=evidence(a="111"), recent=[7]), "target")
+    assert ids(out)[0] == "b2"  # 0.69, open now that a is mastered by its own answers
+    assert "d2" not in ids(out)  # answered recently
+    assert not any(i.startswith("c") for i in ids(out))  # c still needs b
 
 
 def test_curriculum_follows_the_order_skipping_mastered_and_blocked():
-    out = run(view(P, [0.9, 0.5, 0.5, 0.5]), "curriculum", n=2)
+    out = run(view(own=evidence(a="111")), "curriculum", n=2)
     # order a, d, b, c: a is mastered -> d next
-    assert [i["item_id"] for i in out["items"]] == ["d2", "d1"]
-    assert "next concept in the curriculum: d" in out["items"][0]["reason"]
+    assert ids(out) == ["d2", "d1"]
+    reason = out["items"][0]["reason"]
+    assert reason.startswith("Next in the curriculum: Concept D (step 2 of 4")
 
 
-def test_review_picks_decayed_concepts_and_is_empty_without_forgetting():
-    lv = view(P, [0.9, 0.5, 0.5, 0.4], mastery_then=[0.9, 0.5, 0.5, 0.85])
+def test_review_picks_practised_decayed_concepts_and_says_why_it_is_empty():
+    lv = view(
+        own=evidence(a="111", d="11"),
+        estimate=(0.9, 0.5, 0.5, 0.4),
+        estimate_then=(0.9, 0.5, 0.5, 0.85),
+    )
     out = run(lv, "review", n=2)
     assert out["items"] and all(i["concepts"] == ["d"] for i in out["items"])
     assert "fell from 0.85 to 0.40" in out["items"][0]["reason"]
-    assert run(view(P, [0.9, 0.5, 0.5, 0.4]), "review")["items"] == []
+    empty = run(view(own=evidence(d="11")), "review")
+    assert empty["items"] == [] and "does not model forgetting" in empty["note"]
+    # a forgetting model with nothing decayed says so too
+    calm = run(view(estimate_then=(0.5,) * 4), "review")
+    assert calm["items"] == [] and "no practised concept" in calm["note"]
 
 
-def test_mixed_combines_review_curriculum_and_target():
-    lv = view(P, [0.9, 0.5, 0.5, 0.4], mastery_then=[0.9, 0.5, 0.5, 0.85])
-    out = run(lv, "mixed", n=4)
-    policies = [i["policy"] for i in out["items"]]
-    assert policies[0] == "review"
-    assert "curriculum" in policies and policies[-1] == "target"
-    ids = [i["item_id"] for i in out["items"]]
-    assert len(ids) == len(set(ids)) == 4
+def test_mixed_stays_on_the_current_concept_until_mastered():
+    lv = view(own=evidence(d="1"), recent=[6])
+    out = run(lv, "mixed", n=3)
+    assert out["items"][0]["policy"] == "continue" and out["items"][0]["concepts"] == ["d"]
+    assert (
+        "Keep practising Concept D until it is mastered (1 of 1 correct"
+        in (out["items"][0]["reason"])
+    )
+    # once d is mastered the learner moves on to the curriculum's next open concept (a)
+    done = run(view(own=evidence(d="111"), recent=[6, 7]), "mixed", n=1)
+    assert done["items"][0]["policy"] == "curriculum" and done["items"][0]["concepts"] == ["a"]
 
 
-def test_relaxed_when_nothing_is_allowed_and_unknown_policy_refused():
-    everything_blocked = view(P, [0.0] * 4, edges=((3, 0), (0, 1), (1, 2)), recent=[6, 7])
-    out = run(everything_blocked, "target")
+def test_an_always_correct_learner_moves_through_every_concept():
+    own: ev.Evidence = {}
+    recent: list[int] = []
+    per_concept: dict[str, int] = {}
+    for _ in range(40):
+        out = run(view(own=own, recent=recent[:5]), "mixed", n=1)
+        if not out["items"]:
+            break
+        assert not view(own=own).mastered.all(), "everything mastered, still recommended"
+        item = out["items"][0]
+        c = item["concepts"][0]
+        per_concept[c] = per_concept.get(c, 0) + 1
+        ev.fold(own, [c], True, DAY, {c: 0.3})
+        recent.insert(0, ITEMS.index(item["item_id"]))
+    lv = view(own=own)
+    assert lv.mastered.all(), per_concept
+    assert max(per_concept.values()) <= 4, per_concept
+    assert run(lv, "mixed")["note"].startswith("Every concept is mastered")
+
+
+def test_a_struggling_learner_steps_back_to_a_prerequisite_or_easier_items():
+    # b needs a; a was mastered long ago... but take a learner whose a is only learning
+    own = evidence(a="1", b="0000")
+    lv = view(own=own, recent=[2], edges=((0, 1), (1, 2)))
+    assert lv.status(1) == "struggling"
+    out = run(lv, "mixed", n=2)
+    # b is closed (a not mastered), so the focus is not b: the learner works on a
+    assert all(i["concepts"] == ["a"] for i in out["items"])
+    # with a mastered, b open and 4 wrong in a row: step back to b's easiest items
+    own = evidence(a="111", b="0000")
+    out = run(view(own=own, recent=[2]), "mixed", n=2)
+    first = out["items"][0]
+    assert first["policy"] == "step-back" and first["concepts"] == ["b"]
+    assert first["item_id"] == "b2"  # the easier of b's items (0.69 > 0.6)
+    assert "Easier question on Concept B: 4 wrong in a row" in first["reason"]
+    # a prerequisite that is not yet mastered is where a struggling learner goes back to
+    own = evidence(a="11", c="000")
+    lv = view(own=own, recent=[4], edges=((0, 2),), order=(0, 1, 2, 3))
+    out = run(lv, "mixed", n=1)
+    assert out["items"][0]["policy"] != "step-back" or out["items"][0]["concepts"] == ["a"]
+
+
+def test_step_back_goes_to_an_open_unmastered_prerequisite():
+    # c's prerequisite b is open (a mastered) but not mastered; c was answered anyway
+    own = evidence(a="111", b="1", c="000")
+    lv = view(own=own, recent=[4], edges=((0, 1), (1, 2)))
+    lv.view["edges"] = np.array([(0, 1)], dtype=np.int64)  # c's gate off: it is the focus
+    out = run(lv, "mixed", n=2)
+    first = out["items"][0]
+    assert first["policy"] == "step-back" and first["concepts"] == ["b"]
+    assert (
+        "Step back to Concept B, a prerequisite of Concept C: 3 wrong in a row" in (first["reason"])
+    )
+
+
+def test_the_daily_cap_moves_a_learner_on():
+    rule = ev.EvidenceRule(daily_cap=3)
+    own = evidence(d="010")
+    out = run(view(own=own, recent=[6], rule=rule), "mixed", n=2)
+    assert all(i["concepts"] != ["d"] for i in out["items"])
+    everything = evidence(a="000", b="000", c="000", d="000")
+    capped = run(view(own=everything, rule=rule, edges=()), "mixed")
+    assert capped["items"] == [] and "today's 3 questions" in capped["note"]
+
+
+def test_relaxed_when_nothing_is_open():
+    blocked = view(edges=((3, 0), (0, 1), (1, 2)), recent=[6, 7])
+    out = run(blocked, "target")
     assert out["prerequisites_relaxed"] is True and out["items"]
-    with pytest.raises(Exception, match="unknown policy"):
-        run(view(P, [0.5] * 4), "hardest")
+
+
+def test_target_items_are_distinct_and_closest():
+    out = run(view(own=evidence(a="111")), "target", n=4)
+    assert len(set(ids(out))) == len(ids(out))
+    gaps = [abs(i["predicted_success"] - 0.7) for i in out["items"]]
+    assert gaps[0] == min(gaps)

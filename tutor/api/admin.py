@@ -904,6 +904,10 @@ SETTING_KEYS = (
     "target_success",
     "mastery_threshold",
     "mastery_scale",
+    "mastery_min_answers",
+    "struggle_run",
+    "struggle_answers",
+    "concept_daily_cap",
     "review_threshold",
     "recent_exclusion",
     "risk_low_mastery",
@@ -916,7 +920,17 @@ SETTING_KEYS = (
 MAX_RECENT_EXCLUSION = 10_000
 #: settings that are positive integers / positive numbers (the rest not named here are
 #: probabilities strictly between 0 and 1)
-INT_SETTINGS = {"recent_exclusion", "risk_window_answers", "item_flag_min_attempts"}
+INT_SETTINGS = {
+    "recent_exclusion",
+    "risk_window_answers",
+    "item_flag_min_attempts",
+    "mastery_min_answers",
+    "struggle_run",
+    "struggle_answers",
+    "concept_daily_cap",
+}
+#: integer settings where 0 means "off"
+ZERO_OK_SETTINGS = {"recent_exclusion", "concept_daily_cap"}
 POSITIVE_SETTINGS = {"risk_inactive_days", "item_flag_z"}
 
 
@@ -935,7 +949,7 @@ def _check_setting(key: str, value: Any) -> Any:
     if key in INT_SETTINGS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("expected an integer")
-        low = 0 if key == "recent_exclusion" else 1
+        low = 0 if key in ZERO_OK_SETTINGS else 1
         if not low <= value <= MAX_RECENT_EXCLUSION:
             raise bad(f"expected {low} <= value <= {MAX_RECENT_EXCLUSION}")
         return value

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import service
 from ..db import Learner
+from ..settings import evidence_rule
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles
 from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
 
@@ -63,6 +64,8 @@ def post_answers(
                 auto_create_learners=settings.auto_create_learners and allowed is None,
                 auto_create_items=settings.auto_create_items,
                 allowed_learner=allowed,
+                rule=evidence_rule(org.settings, settings),
+                scale=(org.settings or {}).get("mastery_scale", settings.mastery_scale),
             )
             session.commit()
             break

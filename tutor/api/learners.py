@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from .. import recommend, service
 from ..db import Group, GroupMembership, Learner
-from ..settings import POLICIES
+from ..settings import POLICIES, evidence_rule
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
 from .schemas import CurriculumOut, History, Mastery, NextItems
 
@@ -33,16 +33,25 @@ def get_mastery(
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
+    settings: SettingsDep,
     at: Annotated[
         datetime | None,
         Query(description="Mastery at this (future) time, for models that forget (ISO 8601)"),
     ] = None,
 ) -> Mastery:
-    """Predicted mastery of every concept of the organisation (null where the active model
-    does not know the concept)."""
+    """Every concept of the organisation with its status (not started, estimated from other
+    concepts, learning, mastered, struggling), the learner's own answer count and the
+    reported mastery: from own answers where there are any, else the model's estimate."""
     model = service.active_model(session, org=org)
     learner = visible_learner(session, principal, learner_id, state_of=model)
-    out = service.learner_mastery(session, org=org, learner=learner, at=at)
+    out = service.learner_mastery(
+        session,
+        org=org,
+        learner=learner,
+        at=at,
+        rule=evidence_rule(org.settings, settings),
+        scale=_org_setting(org, settings, "mastery_scale"),
+    )
     _persist(session)
     return Mastery.model_validate(out)
 
@@ -76,6 +85,7 @@ def next_items(
         recent_exclusion=int(_org_setting(org, settings, "recent_exclusion")),
         at=at,
         scale=_org_setting(org, settings, "mastery_scale"),
+        rule=evidence_rule(org.settings, settings),
     )
     out = recommend.recommend(
         lv,
@@ -84,8 +94,8 @@ def next_items(
         target=target
         if target is not None
         else float(_org_setting(org, settings, "target_success")),
-        mastery_threshold=float(_org_setting(org, settings, "mastery_threshold")),
         review_threshold=float(_org_setting(org, settings, "review_threshold")),
+        seed=learner.id * 100_003 + learner.n_answers,
     )
     _persist(session)  # (may end the transaction: nothing of the session is read after it)
     return NextItems.model_validate({"learner_id": learner_ext, **out})
@@ -124,10 +134,10 @@ def learner_curriculum(
         learner=learner,
         recent_exclusion=0,
         scale=_org_setting(org, settings, "mastery_scale"),
+        rule=evidence_rule(org.settings, settings),
     )
-    out = recommend.curriculum_for(
-        lv.view, lv.cat, lv.mastery, float(_org_setting(org, settings, "mastery_threshold"))
-    )
+    statuses = [lv.status(c) for c in range(len(lv.cat.concept_ext))]
+    out = recommend.curriculum_for(lv.view, lv.cat, lv.mastery, lv.mastered, statuses)
     _persist(session)
     return CurriculumOut.model_validate({"scope": f"learner {learner_ext}", **out})
 
@@ -155,21 +165,21 @@ def group_curriculum(
     model = service.active_model(session, org=org)
     if model is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no active model for this organisation")
+    rule = evidence_rule(org.settings, settings)
+    scale = _org_setting(org, settings, "mastery_scale")
+    views = [
+        recommend.learner_view(
+            session, org=org, learner=lr, recent_exclusion=0, scale=scale, rule=rule
+        )
+        for lr in learners
+    ]
     cat = recommend.catalogue(session, org)
     view = recommend._model_view(cat, model)
-    mean = None
-    if learners:
-        cidx = view["concept_idx"]
-        reachable = _org_setting(org, settings, "mastery_scale") == "reachable"
-        rows = []
-        for learner in learners:
-            state, _ = service.current_state(session, learner=learner, model=model)
-            m = model.concept_mastery(state)
-            rows.append((model.scaled_mastery(m) if reachable else m)[cidx])
-        mean = np.where(cidx > 0, np.mean(rows, axis=0), np.nan)
-    out = recommend.curriculum_for(
-        view, cat, mean, float(_org_setting(org, settings, "mastery_threshold"))
-    )
+    mean = all_mastered = None
+    if views:
+        mean = np.mean([lv.mastery for lv in views], axis=0)
+        all_mastered = np.all([lv.mastered for lv in views], axis=0)
+    out = recommend.curriculum_for(view, cat, mean, all_mastered)
     _persist(session)
     return CurriculumOut.model_validate(
         {"scope": f"group {group.external_id} ({len(learners)} learners)", **out}

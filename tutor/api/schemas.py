@@ -43,19 +43,31 @@ class AnswerBatch(BaseModel):
 
 
 class ConceptMastery(BaseModel):
+    """One concept of a learner: its status and the mastery the service reports and gates on
+    (tutor.evidence)."""
+
     concept_id: str
     name: str = ""
+    status: Literal["not_started", "estimated", "learning", "mastered", "struggling"] = Field(
+        description="not_started / estimated (no own answers: inferred from other concepts) / "
+        "learning / mastered (enough own answers at the mastery threshold) / struggling"
+    )
+    answers: int = Field(description="The learner's own answers on the concept")
+    correct: int = Field(description="How many of them were correct")
     mastery: float | None = Field(
-        description="Mean predicted success over the concept's items (null: unknown to the model)"
+        description="Reported mastery: from the learner's own answers where there are any "
+        "(never falls after a correct one, never rises after a wrong one), else the model's "
+        "estimate (null: the concept is unknown to the model)"
     )
-    reachable: float | None = Field(
+    estimate: float | None = Field(
         None,
-        description=(
-            "The same mastery on the reachable range: 0 = a new learner, 1 = a learner who "
-            "has just answered 3 in a row correctly (what mastery_scale='reachable' compares "
-            "with the mastery threshold)"
-        ),
+        description="The model's estimate on the organisation's mastery scale (reachable: "
+        "0 = a new learner, 1 = one who just answered 3 in a row correctly)",
     )
+    predicted_success: float | None = Field(
+        None, description="The model's mean predicted success over the concept's items"
+    )
+    basis: str = Field("", description="What the reported mastery rests on, in words")
 
 
 class ModelRef(BaseModel):
@@ -84,6 +96,7 @@ class Mastery(BaseModel):
     model: ModelRef
     at: str | None
     n_answers: int
+    statuses: dict[str, int] = Field(description="How many concepts have each status")
     concepts: list[ConceptMastery]
 
 
@@ -108,7 +121,11 @@ class Recommendation(BaseModel):
     item_id: str
     predicted_success: float
     concepts: list[str]
-    policy: Literal["target", "review", "curriculum"]
+    concept_names: list[str] = Field(default_factory=list)
+    policy: str = Field(
+        description="The rule that chose the item: continue, step-back, review, curriculum, "
+        "target, or a baseline policy's name"
+    )
     reason: str
 
 
@@ -120,6 +137,7 @@ class NextItems(BaseModel):
     prerequisites: str = Field(description="organisation, learned by the model, or none")
     prerequisites_relaxed: bool
     items: list[Recommendation]
+    note: str | None = Field(None, description="Why the list is empty (null when it is not)")
 
 
 class CurriculumStepOut(BaseModel):
@@ -128,9 +146,11 @@ class CurriculumStepOut(BaseModel):
     name: str
     score_gain: float | None
     prerequisites: list[str]
-    reason: str
+    prerequisite_names: list[str] = Field(default_factory=list)
+    reason: str = Field(description="What the step rests on")
     mastery: float | None
     mastered: bool
+    status: str | None = Field(None, description="The learner's status (learner curricula)")
 
 
 class CurriculumOut(BaseModel):
@@ -138,4 +158,7 @@ class CurriculumOut(BaseModel):
     method: str
     score: float | None
     prerequisites: str
+    data_precedence_pairs: int = Field(
+        0, description="Concept pairs ordered by the order most learners met them in the logs"
+    )
     steps: list[CurriculumStepOut]

@@ -39,7 +39,7 @@ from .. import service
 from .. import xapi as mapping
 from ..db import GroupMembership, Interaction, Learner, Organisation, XAPIStatement
 from ..security import Principal
-from ..settings import Settings
+from ..settings import Settings, evidence_rule
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles
 
 RETRIES = 3
@@ -222,6 +222,7 @@ def _store_once(
             answers=answers,
             auto_create_learners=settings.auto_create_learners,
             auto_create_items=settings.auto_create_items,
+            rule=evidence_rule(org.settings, settings),
         )
     actors = {st["id"]: mapping.actor_id(st["actor"]) for st, _ in fresh}
     learners = dict(

@@ -214,6 +214,10 @@ class LearnerState(Base):
     n_applied: Mapped[int] = mapped_column(Integer, default=0)
     last_timestamp: Mapped[datetime | None]
     last_event_id: Mapped[str | None] = mapped_column(String(200))
+    #: the learner's own evidence per concept (tutor.evidence): {concept external id:
+    #: [answers, correct, run, evidence mastery, day, answers that day]}; null: not built yet
+    #: (rows from before migration 0002: rebuilt on their next read)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
