@@ -239,9 +239,8 @@ class Audit:
             if not out["items"]:
                 break
             item = out["items"][0]
-            for c in item["concepts"]:
-                if c in mastered_at:
-                    after_mastered += 1
+            if item["concepts"] and all(c in mastered_at for c in item["concepts"]):
+                after_mastered += 1  # an item of nothing but mastered concepts
             res = self.answer(ext, item["item_id"], 1, at, k)
             for m in res["mastery"]:
                 c = m["concept_id"]
@@ -341,7 +340,14 @@ class Audit:
                     if ps:
                         target_gap.append(float(np.mean(np.abs(np.array(ps) - 0.7))))
                         distinct_items.append(len({i["item_id"] for i in t["items"]}))
-                        distinct_preds.append(len({round(p, 4) for p in ps}))
+                    # items of one concept told apart: distinct predictions among the items
+                    # of the first recommended item's concept that the 5 hold
+                    first = t["items"][0]["concepts"][:1] if t["items"] else []
+                    same = [
+                        i["predicted_success"] for i in t["items"] if i["concepts"][:1] == first
+                    ]
+                    if len(same) > 1:
+                        distinct_preds.append(len(set(same)) / len(same))
                     mixed = self.next_items(name, at + GAP)
                     below += sum(i["predicted_success"] < 0.4 for i in mixed["items"])
                     below_n += len(mixed["items"])
@@ -359,7 +365,9 @@ class Audit:
             "mastered_without_answers": no_evidence_mastered,
             "target_gap": float(np.mean(target_gap)) if target_gap else float("nan"),
             "distinct_items": float(np.mean(distinct_items)) if distinct_items else float("nan"),
-            "distinct_preds": float(np.mean(distinct_preds)) if distinct_preds else float("nan"),
+            "same_concept_distinct": (
+                float(np.mean(distinct_preds)) if distinct_preds else float("nan")
+            ),
             "mixed_below_0.4": below / below_n if below_n else float("nan"),
         }
 
@@ -425,7 +433,13 @@ def main() -> None:
     ap.add_argument("--replay-answers", type=int, default=150)
     ap.add_argument("--max-questions", type=int, default=1500)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "tutor_audit.txt")
+    ap.add_argument(
+        "--render", type=Path, default=None, help="only print the table of a results .json"
+    )
     args = ap.parse_args()
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text()), args))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
@@ -465,9 +479,10 @@ def main() -> None:
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     head = (
         "| dataset | model | (a) questions per concept: median / max | (a) left unmastered | "
-        "(a) recommended after mastered | (b) first step back (question) | (b) at-risk reason | "
-        "(c) violations reported / raw model (checks) | (c) mastered without own answers | "
-        "(d) order pairs kept | (e) target |p-0.7| | (e) distinct items / predictions in 5 | "
+        "(a) items of mastered concepts only | (b) first step back (question) | "
+        "(b) at-risk reason | (c) violations reported / raw model (checks) | "
+        "(c) mastered without own answers | (d) order pairs kept | (e) target |p-0.7| | "
+        "(e) distinct items in 5 / distinct predictions within a concept | "
         "(e) mixed items < 0.4 | (e) concept switches per 10 |"
     )
     lines = [
@@ -489,7 +504,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{c['violations_reported']} / {c['violations_raw']} ({c['checks']}) | "
             f"{c['mastered_without_answers']} | {d['kept']} of {d['pairs']} "
             f"({d['share']:.0%}) | {c['target_gap']:.3f} | {c['distinct_items']:.1f} / "
-            f"{c['distinct_preds']:.1f} | {c['mixed_below_0.4']:.0%} | "
+            f"{c['same_concept_distinct']:.0%} | {c['mixed_below_0.4']:.0%} | "
             f"{r['switches_per_10']:.1f} |"
         )
     lines.append("")

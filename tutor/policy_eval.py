@@ -24,27 +24,25 @@ For one simulator setting (:mod:`tutor.simulate`), :func:`evaluate_setting`
 key, ``POST /v1/answers`` and ``GET /v1/learners/{id}/next-items``) and the same learners
 in-process, and counts identical choices: the evaluation's path is the API's path.
 
-Policies (:func:`make_policy` names):
+Policies (:func:`make_policy` names). Every policy the service has is one entry of its
+registry (:data:`tutor.recommend.POLICIES`), run here exactly as ``next-items`` runs it; only
+two schedules that need the evaluation's own knowledge stay here:
 
-* ``random``: an item drawn uniformly from the catalogue;
-* ``textbook``: concepts in the textbook's (curriculum) order, ``ceil(N / C)`` questions per
-  concept, the concept's items in catalogue order, then around again;
-* ``skill-builder``: the ASSISTments skill-builder rule: the current concept in textbook
-  order until 3 correct answers in a row, then the next concept; ASSISTments' daily limit of
-  10 problems per skill builder moves the learner on (the concept is returned to after the
-  last one); items drawn at random within the concept; once every concept is done, a random
-  concept;
-* ``lowest-mastery``: OATutor's heuristic with BKT: the concept with the lowest BKT mastery
-  (the service's concept mastery of the BKT model) among those below OATutor's 0.95 mastery
-  threshold, an item of it at random among the ones not just answered;
-* ``MODEL:POLICY`` with MODEL in dkt, cakt, psikt and POLICY in target, review, curriculum,
-  mixed: the service's recommender (first recommended item), with the service's settings
-  (mastery on the reachable scale unless ``mastery_scale='success'``). ``review`` recommends
-  nothing when no concept has decayed (always, for models that do not forget), and ``curriculum``
-  nothing once every concept is predicted mastered: the evaluation then takes the ``target``
-  recommendation and counts these fallbacks;
-* ``hardest:MODEL``: the item with the lowest predicted success (a deliberately bad policy,
-  for the tests).
+* ``random``, ``skill-builder``, ``lowest-mastery``: the registry's baselines, run with the
+  BKT model's view (``random``: an item at random; ``skill-builder``: ASSISTments' rule, the
+  curriculum's concepts in turn until 3 correct in a row, the daily cap of 10 moving the
+  learner on, items at random; ``lowest-mastery``: OATutor's heuristic, the unmastered concept
+  with the lowest reported mastery, BKT's estimate read as predicted success);
+* ``MODEL:POLICY`` with MODEL in dkt, cakt, psikt and POLICY a registry name (target, review,
+  curriculum, mixed, ...): the service's recommender (first recommended item), with the
+  service's settings. A policy that recommends nothing (``review`` when nothing has decayed,
+  every policy once every concept is mastered) is replaced by ``target`` for that question and
+  the fallback counted;
+* ``textbook`` (evaluation only: it needs the question budget): concepts in the textbook's
+  order, ``ceil(N / C)`` questions per concept, the concept's items in catalogue order, then
+  around again;
+* ``hardest:MODEL`` (evaluation only): the item with the lowest predicted success (a
+  deliberately bad policy, for the tests).
 
 Session schedule (the same for every policy): sessions of ``session_length`` questions,
 ``answer_gap_s`` seconds apart; between sessions a log-normal gap with median
@@ -65,10 +63,15 @@ from typing import Any
 import numpy as np
 
 from .evidence import EvidenceRule
+from .settings import POLICIES as POLICY_NAMES
 from .simulate import SimLearner, SimulationError, SimWorld, WorldSetting, make_world, write_dataset
 
 BASELINES = ("random", "textbook", "skill-builder", "lowest-mastery")
-SERVICE_POLICIES = ("target", "review", "curriculum", "mixed")
+#: the registry's policies (tutor.recommend.POLICIES), names only (the registry imports the
+#: service; this module is imported by the CLI before any database exists)
+SERVICE_POLICIES = POLICY_NAMES
+#: registry baselines run on their own (without a model prefix) read the BKT model's view
+REGISTRY_BASELINES = ("random", "skill-builder", "lowest-mastery")
 MODELS = ("dkt", "cakt", "psikt")
 #: what ``tutor policy-eval`` runs by default: the baselines and our policies. ``review`` and
 #: ``curriculum`` only with PSI-KT: for models that do not forget, review recommends nothing
@@ -179,11 +182,11 @@ class EvalConfig:
 
 
 def parse_policy(name: str) -> tuple[str, str | None, str | None]:
-    """``(kind, model, service policy)`` of a policy name; unknown names are refused."""
-    if name in ("random", "textbook", "skill-builder"):
+    """``(kind, model, registry policy)`` of a policy name; unknown names are refused."""
+    if name == "textbook":
         return name, None, None
-    if name == "lowest-mastery":
-        return name, "bkt", None
+    if name in REGISTRY_BASELINES:
+        return "baseline", "bkt", name
     if name.startswith("hardest:"):
         model = name.split(":", 1)[1]
         if model not in (*MODELS, "bkt"):
@@ -285,23 +288,6 @@ class Policy:
     def choose(self, ctx: StepContext) -> int:
         raise NotImplementedError
 
-    def _fresh_item(self, concept: int, ctx: StepContext) -> int:
-        """A random item of ``concept``, avoiding the last few answered when possible."""
-        items = self.concept_items[concept]
-        recent = (
-            set(ctx.items[-self.cfg.recent_exclusion :]) if self.cfg.recent_exclusion else set()
-        )
-        fresh = [i for i in items if i not in recent]
-        pool = fresh or list(items)
-        return int(pool[int(self.rng.integers(len(pool)))])
-
-
-class RandomPolicy(Policy):
-    name = "random"
-
-    def choose(self, ctx: StepContext) -> int:
-        return int(self.rng.integers(self.world.n_items))
-
 
 class TextbookPolicy(Policy):
     name = "textbook"
@@ -313,40 +299,6 @@ class TextbookPolicy(Policy):
         c = (k // per) % C
         items = self.concept_items[c]
         return int(items[(k % per + (k // (per * C)) * per) % len(items)])
-
-
-class SkillBuilderPolicy(Policy):
-    name = "skill-builder"
-    streak_needed = 3
-    daily_limit = 10
-
-    def __init__(self, world: SimWorld, cfg: EvalConfig, seed: int) -> None:
-        super().__init__(world, cfg, seed)
-        self.todo = list(range(world.n_concepts))  # unfinished concepts in textbook order
-        self.pos = 0
-        self.streak = 0
-        self.today = 0
-        self.day = None
-
-    def choose(self, ctx: StepContext) -> int:
-        if ctx.items and self.todo:
-            # the answer to the previous question counts on the current concept
-            self.streak = self.streak + 1 if ctx.answers[-1] else 0
-            self.today += 1
-            if self.streak >= self.streak_needed:
-                self.todo.pop(self.pos)
-                self.streak = self.today = 0
-            elif self.today >= self.daily_limit:
-                self.pos += 1
-                self.streak = self.today = 0
-            if self.todo:
-                self.pos %= len(self.todo)
-        day = ctx.at.date()
-        if day != self.day:
-            self.day, self.today = day, 0
-        if not self.todo:
-            return self._fresh_item(int(self.rng.integers(self.world.n_concepts)), ctx)
-        return self._fresh_item(self.todo[self.pos], ctx)
 
 
 class ServicePolicy(Policy):
@@ -366,8 +318,8 @@ class ServicePolicy(Policy):
             learner=ctx.learner,
             recent_exclusion=self.cfg.recent_exclusion,
             at=ctx.at,
-            # OATutor's heuristic reads BKT's mastery as it is (against its 0.95 threshold)
-            scale="success" if self.kind == "lowest-mastery" else self.cfg.mastery_scale,
+            # OATutor's heuristic reads BKT's mastery as it is
+            scale="success" if self.service_policy == "lowest-mastery" else self.cfg.mastery_scale,
             rule=EvidenceRule(
                 mastery_threshold=policy_overrides(self.name).get(
                     "mastery", self.cfg.rec_mastery_threshold
@@ -379,12 +331,6 @@ class ServicePolicy(Policy):
         from . import recommend
 
         lv = self._view(ctx)
-        if self.kind == "lowest-mastery":
-            m = np.nan_to_num(lv.mastery, nan=0.0)
-            open_ = np.flatnonzero(m < 0.95)
-            pool = open_ if len(open_) else np.arange(len(m))
-            pos = int(pool[np.argmin(m[pool])])
-            return self._fresh_item(int(lv.cat.concept_ext[pos]), ctx)
         if self.kind == "hardest":
             p = lv.p_items.copy()
             if lv.recent and len(lv.recent) < len(p):
@@ -396,6 +342,7 @@ class ServicePolicy(Policy):
             "target": over.get("target", self.cfg.target),
             "review_threshold": self.cfg.review_threshold,
         }
+        kw["seed"] = int(self.rng.integers(2**31))
         out = recommend.recommend(lv, policy=self.service_policy, **kw)
         if not out["items"]:
             self.fallbacks += 1
@@ -407,15 +354,16 @@ def _item_index(external_id: str) -> int:
     return int(external_id[1:]) - 1
 
 
+#: schedules that need the evaluation's own knowledge (the question budget); every other
+#: policy is the service's registry
+EVALUATION_ONLY: dict[str, type[Policy]] = {"textbook": TextbookPolicy}
+
+
 def make_policy(name: str, world: SimWorld, cfg: EvalConfig, seed: int) -> Policy:
     """A fresh policy object for one learner (see the module docstring for the names)."""
     kind, _, _ = parse_policy(name)
-    if kind == "random":
-        return RandomPolicy(world, cfg, seed)
-    if kind == "textbook":
-        return TextbookPolicy(world, cfg, seed)
-    if kind == "skill-builder":
-        return SkillBuilderPolicy(world, cfg, seed)
+    if kind in EVALUATION_ONLY:
+        return EVALUATION_ONLY[kind](world, cfg, seed)
     return ServicePolicy(world, cfg, seed, name)
 
 

@@ -68,6 +68,12 @@ ITEM_SHRINKAGE = 10.0
 PRECEDENCE_LEARNERS = 5000
 PRECEDENCE_MIN_LEARNERS = 20
 PRECEDENCE_AGREEMENT = 0.7
+#: a concept's mean first-meeting position is shrunk towards the middle (0.5) with this many
+#: pseudo-learners, so that a concept a handful of learners met first does not lead the order
+PRECEDENCE_SHRINKAGE = 20.0
+#: weight of difficulty (harder concepts later) against the first-meeting position in the
+#: precedence the curriculum designer is given
+DIFFICULTY_WEIGHT = 1.0 / 3.0
 
 
 @dataclass
@@ -91,8 +97,11 @@ class Catalogue:
     item_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: [C, C] learners who met concept a (row) before concept b (column) in their logs
     met_before: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    #: [C] mean position (0 first .. 1 last) at which learners met each concept (nan: never)
+    #: [C] mean position (0 first .. 1 last) at which learners met each concept, shrunk
+    #: towards 0.5 (PRECEDENCE_SHRINKAGE); 0.5 for a concept nobody met
     met_position: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: [C] share of correct answers on each concept (Laplace-smoothed; 0.5 without answers)
+    concept_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def name(self, pos: int) -> str:
@@ -151,7 +160,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
     ).astype(np.int64)
     cat.item_pos = {ext: k for k, ext in enumerate(cat.item_ext)}
-    cat.item_offset = _item_offsets(session, org, cat)
+    cat.item_offset, cat.concept_rate = _item_offsets(session, org, cat)
     cat.met_before, cat.met_position = _precedence(session, org, cat)
     with _LOCK:
         _CACHE[key] = cat
@@ -163,10 +172,12 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _item_offsets(session: Session, org: Organisation, cat: Catalogue) -> np.ndarray:
+def _item_offsets(
+    session: Session, org: Organisation, cat: Catalogue
+) -> tuple[np.ndarray, np.ndarray]:
     """Each item's difficulty against its concepts' as a logit shift, from the organisation's
     answers: ``logit((k_i + a r_c) / (n_i + a)) - logit(r_c)`` with ``a = ITEM_SHRINKAGE`` and
-    ``r_c`` the success rate of the item's concepts (pooled)."""
+    ``r_c`` the success rate of the item's concepts (pooled); and the concepts' rates."""
     n_i = np.zeros(len(cat.item_ext))
     k_i = np.zeros(len(cat.item_ext))
     pos = {int(d): k for k, d in enumerate(cat.item_db.tolist())}
@@ -180,7 +191,7 @@ def _item_offsets(session: Session, org: Organisation, cat: Catalogue) -> np.nda
         if p is not None:
             n_i[p], k_i[p] = float(n), float(k or 0)
     if not len(cat.link_item):
-        return np.zeros(len(cat.item_ext))
+        return np.zeros(len(cat.item_ext)), np.full(len(cat.concept_ext), 0.5)
     n_c = np.bincount(cat.link_concept, weights=n_i[cat.link_item], minlength=len(cat.concept_ext))
     k_c = np.bincount(cat.link_concept, weights=k_i[cat.link_item], minlength=len(cat.concept_ext))
     rate_c = (k_c + 1.0) / (n_c + 2.0)  # Laplace: a concept without answers sits at 0.5
@@ -190,7 +201,7 @@ def _item_offsets(session: Session, org: Organisation, cat: Catalogue) -> np.nda
     links = np.bincount(cat.link_item, minlength=len(cat.item_ext))
     base = np.where(links > 0, per_item / np.maximum(links, 1), 0.5)
     shrunk = (k_i + ITEM_SHRINKAGE * base) / (n_i + ITEM_SHRINKAGE)
-    return _logit(shrunk) - _logit(base)
+    return _logit(shrunk) - _logit(base), rate_c
 
 
 def _precedence(
@@ -232,7 +243,7 @@ def _precedence(
             np.add.at(pos_sum, idx, np.arange(len(idx)) / (len(idx) - 1))
             np.add.at(pos_n, idx, 1.0)
         k = j
-    position = np.divide(pos_sum, pos_n, out=np.full(c, np.nan), where=pos_n > 0)
+    position = (pos_sum + PRECEDENCE_SHRINKAGE * 0.5) / (pos_n + PRECEDENCE_SHRINKAGE)
     return before, position
 
 
@@ -326,7 +337,12 @@ def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
         vectors = np.zeros((len(cat.concept_ext), cvn.shape[1]))
         have = concept_idx > 0
         vectors[have] = cvn[concept_idx[have] - 1]
-    position = np.nan_to_num(cat.met_position, nan=1.0) if len(cat.met_position) else None
+    position = None
+    if len(cat.met_position):
+        # harder concepts later: the rank of 1 - success rate, in [0, 1]
+        k = len(cat.concept_rate)
+        hard = np.argsort(np.argsort(-cat.concept_rate, kind="stable")) / max(k - 1, 1)
+        position = (1 - DIFFICULTY_WEIGHT) * cat.met_position + DIFFICULTY_WEIGHT * hard
     order_edges = [(cat.concept_ext[a], cat.concept_ext[b]) for a, b in gates] + [
         (cat.concept_ext[a], cat.concept_ext[b]) for a, b, _, _ in data_edges
     ]

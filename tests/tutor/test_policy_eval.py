@@ -15,13 +15,14 @@ from tutor.cli import app
 from tutor.policy_eval import (
     EvalConfig,
     PolicyEvalError,
-    SkillBuilderPolicy,
+    ServicePolicy,
     StepContext,
     TextbookPolicy,
     build_service,
     evaluate_setting,
     http_check,
     make_cohort,
+    make_policy,
     mean_ci,
     paired_difference,
     parse_policy,
@@ -151,27 +152,18 @@ def test_textbook_order() -> None:
     assert concepts[10:] == [0, 0] and items[10] != items[0]  # around again, next items
 
 
-def test_skill_builder_rule() -> None:
+def test_baselines_are_the_service_registry() -> None:
     world = make_world(tiny_setting(), learners=2, seed=0)
-    pol = SkillBuilderPolicy(world, TINY, 0)
-    items: list[int] = []
-    answers = [1, 0, 1, 1, 1, 1]  # three in a row only at the 5th answer
-    for a in answers:
-        items.append(pol.choose(_ctx(items, answers[: len(items)])))
-        _ = a
-    concepts = world.item_concepts[items, 0].tolist()
-    assert concepts == [0, 0, 0, 0, 0, 1]
-    # ten attempts in a day without three in a row: on to the next concept
-    pol = SkillBuilderPolicy(world, TINY, 0)
-    items, answers = [], [0] * 12
-    for _ in range(12):
-        items.append(pol.choose(_ctx(items, answers[: len(items)])))
-    assert world.item_concepts[items, 0].tolist() == [0] * 10 + [1, 1]
+    for name in ("random", "skill-builder", "lowest-mastery"):
+        pol = make_policy(name, world, TINY, 0)
+        assert isinstance(pol, ServicePolicy) and pol.service_policy == name
+    assert isinstance(make_policy("textbook", world, TINY, 0), TextbookPolicy)
 
 
 def test_policy_names() -> None:
-    assert parse_policy("random") == ("random", None, None)
-    assert parse_policy("lowest-mastery") == ("lowest-mastery", "bkt", None)
+    assert parse_policy("random") == ("baseline", "bkt", "random")
+    assert parse_policy("lowest-mastery") == ("baseline", "bkt", "lowest-mastery")
+    assert parse_policy("textbook") == ("textbook", None, None)
     assert parse_policy("psikt:review") == ("service", "psikt", "review")
     assert parse_policy("dkt:mixed@mastery=0.6,target=0.5") == ("service", "dkt", "mixed")
     assert policy_overrides("dkt:mixed@mastery=0.6,target=0.5") == {"mastery": 0.6, "target": 0.5}

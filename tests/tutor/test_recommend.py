@@ -235,3 +235,25 @@ def test_target_items_are_distinct_and_closest():
     assert len(set(ids(out))) == len(ids(out))
     gaps = [abs(i["predicted_success"] - 0.7) for i in out["items"]]
     assert gaps[0] == min(gaps)
+
+
+def test_skill_builder_stays_until_three_in_a_row_or_the_cap():
+    # a is first in the curriculum: stay until 3 correct in a row
+    assert run(view(own=evidence(a="1011")), "skill-builder", n=1)["items"][0]["concepts"] == ["a"]
+    moved = run(view(own=evidence(a="10111")), "skill-builder", n=1)["items"][0]
+    assert moved["concepts"] == ["d"] and moved["policy"] == "skill-builder"
+    # ten attempts today without three in a row: on to the next concept
+    capped = run(view(own=evidence(a="0" * 10)), "skill-builder", n=1)["items"][0]
+    assert capped["concepts"] == ["d"]
+
+
+def test_lowest_mastery_and_random_baselines():
+    out = run(view(own=evidence(a="111", d="0")), "lowest-mastery", n=1)
+    # b (estimate 0.5) is open now; d's own evidence is low: d is the lowest
+    assert (
+        out["items"][0]["concepts"] == ["d"]
+        and "Lowest mastery: Concept D" in (out["items"][0]["reason"])
+    )
+    a = run(view(), "random", n=4, seed=1)
+    b = run(view(), "random", n=4, seed=1)
+    assert ids(a) == ids(b) and len(set(ids(a))) == 4
