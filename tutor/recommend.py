@@ -519,6 +519,9 @@ class Picker:
         if len(cat.link_item):
             self.closed[cat.link_item[~self.open[cat.link_concept]]] = True
         self.eligible = self.fresh & ~self.closed
+        self.capped_items = np.zeros(n_items, dtype=bool)  # an item with a capped concept
+        if len(cat.link_item):
+            self.capped_items[cat.link_item[lv.capped[cat.link_concept]]] = True
         self.relaxed = False
         self.notes: list[str] = []
 
@@ -579,17 +582,19 @@ class Picker:
         self, concept: int, rule: str, why: Callable[[int], str], limit: int, order: str = "target"
     ) -> int:
         """Items of one open concept, in tiers: fresh items whose other concepts are open too;
-        then fresh items whatever their other concepts (a concept whose every item also carries
-        a concept still waiting for prerequisites must not wait for ever); then, for a concept
+        then fresh items whatever the prerequisites of their other concepts (a concept whose
+        every item also carries a concept still waiting for prerequisites must not wait for
+        ever; today's cap still holds); then, for a concept
         with no fresh item left, the least recently answered ones, so that a learner is never
         stuck for want of new items."""
         items = self.items_of(concept)
         got = self.take(items, rule, why, limit, order=order)
         if got < limit and self.open[concept]:
-            got += self.take(items, rule, why, limit - got, order=order, allow=self.fresh)
+            allow = self.fresh & ~self.capped_items
+            got += self.take(items, rule, why, limit - got, order=order, allow=allow)
         if got == 0 and self.open[concept]:
             recent = self.lv.recent
-            stale = [p for p in items.tolist() if not self.taken[p]]
+            stale = [p for p in items.tolist() if not self.taken[p] and not self.capped_items[p]]
             stale.sort(key=lambda p: -recent.index(p) if p in recent else -len(recent) - 1)
             for p in stale[: max(min(limit, self.room), 0)]:
                 allow = np.zeros(len(self.taken), dtype=bool)
@@ -913,7 +918,7 @@ def recommend(
     if not pk.picked and policy not in ("review",) and pk.fresh.any():
         # nothing open: relax the prerequisite gates (said so) rather than leave the learner
         # without a question
-        pk.eligible = pk.fresh & ~_capped_items(pk)
+        pk.eligible = pk.fresh & ~pk.capped_items
         if pk.eligible.any():
             pk.relaxed = True
             pk.open = ~lv.capped
@@ -931,14 +936,6 @@ def recommend(
         "items": pk.picked[:n],
         "note": note,
     }
-
-
-def _capped_items(pk: Picker) -> np.ndarray:
-    cat = pk.lv.cat
-    out = np.zeros(len(pk.taken), dtype=bool)
-    if len(cat.link_item):
-        out[cat.link_item[pk.lv.capped[cat.link_concept]]] = True
-    return out
 
 
 def curriculum_for(

@@ -128,7 +128,7 @@ def test_the_daily_cap_is_a_setting_that_moves_a_learner_on(client, world):
     again = next_items(client, world, "u1", START + timedelta(seconds=30))["items"][0]
     post(client, world, "u1", again["item_id"], 0, 1, START + timedelta(seconds=30))
     out = next_items(client, world, "u1", START + timedelta(minutes=1))
-    assert all(concept not in i["concepts"] for i in out["items"]), out
+    assert all(concept not in i["concepts"] for i in out["items"]), (concept, out["items"])
     # the next day the concept is open again
     tomorrow = next_items(client, world, "u1", START + timedelta(days=1))
     assert tomorrow["items"]
