@@ -45,6 +45,7 @@ same transaction as the answer; :func:`fold` is the only place that changes it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -158,7 +159,7 @@ def fold(
         if e is None:
             raw = (priors or {}).get(c, PRIOR_MIN)
             e = ev[c] = ConceptEvidence(p=start(raw))
-            shown = None if raw != raw else round(float(raw), 4)
+            shown = None if raw != raw else float(raw)
         e.n += 1
         e.n_correct += int(bool(correct))
         if correct:
@@ -167,7 +168,12 @@ def fold(
             e.run = e.run - 1 if e.run < 0 else -1
         e.p = update(e.p, bool(correct))
         if shown is not None:  # monotone against the estimate reported just before, too
-            e.p = max(e.p, shown) if correct else min(e.p, shown)
+            # (to 4 decimals, rounded away from the wrong way: the answer path and a batched
+            # replay compute the estimate with float sums that differ in the last bits)
+            if correct:
+                e.p = max(e.p, math.ceil(shown * 1e4) / 1e4)
+            else:
+                e.p = min(e.p, math.floor(shown * 1e4) / 1e4)
         e.n_day = e.n_day + 1 if e.day == day else 1
         e.day = day
     return ev
