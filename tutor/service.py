@@ -162,8 +162,8 @@ def replay_histories(
 ) -> list[tuple[Any, Evidence]]:
     """The one replay of stored histories (event order) through the model's serving form:
     each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
-    started at a concept's first own answer from the model's estimate just before it, as the
-    answer path does. Histories are stepped together, one ``step`` per position."""
+    started at a concept's first own answer from the model's estimate just before it (as
+    ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories are stepped together, one ``step`` per position."""
     n = len(hists)
     lens = np.array([len(h) for h in hists], dtype=np.int64)
     t_max = int(lens.max()) if n else 0
@@ -193,7 +193,7 @@ def replay_histories(
             col = {c: j for j, c in enumerate(cset)}
             cidx = np.array([_model_concept_index(model, c) or 0 for c in cset], dtype=np.int64)
             sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
-            est = model.estimates(sub, cidx, times[ks, t] if model.forgets else None)
+            est = model.estimates(sub, cidx)
             for r, k in enumerate(ks.tolist()):
                 priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
         for k in active:
@@ -713,10 +713,9 @@ def _apply_learner(
                 priors: dict[str, float] = {}
                 if need:  # the model's estimate just before the first own answer
                     cidx = np.array([_model_concept_index(model, c) or 0 for c in need])
-                    at = np.array([t]) if model.forgets else None
-                    priors = dict(
-                        zip(need, model.estimates(state, cidx, at)[0].tolist(), strict=True)
-                    )
+                    # (as GET /mastery reports it: at the learner's previous answer)
+                    est = model.estimates(state, cidx)[0].tolist()
+                    priors = dict(zip(need, est, strict=True))
                 evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors)
                 idx = model.item_idx([a.item_id]).tolist()
                 state = model.step_many(state, idx, [int(a.correct)], [t])
