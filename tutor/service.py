@@ -163,7 +163,8 @@ def replay_histories(
     """The one replay of stored histories (event order) through the model's serving form:
     each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
     started at a concept's first own answer from the model's estimate just before it (as
-    ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories are stepped together, one ``step`` per position."""
+    ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories
+    are stepped together, one ``step`` per position."""
     n = len(hists)
     lens = np.array([len(h) for h in hists], dtype=np.int64)
     t_max = int(lens.max()) if n else 0
