@@ -26,7 +26,8 @@ For each dataset (``--datasets``, from ``../shared/data``) and model (``--models
        concepts reported mastered without own answers;
    (d) the designed curriculum against the held-out learners' order: of the concept pairs
        that at least 70% of at least 20 held-out learners met in one order, the share the
-       curriculum keeps;
+       curriculum keeps (drawn from the data; for ASSISTments 2009 also with the bundled
+       Common Core prerequisite graph loaded, as the demo does);
    (e) recommendation quality at every 10th answer of the replays: for ``target`` (n=5) the
        mean |predicted success - target| and the distinct items and distinct predictions in
        the 5; for the default ``mixed`` the share of items predicted below 0.4; and concept
@@ -66,6 +67,8 @@ DATASETS = {
     ),
 }
 ORG = "audit"
+#: prerequisite graphs the project ships: (d) is also measured with them loaded
+GRAPHS = {"a09": ROOT / "tutor" / "sample" / "assist2009_ccss" / "prerequisites.csv"}
 GAP = timedelta(seconds=30)
 START = datetime(2030, 1, 7, 9, 0, tzinfo=UTC)
 
@@ -371,6 +374,22 @@ class Audit:
             "mixed_below_0.4": below / below_n if below_n else float("nan"),
         }
 
+    def load_graph(self, path: Path) -> int:
+        """Set the organisation's prerequisite graph from a ``prerequisite,concept`` CSV (as
+        ``tutor demo`` does with the bundled CCSS graph); returns the edges kept."""
+        from sqlalchemy import select
+
+        from tutor import operations as ops
+        from tutor.db import Concept
+        from tutor.demo import prerequisite_edges
+
+        with self.factory() as s, s.begin():
+            org = ops.get_org(s, ORG)
+            known = set(s.scalars(select(Concept.external_id).where(Concept.org_id == org.id)))
+            edges = prerequisite_edges(path, known)
+            ops.set_prerequisites(s, org=org, edges=edges)
+        return len(edges)
+
     def order(self) -> dict[str, Any]:
         order = self.curriculum()
         rank = {c: k for k, c in enumerate(order)}
@@ -466,6 +485,11 @@ def main() -> None:
                 row["d"] = audit.order()
                 log(f"{key}/{model} (d) {row['d']}")
                 row["switches_per_10"] = audit.switches()
+                graph = GRAPHS.get(key)
+                if graph is not None:
+                    n = audit.load_graph(graph)
+                    row["d_graph"] = {"edges": n, **audit.order()}
+                    log(f"{key}/{model} (d) with {graph.name}: {row['d_graph']}")
                 results.append(row)
             finally:
                 audit.close()
@@ -510,9 +534,17 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines.append("")
     for r in results:
         lines.append(
-            f"{r['dataset']} / {r['model']}: curriculum starts {', '.join(r['d']['first'])}; "
-            f"first step back: {r['b']['step_back_reason'] or 'none'}"
+            f"{r['dataset']} / {r['model']}: curriculum from the data starts "
+            f"{', '.join(r['d']['first'])}; first step back: "
+            f"{r['b']['step_back_reason'] or 'none'}"
         )
+        g = r.get("d_graph")
+        if g:
+            lines.append(
+                f"  with the bundled CCSS graph ({g['edges']} edges): {g['kept']} of "
+                f"{g['pairs']} held-out order pairs kept ({g['share']:.0%}); starts "
+                f"{', '.join(g['first'])}"
+            )
     return "\n".join(lines) + "\n"
 
 

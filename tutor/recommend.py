@@ -519,11 +519,16 @@ class Picker:
         if len(cat.link_item):
             self.closed[cat.link_item[~self.open[cat.link_concept]]] = True
         self.eligible = self.fresh & ~self.closed
-        self.capped_items = np.zeros(n_items, dtype=bool)  # an item with a capped concept
+        # an item with a concept that had today's questions and is not mastered (a mastered
+        # concept's cap holds its own items back, not those it shares with other concepts)
+        self.capped_items = np.zeros(n_items, dtype=bool)
         if len(cat.link_item):
-            self.capped_items[cat.link_item[lv.capped[cat.link_concept]]] = True
+            stuck = lv.capped & ~lv.mastered
+            self.capped_items[cat.link_item[stuck[cat.link_concept]]] = True
         self.relaxed = False
         self.notes: list[str] = []
+        #: (concept, why) when a struggling concept had nothing to step back to
+        self.moved_on_from: tuple[int, str] | None = None
 
     @property
     def room(self) -> int:
@@ -652,8 +657,16 @@ def _curriculum_reason(pk: Picker, c: int) -> Callable[[int], str]:
     total = len(lv.view["curriculum_pos"])
     pre = [lv.cat.name(p) for p in lv.view["parents"][c]]
     why = f"its prerequisites {', '.join(pre)} are mastered" if pre else "no prerequisites"
+    before = ""
+    if pk.moved_on_from is not None:
+        gone, trouble = pk.moved_on_from
+        before = (
+            f"Moving on from {lv.cat.name(gone)} ({trouble}; no easier question or "
+            "prerequisite left to step back to). "
+        )
     return lambda p: (
-        f"Next in the curriculum: {lv.cat.name(c)} (step {k} of {total}; {why}). "
+        before
+        + f"Next in the curriculum: {lv.cat.name(c)} (step {k} of {total}; {why}). "
         + pk.success_phrase(p)
     )
 
@@ -704,14 +717,19 @@ def _curriculum(pk: Picker, limit: int, exclude: set[int] | None = None) -> None
 
 def _explain_nothing_open(pk: Picker) -> None:
     lv = pk.lv
-    if lv.mastered.all():
+    todo = ~lv.mastered
+    cap = lv.rule.daily_cap
+    if not todo.any():
         pk.notes.append("every concept is mastered")
-    elif (lv.capped | lv.mastered).all():
+    elif not (todo & ~lv.capped).any():
+        pk.notes.append(f"every concept not yet mastered has had today's {cap} questions")
+    elif not (todo & pk.open).any():
         pk.notes.append(
-            f"every concept not yet mastered has had today's {lv.rule.daily_cap} questions"
+            "every concept not yet mastered waits for a prerequisite"
+            + (f" or has had today's {cap} questions" if (todo & lv.capped).any() else "")
         )
-    elif not (pk.open & ~lv.mastered).any():
-        pk.notes.append("every concept not yet mastered waits for a prerequisite")
+    elif pk.capped_items.any():
+        pk.notes.append(f"the questions left share a concept that has had today's {cap} questions")
 
 
 def _focus(pk: Picker) -> int | None:
@@ -760,13 +778,20 @@ def _step_back(pk: Picker, c: int) -> None:
         )
         if pk.room <= 0:
             return
-    pk.take_concept(
-        c,
+    # easier questions of the concept itself: only ones not answered recently (repeating the
+    # question just failed is no step back)
+    items = pk.items_of(c)
+    allow = pk.fresh & ~pk.capped_items
+    got = pk.take(
+        items,
         "step-back",
         lambda q: f"Easier question on {lv.cat.name(c)}: {trouble}. " + pk.success_phrase(q),
         pk.room,
         order="easy",
+        allow=allow,
     )
+    if not got:
+        pk.moved_on_from = (c, trouble)
 
 
 @register(

@@ -257,3 +257,12 @@ def test_lowest_mastery_and_random_baselines():
     a = run(view(), "random", n=4, seed=1)
     b = run(view(), "random", n=4, seed=1)
     assert ids(a) == ids(b) and len(set(ids(a))) == 4
+
+
+def test_a_struggling_concept_with_nothing_easier_moves_on():
+    # d (no prerequisites) failed 3 times and both its items were just answered: nothing to
+    # step back to, so the learner moves on and the reason says why
+    out = run(view(own=evidence(d="000"), recent=[7, 6]), "mixed", n=1)
+    first = out["items"][0]
+    assert first["concepts"] != ["d"] and first["policy"] == "curriculum"
+    assert first["reason"].startswith("Moving on from Concept D (3 wrong in a row on Concept D")
