@@ -337,7 +337,7 @@ def _topological(
 
 
 def _prereq_phrase(names: list[str]) -> str:
-    return "prerequisites " + ", ".join(names) + " met"
+    return "after its prerequisites " + ", ".join(names)
 
 
 def design_curriculum(
@@ -448,7 +448,10 @@ def design_curriculum(
         parts: list[str] = []
         if pos == 0:
             gain = float(anchor[i])
-            parts.append(f"central start (mean distance {mean[i]:.3f}, spread {std[i]:.3f})")
+            parts.append(
+                f"a central start: close to the other concepts in the model (mean distance "
+                f"{mean[i]:.2f}, spread {std[i]:.2f})"
+            )
         else:
             gain = float(contrast[pos] + transfer[pos])
             prev = shown(ids[todo[order[pos - 1]]])

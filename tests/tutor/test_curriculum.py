@@ -128,7 +128,7 @@ def test_first_concept_is_the_central_one():
     ids = [f"a{int(round(np.rad2deg(a)))}" for a in angles]
     cur = design_curriculum(v, ids)
     assert cur.order()[0] == "a40"
-    assert cur.steps[0].reason.startswith("central start")
+    assert cur.steps[0].reason.startswith("a central start")
 
 
 def test_early_contrast_switches_cluster():
@@ -219,7 +219,7 @@ def test_prerequisite_blocks_central_concept():
     assert cur.order()[0] != "a40"
     assert cur.order().index("a0") < cur.order().index("a40")
     step = cur.steps[cur.order().index("a40")]
-    assert step.prerequisites == ["a0"] and "prerequisites a0 met" in step.reason
+    assert step.prerequisites == ["a0"] and "after its prerequisites a0" in step.reason
 
 
 def test_cycle_raises_naming_its_concepts():
@@ -280,7 +280,7 @@ def test_no_vectors_gives_stable_topological_order():
     assert cur.method == "topological" and cur.score is None
     assert cur.order() == ["a", "b", "c", "d"]
     assert all(s.score_gain is None for s in cur.steps)
-    assert cur.steps[2].reason == "prerequisites b met"
+    assert cur.steps[2].reason == "after its prerequisites b"
     assert design_curriculum(None, ids).order() == ids
 
 
