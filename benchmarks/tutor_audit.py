@@ -375,19 +375,23 @@ class Audit:
         }
 
     def load_graph(self, path: Path) -> int:
-        """Set the organisation's prerequisite graph from a ``prerequisite,concept`` CSV (as
-        ``tutor demo`` does with the bundled CCSS graph); returns the edges kept."""
+        """Set the organisation's prerequisite graph from a ``prerequisite,concept`` CSV and the
+        concepts' grades from ``concept_standards.csv`` beside it (as ``tutor demo`` does with
+        the bundled CCSS files); returns the edges kept."""
         from sqlalchemy import select
 
         from tutor import operations as ops
         from tutor.db import Concept
-        from tutor.demo import prerequisite_edges
+        from tutor.demo import concept_levels, prerequisite_edges
 
         with self.factory() as s, s.begin():
             org = ops.get_org(s, ORG)
             known = set(s.scalars(select(Concept.external_id).where(Concept.org_id == org.id)))
             edges = prerequisite_edges(path, known)
             ops.set_prerequisites(s, org=org, edges=edges)
+            levels = path.parent / "concept_standards.csv"
+            if levels.exists():
+                ops.set_concept_levels(s, org=org, levels=concept_levels(levels, known))
         return len(edges)
 
     def order(self) -> dict[str, Any]:
@@ -541,7 +545,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         g = r.get("d_graph")
         if g:
             lines.append(
-                f"  with the bundled CCSS graph ({g['edges']} edges): {g['kept']} of "
+                f"  with the bundled CCSS graph and grades ({g['edges']} edges): {g['kept']} of "
                 f"{g['pairs']} held-out order pairs kept ({g['share']:.0%}); starts "
                 f"{', '.join(g['first'])}"
             )

@@ -98,8 +98,11 @@ def build_demo(
         org = ops.get_org(s, DEMO_ORG)
         org.name = "kt-tutor demo (ASSISTments 2009 sample)"
         known = set(s.scalars(select(Concept.external_id).where(Concept.org_id == org.id)))
-        edges = prerequisite_edges(_sample("assist2009_ccss") / "prerequisites.csv", known)
+        ccss = _sample("assist2009_ccss")
+        edges = prerequisite_edges(ccss / "prerequisites.csv", known)
         ops.set_prerequisites(s, org=org, edges=edges)
+        levels = concept_levels(ccss / "concept_standards.csv", known)
+        ops.set_concept_levels(s, org=org, levels=levels)
         mv = ops.register_model(s, org=org, run_dir=run, activate=True, label="demo DKT")
         learners = list(
             s.scalars(select(Learner).where(Learner.org_id == org.id).order_by(Learner.id))
@@ -110,7 +113,8 @@ def build_demo(
         ops.add_members(s, group=group, learners=learners[:30])
         n = ops.rebuild_states(s, org=org, model_id=mv.id)
         say(
-            f"4/6 prerequisite graph ({len(edges)} edges, after the Common Core State Standards) "
+            f"4/6 prerequisite graph ({len(edges)} edges) and grades of {len(levels)} concepts "
+            "(after the Common Core State Standards) "
             f"loaded; model {mv.id} ({mv.name}) active; states of {n:,} learners built"
         )
         pep = settings.key_pepper
@@ -180,6 +184,19 @@ def prerequisite_edges(path: Path, known: set[str]) -> list[tuple[str, str]]:
 
     edges = {(a, b) for b in parents if b in known for a in known_ancestors(b, set())}
     return sorted(edges, key=lambda e: (int(e[0]), int(e[1])) if e[0].isdigit() else e)
+
+
+def concept_levels(path: Path, known: set[str]) -> dict[str, float]:
+    """The bundled concepts' school grades (``concept,...,grade`` CSV; high school = 9) for
+    the concepts ``known`` to the organisation."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as fh:
+        return {
+            r["concept"].strip(): float(r["grade"])
+            for r in csv.DictReader(fh)
+            if r["concept"].strip() in known
+        }
 
 
 def _sample(name: str) -> Path:

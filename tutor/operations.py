@@ -78,6 +78,31 @@ def upsert_concepts(
     return existing
 
 
+def set_concept_levels(
+    session: Session, *, org: Organisation, levels: dict[str, float | None]
+) -> None:
+    """Set concepts' teaching levels (e.g. school grades; None clears one). Unknown concepts
+    and non-finite levels are an :class:`OperationError`; nothing changes then."""
+    import math
+
+    existing = {
+        c.external_id: c for c in session.scalars(select(Concept).where(Concept.org_id == org.id))
+    }
+    for cid, level in levels.items():
+        if cid not in existing:
+            raise OperationError(f"concept level for {cid!r}: unknown concept")
+        if level is not None and not (isinstance(level, int | float) and math.isfinite(level)):
+            raise OperationError(f"concept level for {cid!r}: expected a finite number")
+    changed = False
+    for cid, level in levels.items():
+        value = None if level is None else float(level)
+        if existing[cid].level != value:
+            existing[cid].level, changed = value, True
+    if changed:
+        org.bump_catalogue()
+        session.flush()
+
+
 def upsert_items(
     session: Session,
     *,

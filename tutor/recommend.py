@@ -74,6 +74,8 @@ PRECEDENCE_SHRINKAGE = 20.0
 #: weight of difficulty (harder concepts later) against the first-meeting position in the
 #: precedence the curriculum designer is given
 DIFFICULTY_WEIGHT = 1.0 / 3.0
+#: weight of the organisation's teaching levels (concepts.level) against the data's precedence
+LEVEL_WEIGHT = 10.0
 
 
 @dataclass
@@ -100,6 +102,8 @@ class Catalogue:
     #: [C] mean position (0 first .. 1 last) at which learners met each concept, shrunk
     #: towards 0.5 (PRECEDENCE_SHRINKAGE); 0.5 for a concept nobody met
     met_position: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: [C] the organisation's teaching level of each concept (nan: not given)
+    concept_level: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: [C] share of correct answers on each concept (Laplace-smoothed; 0.5 without answers)
     concept_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -119,7 +123,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
     if cat is not None and cat.version == org.catalogue_version:
         return cat
     concepts = session.execute(
-        select(Concept.id, Concept.external_id, Concept.name)
+        select(Concept.id, Concept.external_id, Concept.name, Concept.level)
         .where(Concept.org_id == org.id)
         .order_by(Concept.id)
     ).all()
@@ -153,6 +157,9 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         concept_ext=[c[1] for c in concepts],
         concept_name=[c[2] for c in concepts],
         prerequisites=edges,
+        concept_level=np.array(
+            [np.nan if c[3] is None else float(c[3]) for c in concepts], dtype=np.float64
+        ),
     )
     lens = np.array([len(cs) for cs in cat.item_concepts], dtype=np.int64)
     cat.link_item = np.repeat(np.arange(len(cat.item_concepts), dtype=np.int64), lens)
@@ -252,7 +259,8 @@ def data_precedence_edges(
 ) -> list[tuple[int, int, float, int]]:
     """Concept pairs that most learners met in one order (at least PRECEDENCE_AGREEMENT of
     at least PRECEDENCE_MIN_LEARNERS who met both), as ``(a, b, share, learners)``, strongest
-    first, skipping any that would close a cycle with ``fixed`` or a stronger pair."""
+    first, skipping any that would close a cycle with ``fixed`` or a stronger pair, and any
+    that puts a concept before one the organisation teaches at a lower level."""
     m = cat.met_before
     both = m + m.T
     share = np.divide(m, both, out=np.zeros_like(m), where=both > 0)
@@ -276,10 +284,13 @@ def data_precedence_edges(
                     stack.append(y)
         return False
 
+    level = cat.concept_level if len(cat.concept_level) == len(m) else np.full(len(m), np.nan)
     out = []
     for a, b in cand:
         if reaches(b, a) or reaches(a, b):
             continue  # would close a cycle, or already implied
+        if level[a] > level[b]:
+            continue  # the organisation teaches b at a lower level
         children.setdefault(a, set()).add(b)
         out.append((a, b, float(share[a, b]), int(both[a, b])))
     return out
@@ -339,10 +350,21 @@ def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
         vectors[have] = cvn[concept_idx[have] - 1]
     position = None
     if len(cat.met_position):
-        # harder concepts later: the rank of 1 - success rate, in [0, 1]
         k = len(cat.concept_rate)
+        # where a concept usually comes in the data, and harder concepts later (the rank of
+        # 1 - success rate, in [0, 1])
         hard = np.argsort(np.argsort(-cat.concept_rate, kind="stable")) / max(k - 1, 1)
         position = (1 - DIFFICULTY_WEIGHT) * cat.met_position + DIFFICULTY_WEIGHT * hard
+        # the organisation's teaching levels (dense rank in [0, 1]; a concept without one in
+        # the middle) weigh LEVEL_WEIGHT times more: they order the curriculum wherever the
+        # prerequisite graph leaves a choice
+        lv = cat.concept_level
+        if len(lv) == k and np.isfinite(lv).any():
+            have = np.isfinite(lv)
+            uniq = np.unique(lv[have])
+            rank = np.full(k, 0.5)
+            rank[have] = np.searchsorted(uniq, lv[have]) / max(len(uniq) - 1, 1)
+            position = position + LEVEL_WEIGHT * rank
     order_edges = [(cat.concept_ext[a], cat.concept_ext[b]) for a, b in gates] + [
         (cat.concept_ext[a], cat.concept_ext[b]) for a, b, _, _ in data_edges
     ]

@@ -1,4 +1,4 @@
-"""learner_states.evidence: the learner's own evidence per concept
+"""learner_states.evidence (the learner's own evidence per concept) and concepts.level
 
 Revision ID: 0002
 Revises: 0001
@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("concepts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("level", sa.Float(), nullable=True))
     with op.batch_alter_table("learner_states", schema=None) as batch_op:
         batch_op.add_column(sa.Column("evidence", sa.JSON(), nullable=True))
 
@@ -27,3 +29,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("learner_states", schema=None) as batch_op:
         batch_op.drop_column("evidence")
+    with op.batch_alter_table("concepts", schema=None) as batch_op:
+        batch_op.drop_column("level")

@@ -16,10 +16,13 @@ def test_concepts_round_trip(client, world):
     v0 = org_info(client, world)["catalogue_version"]
     r = client.put("/v1/concepts/cnew", json={"name": "Fractions"}, headers=h)
     assert r.status_code == 201, r.text
-    assert r.json() == {"id": "cnew", "name": "Fractions", "items": 0}
-    r = client.put("/v1/concepts/cnew", json={"name": "Fractions II"}, headers=h)
+    assert r.json() == {"id": "cnew", "name": "Fractions", "level": None, "items": 0}
+    r = client.put("/v1/concepts/cnew", json={"name": "Fractions II", "level": 4}, headers=h)
     assert r.status_code == 200 and r.json()["name"] == "Fractions II"
+    assert r.json()["level"] == 4
     assert org_info(client, world)["catalogue_version"] == v0 + 2
+    r = client.put("/v1/concepts/cnew", json={"level": 1e9}, headers=h)
+    assert r.status_code == 422 and "level" in r.text
     assert client.get("/v1/concepts/cnew", headers=h).json()["name"] == "Fractions II"
     page = client.get("/v1/concepts?limit=2&offset=1", headers=h).json()
     assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1

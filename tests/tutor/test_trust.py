@@ -164,3 +164,17 @@ def test_rebuilt_evidence_equals_the_answer_path(client, world):
     r = client.post(f"/v1/models/{world.model_id}/rebuild-states", headers=world.headers("admin"))
     assert r.status_code == 200, r.text
     assert mastery(client, world, "u2") == live
+
+
+def test_teaching_levels_order_the_curriculum_within_the_graph(client, world):
+    h = world.headers("admin")
+    # c3 (no prerequisites) is taught first; c2 is given the lowest level of all, but its
+    # prerequisites c0 -> c1 -> c2 still come first: the organisation's graph is never broken
+    for cid, level in (("c3", 0), ("c0", 1), ("c1", 2), ("c2", -5)):
+        r = client.put(f"/v1/concepts/{cid}", json={"name": cid.upper(), "level": level}, headers=h)
+        assert r.status_code == 200, r.text
+    cur = client.get("/v1/learners/u5/curriculum", headers=h).json()
+    order = [s["concept_id"] for s in cur["steps"]]
+    assert order == ["c3", "c0", "c1", "c2"], order
+    assert [s["name"] for s in cur["steps"]] == ["C3", "C0", "C1", "C2"]
+    assert "after its prerequisites C1" in cur["steps"][3]["reason"]

@@ -78,11 +78,19 @@ class _In(BaseModel):
 
 class ConceptIn(_In):
     name: str = Field("", max_length=500)
+    level: float | None = Field(
+        None,
+        ge=-1000,
+        le=1000,
+        description="Teaching level, e.g. the school grade (lower is taught earlier): the "
+        "curriculum designer orders by it",
+    )
 
 
 class ConceptOut(BaseModel):
     id: str
     name: str
+    level: float | None = None
     items: int = Field(description="Items (active or not) linked to the concept")
 
 
@@ -242,7 +250,7 @@ def _concept_rows(session: Session, q: Any) -> list[ConceptOut]:
     rows = session.execute(
         q.outerjoin(n, n.c.concept_id == Concept.id).add_columns(func.coalesce(n.c.n, 0))
     ).all()
-    return [ConceptOut(id=c.external_id, name=c.name, items=int(k)) for c, k in rows]
+    return [ConceptOut(id=c.external_id, name=c.name, level=c.level, items=int(k)) for c, k in rows]
 
 
 @router.get("/concepts", response_model=ConceptPage)
@@ -287,7 +295,8 @@ def put_concept(
     principal: PrincipalDep,
     org: OrgDep,
 ) -> ConceptOut:
-    """Create a concept or set its name (201 when created, 200 when updated)."""
+    """Create a concept or set its name and teaching level (201 when created, 200 when
+    updated)."""
     require_roles(principal, "admin")
     with _transaction(session):
         _lock_org(session, org)
@@ -295,12 +304,14 @@ def put_concept(
             select(Concept).where(Concept.org_id == org.id, Concept.external_id == concept_id)
         )
         if concept is None:
-            concept = Concept(org_id=org.id, external_id=concept_id, name=body.name)
+            concept = Concept(
+                org_id=org.id, external_id=concept_id, name=body.name, level=body.level
+            )
             session.add(concept)
             org.bump_catalogue()
             response.status_code = status.HTTP_201_CREATED
-        elif concept.name != body.name:
-            concept.name = body.name
+        elif (concept.name, concept.level) != (body.name, body.level):
+            concept.name, concept.level = body.name, body.level
             org.bump_catalogue()
         session.flush()
         out = _concept_rows(session, select(Concept).where(Concept.id == concept.id))[0]

@@ -114,6 +114,9 @@ class Concept(Base):
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
     external_id: Mapped[str] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(500), default="")
+    #: the organisation's teaching level (e.g. the school grade where it is taught): lower is
+    #: taught earlier; the curriculum designer orders by it where given (tutor.recommend)
+    level: Mapped[float | None] = mapped_column(Float)
 
 
 class PrerequisiteEdge(Base):
