@@ -55,17 +55,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-DATASETS = {
-    "a09": ("ASSIST2009 (AKT pid)", "four-line", "assist2009/akt_assist2009_pid", {}),
-    "a15": ("ASSIST2015 (pyKT split)", "pykt", "assist2015/pykt_split", {}),
-    "kt1": (
-        "EdNet KT1 (16 users)",
-        "ednet-kt1",
-        "ednet/KT1_reconstructed",
-        {"concepts": "ednet/contents/questions.csv.gz"},
-    ),
-}
+from kt_quality import DATASETS  # noqa: E402 - the same datasets as the quality table
+
 ORG = "audit"
 #: prerequisite graphs the project ships: (d) is also measured with them loaded
 GRAPHS = {"a09": ROOT / "tutor" / "sample" / "assist2009_ccss" / "prerequisites.csv"}
