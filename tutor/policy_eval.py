@@ -874,14 +874,18 @@ def http_check(
             batch = []
             for i in range(L):
                 at_ms = int(cohort.times_ms[i, k])
-                r = client.get(
-                    f"/v1/learners/{quote(ext[i], safe='')}/next-items",
-                    params={"n": 1, "policy": service_policy, "at": _ms_to_dt(at_ms).isoformat()},
-                    headers=headers,
-                )
-                if r.status_code != 200:
-                    raise PolicyEvalError(f"next-items answered {r.status_code}: {r.text}")
-                got = r.json()["items"]
+                got: list = []
+                for pol in (service_policy, "target"):  # as the evaluation falls back
+                    r = client.get(
+                        f"/v1/learners/{quote(ext[i], safe='')}/next-items",
+                        params={"n": 1, "policy": pol, "at": _ms_to_dt(at_ms).isoformat()},
+                        headers=headers,
+                    )
+                    if r.status_code != 200:
+                        raise PolicyEvalError(f"next-items answered {r.status_code}: {r.text}")
+                    got = r.json()["items"]
+                    if got:
+                        break
                 item = _item_index(got[0]["item_id"]) if got else -1
                 if item < 0:
                     raise PolicyEvalError("next-items recommended nothing")

@@ -6,7 +6,7 @@ predicted success (the active model's; for a concept-level model, shifted by the
 difficulty estimated from the organisation's answers with shrinkage, so that the items of one
 concept are told apart), and per concept the learner's status and reported mastery
 (:mod:`tutor.evidence`: only the learner's own answers make a concept mastered), the model's
-estimate, today's answers on it and, for models that forget, the estimate at the last answer.
+estimate (for models that forget, at the time of the request) and today's answers on it.
 
 Rules every policy follows: a concept counts as mastered only with its ``mastered`` status;
 items whose concepts have an unmastered prerequisite (organisation graph, else PSI-KT's learned
@@ -408,7 +408,6 @@ class LearnerView:
     model: LoadedModel
     p_items: np.ndarray  # [I] predicted success now (item difficulty included)
     estimate: np.ndarray  # [C] the model's concept estimate now (nan: unknown concept)
-    estimate_then: np.ndarray | None  # [C] at the learner's last answer (forgetting models)
     evidence: ev_mod.Evidence  # the learner's own evidence, by concept external id
     rule: EvidenceRule
     today: str  # UTC date of the request (the daily cap counts answers on it)
@@ -481,13 +480,6 @@ def learner_view(
         full = model.scaled_mastery(full)
     cidx = view["concept_idx"]
     estimate = np.where(cidx > 0, full[cidx], np.nan)
-    estimate_then = None
-    if t_now is not None and row.last_timestamp is not None:
-        t_last = model.time_value(as_utc(row.last_timestamp), first, learner.n_answers)
-        then = model.mastery_from(model.predict_all(state, t_last))
-        if scale == "reachable":
-            then = model.scaled_mastery(then)
-        estimate_then = np.where(cidx > 0, then[cidx], np.nan)
     keep = max(int(recent_exclusion), 1)
     ids = session.scalars(
         select(Interaction.item_id)
@@ -503,7 +495,6 @@ def learner_view(
         model=model,
         p_items=p_items,
         estimate=estimate,
-        estimate_then=estimate_then,
         evidence=ev_mod.load(row.evidence),
         rule=rule or EvidenceRule(),
         today=now.date().isoformat(),
@@ -693,34 +684,46 @@ def _curriculum_reason(pk: Picker, c: int) -> Callable[[int], str]:
     )
 
 
+def review_due(lv: LearnerView, review_threshold: float) -> np.ndarray:
+    """[C] bool: concepts to review, for a model that forgets: mastered on the learner's own
+    answers, not practised today, and predicted (now, or at the request's ``at``) to have
+    decayed below ``review_threshold``. One review question a day per concept: a correct answer
+    keeps it mastered, a wrong one lowers its evidence and may reopen it."""
+    if not lv.model.forgets:
+        return np.zeros(len(lv.cat.concept_ext), dtype=bool)
+    now = np.nan_to_num(lv.estimate, nan=1.0)
+    days = np.array(
+        [(lv.evidence[c].day if c in lv.evidence else "") for c in lv.cat.concept_ext], dtype=object
+    )
+    return lv.mastered & (now < review_threshold) & (days < lv.today)
+
+
 def _review(pk: Picker, limit: int) -> None:
     lv = pk.lv
-    if lv.estimate_then is None:
+    if not lv.model.forgets:
         pk.notes.append(
             f"nothing to review: the active model ({lv.model.name}) does not model forgetting"
         )
         return
     now = np.nan_to_num(lv.estimate, nan=1.0)
-    then = np.nan_to_num(lv.estimate_then, nan=0.0)
-    practised = lv.n_own > 0
-    decayed = np.flatnonzero(
-        practised & (then >= pk.review_threshold) & (now < pk.review_threshold)
-    )
-    decayed = decayed[np.argsort(now[decayed] - then[decayed])]
-    if not len(decayed):
+    due = np.flatnonzero(review_due(lv, pk.review_threshold))
+    due = due[np.argsort(now[due], kind="stable")]
+    if not len(due):
         pk.notes.append(
-            f"nothing to review: no practised concept's predicted mastery has fallen below "
-            f"{pk.review_threshold:.2f} since the last answer"
+            "nothing to review: no mastered concept is predicted to have decayed below "
+            f"{pk.review_threshold:.2f}"
         )
-    for c in decayed:
+    for c in due:
         if pk.room <= 0 or limit <= 0:
             break
+        last = lv.evidence[lv.cat.concept_ext[c]].day
         limit -= pk.take_concept(
             int(c),
             "review",
-            lambda p, c=c: (
-                f"Review {lv.cat.name(c)}: the model predicts its mastery fell from "
-                f"{then[c]:.2f} to {now[c]:.2f} since the last answer."
+            lambda p, c=c, last=last: (
+                f"Review {lv.cat.name(c)}: mastered, last practised {last}; the model predicts "
+                f"its mastery has fallen to {now[c]:.2f} (reviews below "
+                f"{pk.review_threshold:.2f})."
             ),
             1,
         )
@@ -823,7 +826,7 @@ def _step_back(pk: Picker, c: int) -> None:
 )
 def _mixed(pk: Picker) -> None:
     lv = pk.lv
-    if lv.estimate_then is not None:
+    if lv.model.forgets:
         _review(pk, 1)
         pk.notes.clear()
     focus = _focus(pk)

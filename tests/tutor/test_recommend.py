@@ -6,7 +6,7 @@ Catalogue: concepts a -> b -> c (prerequisite chain) and d (free); two items per
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,12 +23,12 @@ P = [0.9, 0.75, 0.6, 0.69, 0.3, 0.2, 0.5, 0.71, 0.95]
 DAY = datetime(2026, 1, 5, 10, tzinfo=UTC)
 
 
-def evidence(**answers: str) -> ev.Evidence:
+def evidence(when: datetime = DAY, **answers: str) -> ev.Evidence:
     """Own answers per concept as strings of 1/0, e.g. evidence(a="111")."""
     out: ev.Evidence = {}
     for concept, seq in answers.items():
         for x in seq:
-            ev.fold(out, [concept], x == "1", DAY, {concept: 0.3})
+            ev.fold(out, [concept], x == "1", when, {concept: 0.3})
     return out
 
 
@@ -36,7 +36,7 @@ def view(
     p_items=P,
     own: ev.Evidence | None = None,
     estimate=(0.5, 0.5, 0.5, 0.5),
-    estimate_then=None,
+    forgets=False,
     recent=(),
     edges=((0, 1), (1, 2)),
     order=(0, 3, 1, 2),
@@ -66,7 +66,7 @@ def view(
         "data_edges": [],
         "prerequisite_source": "organisation",
     }
-    model = SimpleNamespace(model_id=1, name="fake", forgets=estimate_then is not None)
+    model = SimpleNamespace(model_id=1, name="fake", forgets=forgets)
     own = own or {}
     return LearnerView(
         cat=cat,
@@ -74,7 +74,6 @@ def view(
         model=model,
         p_items=np.asarray(p_items, dtype=float),
         estimate=np.asarray(estimate, dtype=float),
-        estimate_then=None if estimate_then is None else np.asarray(estimate_then, dtype=float),
         evidence=own,
         rule=rule or ev.EvidenceRule(),
         today=DAY.date().isoformat(),
@@ -130,20 +129,26 @@ def test_curriculum_follows_the_order_skipping_mastered_and_blocked():
     assert reason.startswith("Next in the curriculum: Concept D (step 2 of 4")
 
 
-def test_review_picks_practised_decayed_concepts_and_says_why_it_is_empty():
-    lv = view(
-        own=evidence(a="111", d="11"),
-        estimate=(0.9, 0.5, 0.5, 0.4),
-        estimate_then=(0.9, 0.5, 0.5, 0.85),
-    )
+def test_review_picks_mastered_concepts_that_decayed_and_says_why_it_is_empty():
+    yesterday = DAY - timedelta(days=1)
+    own = evidence(yesterday, a="111", d="111")
+    lv = view(own=own, estimate=(0.9, 0.5, 0.5, 0.4), forgets=True)
     out = run(lv, "review", n=2)
     assert out["items"] and all(i["concepts"] == ["d"] for i in out["items"])
-    assert "fell from 0.85 to 0.40" in out["items"][0]["reason"]
+    assert out["items"][0]["reason"].startswith(
+        "Review Concept D: mastered, last practised 2026-01-04; the model predicts its mastery "
+        "has fallen to 0.40"
+    )
+    # practised today: no review today (one review question a day per concept)
+    today = run(
+        view(own=evidence(a="111", d="111"), estimate=(0.9, 0.5, 0.5, 0.4), forgets=True), "review"
+    )
+    assert today["items"] == [] and "no mastered concept" in today["note"]
     empty = run(view(own=evidence(d="11")), "review")
     assert empty["items"] == [] and "does not model forgetting" in empty["note"]
-    # a forgetting model with nothing decayed says so too
-    calm = run(view(estimate_then=(0.5,) * 4), "review")
-    assert calm["items"] == [] and "no practised concept" in calm["note"]
+    # mixed reviews first, then goes on
+    mixed = run(lv, "mixed", n=2)
+    assert mixed["items"][0]["policy"] == "review" and mixed["items"][1]["policy"] != "review"
 
 
 def test_mixed_stays_on_the_current_concept_until_mastered():
