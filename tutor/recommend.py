@@ -109,8 +109,8 @@ class Catalogue:
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def name(self, pos: int) -> str:
-        """A concept's name for a teacher (its id where it has no name)."""
-        return self.concept_name[pos] or self.concept_ext[pos]
+        """A concept's name for a teacher ("concept <id>" where it has none)."""
+        return self.concept_name[pos] or f"concept {self.concept_ext[pos]}"
 
 
 _CACHE: dict[tuple[str, int], Catalogue] = {}
@@ -876,7 +876,10 @@ def _target(pk: Picker, *, practice: bool) -> None:
             f"({names})."
         )
 
-    pk.take(open_items[~mastered_items[open_items]], "target", why, pk.room)
+    # an item without concepts teaches nothing the curriculum tracks: practice only
+    tagged = np.bincount(lv.cat.link_item, minlength=len(pk.taken)) > 0
+    learn = open_items[~mastered_items[open_items] & tagged[open_items]]
+    pk.take(learn, "target", why, pk.room)
     if pk.room > 0 and practice:
         pk.take(open_items, "target", why, pk.room)
     if not pk.picked:

@@ -271,3 +271,15 @@ def test_a_struggling_concept_with_nothing_easier_moves_on():
     first = out["items"][0]
     assert first["concepts"] != ["d"] and first["policy"] == "curriculum"
     assert first["reason"].startswith("Moving on from Concept D (3 wrong in a row on Concept D")
+
+
+def test_items_without_concepts_are_practice_only():
+    lv = view(own=evidence(a="111", b="111", c="111", d="111"))
+    # add an untagged item: nothing to learn from it, so mixed still says everything is done
+    lv.cat.item_ext = [*ITEMS, "x1"]
+    lv.cat.item_concepts = [*lv.cat.item_concepts, np.array([], dtype=np.int64)]
+    lv.cat.item_db = np.arange(1, len(ITEMS) + 2)
+    lv.p_items = np.append(lv.p_items, 0.7)
+    out = run(lv, "mixed")
+    assert out["items"] == [] and out["note"] == "Every concept is mastered."
+    assert "x1" in ids(run(lv, "target", n=9))  # the target rule still offers it as practice
