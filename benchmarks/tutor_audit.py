@@ -18,7 +18,8 @@ For each dataset (``--datasets``, from ``../shared/data``) and model (``--models
        ``next-items?n=5``) until it recommends nothing: questions per concept until mastered,
        concepts left unmastered, and recommendations of concepts already mastered;
    (b) an always-wrong new learner answers 40 questions: when the recommender first steps
-       back, and the at-risk reasons a teacher reads for them;
+       back (to a prerequisite or easier questions, or moves on when there is neither), and
+       the at-risk reasons a teacher reads for them;
    (c) held-out learners' real histories are replayed answer by answer (``--replay``
        learners, at most ``--replay-answers`` answers each): own-evidence monotonicity
        violations in reported mastery (a correct answer on concept c lowers c, or a wrong one
@@ -29,10 +30,11 @@ For each dataset (``--datasets``, from ``../shared/data``) and model (``--models
        curriculum keeps (drawn from the data; for ASSISTments 2009 also with the bundled
        Common Core prerequisite graph loaded, as the demo does);
    (e) recommendation quality at every 10th answer of the replays: for ``target`` (n=5) the
-       mean |predicted success - target| and the distinct items and distinct predictions in
-       the 5; for the default ``mixed`` the share of items predicted below 0.4; and concept
-       switches per 10 questions of a model-driven learner (answers drawn from the model's
-       predicted success) following ``mixed`` for 30 questions.
+       mean |predicted success - target|, the distinct items in the 5 and the share of
+       distinct predictions among those of one concept; for the default ``mixed`` the share of
+       items predicted below 0.4; and concept switches (a question sharing no concept with the
+       previous one) per 10 questions of a model-driven learner (answers drawn from the
+       model's predicted success) following ``mixed`` for 30 questions.
 
 Prints one table per dataset and writes them to ``--out`` (default
 ``docs/benchmarks/tutor_audit.txt``).
@@ -277,7 +279,8 @@ class Audit:
                 break
             item = out["items"][0]
             policies[item["policy"]] = policies.get(item["policy"], 0) + 1
-            if item["policy"] == "step-back" and first_step_back is None:
+            reacts = item["policy"] == "step-back" or item["reason"].startswith("Moving on")
+            if reacts and first_step_back is None:
                 first_step_back = (k + 1, item["reason"])
             self.answer(ext, item["item_id"], 0, at, k)
             at += GAP
@@ -425,9 +428,9 @@ class Audit:
             if not out["items"]:
                 break
             item = out["items"][0]
-            c = tuple(item["concepts"])
-            if last is not None and c != last:
-                switches += 1
+            c = set(item["concepts"])
+            if last is not None and not (c & last):
+                switches += 1  # no concept in common with the previous question
             last = c
             correct = int(rng.random() < item["predicted_success"])
             self.answer(ext, item["item_id"], correct, at, k)
@@ -500,7 +503,7 @@ def main() -> None:
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     head = (
         "| dataset | model | (a) questions per concept: median / max | (a) left unmastered | "
-        "(a) items of mastered concepts only | (b) first step back (question) | "
+        "(a) items of mastered concepts only | (b) first step back or move on (question) | "
         "(b) at-risk reason | (c) violations reported / raw model (checks) | "
         "(c) mastered without own answers | (d) order pairs kept | (e) target |p-0.7| | "
         "(e) distinct items in 5 / distinct predictions within a concept | "
