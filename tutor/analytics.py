@@ -669,7 +669,9 @@ def _rebuild_states(
             first = h[0][2]
         firsts.append(first)
     concepts_of = concepts_of_items(
-        session, org_id=ctx_org_id(learners), item_ext=[x[0] for h in hists for x in h]
+        session,
+        org_id=next(iter(learners.values())).org_id,
+        item_ext=[x[0] for h in hists for x in h],
     )
     with torch.no_grad():
         replayed = replay_histories(model, hists, firsts, concepts_of)
@@ -686,35 +688,6 @@ def _rebuild_states(
         row.last_timestamp = h[-1][2] if h else None
         row.last_event_id = h[-1][3] if h else None
         rebuilt.append(row)
-    return out
-
-
-def ctx_org_id(learners: dict[int, Learner]) -> int:
-    return next(iter(learners.values())).org_id
-
-
-def _last_answers(session: Session, ids: np.ndarray) -> dict[int, tuple[datetime, str]]:
-    """(timestamp, event id) of each learner's last answer (a window query)."""
-    rn = (
-        func.row_number()
-        .over(
-            partition_by=Interaction.learner_id,
-            order_by=(Interaction.timestamp.desc(), Interaction.event_id.desc()),
-        )
-        .label("rn")
-    )
-    out: dict[int, tuple[datetime, str]] = {}
-    for s in range(0, len(ids), 500):
-        chunk = [int(x) for x in ids[s : s + 500]]
-        sub = (
-            select(Interaction.learner_id, Interaction.timestamp, Interaction.event_id, rn)
-            .where(Interaction.learner_id.in_(chunk))
-            .subquery()
-        )
-        for lid, ts, ev in session.execute(
-            select(sub.c.learner_id, sub.c.timestamp, sub.c.event_id).where(sub.c.rn == 1)
-        ):
-            out[lid] = (as_utc(ts), ev)
     return out
 
 
