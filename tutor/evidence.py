@@ -146,20 +146,29 @@ def fold(
     correct: bool,
     when: datetime,
     priors: Mapping[str, float] | None = None,
+    shown: Mapping[str, tuple[float, float]] | None = None,
 ) -> Evidence:
     """Fold one answer on an item of ``concepts`` into ``ev`` (in place; returned).
 
-    ``priors`` gives the model's estimate (before this answer) for concepts without evidence
-    yet; a concept missing from it starts at :data:`PRIOR_MIN`.
+    ``priors`` gives the model's estimate (before this answer, on the reachable scale) for
+    concepts without evidence yet; a concept missing from it starts at :data:`PRIOR_MIN`.
+    ``shown`` gives, for those concepts, the lowest and highest value ``GET /mastery`` could
+    have reported just before (its estimate on either mastery scale; default: the prior): the
+    first own answer is bounded by them, so that it too moves reported mastery the right way
+    whatever scale the organisation reads.
     """
     day = when.date().isoformat()
     for c in concepts:
         e = ev.get(c)
-        shown = None  # the value reported before a first own answer: the model's estimate
+        bound = None  # (low, high) of what was reported before a first own answer
         if e is None:
             raw = (priors or {}).get(c, PRIOR_MIN)
             e = ev[c] = ConceptEvidence(p=start(raw))
-            shown = None if raw != raw else float(raw)
+            bound = (shown or {}).get(c)
+            if bound is None and raw == raw:
+                bound = (float(raw), float(raw))
+            if bound is not None and not all(math.isfinite(x) for x in bound):
+                bound = None
         e.n += 1
         e.n_correct += int(bool(correct))
         if correct:
@@ -167,13 +176,13 @@ def fold(
         else:
             e.run = e.run - 1 if e.run < 0 else -1
         e.p = update(e.p, bool(correct))
-        if shown is not None:  # monotone against the estimate reported just before, too
+        if bound is not None:  # monotone against the estimate reported just before, too
             # (to 4 decimals, rounded away from the wrong way: the answer path and a batched
             # replay compute the estimate with float sums that differ in the last bits)
             if correct:
-                e.p = max(e.p, math.ceil(shown * 1e4) / 1e4)
+                e.p = max(e.p, math.ceil(bound[1] * 1e4) / 1e4)
             else:
-                e.p = min(e.p, math.floor(shown * 1e4) / 1e4)
+                e.p = min(e.p, math.floor(bound[0] * 1e4) / 1e4)
         e.n_day = e.n_day + 1 if e.day == day else 1
         e.day = day
     return ev

@@ -791,6 +791,22 @@ def _step_back(pk: Picker, c: int) -> None:
                 candidates.append(p)
             frontier.extend(lv.view["parents"][p])
     rank = lv.view["curriculum_rank"]
+    if not candidates:
+        # every prerequisite is mastered (the usual case: the concept opened once they were):
+        # one question on the weakest of them, to rebuild what the concept stands on
+        done = [p for p in lv.view["parents"][c] if lv.mastered[p] and not lv.capped[p]]
+        if done:
+            weakest = min(done, key=lambda x: (lv.mastery[x], rank.get(x, 0)))
+            pk.take_concept(
+                weakest,
+                "step-back",
+                lambda q, p=weakest: (
+                    f"Step back to {lv.cat.name(p)} (mastered), a prerequisite of "
+                    f"{lv.cat.name(c)}: {trouble}. " + pk.success_phrase(q)
+                ),
+                1,
+                order="easy",
+            )
     for p in sorted(candidates, key=lambda x: rank.get(x, 0)):
         pk.take_concept(
             p,
@@ -947,7 +963,6 @@ def _random(pk: Picker) -> None:
         lambda p: "Drawn at random.",
         pk.room,
         order="random",
-        allow=pk.fresh,
     )
 
 

@@ -188,6 +188,7 @@ def replay_histories(
             if miss:
                 need[int(k)] = miss
         priors: dict[int, dict[str, float]] = {}
+        shown: dict[int, dict[str, tuple[float, float]]] = {}
         if need:
             ks = np.array(sorted(need), dtype=np.int64)
             cset = sorted({c for v in need.values() for c in v})
@@ -195,11 +196,15 @@ def replay_histories(
             cidx = np.array([_model_concept_index(model, c) or 0 for c in cset], dtype=np.int64)
             sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
             est = model.estimates(sub, cidx)
+            raw = model.estimates(sub, cidx, scale="success")
             for r, k in enumerate(ks.tolist()):
                 priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
+                shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}
         for k in active:
             h = hists[k][t]
-            evidence_mod.fold(evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k))
+            evidence_mod.fold(
+                evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k), shown.get(k)
+            )
         state = model.model.step(
             state,
             torch.from_numpy(items[:, t]),
@@ -212,6 +217,25 @@ def replay_histories(
         (finals[k] if finals[k] is not None else model.model.init_state(1), evs[k])
         for k in range(n)
     ]
+
+
+def _both(reachable: float, success: float) -> tuple[float, float]:
+    """(low, high) of a concept's estimate on the two mastery scales (nan-safe)."""
+    vals = [float(x) for x in (reachable, success) if x == x]
+    return (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
+
+
+def _first_answer_priors(
+    model: LoadedModel, state: Any, concepts: list[str]
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """For a learner's first own answers on ``concepts``: the evidence filter's prior (the
+    reachable estimate) and the range ``GET /mastery`` could have shown on either scale."""
+    cidx = np.array([_model_concept_index(model, c) or 0 for c in concepts], dtype=np.int64)
+    est = model.estimates(state, cidx)[0]
+    raw = model.estimates(state, cidx, scale="success")[0]
+    priors = {c: float(est[k]) for k, c in enumerate(concepts)}
+    shown = {c: _both(est[k], raw[k]) for k, c in enumerate(concepts)}
+    return priors, shown
 
 
 def rebuild_state(
@@ -712,12 +736,11 @@ def _apply_learner(
                 cexts = [c.external_id for c in item.concepts]
                 need = evidence_mod.needs_prior(ev, cexts)
                 priors: dict[str, float] = {}
+                shown: dict[str, tuple[float, float]] = {}
                 if need:  # the model's estimate just before the first own answer
-                    cidx = np.array([_model_concept_index(model, c) or 0 for c in need])
                     # (as GET /mastery reports it: at the learner's previous answer)
-                    est = model.estimates(state, cidx)[0].tolist()
-                    priors = dict(zip(need, est, strict=True))
-                evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors)
+                    priors, shown = _first_answer_priors(model, state, need)
+                evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors, shown)
                 idx = model.item_idx([a.item_id]).tolist()
                 state = model.step_many(state, idx, [int(a.correct)], [t])
                 writes.set(row, "state", model.encode(state))

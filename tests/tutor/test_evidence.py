@@ -79,3 +79,12 @@ def test_evidence_round_trips_as_json_and_rules_are_validated():
     for bad in ({"mastery_threshold": 1.0}, {"min_answers": 0}, {"daily_cap": -1}):
         with pytest.raises(ValueError):
             ev.EvidenceRule(**bad)
+
+
+def test_a_first_answer_is_bounded_by_what_either_scale_showed():
+    # GET /mastery may show the success scale (0.70) while the filter starts from the
+    # reachable estimate (0.0): a correct answer must not report less than 0.70
+    own = ev.fold({}, ["c"], True, DAY, {"c": 0.0}, {"c": (0.0, 0.70)})
+    assert own["c"].p >= 0.70
+    wrong = ev.fold({}, ["c"], False, DAY, {"c": 0.5}, {"c": (0.15, 0.5)})
+    assert wrong["c"].p <= 0.15

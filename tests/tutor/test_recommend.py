@@ -192,13 +192,17 @@ def test_a_struggling_learner_steps_back_to_a_prerequisite_or_easier_items():
     out = run(lv, "mixed", n=2)
     # b is closed (a not mastered), so the focus is not b: the learner works on a
     assert all(i["concepts"] == ["a"] for i in out["items"])
-    # with a mastered, b open and 4 wrong in a row: step back to b's easiest items
+    # with a mastered, b open and 4 wrong in a row: one question back on the prerequisite a,
+    # then b's easiest items
     own = evidence(a="111", b="0000")
     out = run(view(own=own, recent=[2]), "mixed", n=2)
-    first = out["items"][0]
-    assert first["policy"] == "step-back" and first["concepts"] == ["b"]
-    assert first["item_id"] == "b2"  # the easier of b's items (0.69 > 0.6)
-    assert "Easier question on Concept B: 4 wrong in a row" in first["reason"]
+    first, second = out["items"]
+    assert first["policy"] == "step-back" and first["concepts"] == ["a"]
+    assert first["reason"].startswith(
+        "Step back to Concept A (mastered), a prerequisite of Concept B: 4 wrong in a row"
+    )
+    assert second["policy"] == "step-back" and second["item_id"] == "b2"  # 0.69 > 0.6
+    assert "Easier question on Concept B: 4 wrong in a row" in second["reason"]
     # a prerequisite that is not yet mastered is where a struggling learner goes back to
     own = evidence(a="11", c="000")
     lv = view(own=own, recent=[4], edges=((0, 2),), order=(0, 1, 2, 3))
@@ -283,3 +287,10 @@ def test_items_without_concepts_are_practice_only():
     out = run(lv, "mixed")
     assert out["items"] == [] and out["note"] == "Every concept is mastered."
     assert "x1" in ids(run(lv, "target", n=9))  # the target rule still offers it as practice
+
+
+def test_the_random_baseline_keeps_the_gates_and_the_cap():
+    rule = ev.EvidenceRule(daily_cap=3)
+    out = run(view(own=evidence(d="000"), rule=rule), "random", n=9, seed=3)
+    got = {i["concepts"][0] for i in out["items"]}
+    assert got == {"a"}  # b and c wait for prerequisites, d had today's 3 questions

@@ -178,3 +178,6 @@ def test_teaching_levels_order_the_curriculum_within_the_graph(client, world):
     assert order == ["c3", "c0", "c1", "c2"], order
     assert [s["name"] for s in cur["steps"]] == ["C3", "C0", "C1", "C2"]
     assert "after its prerequisites C1" in cur["steps"][3]["reason"]
+    # a rename leaves the level alone
+    r = client.put("/v1/concepts/c3", json={"name": "Counting"}, headers=h)
+    assert r.status_code == 200 and r.json()["level"] == 0

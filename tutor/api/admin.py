@@ -310,9 +310,12 @@ def put_concept(
             session.add(concept)
             org.bump_catalogue()
             response.status_code = status.HTTP_201_CREATED
-        elif (concept.name, concept.level) != (body.name, body.level):
-            concept.name, concept.level = body.name, body.level
-            org.bump_catalogue()
+        else:
+            # a field the request leaves out keeps its value (a rename keeps the level)
+            level = body.level if "level" in body.model_fields_set else concept.level
+            if (concept.name, concept.level) != (body.name, level):
+                concept.name, concept.level = body.name, level
+                org.bump_catalogue()
         session.flush()
         out = _concept_rows(session, select(Concept).where(Concept.id == concept.id))[0]
     return out
