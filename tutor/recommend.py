@@ -8,7 +8,8 @@ concept are told apart), and per concept the learner's status and reported maste
 (:mod:`tutor.evidence`: only the learner's own answers make a concept mastered), the model's
 estimate (for models that forget, at the time of the request) and today's answers on it.
 
-Rules every policy follows: a concept counts as mastered only with its ``mastered`` status;
+Rules every policy but ``random`` follows: a concept counts as mastered only with its
+``mastered`` status;
 items whose concepts have an unmastered prerequisite (organisation graph, else PSI-KT's learned
 one) are skipped (relaxed, and said so, when nothing else is left); concepts that reached today's
 cap of questions are skipped; items answered in the last ``recent_exclusion`` answers are
@@ -27,7 +28,8 @@ skipped. Policies (``register`` adds one):
   row (or today's cap), items at random;
 * ``lowest-mastery``: OATutor's heuristic: the unmastered concept with the lowest reported
   mastery, an item at random;
-* ``random``: any item at random.
+* ``random``: any item at random (the baseline of no tutoring: it skips recent items only,
+  not the prerequisite gates or the daily cap).
 
 An empty list comes with a ``note`` that says why.
 """
@@ -963,6 +965,7 @@ def _random(pk: Picker) -> None:
         lambda p: "Drawn at random.",
         pk.room,
         order="random",
+        allow=pk.fresh,  # the baseline of no tutoring: no gates, no cap (only recency)
     )
 
 
