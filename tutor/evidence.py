@@ -60,13 +60,6 @@ PRIOR_MIN = 0.1
 PRIOR_MAX = 0.5
 
 STATUSES = ("not_started", "estimated", "learning", "mastered", "struggling")
-STATUS_WORDS = {
-    "not_started": "not started",
-    "estimated": "estimated from other concepts",
-    "learning": "learning",
-    "mastered": "mastered",
-    "struggling": "struggling",
-}
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,9 @@ class Catalogue:
     #: the item -> concept links as two flat arrays (item position, concept position)
     link_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     link_concept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    #: item external id -> position
+    #: item external id -> position, and database id -> position
     item_pos: dict[str, int] = field(default_factory=dict)
+    item_db_pos: dict[int, int] = field(default_factory=dict)
     #: [I] logit shift of each item against its concept's success rate (shrunk; 0: no data)
     item_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: [C, C] learners who met concept a (row) before concept b (column) in their logs
@@ -169,6 +170,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
     ).astype(np.int64)
     cat.item_pos = {ext: k for k, ext in enumerate(cat.item_ext)}
+    cat.item_db_pos = {int(d): k for k, d in enumerate(cat.item_db.tolist())}
     cat.item_offset, cat.concept_rate = _item_offsets(session, org, cat)
     cat.met_before, cat.met_position = _precedence(session, org, cat)
     with _LOCK:
@@ -489,8 +491,8 @@ def learner_view(
         .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
         .limit(keep)
     ).all()
-    pos_of = {int(d): k for k, d in enumerate(cat.item_db.tolist())} if ids else {}
-    recent = [pos_of[int(i)] for i in ids if int(i) in pos_of]
+    # the catalogue's item positions by database id (built once per catalogue version)
+    recent = [cat.item_db_pos[int(i)] for i in ids if int(i) in cat.item_db_pos]
     return LearnerView(
         cat=cat,
         view=view,
@@ -528,7 +530,6 @@ class Picker:
         edges = lv.view["edges"]
         if len(edges):
             blocked[edges[~lv.mastered[edges[:, 0]], 1]] = True
-        self.blocked = blocked
         self.open = ~blocked & ~lv.capped
         self.closed = np.zeros(n_items, dtype=bool)  # an item with a concept not open
         if len(cat.link_item):
