@@ -86,6 +86,10 @@ DEFAULTS: dict[str, float | int] = {
     "item_flag_min_attempts": 20,
     #: ... when observed and predicted success differ by more than this many standard errors
     "item_flag_z": 3.0,
+    #: ... and at least this many learners answered the item
+    "item_flag_min_learners": 10,
+    #: learning curves: a point (an opportunity) is shown with at least this many learners
+    "curve_min_learners": 10,
 }
 #: the learned prerequisite graph's edges shown on the model card
 GRAPH_EDGE_THRESHOLD = 0.5
@@ -235,8 +239,7 @@ class _Context:
 
     def concept_refs(self, positions: list[int] | np.ndarray) -> list[dict[str, str]]:
         return [
-            {"concept_id": self.cat.concept_ext[p], "name": self.cat.concept_name[p]}
-            for p in positions
+            {"concept_id": self.cat.concept_ext[p], "name": self.cat.name(p)} for p in positions
         ]
 
 
@@ -334,17 +337,35 @@ class _Members:
     names: list[str]
     n_answers: np.ndarray  # [L]
     first_seen: np.ndarray  # [L] epoch seconds (nan: none)
+    #: the last answer with a real time (imported answers of learners without a clock carry
+    #: a synthetic one, :data:`tutor.importer.SOURCE_UNTIMED`, and do not count)
     last_answer: list[datetime | None]
 
     @property
     def fingerprint(self) -> tuple[int, int, int]:
         return (len(self.ids), int(self.n_answers.sum()), int(self.ids.sum()))
 
+    def label(self, k: int) -> str:
+        """What a teacher reads: the display name where the organisation gave one."""
+        return self.names[k] or self.ext[k]
+
+    @property
+    def latest(self) -> datetime | None:
+        """The group's own latest timed answer (its clock, for imported histories)."""
+        times = [t for t in self.last_answer if t is not None]
+        return max(times) if times else None
+
 
 def _members(session: Session, group: Group) -> _Members:
+    from .importer import SOURCE_UNTIMED
+
+    # the newest answer with a real time: the (learner, time) index read backwards, stopping
+    # at the first answer not imported without a clock
     last = (
-        select(func.max(Interaction.timestamp))
-        .where(Interaction.learner_id == Learner.id)
+        select(Interaction.timestamp)
+        .where(Interaction.learner_id == Learner.id, Interaction.source != SOURCE_UNTIMED)
+        .order_by(Interaction.timestamp.desc())
+        .limit(1)
         .correlate(Learner)
         .scalar_subquery()
     )
@@ -708,46 +729,43 @@ def group_mastery(
     at: datetime | None = None,
     limit: int = 100,
     offset: int = 0,
+    settings: Any = None,
 ) -> dict[str, Any]:
-    """Learners x concepts: current (or, for models that forget, ``at``) predicted mastery,
-    a page of learners, with per-concept means over every member."""
+    """Learners x concepts (the model's concepts, in curriculum order): each cell's status and
+    reported mastery as ``GET /v1/learners/{id}/mastery`` gives them (the learner's own
+    evidence where it answered the concept, the model's estimate, on the organisation's
+    scale, where not) with the number of own answers; a page of learners, with per-concept
+    means and status counts over every member. ``at`` (models that forget) moves the
+    estimates to that time."""
+    from .teaching import STATUSES, group_status, rule_json, rule_text
+
     ctx = _context(session, org)
     members = _members(session, group)
-    cols = ctx.concept_order()
-    at_key = as_utc(at).isoformat() if at is not None and ctx.model.forgets else None
-    key = (
-        ctx.scope,
-        "grid",
-        group.id,
-        ctx.model.model_id,
-        ctx.cat.version,
-        members.fingerprint,
-        at_key,
+    gs = group_status(
+        session, org=org, ctx=ctx, group=group, members=members, settings=settings, at=at
     )
-    grid = _GROUP.get(key)
-    if grid is None:
-        states = _current_states(session, org, ctx, group, members)
-        if states is None:
-            grid = np.zeros((0, len(cols)), dtype=np.float32)
-        else:
-            full = concept_mastery_many(ctx.model, states, _at_times(ctx.model, members, at))
-            grid = full[:, ctx.view["concept_idx"][cols]]
-        _GROUP.put(key, grid)
+    grid = gs.mastery
     n = len(members.ids)
     page = range(offset, min(offset + limit, n))
-    has_cols = grid.shape[1] > 0
-    learner_mean = grid.mean(1) if has_cols else np.full(n, np.nan)
-    concept_means = grid.mean(0) if n else np.full(len(cols), np.nan)
+    with np.errstate(invalid="ignore"):
+        learner_mean = np.nanmean(grid, 1) if grid.shape[1] and n else np.full(n, np.nan)
+        concept_means = np.nanmean(grid, 0) if n else np.full(len(gs.cols), np.nan)
+    counts = gs.counts(0)
     return {
         "group": {"id": group.external_id, "name": group.name, "learners": n},
         "model": ctx.model_ref(),
         "at": at.isoformat() if at is not None else None,
-        "concepts": ctx.concept_refs(cols),
+        "scale": gs.scale,
+        "rule": rule_json(gs.rule),
+        "rule_text": rule_text(gs.rule),
+        "concepts": ctx.concept_refs(gs.cols),
         "learners": [
             {
                 "learner_id": members.ext[k],
                 "name": members.names[k],
                 "mastery": [_rnd(x) for x in grid[k].tolist()],
+                "status": [STATUSES[x] for x in gs.status[k].tolist()],
+                "answers": gs.answers[k].tolist(),
                 "mean": _rnd(learner_mean[k]),
                 "n_answers": int(members.n_answers[k]),
                 "last_answer": _iso(members.last_answer[k]),
@@ -755,6 +773,7 @@ def group_mastery(
             for k in page
         ],
         "concept_means": [_rnd(x) for x in concept_means.tolist()],
+        "concept_counts": {s: v.tolist() for s, v in counts.items()},
         "offset": offset,
         "limit": limit,
     }
@@ -776,10 +795,15 @@ def learner_timeline(
     learner: Learner,
     concepts: list[str] | None = None,
     max_points: int = 500,
+    settings: Any = None,
 ) -> dict[str, Any]:
-    """The learner's answers in event order with the predicted mastery of some concepts
-    after each (the stored history replayed through the model's serving form; at most
-    ``max_points`` points, evenly spaced, always the last)."""
+    """The learner's answers in event order with the model's estimate of some concepts' mastery
+    after each, on the organisation's scale (the stored history replayed through the model's
+    serving form; at most ``max_points`` points, evenly spaced, always the last). ``timed``
+    says whether the answers carry real times (dates on the x axis) or not (imported without
+    a clock: answer numbers)."""
+    from .teaching import mastery_scale
+
     ctx = _context(session, org)
     items = _item_index(session, org, ctx)
     model = ctx.model
@@ -795,6 +819,9 @@ def learner_timeline(
     if entry is None:
         entry = _TIMELINE.put(key, _replay_learner(session, ctx, items, learner, max_points))
     hist, chosen, mastery, counts = entry
+    scale = mastery_scale(org, settings)
+    if scale == "reachable" and len(mastery):
+        mastery = ctx.model.scaled_mastery(mastery)
     if concepts is None:
         cidx = ctx.view["concept_idx"]
         cand = np.flatnonzero((counts > 0) & (cidx > 0))
@@ -808,7 +835,7 @@ def learner_timeline(
     cols = mastery[:, midx] if len(positions) else np.zeros((len(chosen), 0))
     points = []
     for r, j in enumerate(chosen.tolist()):
-        ev, ts, item_pos, correct = hist[j]
+        ev, ts, item_pos, correct, _ = hist[j]
         cs = items.link_concept[items.link_start[item_pos] : items.link_start[item_pos + 1]]
         points.append(
             {
@@ -827,6 +854,8 @@ def learner_timeline(
         "learner_id": learner.external_id,
         "model": ctx.model_ref(),
         "concepts": ctx.concept_refs(positions),
+        "scale": scale,
+        "timed": bool(hist) and all(h[4] for h in hist),
         "points": points,
     }
 
@@ -842,14 +871,17 @@ def _replay_learner(
             Interaction.timestamp,
             Interaction.item_id,
             Interaction.correct,
+            Interaction.source,
         )
         .where(Interaction.learner_id == learner.id)
         .order_by(Interaction.timestamp, Interaction.event_id)
     ).all()
+    from .importer import SOURCE_UNTIMED
+
     n = len(rows)
     item_pos = items.positions(np.array([r[2] for r in rows], dtype=np.int64))
     hist = [
-        (r[0], as_utc(r[1]), int(p), int(r[3]))
+        (r[0], as_utc(r[1]), int(p), int(r[3]), r[4] != SOURCE_UNTIMED)
         for r, p in zip(rows, item_pos.tolist(), strict=True)
     ]
     counts = np.zeros(len(ctx.cat.concept_ext), dtype=np.int64)
@@ -894,9 +926,15 @@ def learning_curves(
     group: Group,
     concepts: list[str] | None = None,
     max_opportunity: int = 20,
+    settings: Any = None,
 ) -> dict[str, Any]:
-    """Per concept, error rate by practice opportunity (DataShop style): observed, and
-    predicted by the model before each answer, with the number of learners at each point."""
+    """Per concept, error rate by practice opportunity (DataShop style): observed (with its
+    95% Wilson interval), and predicted by the model before each answer, with the number of
+    learners at each point. Points with fewer than ``curve_min_learners`` learners are left
+    out (counted in ``hidden_points``): a rate over a handful of learners is noise."""
+    from .teaching import wilson
+
+    min_learners = int(setting(org, "curve_min_learners", settings))
     ctx = _context(session, org)
     members = _members(session, group)
     st = _group_stats(session, org, ctx, group, members)
@@ -920,30 +958,38 @@ def learning_curves(
     ps = np.bincount(key[known], weights=p[known].astype(np.float64), minlength=size)
     curves = []
     for pos in positions:
-        pts = []
+        pts, hidden = [], 0
         for k in range(max_opportunity):
             i = pos * max_opportunity + k
             if n[i] == 0:
                 continue
+            if n[i] < min_learners:
+                hidden += 1
+                continue
+            lo, hi = wilson(n[i] - ok[i], n[i])
             pts.append(
                 {
                     "opportunity": k + 1,
                     "learners": int(n[i]),
                     "observed_error": _rnd(1.0 - ok[i] / n[i]),
+                    "observed_low": _rnd(lo),
+                    "observed_high": _rnd(hi),
                     "predicted_error": _rnd(1.0 - ps[i] / pn[i]) if pn[i] else None,
                 }
             )
         curves.append(
             {
                 "concept_id": ctx.cat.concept_ext[pos],
-                "name": ctx.cat.concept_name[pos],
+                "name": ctx.cat.name(pos),
                 "points": pts,
+                "hidden_points": hidden,
             }
         )
     return {
         "group": {"id": group.external_id, "name": group.name, "learners": len(members.ids)},
         "model": ctx.model_ref(),
         "max_opportunity": max_opportunity,
+        "min_learners": min_learners,
         "curves": curves,
     }
 
@@ -984,7 +1030,10 @@ def item_statistics(
     (the model's prediction before each attempt), difficulty, discrimination; flagged when
     observed success is more than ``item_flag_z`` standard errors from the predicted one
     (Poisson-binomial variance given the predictions) over at least
-    ``item_flag_min_attempts`` attempts."""
+    ``item_flag_min_attempts`` attempts by at least ``item_flag_min_learners`` learners. The
+    observed success comes with its 95% Wilson interval."""
+    from .teaching import wilson
+
     if sort not in ITEM_SORTS:
         raise Invalid(f"unknown sort {sort!r}; expected one of {', '.join(ITEM_SORTS)}")
     ctx = _context(session, org)
@@ -993,6 +1042,7 @@ def item_statistics(
     items = _item_index(session, org, ctx)
     min_attempts = int(setting(org, "item_flag_min_attempts", settings))
     z_max = float(setting(org, "item_flag_z", settings))
+    min_learners = int(setting(org, "item_flag_min_learners", settings))
     pos = np.flatnonzero(st.attempts > 0)
     att = st.attempts[pos].astype(np.float64)
     obs = st.successes[pos] / att
@@ -1008,7 +1058,8 @@ def item_statistics(
     known_param = d_param is not None
     difficulty = np.where(midx > 0, d_param[midx], np.nan) if known_param else 1.0 - pred
     disc = np.where(midx > 0, disc_param[midx], np.nan) if disc_param is not None else None
-    flagged = (att >= min_attempts) & (pn == att) & np.isfinite(z) & (np.abs(z) > z_max)
+    enough = (att >= min_attempts) & (st.learners[pos] >= min_learners)
+    flagged = enough & (pn == att) & np.isfinite(z) & (np.abs(z) > z_max)
     key = {
         "attempts": att,
         "observed_success": obs,
@@ -1029,13 +1080,18 @@ def item_statistics(
                 f"{how} than the model predicts: observed success {obs[k]:.2f} vs predicted "
                 f"{pred[k]:.2f} over {int(att[k])} attempts (z = {z[k]:.1f}, threshold {z_max:g})"
             )
+        lo, hi = wilson(st.successes[ip], att[k])
         out.append(
             {
                 "item_id": items.ext[ip],
                 "concepts": [ctx.cat.concept_ext[c] for c in cs.tolist()],
+                "concept_names": [ctx.cat.name(c) for c in cs.tolist()],
                 "attempts": int(att[k]),
                 "learners": int(st.learners[ip]),
                 "observed_success": _rnd(obs[k]),
+                "observed_low": _rnd(lo),
+                "observed_high": _rnd(hi),
+                "enough_data": bool(enough[k]),
                 "predicted_success": _rnd(pred[k]),
                 "difficulty": _rnd(difficulty[k]),
                 "discrimination": _rnd(disc[k]) if disc is not None else None,
@@ -1047,7 +1103,11 @@ def item_statistics(
         "group": {"id": group.external_id, "name": group.name, "learners": len(members.ids)},
         "model": ctx.model_ref(),
         "difficulty_source": d_source,
-        "thresholds": {"item_flag_min_attempts": min_attempts, "item_flag_z": z_max},
+        "thresholds": {
+            "item_flag_min_attempts": min_attempts,
+            "item_flag_min_learners": min_learners,
+            "item_flag_z": z_max,
+        },
         "items": out,
         "total": int(len(pos)),
         "offset": offset,
@@ -1066,10 +1126,18 @@ def at_risk(
     limit: int = 100,
     offset: int = 0,
 ) -> dict[str, Any]:
-    """Members with low mastery on the concepts the group has covered, falling mastery over
-    their last answers, or a long inactivity (thresholds: organisation settings). Mastery
-    "now" is at ``now`` for models that forget (decayed), at the last answer otherwise; the
-    change compares it with the state ``risk_window_answers`` answers earlier."""
+    """Members who need attention, each reason weighed (:data:`RISK_WEIGHTS`) and the most
+    pressing first: concepts they struggle with (the evidence statuses), low mastery on the
+    concepts the group has practised (the reported mastery of the grid, one scale), falling
+    estimates over their last ``risk_window_answers`` answers, no answers, and inactivity.
+
+    Inactivity counts only answers with real times (imported answers of learners without a
+    clock have none) and is measured against the group's own clock: ``now`` while the group is
+    active (its latest answer within ``risk_inactive_days``), else the group's latest answer,
+    so an imported history separates the learners who stopped early instead of flagging
+    everybody. Models that forget are read at that same time."""
+    from .teaching import MASTERED, group_status
+
     ctx = _context(session, org)
     model = ctx.model
     low = float(setting(org, "risk_low_mastery", settings))
@@ -1078,67 +1146,87 @@ def at_risk(
     inactive = float(setting(org, "risk_inactive_days", settings))
     now = as_utc(now) or utcnow()
     members = _members(session, group)
+    latest = members.latest
+    live = latest is not None and (now - latest).total_seconds() <= inactive * SECONDS_PER_DAY
+    ref = now if live or latest is None else latest
     st = _group_stats(session, org, ctx, group, members)
-    cidx = ctx.view["concept_idx"]
-    covered = np.unique(st.e_concept)
-    covered = covered[cidx[covered] > 0]
-    covered_m = cidx[covered]
+    gs = group_status(
+        session, org=org, ctx=ctx, group=group, members=members, settings=settings, at=ref
+    )
+    practised = np.flatnonzero((gs.answers > 0).any(0))
     n = len(members.ids)
     mean_now = np.full(n, np.nan)
     change = np.full(n, np.nan)
-    if n and len(covered_m):
-        states = _current_states(session, org, ctx, group, members)
-        m_now = concept_mastery_many(model, states, _at_times(model, members, now))
-        mean_now = m_now[:, covered_m].mean(1)
-        key = (
-            ctx.scope,
-            "before",
-            group.id,
-            model.model_id,
-            members.fingerprint,
-            window,
-        )
+    if n and len(practised):
+        # a learner without answers has only the model's prior: "no answers yet" says it
+        mean_now = np.where(members.n_answers > 0, gs.mastery[:, practised].mean(1), np.nan)
+        key = (ctx.scope, "before", group.id, model.model_id, members.fingerprint, window)
         m_then = _GROUP.get(key)
         if m_then is None:
             then = _states_before(session, org, ctx, members, st.replay, window)
             m_then = _GROUP.put(key, concept_mastery_many(model, then))
-        change = np.where(members.n_answers > 0, mean_now - m_then[:, covered_m].mean(1), np.nan)
+        if gs.scale == "reachable":
+            m_then = model.scaled_mastery(m_then)
+        cidx = ctx.view["concept_idx"][np.asarray(gs.cols)[practised]]
+        was = np.asarray(m_then, dtype=np.float64)[:, cidx].mean(1)
+        change = np.where(members.n_answers > 0, gs.estimate[:, practised].mean(1) - was, np.nan)
     days = np.array(
         [
-            (now - la).total_seconds() / SECONDS_PER_DAY if la is not None else np.nan
+            (ref - la).total_seconds() / SECONDS_PER_DAY if la is not None else np.nan
             for la in members.last_answer
         ]
     )
     struggling = _struggling(session, org, ctx, group, settings)
-    rule = _rule(org, settings)
+    rule = gs.rule
+    when = "" if live else f" before the group's latest answer ({ref.date().isoformat()})"
     flagged = []
     for k in range(n):
-        reasons = []
-        if np.isfinite(mean_now[k]) and mean_now[k] < low:
-            reasons.append(
-                f"low mastery: {mean_now[k]:.2f} on average over the {len(covered_m)} concepts "
-                f"the group has covered (threshold {low:g})"
-            )
-        if np.isfinite(change[k]) and change[k] < -drop:
-            reasons.append(
-                f"falling mastery: {change[k]:+.2f} over the last {window} answers "
-                f"(threshold -{drop:g})"
-            )
+        reasons: list[tuple[float, str]] = []
         for c, e in struggling.get(int(members.ids[k]), []):
             if -e.run >= rule.struggle_run:
-                reasons.append(f"{-e.run} wrong in a row on {ctx.cat.name(c)}")
+                text = f"{-e.run} wrong in a row on {ctx.cat.name(c)}"
             else:
-                reasons.append(
+                text = (
                     f"no progress on {ctx.cat.name(c)} after {e.n} questions "
                     f"({e.n_correct} correct)"
                 )
+            reasons.append((RISK_WEIGHTS["struggling"], text))
+        if np.isfinite(mean_now[k]) and mean_now[k] < low:
+            mastered = int((gs.status[k, practised] == MASTERED).sum())
+            reasons.append(
+                (
+                    RISK_WEIGHTS["low_mastery"],
+                    f"low mastery: {mean_now[k]:.2f} on average over the {len(practised)} "
+                    f"concepts the group has practised ({mastered} mastered; threshold {low:g})",
+                )
+            )
+        if np.isfinite(change[k]) and change[k] < -drop:
+            reasons.append(
+                (
+                    RISK_WEIGHTS["falling"],
+                    f"falling mastery: {change[k]:+.2f} over the last {window} answers "
+                    f"(threshold -{drop:g})",
+                )
+            )
         if members.n_answers[k] == 0:
-            reasons.append("no answers yet")
+            reasons.append((RISK_WEIGHTS["no_answers"], "no answers yet"))
         elif np.isfinite(days[k]) and days[k] > inactive:
-            reasons.append(f"inactive for {days[k]:.0f} days (threshold {inactive:g})")
+            reasons.append(
+                (
+                    RISK_WEIGHTS["inactive"],
+                    f"no answer for {days[k]:.0f} days{when} (threshold {inactive:g})",
+                )
+            )
         if reasons:
+            reasons.sort(key=lambda r: -r[0])
             flagged.append((k, reasons))
-    flagged.sort(key=lambda kr: (-len(kr[1]), np.nan_to_num(mean_now[kr[0]], nan=2.0)))
+    flagged.sort(
+        key=lambda kr: (
+            -sum(w for w, _ in kr[1]),
+            np.nan_to_num(mean_now[kr[0]], nan=2.0),
+            members.label(kr[0]),
+        )
+    )
     return {
         "group": {"id": group.external_id, "name": group.name, "learners": n},
         "model": ctx.model_ref(),
@@ -1148,15 +1236,21 @@ def at_risk(
             "risk_window_answers": window,
             "risk_inactive_days": inactive,
         },
-        "covered_concepts": [ctx.cat.concept_ext[c] for c in covered.tolist()],
+        "reference_time": _iso(ref),
+        "reference": "now" if live or latest is None else "the group's latest answer",
+        "timed": latest is not None,
+        "covered_concepts": [ctx.cat.concept_ext[gs.cols[j]] for j in practised.tolist()],
         "learners": [
             {
                 "learner_id": members.ext[k],
                 "name": members.names[k],
-                "reasons": reasons,
+                "label": members.label(k),
+                "severity": round(sum(w for w, _ in reasons), 2),
+                "reasons": [text for _, text in reasons],
                 "mean_mastery": _rnd(mean_now[k]),
                 "mastery_change": _rnd(change[k]),
-                "days_inactive": _rnd(days[k], 2),
+                "days_inactive": _rnd(days[k], 4),
+                "last_activity": _iso(members.last_answer[k]),
             }
             for k, reasons in flagged[offset : offset + limit]
         ],
@@ -1164,6 +1258,17 @@ def at_risk(
         "offset": offset,
         "limit": limit,
     }
+
+
+#: how much each at-risk reason weighs (a learner's severity is the sum; each struggling
+#: concept counts): what a teacher can act on now first
+RISK_WEIGHTS = {
+    "struggling": 3.0,
+    "falling": 2.0,
+    "low_mastery": 2.0,
+    "no_answers": 1.0,
+    "inactive": 1.0,
+}
 
 
 def _rule(org: Organisation, settings: Any) -> Any:

@@ -14,8 +14,10 @@ learners and the whole interaction history, in one transaction: a failure leaves
   item and answer is dropped and counted (``merged_expanded``).
 * **Timestamps**: the service orders answers by timestamp, so every answer needs one. A learner
   without any timestamp gets a synthetic, strictly increasing time: ``2000-01-01T00:00:00Z``
-  plus ``seq`` seconds. Inside a learner that has timestamps, a missing one takes the previous
-  answer's (the first known one for leading gaps), as training does. Both are counted.
+  plus ``seq`` seconds, and its answers the source ``import-untimed`` (:data:`SOURCE_UNTIMED`)
+  so that nothing reads that clock as a date (the analytics' last activity and inactivity).
+  Inside a learner that has timestamps, a missing one takes the previous answer's (the
+  first known one for leading gaps), as training does. Both are counted.
   Timestamps are otherwise kept as they are: where a dataset's order disagrees with its clock,
   the service follows the clock.
 * **Speed**: partitions are streamed with pyarrow, ids are mapped to database ids through
@@ -60,6 +62,8 @@ SYNTHETIC_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 SEQ_WIDTH = 10
 MAX_USER_IN_EVENT_ID = 180
 SOURCE = "import"
+#: the source of imported answers whose time is synthetic (their learner had no clock)
+SOURCE_UNTIMED = "import-untimed"
 #: rows per executemany (SQLite) / per COPY buffer (PostgreSQL)
 CHUNK_ROWS = 50_000
 _INTERACTION_COLUMNS = (
@@ -354,12 +358,12 @@ def _import_partition(
     seq_txt = pc.utf8_lpad(pc.cast(seq, pa.string()), SEQ_WIDTH, "0")
     event_ids = pc.binary_join_element_wise(prefixes.take(users.indices), seq_txt, "")
     # timestamps (int64 ms since the epoch, every row filled; see the module doc)
-    ts_ms, n_synth, n_fill = _fill_timestamps(
+    ts_ms, synth, n_fill = _fill_timestamps(
         part.column("timestamp").combine_chunks(),
         user_code,
         seq.to_numpy(zero_copy_only=False),
     )
-    stats["synthetic"] += n_synth
+    stats["synthetic"] += int(synth.sum())
     stats["fill"] += n_fill
     keep = np.ones(n_rows, dtype=bool)
     if expanded:
@@ -406,7 +410,7 @@ def _import_partition(
             "timestamp": ts,
             "elapsed_ms": pc.cast(part.column("elapsed_ms").take(sel), pa.int64()),
             "attempt": pc.cast(part.column("attempt").take(sel), pa.int16()),
-            "source": pa.array(np.full(len(idx), SOURCE, dtype=object), pa.string()),
+            "source": pa.array(np.where(synth[idx], SOURCE_UNTIMED, SOURCE), pa.string()),
             "received_at": pa.array(np.full(len(idx), _ms(received)), pa.timestamp("ms", tz="UTC")),
         }
     )
@@ -489,13 +493,14 @@ def _update_learners(conn: Connection, org_id: int) -> None:
 # ---------------------------------------------------------------------- helpers
 def _fill_timestamps(
     ts: pa.Array, user_code: np.ndarray, seq: np.ndarray
-) -> tuple[np.ndarray, int, int]:
-    """Milliseconds since the epoch for every row (rows sorted by learner, then seq)."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Milliseconds since the epoch for every row (rows sorted by learner, then seq), which
+    rows got a synthetic time, and how many were filled from a neighbour."""
     n = len(ts)
     valid = ~np.asarray(ts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     ms = pc.cast(ts, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     if valid.all():
-        return ms, 0, 0
+        return ms, np.zeros(n, dtype=bool), 0
     starts = np.flatnonzero(np.r_[True, user_code[1:] != user_code[:-1]])
     group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
     group_start = starts[group]
@@ -512,7 +517,7 @@ def _fill_timestamps(
     out[lead] = ms[nxt[lead]]
     synth = ~valid & ~has_prev & ~has_next
     out[synth] = _ms(SYNTHETIC_EPOCH) + seq[synth].astype(np.int64) * 1000
-    return out, int(synth.sum()), int(fill.sum() + lead.sum())
+    return out, synth, int(fill.sum() + lead.sum())
 
 
 def _event_prefix(user: str) -> str:

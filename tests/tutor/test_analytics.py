@@ -54,6 +54,9 @@ def posted(client, world):
     # out of order on purpose: the service orders by timestamp
     r = client.post("/v1/answers", json={"answers": batch[::-1]}, headers=world.headers("ingest"))
     assert r.status_code == 201, r.text
+    # two learners: every point and item counts here (the defaults hide small numbers; see
+    # test_small_numbers_are_hidden_by_default)
+    _set_org_settings(world, curve_min_learners=1, item_flag_min_learners=1)
     return client
 
 
@@ -85,10 +88,16 @@ def _serving_replay(model, learner: str) -> tuple[list[float], list[np.ndarray]]
     return before, after
 
 
-def _mastery(client, world, learner: str) -> dict[str, float]:
+def _mastery(client, world, learner: str, field: str = "predicted_success") -> dict[str, float]:
     r = client.get(f"/v1/learners/{learner}/mastery", headers=world.headers("admin"))
     assert r.status_code == 200, r.text
-    return {c["concept_id"]: c["predicted_success"] for c in r.json()["concepts"]}
+    return {c["concept_id"]: c[field] for c in r.json()["concepts"]}
+
+
+def _mastery_rows(client, world, learner: str) -> dict[str, dict]:
+    r = client.get(f"/v1/learners/{learner}/mastery", headers=world.headers("admin"))
+    assert r.status_code == 200, r.text
+    return {c["concept_id"]: c for c in r.json()["concepts"]}
 
 
 def test_items_have_the_fixture_concepts(posted, world):
@@ -114,15 +123,38 @@ def test_group_mastery_grid(posted, world):
     assert rows["u0"]["n_answers"] == 4 and rows["u1"]["n_answers"] == 3
     assert rows["u0"]["last_answer"].startswith("2024-03-01T10:03:00")
     assert rows["u1"]["last_answer"].startswith("2024-03-01T10:06:00")
-    per = {u: _mastery(posted, world, u) for u in ("u0", "u1")}
+    # each cell is what GET /mastery says: status, reported mastery, own answers
+    per = {u: _mastery_rows(posted, world, u) for u in ("u0", "u1")}
     for u, row in rows.items():
-        for c, m in zip(concepts, row["mastery"], strict=True):
-            assert m == pytest.approx(per[u][c], abs=2e-6)
+        for c, m, st, n in zip(
+            concepts, row["mastery"], row["status"], row["answers"], strict=True
+        ):
+            assert m == pytest.approx(per[u][c]["mastery"], abs=2e-6)
+            assert st == per[u][c]["status"] and n == per[u][c]["answers"]
         assert row["mean"] == pytest.approx(np.mean(row["mastery"]), abs=2e-6)
+    # own answers per concept, from the fixture table (u1 never answered c2 or c3)
+    assert dict(zip(concepts, rows["u0"]["answers"], strict=True)) == {
+        "c0": 3,
+        "c1": 2,
+        "c2": 1,
+        "c3": 0,
+    }
+    assert dict(zip(concepts, rows["u1"]["answers"], strict=True)) == {
+        "c0": 2,
+        "c1": 1,
+        "c2": 0,
+        "c3": 0,
+    }
+    assert dict(zip(concepts, rows["u1"]["status"], strict=True))["c2"] == "estimated"
     for k, c in enumerate(concepts):
         assert body["concept_means"][k] == pytest.approx(
-            (per["u0"][c] + per["u1"][c]) / 2, abs=2e-6
+            (per["u0"][c]["mastery"] + per["u1"][c]["mastery"]) / 2, abs=2e-6
         )
+        for status in ("mastered", "learning", "struggling"):
+            want = sum(per[u][c]["status"] == status for u in ("u0", "u1"))
+            assert body["concept_counts"][status][k] == want
+    assert body["rule"]["mastery_threshold"] == 0.8 and body["scale"] == "reachable"
+    assert "at least 3 own answers" in body["rule_text"]
     # a page holds fewer learners; the means still average the whole group
     page = posted.get("/v1/analytics/groups/g1/mastery?limit=1&offset=1", headers=h).json()
     assert [x["learner_id"] for x in page["learners"]] == ["u1"]
@@ -146,8 +178,9 @@ def test_grid_rebuilds_stale_states_and_counts_new_members(posted, world):
     assert u3["n_answers"] == 0 and u3["last_answer"] is None
     concepts = [c["concept_id"] for c in body["concepts"]]
     for row in body["learners"]:
-        ref = _mastery(posted, world, row["learner_id"])
+        ref = _mastery(posted, world, row["learner_id"], "mastery")
         assert row["mastery"] == pytest.approx([ref[c] for c in concepts], abs=2e-6)
+    assert set(u3["status"]) == {"not_started"} and set(u3["answers"]) == {0}
     # the rebuilt states were kept
     engine = create_db_engine(world.url)
     with make_sessionmaker(engine)() as s:
@@ -169,13 +202,16 @@ def test_learner_timeline(posted, world, dkt_run):
     assert [p["correct"] for p in pts] == [1, 0, 1, 1]
     assert [sorted(p["concepts"]) for p in pts] == [["c0", "c1"], ["c0"], ["c1", "c2"], ["c0"]]
     assert pts[0]["timestamp"].startswith("2024-03-01T10:00:00")
-    now = _mastery(posted, world, "u0")
+    assert body["timed"] is True and body["scale"] == "reachable"
+    # the model's estimate on the organisation's scale, as GET /mastery's "estimate"
+    now = _mastery(posted, world, "u0", "estimate")
     assert pts[-1]["mastery"] == pytest.approx([now["c0"], now["c1"], now["c2"]], abs=2e-6)
     model = _served(dkt_run)
     _, after = _serving_replay(model, "u0")
     cidx = [model.concept_ids.index(c) + 1 for c in ("c0", "c1", "c2")]
     for p, ref in zip(pts, after, strict=True):
-        assert p["mastery"] == pytest.approx(ref[cidx].tolist(), abs=2e-6)
+        # the reachable scale stretches float32 noise by 1 / (ceiling - floor)
+        assert p["mastery"] == pytest.approx(model.scaled_mastery(ref)[cidx].tolist(), abs=1e-5)
     # chosen concepts, thinned points (the last always kept)
     r = posted.get(
         "/v1/analytics/learners/u0/timeline?concepts=c3,c1&max_points=2",
@@ -185,6 +221,14 @@ def test_learner_timeline(posted, world, dkt_run):
     assert [c["concept_id"] for c in body["concepts"]] == ["c3", "c1"]
     assert [p["index"] for p in body["points"]] == [1, 4]
     assert body["points"][1]["mastery"] == pytest.approx([now["c3"], now["c1"]], abs=2e-6)
+    # on the success scale, the raw predicted success
+    _set_org_settings(world, mastery_scale="success")
+    r = posted.get("/v1/analytics/learners/u0/timeline", headers=world.headers("admin"))
+    raw = _mastery(posted, world, "u0")
+    assert r.json()["scale"] == "success"
+    assert r.json()["points"][-1]["mastery"] == pytest.approx(
+        [raw["c0"], raw["c1"], raw["c2"]], abs=2e-6
+    )
     r = posted.get(
         "/v1/analytics/learners/u0/timeline?concepts=nope", headers=world.headers("admin")
     )
@@ -205,6 +249,11 @@ def test_learning_curves(posted, world, dkt_run):
         "c1": [(1, 2, 0.5), (2, 1, 0.0)],
         "c2": [(1, 1, 0.0)],
     }
+    # 95% Wilson intervals, by hand: 1 error of 2 -> (0.0945, 0.9055); 0 of 1 -> (0, 0.7935)
+    p = curves["c0"][0]
+    assert (p["observed_low"], p["observed_high"]) == pytest.approx((0.094531, 0.905469), abs=1e-5)
+    p = curves["c2"][0]
+    assert (p["observed_low"], p["observed_high"]) == pytest.approx((0.0, 0.793450), abs=1e-5)
     # predicted: 1 - mean prediction before each answer, by the serving form
     model = _served(dkt_run)
     pb = {u: _serving_replay(model, u)[0] for u in ("u0", "u1")}
@@ -314,7 +363,11 @@ def test_item_statistics(posted, world, dkt_run):
     i1 = next(i for i in body["items"] if i["item_id"] == "i1")
     ps = np.array(preds["i1"])
     z = (2 - ps.sum()) / math.sqrt((ps * (1 - ps)).sum())
-    assert body["thresholds"] == {"item_flag_min_attempts": 4, "item_flag_z": 0.01}
+    assert body["thresholds"] == {
+        "item_flag_min_attempts": 4,
+        "item_flag_min_learners": 1,
+        "item_flag_z": 0.01,
+    }
     assert i1["flagged"] is bool(abs(z) > 0.01)
     if i1["flagged"]:
         assert f"z = {z:.1f}" in i1["flag_reason"]
@@ -324,39 +377,90 @@ def test_item_statistics(posted, world, dkt_run):
 def test_learners_at_risk(posted, world):
     h = world.headers("admin")
     posted.put("/v1/groups/g1/members", json=["u0", "u1", "u3"], headers=h)
-    _set_org_settings(world, risk_low_mastery=0.99, risk_inactive_days=30, risk_window_answers=2)
+    # inactivity over 0.001 days (86 s): u0's last answer is 3 minutes before u1's
+    _set_org_settings(world, risk_low_mastery=0.99, risk_inactive_days=0.001, risk_window_answers=2)
     r = posted.get("/v1/analytics/groups/g1/at-risk", headers=world.headers("teacher"))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["thresholds"]["risk_low_mastery"] == 0.99
     assert body["thresholds"]["risk_window_answers"] == 2
     assert body["covered_concepts"] == ["c0", "c1", "c2"]
+    # an imported history (2024): inactivity is measured against the group's latest answer
+    assert body["reference"] == "the group's latest answer" and body["timed"] is True
+    assert body["reference_time"].startswith("2024-03-01T10:06:00")
     rows = {x["learner_id"]: x for x in body["learners"]}
     assert set(rows) == {"u0", "u1", "u3"} and body["total"] == 3
     grid = posted.get("/v1/analytics/groups/g1/mastery", headers=h).json()
     cols = [c["concept_id"] for c in grid["concepts"]]
-    for g in grid["learners"]:
+    for g in grid["learners"][:2]:
         covered = [m for c, m in zip(cols, g["mastery"], strict=True) if c != "c3"]
         assert rows[g["learner_id"]]["mean_mastery"] == pytest.approx(np.mean(covered), abs=2e-6)
-    for u in ("u0", "u1"):
-        reasons = " | ".join(rows[u]["reasons"])
-        assert "low mastery" in reasons and "inactive" in reasons  # answered in 2024
-        days = (datetime.now(UTC) - datetime(2024, 3, 1, 10, tzinfo=UTC)).days
-        assert rows[u]["days_inactive"] == pytest.approx(days, abs=1.1)
-    assert rows["u3"]["reasons"][-1] == "no answers yet"
+    assert rows["u3"]["mean_mastery"] is None  # no answers: no mastery to judge
+    assert rows["u0"]["days_inactive"] == pytest.approx(3 / 1440, abs=1e-4)
+    assert rows["u1"]["days_inactive"] == 0
+    assert any(
+        "no answer for 0 days before the group's latest answer" in x for x in rows["u0"]["reasons"]
+    )
+    assert not any("no answer for" in x for x in rows["u1"]["reasons"])
+    assert all("low mastery" in " | ".join(rows[u]["reasons"]) for u in ("u0", "u1"))
+    assert rows["u3"]["reasons"] == ["no answers yet"]
     assert rows["u3"]["mastery_change"] is None and rows["u3"]["days_inactive"] is None
-    # mastery change = mean covered mastery now - after all but the last 2 answers
+    # ranked: the most pressing (sum of the reasons' weights) first, reasons weighed too
+    sev = [x["severity"] for x in body["learners"]]
+    assert sev == sorted(sev, reverse=True)
+    assert rows["u0"]["severity"] == 3.0  # low mastery (2) + inactive (1)
+    assert rows["u0"]["reasons"][0].startswith("low mastery")
+    assert [x["learner_id"] for x in body["learners"]][-1] == "u3"
+    # mastery change = mean estimate over the covered concepts now - before the last 2 answers
     first_two = _covered_mean_after(posted, world, "u1", 1)
+    est = _mastery(posted, world, "u1", "estimate")
     assert rows["u1"]["mastery_change"] == pytest.approx(
-        rows["u1"]["mean_mastery"] - first_two, abs=2e-6
+        np.mean([est[c] for c in ("c0", "c1", "c2")]) - first_two, abs=2e-6
     )
-    # an inactive learner with high mastery is flagged for inactivity only
-    _set_org_settings(world, risk_low_mastery=0.01, risk_mastery_drop=0.99)
+    # a live group (an answer now): inactivity against now, so u0 (2024) is inactive
+    _set_org_settings(world, risk_low_mastery=0.01, risk_mastery_drop=0.99, risk_inactive_days=30)
+    new = {"event_id": "live1", "learner_id": "u1", "item_id": "i6", "correct": 1}
+    assert posted.post("/v1/answers", json=new, headers=world.headers("ingest")).status_code == 201
     body = posted.get("/v1/analytics/groups/g1/at-risk", headers=h).json()
-    assert all(
-        all(r.startswith(("inactive", "no answers")) for r in x["reasons"])
-        for x in body["learners"]
-    )
+    assert body["reference"] == "now"
+    rows = {x["learner_id"]: x for x in body["learners"]}
+    days = (datetime.now(UTC) - datetime(2024, 3, 1, 10, 3, tzinfo=UTC)).days
+    assert rows["u0"]["days_inactive"] == pytest.approx(days, abs=1.1)
+    assert rows["u0"]["reasons"] == [
+        f"no answer for {rows['u0']['days_inactive']:.0f} days (threshold 30)"
+    ]
+    assert "u1" not in rows
+
+
+def test_answers_without_a_clock_count_for_no_activity(posted, world):
+    """Answers imported without timestamps (a synthetic clock, source import-untimed) give
+    no last activity, no inactivity and a timeline by answer number."""
+    from tutor.analytics import clear_caches
+    from tutor.db import Interaction, Learner, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        u1 = s.scalar(select(Learner.id).where(Learner.external_id == "u1"))
+        s.execute(
+            Interaction.__table__.update()
+            .where(Interaction.learner_id == u1)
+            .values(source="import-untimed")
+        )
+    engine.dispose()
+    clear_caches()
+    _set_org_settings(world, risk_inactive_days=0.001)
+    h = world.headers("teacher")
+    risk = posted.get("/v1/analytics/groups/g1/at-risk", headers=h).json()
+    assert risk["reference_time"].startswith("2024-03-01T10:03:00")  # u0's, the only clock
+    rows = {x["learner_id"]: x for x in risk["learners"]}
+    assert "u1" not in rows or not any("no answer for" in x for x in rows["u1"]["reasons"])
+    students = posted.get("/v1/analytics/groups/g1/students", headers=h).json()
+    by = {x["learner_id"]: x for x in students["students"]}
+    assert by["u1"]["last_activity"] is None and by["u1"]["days_inactive"] is None
+    assert by["u0"]["last_activity"].startswith("2024-03-01T10:03:00")
+    tl = posted.get("/v1/analytics/learners/u1/timeline", headers=h).json()
+    assert tl["timed"] is False
+    assert posted.get("/v1/analytics/learners/u0/timeline", headers=h).json()["timed"] is True
 
 
 def _covered_mean_after(client, world, learner: str, k: int) -> float:
@@ -448,10 +552,11 @@ def test_model_card_psikt_with_results(client, world, psikt_run, tmp_path):
     assert grid["at"].startswith("2024-06-01") and grid["model"]["forgets"] is True
     assert grid["learners"][0]["mastery"] != now["learners"][0]["mastery"]
     ref = client.get(f"/v1/learners/u0/mastery?at={later}", headers=h).json()
-    ref = {c["concept_id"]: c["predicted_success"] for c in ref["concepts"]}
+    ref = {c["concept_id"]: c["mastery"] for c in ref["concepts"]}
     cols = [c["concept_id"] for c in grid["concepts"]]
-    assert grid["learners"][0]["mastery"] == pytest.approx([ref[c] for c in cols], abs=2e-6)
+    assert grid["learners"][0]["mastery"] == pytest.approx([ref[c] for c in cols], abs=1e-5)
     # learning curves through PSI-KT's forward (on the clock) equal its serving form
+    _set_org_settings(world, curve_min_learners=1)
     curves = client.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
     curves = {c["concept_id"]: c["points"] for c in curves["curves"]}
     assert set(curves) == {"c0", "c1", "c2"}
@@ -523,7 +628,7 @@ def test_caches_follow_new_answers_and_empty_groups(posted, world):
     grid2 = posted.get("/v1/analytics/groups/g1/mastery", headers=h).json()
     assert grid2["learners"][1]["n_answers"] == 4
     assert grid2["learners"][1]["mastery"] != grid["learners"][1]["mastery"]
-    ref = _mastery(posted, world, "u1")
+    ref = _mastery(posted, world, "u1", "mastery")
     cols = [c["concept_id"] for c in grid2["concepts"]]
     assert grid2["learners"][1]["mastery"] == pytest.approx([ref[c] for c in cols], abs=2e-6)
     items2 = posted.get("/v1/analytics/groups/g1/items", headers=h).json()

@@ -211,6 +211,63 @@ def test_missing_timestamps_and_ties(tmp_path: Path) -> None:
             assert t2[0] == t2[1]  # leading gap: the first known time
             assert t2[5] == t2[4]  # a gap: the previous time
             assert t2[9] == t2[10] == t2[11]  # ties keep seq order (event ids)
+            # u1's clock is synthetic: its answers say so (the analytics read no dates there)
+            sources = dict(
+                s.execute(
+                    select(Learner.external_id, func.min(Interaction.source))
+                    .join(Interaction, Interaction.learner_id == Learner.id)
+                    .group_by(Learner.external_id)
+                ).all()
+            )
+            assert sources == {"u1": importer.SOURCE_UNTIMED, "u2": importer.SOURCE}
+    finally:
+        engine.dispose()
+
+
+def test_migration_marks_answers_imported_without_a_clock(tmp_path: Path) -> None:
+    """Migration 0003 finds the answers an earlier import gave a synthetic time (exactly
+    2000-01-01 plus the event id's seq seconds) and marks them; downgrade unmarks."""
+    from sqlalchemy import update
+
+    from tutor.db.migrate import downgrade, upgrade
+
+    data = _write_untimed(tmp_path / "untimed")
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "head")
+    engine = create_db_engine(url)
+
+    def sources() -> dict[str, set[str]]:
+        with make_sessionmaker(engine)() as s:
+            rows = s.execute(
+                select(Learner.external_id, Interaction.source).join(
+                    Interaction, Interaction.learner_id == Learner.id
+                )
+            ).all()
+        out: dict[str, set[str]] = {}
+        for u, src in rows:
+            out.setdefault(u, set()).add(src)
+        return out
+
+    try:
+        importer.import_dataset(engine, org_slug="acme", dataset_dir=data)
+        assert sources() == {"u1": {"import-untimed"}, "u2": {"import"}}
+        downgrade(url, "0002")
+        assert sources() == {"u1": {"import"}, "u2": {"import"}}
+        # an imported answer in 2000 whose time is not the synthetic one stays
+        with engine.begin() as c:
+            c.execute(
+                update(Interaction)
+                .where(Interaction.event_id == "import:u1:0000000003")
+                .values(timestamp=importer.SYNTHETIC_EPOCH + timedelta(seconds=99))
+            )
+        upgrade(url, "head")
+        with make_sessionmaker(engine)() as s:
+            src = dict(s.execute(select(Interaction.event_id, Interaction.source)).all())
+        assert src["import:u1:0000000003"] == "import"
+        assert {v for k, v in src.items() if k.startswith("import:u1:") and k[-1] != "3"} == {
+            "import-untimed"
+        }
+        assert {v for k, v in src.items() if k.startswith("import:u2:")} == {"import"}
     finally:
         engine.dispose()
 

@@ -930,6 +930,8 @@ SETTING_KEYS = (
     "risk_inactive_days",
     "item_flag_min_attempts",
     "item_flag_z",
+    "item_flag_min_learners",
+    "curve_min_learners",
 )
 MAX_RECENT_EXCLUSION = 10_000
 #: settings that are positive integers / positive numbers (the rest not named here are
@@ -938,6 +940,8 @@ INT_SETTINGS = {
     "recent_exclusion",
     "risk_window_answers",
     "item_flag_min_attempts",
+    "item_flag_min_learners",
+    "curve_min_learners",
     "mastery_min_answers",
     "struggle_run",
     "struggle_answers",

