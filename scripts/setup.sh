@@ -13,7 +13,8 @@ python -m pip install --quiet --upgrade pip
 python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" \
     2>/dev/null || python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[dev]"
-# the dashboard's charting library (Vega-Lite, from npm; gitignored): vendored when missing
+# the dashboard's charting library (Vega-Lite, from npm; committed): re-vendored only when
+# missing or at other versions than the pinned ones
 bash scripts/vendor_dashboard.sh \
     || echo "warning: the dashboard's charting library could not be vendored (needs npm):" \
         "/dashboard answers 503 and its browser test skips" >&2

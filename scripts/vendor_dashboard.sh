@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Vendor the dashboard's charting library (Vega, Vega-Lite, vega-embed) from the npm registry
-# into tutor/dashboard/static/vendor/ (gitignored), so that the dashboard works offline and
-# references no external URL. Pinned versions; each tarball is checked against its pinned
+# into tutor/dashboard/static/vendor/, so that the dashboard works offline and references no
+# external URL. The vendored files are committed (a wheel built from a clean clone carries
+# them); this script refreshes them when the pinned versions change. Pinned versions; each tarball is checked against its pinned
 # sha512 integrity before anything is copied. Idempotent: does nothing when the files are
 # there at the pinned versions (--force re-fetches). Needs node's npm.
 set -euo pipefail

@@ -3,10 +3,11 @@
 The page itself needs no key: the API key is typed into it, kept in the browser's session
 storage and sent with every data call (``Authorization: Bearer``). Its assets are package data
 (read with :mod:`importlib.resources`, so an installed wheel serves them too); the charting
-library (Vega, Vega-Lite, vega-embed) is vendored at build time into ``static/vendor/`` by
-``scripts/vendor_dashboard.sh`` and nothing is loaded from another origin (the page's
-Content-Security-Policy forbids it). Without the vendored files the page answers 503 naming the
-script to run.
+library (Vega, Vega-Lite, vega-embed) is vendored into ``static/vendor/`` by
+``scripts/vendor_dashboard.sh`` (pinned versions checked against their npm integrity, the files
+committed so that every wheel carries them) and nothing is loaded from another origin (the
+page's Content-Security-Policy forbids it). Without the vendored files the page answers 503
+naming the script to run.
 """
 
 from __future__ import annotations
