@@ -5,12 +5,13 @@ Nothing here knows about HTTP (the routes are in :mod:`tutor.api.analytics`); er
 :class:`~tutor.service.ServiceError` subclasses. Everything is computed per request from the
 database and the active model, vectorised:
 
-* **Current mastery of a group** (grid, at-risk): the group's stored learner states are read
-  in one query, decoded into one batched state (:func:`tutor.runtime.decode_many`) and
-  scored by one batched ``predict`` over every model item
-  (:func:`tutor.runtime.concept_mastery_many`), so a grid cell equals the learner's
-  ``/v1/learners/{id}/mastery`` value. Stale or missing states (after a model swap or a bulk
-  import) are rebuilt by one batched replay and kept, as the mastery route keeps its.
+* **Current statuses and mastery of a group** (grid, at-risk, and the teacher's views of
+  :mod:`tutor.teaching`): the members' stored learner states and evidence are read in one
+  query, decoded into one batched state (:func:`tutor.runtime.decode_many`) and scored by
+  one batched ``predict`` (:func:`tutor.runtime.concept_mastery_many`), so a grid cell
+  equals the learner's ``/v1/learners/{id}/mastery`` value; after new answers only the
+  learners who answered are read again. Stale or missing states (after a model swap or a
+  bulk import) are rebuilt by one batched replay and kept, as the mastery route keeps its.
 * **Predictions before each answer** (learning curves, item statistics): the group's
   answers are read in one ordered query (timestamps as epoch seconds computed by the
   database) and run through the model's batch ``forward`` (its training form, equal to the
@@ -610,51 +611,6 @@ def _group_stats(
 
 
 # ---------------------------------------------------------------------- current states
-def _current_states(
-    session: Session, org: Organisation, ctx: _Context, group: Group, members: _Members
-) -> Any | None:
-    """The batched up-to-date state of every member (None for an empty group): stored
-    states in one query; stale or missing ones rebuilt in one batched replay and kept (see
-    :func:`tutor.service.keep_rebuilt_states`)."""
-    model = ctx.model
-    key = (ctx.scope, "states", group.id, model.model_id, members.fingerprint)
-    hit = _GROUP.get(key)
-    if hit is not None:
-        return hit
-    if not len(members.ids):
-        return None
-    rows = session.execute(
-        select(
-            LearnerState.learner_id,
-            LearnerState.state,
-            LearnerState.n_applied,
-            LearnerState.evidence.is_(None),
-        )
-        .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
-        .where(GroupMembership.group_id == group.id, LearnerState.model_id == model.model_id)
-    ).all()
-    # a state without its evidence (from before migration 0002) is rebuilt with it
-    stored = {r[0]: (r[1], -1 if r[3] else r[2]) for r in rows}
-    blobs: list[bytes] = []
-    stale: list[int] = []
-    for k, (lid, n) in enumerate(
-        zip(members.ids.tolist(), members.n_answers.tolist(), strict=True)
-    ):
-        row = stored.get(lid)
-        if row is None or row[1] != n:
-            stale.append(k)
-            blobs.append(b"")
-        else:
-            blobs.append(row[0])
-    if stale:
-        items = _item_index(session, org, ctx)
-        for k, blob in zip(
-            stale, _rebuild_states(session, ctx, items, members, stale), strict=True
-        ):
-            blobs[k] = blob
-    return _GROUP.put(key, decode_many(model, blobs))
-
-
 def _time_values(
     model: LoadedModel, lens: np.ndarray, t: np.ndarray, first_seen: np.ndarray
 ) -> np.ndarray:
@@ -1136,7 +1092,7 @@ def at_risk(
     active (its latest answer within ``risk_inactive_days``), else the group's latest answer,
     so an imported history separates the learners who stopped early instead of flagging
     everybody. Models that forget are read at that same time."""
-    from .teaching import MASTERED, group_status
+    from .teaching import MASTERED, STRUGGLING, group_status
 
     ctx = _context(session, org)
     model = ctx.model
@@ -1176,19 +1132,19 @@ def at_risk(
             for la in members.last_answer
         ]
     )
-    struggling = _struggling(session, org, ctx, group, settings)
     rule = gs.rule
     when = "" if live else f" before the group's latest answer ({ref.date().isoformat()})"
     flagged = []
     for k in range(n):
         reasons: list[tuple[float, str]] = []
-        for c, e in struggling.get(int(members.ids[k]), []):
-            if -e.run >= rule.struggle_run:
-                text = f"{-e.run} wrong in a row on {ctx.cat.name(c)}"
+        for j in np.flatnonzero(gs.status[k] == STRUGGLING).tolist():
+            name, run = ctx.cat.name(gs.cols[j]), -int(gs.run[k, j])
+            if run >= rule.struggle_run:
+                text = f"{run} wrong in a row on {name}"
             else:
                 text = (
-                    f"no progress on {ctx.cat.name(c)} after {e.n} questions "
-                    f"({e.n_correct} correct)"
+                    f"no progress on {name} after {gs.answers[k, j]} questions "
+                    f"({gs.correct[k, j]} correct)"
                 )
             reasons.append((RISK_WEIGHTS["struggling"], text))
         if np.isfinite(mean_now[k]) and mean_now[k] < low:
@@ -1278,27 +1234,6 @@ def _rule(org: Organisation, settings: Any) -> Any:
     return EvidenceRule() if settings is None else evidence_rule(org.settings, settings)
 
 
-def _struggling(
-    session: Session, org: Organisation, ctx: _Context, group: Group, settings: Any
-) -> dict[int, list[tuple[int, Any]]]:
-    """Per member, the concepts (positions) whose own evidence says struggling."""
-    from .evidence import is_struggling, load
-
-    rule = _rule(org, settings)
-    pos = {c: k for k, c in enumerate(ctx.cat.concept_ext)}
-    out: dict[int, list[tuple[int, Any]]] = {}
-    rows = session.execute(
-        select(LearnerState.learner_id, LearnerState.evidence)
-        .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
-        .where(GroupMembership.group_id == group.id, LearnerState.model_id == ctx.model.model_id)
-    )
-    for lid, raw in rows:
-        for cid, e in load(raw).items():
-            if cid in pos and is_struggling(e, rule):
-                out.setdefault(int(lid), []).append((pos[cid], e))
-    return out
-
-
 def _states_before(
     session: Session,
     org: Organisation,
@@ -1308,18 +1243,22 @@ def _states_before(
     window: int,
 ) -> Any:
     """The batched state of every member ``window`` answers before its last (the initial
-    state with fewer answers), cached per learner and answer count: after a new answer only
-    that learner is replayed."""
+    state with fewer answers), cached per learner and answer count. After new answers a
+    learner's earlier snapshot (up to :data:`SNAP_CATCH_UP` answers back) is stepped forward
+    over the answers it now lacks; a learner without one is replayed in a batch."""
     model = ctx.model
     keys = [
         (ctx.scope, model.model_id, int(lid), int(n), window)
         for lid, n in zip(members.ids, rep.lens, strict=True)
     ]
     blobs = [_SNAPS.get(k) for k in keys]
+    starts = np.cumsum(rep.lens) - rep.lens
+    missing = [k for k, b in enumerate(blobs) if b is None]
+    items = _item_index(session, org, ctx) if missing else None
+    for k in missing:
+        blobs[k] = _catch_up(ctx, items, members, rep, window, keys[k], k, int(starts[k]))
     need = np.array([k for k, b in enumerate(blobs) if b is None], dtype=np.int64)
     if len(need):
-        items = _item_index(session, org, ctx)
-        starts = np.cumsum(rep.lens) - rep.lens
         lens = rep.lens[need]
         rows = _ranges(starts[need], lens)
         times = _time_values(model, lens, rep.t[rows], members.first_seen[need])
@@ -1331,6 +1270,51 @@ def _states_before(
             blobs[k] = model.encode(model.model.state_select(state, torch.tensor([j])))
             _SNAPS.put(keys[k], blobs[k])
     return decode_many(model, blobs)
+
+
+#: how many answers back a cached snapshot may be and still be stepped forward
+SNAP_CATCH_UP = 20
+
+
+@torch.no_grad()
+def _catch_up(
+    ctx: _Context,
+    items: _ItemIndex,
+    members: _Members,
+    rep: _Replay,
+    window: int,
+    key: tuple,
+    k: int,
+    start: int,
+) -> bytes | None:
+    """Member ``k``'s snapshot ``window`` answers back, from a snapshot cached some answers
+    earlier stepped over the answers between (None when there is none to start from)."""
+    model = ctx.model
+    n = int(rep.lens[k])
+    target = max(n - window, 0)
+    for d in range(1, min(n, SNAP_CATCH_UP) + 1):
+        old = _SNAPS.get((*key[:3], n - d, window))
+        if old is None:
+            continue
+        done = max(n - d - window, 0)
+        if target == done:
+            blob = old
+        else:
+            state = model.decode(old)
+            rows = np.arange(start, start + n)
+            times = _time_values(model, np.array([n]), rep.t[rows], members.first_seen[[k]])
+            idx = items.model_idx[rep.ipos[rows]]
+            for j in range(done, target):
+                state = model.model.step(
+                    state,
+                    torch.tensor([int(idx[j])]),
+                    torch.tensor([float(rep.correct[rows[j]])]),
+                    torch.tensor([float(times[j])], dtype=torch.float32),
+                )
+            blob = model.encode(state)
+        _SNAPS.put(key, blob)
+        return blob
+    return None
 
 
 # ---------------------------------------------------------------------- model card
@@ -1474,8 +1458,9 @@ def warm_up(
     with an active model, its ``max_groups`` largest groups go through
     :func:`learning_curves` (every member's answers read and run through the model once:
     the per-learner prediction cache behind the curves, item statistics and timelines) and
-    :func:`at_risk` (the states some answers back). Afterwards a request replays only the
-    learners who answered since. Read-only: one short read transaction per group; stops
+    :func:`at_risk` (the states some answers back, the members' statuses), then the
+    suggested groups (which import the clustering library once). Afterwards a request replays
+    only the learners who answered since. Read-only: one short read transaction per group; stops
     between groups when ``stop`` is set. Returns ``{"groups", "learners", "seconds"}``."""
     t0 = time.perf_counter()
     done = learners = 0
@@ -1507,6 +1492,10 @@ def warm_up(
                 try:
                     out = learning_curves(session, org=org, group=group)
                     at_risk(session, org=org, group=group, settings=settings, limit=1)
+                    # the statuses (cached by at_risk) and the clustering library's import
+                    from . import teaching
+
+                    teaching.suggested_groups(session, org=org, group=group, settings=settings)
                 except NotFound:
                     continue  # the model went away meanwhile
                 done += 1

@@ -10,9 +10,9 @@ without own answers is *not started* (the model's estimate is shown apart, never
 mastered). One reported mastery per cell, on the organisation's scale: the evidence where the
 student answered the concept, the model's estimate otherwise.
 
-Computed per request from the stored learner states and their evidence (stale ones rebuilt by
-the analytics' batched replay, :func:`tutor.analytics._current_states`) and cached per group,
-model, catalogue version and answer counts, like the other analytics.
+Computed from the stored learner states and their evidence (stale ones rebuilt by the one
+batched replay and kept) and cached per group, model, catalogue version, rule and scale; after
+new answers only the learners who answered are read and scored again.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 
 from . import analytics as an
 from . import evidence as evidence_mod
-from .db import Group, GroupMembership, LearnerState, Organisation
+from .db import Group, LearnerState, Organisation
 from .evidence import STATUSES, EvidenceRule
-from .runtime import SECONDS_PER_DAY, concept_mastery_many
+from .runtime import SECONDS_PER_DAY, concept_mastery_many, decode_many
 from .service import as_utc
 
 NOT_STARTED, ESTIMATED, LEARNING, MASTERED, STRUGGLING = range(len(STATUSES))
@@ -92,6 +92,7 @@ class GroupStatus:
     status: np.ndarray  # [L, C] int8, index into STATUSES
     answers: np.ndarray  # [L, C] own answers
     correct: np.ndarray  # [L, C] own correct answers
+    run: np.ndarray  # [L, C] the current run (> 0: correct in a row, < 0: wrong in a row)
     mastery: np.ndarray  # [L, C] reported: evidence where own answers, else the estimate
     estimate: np.ndarray  # [L, C] the model's estimate (organisation's scale)
     rule: EvidenceRule
@@ -126,10 +127,11 @@ def group_status(
     settings: Any = None,
     at: datetime | None = None,
 ) -> GroupStatus:
-    """The statuses and reported mastery of every member (cached per answers and rule)."""
+    """The statuses and reported mastery of every member. Cached per group, model, catalogue,
+    rule and scale; when only some members answered since (a live class), only their rows
+    are read and scored again."""
     rule = an._rule(org, settings)
     scale = mastery_scale(org, settings)
-    cols = ctx.concept_order()
     model = ctx.model
     at_key = as_utc(at).isoformat() if at is not None and model.forgets else None
     key = (
@@ -138,59 +140,113 @@ def group_status(
         group.id,
         model.model_id,
         ctx.cat.version,
-        members.fingerprint,
         tuple(rule_json(rule).values()),
-        rule.daily_cap,
         scale,
         at_key,
     )
-    hit = an._GROUP.get(key)
-    if hit is not None:
-        return hit
+    prev = an._GROUP.get(key)
+    if prev is not None and prev[0] == members.fingerprint:
+        return prev[1]
+    cols = ctx.concept_order()
     n, c = len(members.ids), len(cols)
-    status = np.where(members.n_answers > 0, ESTIMATED, NOT_STARTED).astype(np.int8)
-    status = np.repeat(status[:, None], c, axis=1)
-    answers = np.zeros((n, c), dtype=np.int32)
-    correct = np.zeros((n, c), dtype=np.int32)
-    estimate = np.full((n, c), np.nan)
-    own = np.full((n, c), np.nan)
-    states = an._current_states(session, org, ctx, group, members)
-    if states is not None and c:
-        success = concept_mastery_many(model, states, an._at_times(model, members, at))
-        full = model.scaled_mastery(success) if scale == "reachable" else success
-        estimate = np.asarray(full, dtype=np.float64)[:, ctx.view["concept_idx"][cols]]
-        colpos = {ctx.cat.concept_ext[p]: j for j, p in enumerate(cols)}
-        row = {int(lid): k for k, lid in enumerate(members.ids.tolist())}
-        for lid, raw in _evidence_rows(session, group, model.model_id):
-            k = row.get(lid)
-            if k is None:
-                continue
-            for cid, e in evidence_mod.load(raw).items():
-                j = colpos.get(cid)
-                if j is None or e.n <= 0:
-                    continue
-                answers[k, j], correct[k, j], own[k, j] = e.n, e.n_correct, e.p
-                status[k, j] = STATUSES.index(evidence_mod.status(e, rule, any_answers=True))
-    mastery = np.where(answers > 0, own, estimate)
-    out = GroupStatus(cols, status, answers, correct, mastery, estimate, rule, scale)
-    return an._GROUP.put(key, out)
+    if prev is not None and np.array_equal(prev[2], members.ids):
+        gs = prev[1]
+        which = np.flatnonzero(prev[3] != members.n_answers)
+        gs = GroupStatus(
+            gs.cols,
+            gs.status.copy(),
+            gs.answers.copy(),
+            gs.correct.copy(),
+            gs.run.copy(),
+            gs.mastery.copy(),
+            gs.estimate.copy(),
+            rule,
+            scale,
+        )
+    else:
+        which = np.arange(n)
+        gs = GroupStatus(
+            cols,
+            np.zeros((n, c), dtype=np.int8),
+            np.zeros((n, c), dtype=np.int32),
+            np.zeros((n, c), dtype=np.int32),
+            np.zeros((n, c), dtype=np.int32),
+            np.full((n, c), np.nan),
+            np.full((n, c), np.nan),
+            rule,
+            scale,
+        )
+    if len(which) and c:
+        _score_rows(session, org, ctx, members, which, gs, at)
+    an._GROUP.put(key, (members.fingerprint, gs, members.ids.copy(), members.n_answers.copy()))
+    return gs
 
 
-def _evidence_rows(session: Session, group: Group, model_id: int) -> list[tuple[int, Any]]:
-    """Each member's stored evidence; rows rebuilt in this request (not yet written) win."""
+def _score_rows(
+    session: Session,
+    org: Organisation,
+    ctx: an._Context,
+    members: an._Members,
+    which: np.ndarray,
+    gs: GroupStatus,
+    at: datetime | None,
+) -> None:
+    """Fill the rows ``which`` of ``gs``: each member's stored state (stale ones rebuilt by
+    the batched replay and kept) scored in one batch, and its own evidence."""
+    model = ctx.model
+    ids = members.ids[which].tolist()
+    stored: dict[int, tuple[bytes, int, Any]] = {}
     with session.no_autoflush:
-        rows = {
-            int(lid): raw
-            for lid, raw in session.execute(
-                select(LearnerState.learner_id, LearnerState.evidence)
-                .join(GroupMembership, GroupMembership.learner_id == LearnerState.learner_id)
-                .where(GroupMembership.group_id == group.id, LearnerState.model_id == model_id)
-            )
-        }
-    for st in session.info.get("rebuilt", []):
-        if st.model_id == model_id:
-            rows[int(st.learner_id)] = st.evidence
-    return list(rows.items())
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for lid, blob, n_applied, raw in session.execute(
+                select(
+                    LearnerState.learner_id,
+                    LearnerState.state,
+                    LearnerState.n_applied,
+                    LearnerState.evidence,
+                ).where(LearnerState.model_id == model.model_id, LearnerState.learner_id.in_(chunk))
+            ):
+                # a state without its evidence (from before migration 0002) is rebuilt
+                stored[int(lid)] = (blob, -1 if raw is None else int(n_applied), raw)
+    blobs: list[bytes] = []
+    raws: list[Any] = []
+    stale: list[int] = []
+    for k in which.tolist():
+        row = stored.get(int(members.ids[k]))
+        if row is None or row[1] != members.n_answers[k]:
+            stale.append(k)
+            blobs.append(b"")
+            raws.append(None)
+        else:
+            blobs.append(row[0])
+            raws.append(row[2])
+    if stale:
+        items = an._item_index(session, org, ctx)
+        rebuilt = an._rebuild_states(session, ctx, items, members, stale)
+        by_learner = {int(st.learner_id): st.evidence for st in session.info.get("rebuilt", [])}
+        pos = {k: j for j, k in enumerate(which.tolist())}
+        for k, blob in zip(stale, rebuilt, strict=True):
+            blobs[pos[k]] = blob
+            raws[pos[k]] = by_learner.get(int(members.ids[k]))
+    states = decode_many(model, blobs)
+    times = an._at_times(model, members, at)
+    success = concept_mastery_many(model, states, None if times is None else times[which])
+    full = model.scaled_mastery(success) if gs.scale == "reachable" else success
+    gs.estimate[which] = np.asarray(full, dtype=np.float64)[:, ctx.view["concept_idx"][gs.cols]]
+    colpos = {ctx.cat.concept_ext[p]: j for j, p in enumerate(gs.cols)}
+    code = {s: k for k, s in enumerate(STATUSES)}
+    for r, k in enumerate(which.tolist()):
+        gs.status[k] = ESTIMATED if members.n_answers[k] > 0 else NOT_STARTED
+        gs.answers[k] = gs.correct[k] = gs.run[k] = 0
+        gs.mastery[k] = gs.estimate[k]
+        for cid, e in evidence_mod.load(raws[r]).items():
+            j = colpos.get(cid)
+            if j is None or e.n <= 0:
+                continue
+            gs.answers[k, j], gs.correct[k, j], gs.run[k, j] = e.n, e.n_correct, e.run
+            gs.mastery[k, j] = e.p
+            gs.status[k, j] = code[evidence_mod.status(e, gs.rule, any_answers=True)]
 
 
 def _ready(ctx: an._Context, gs: GroupStatus, k: int, n: int = READY_CONCEPTS) -> list[int]:
@@ -391,6 +447,27 @@ def suggested_groups(
     ctx = an._context(session, org)
     members = an._members(session, group)
     gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
+    key = (
+        ctx.scope,
+        "groups",
+        group.id,
+        ctx.model.model_id,
+        ctx.cat.version,
+        members.fingerprint,
+        tuple(rule_json(gs.rule).values()),
+        gs.scale,
+        max_groups,
+        tuple(members.names),
+    )
+    hit = an._GROUP.get(key)
+    if hit is None:
+        hit = an._GROUP.put(key, _suggest(ctx, gs, members, max_groups))
+    return {"group": _group_ref(group, len(members.ids)), "model": ctx.model_ref(), **hit}
+
+
+def _suggest(
+    ctx: an._Context, gs: GroupStatus, members: an._Members, max_groups: int
+) -> dict[str, Any]:
     active = np.flatnonzero(members.n_answers > 0)
     practised = np.flatnonzero((gs.answers > 0).any(0))
     by = (gs.answers[active] > 0).sum(0)
@@ -438,8 +515,6 @@ def suggested_groups(
         g["summary"] = _group_summary(g)
     idle = [k for k in range(len(members.ids)) if members.n_answers[k] == 0]
     return {
-        "group": _group_ref(group, len(members.ids)),
-        "model": ctx.model_ref(),
         "method": (
             "k-means over each student's status (mastered / learning / struggling) on the "
             f"{len(common)} concepts at least {GROUP_CONCEPT_SHARE:.0%} of the active students "

@@ -329,3 +329,26 @@ def test_teacher_routes_access_rules(taught, world):
                     # errors stay JSON with a detail, CSV asked or not
                     assert "detail" in r.json()
         assert taught.get(f"/v1/analytics/groups/g1/{route}").status_code == 401
+
+
+def test_a_new_answer_updates_only_what_it_changes(taught, world):
+    """After an answer, the cached statuses are updated for the learner who answered (the
+    others' rows are kept), and equal a computation from scratch."""
+    from tutor.analytics import clear_caches
+
+    h = world.headers("teacher")
+    before = taught.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    # u1 answers c1 right three times: no longer struggling (run +3), still not mastered
+    for k in range(3):
+        new = {"event_id": f"n{k}", "learner_id": "u1", "item_id": "i6", "correct": 1}
+        new["timestamp"] = f"2024-03-01T10:1{k}:00Z"
+        r = taught.post("/v1/answers", json=new, headers=world.headers("ingest"))
+        assert r.status_code == 201, r.text
+    after = taught.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    clear_caches()
+    fresh = taught.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    assert after == fresh
+    assert after["learners"][0] == before["learners"][0]  # u0 untouched
+    cols = [c["concept_id"] for c in after["concepts"]]
+    u1 = dict(zip(cols, after["learners"][1]["status"], strict=True))
+    assert u1["c1"] != "struggling" and after["learners"][1]["answers"][cols.index("c1")] == 6
