@@ -90,7 +90,7 @@ DEFAULTS: dict[str, float | int] = {
     #: ... and at least this many learners answered the item
     "item_flag_min_learners": 10,
     #: learning curves: a point (an opportunity) is shown with at least this many learners
-    "curve_min_learners": 10,
+    "curve_min_learners": 5,
 }
 #: the learned prerequisite graph's edges shown on the model card
 GRAPH_EDGE_THRESHOLD = 0.5
@@ -729,7 +729,10 @@ def group_mastery(
             for k in page
         ],
         "concept_means": [_rnd(x) for x in concept_means.tolist()],
-        "concept_counts": {s: v.tolist() for s, v in counts.items()},
+        "concept_counts": {
+            **{s: v.tolist() for s, v in counts.items()},
+            "practised": (gs.answers > 0).sum(0).tolist(),
+        },
         "offset": offset,
         "limit": limit,
     }
@@ -753,9 +756,11 @@ def learner_timeline(
     max_points: int = 500,
     settings: Any = None,
 ) -> dict[str, Any]:
-    """The learner's answers in event order with the model's estimate of some concepts' mastery
-    after each, on the organisation's scale (the stored history replayed through the model's
-    serving form; at most ``max_points`` points, evenly spaced, always the last). ``timed``
+    """The learner's answers in event order with, after each, some concepts' mastery as
+    ``GET /mastery`` reported it then (own evidence where the learner had answered the
+    concept, else the model's estimate on the organisation's scale; both given, with the own
+    answers so far), from the one replay of the stored history (at most ``max_points``
+    points, evenly spaced, always the last). ``timed``
     says whether the answers carry real times (dates on the x axis) or not (imported without
     a clock: answer numbers)."""
     from .teaching import mastery_scale
@@ -774,7 +779,7 @@ def learner_timeline(
     entry = _TIMELINE.get(key)
     if entry is None:
         entry = _TIMELINE.put(key, _replay_learner(session, ctx, items, learner, max_points))
-    hist, chosen, mastery, counts = entry
+    hist, chosen, mastery, own, counts = entry
     scale = mastery_scale(org, settings)
     if scale == "reachable" and len(mastery):
         mastery = ctx.model.scaled_mastery(mastery)
@@ -789,10 +794,13 @@ def learner_timeline(
     midx = ctx.view["concept_idx"][positions] if positions else np.zeros(0, dtype=np.int64)
     known = midx > 0
     cols = mastery[:, midx] if len(positions) else np.zeros((len(chosen), 0))
+    ext = [ctx.cat.concept_ext[p] for p in positions]
     points = []
     for r, j in enumerate(chosen.tolist()):
         ev, ts, item_pos, correct, _ = hist[j]
         cs = items.link_concept[items.link_start[item_pos] : items.link_start[item_pos + 1]]
+        estimate = [_rnd(v) if ok else None for v, ok in zip(cols[r].tolist(), known, strict=True)]
+        mine = own[r]
         points.append(
             {
                 "index": j + 1,
@@ -801,9 +809,12 @@ def learner_timeline(
                 "item_id": items.ext[item_pos],
                 "correct": int(correct),
                 "concepts": [ctx.cat.concept_ext[c] for c in cs.tolist()],
+                # what /mastery reported after this answer: own evidence, else the estimate
                 "mastery": [
-                    _rnd(v) if ok else None for v, ok in zip(cols[r].tolist(), known, strict=True)
+                    _rnd(mine[c][0]) if c in mine else e for c, e in zip(ext, estimate, strict=True)
                 ],
+                "answers": [mine[c][1] if c in mine else 0 for c in ext],
+                "estimate": estimate,
             }
         )
     return {
@@ -819,7 +830,13 @@ def learner_timeline(
 @torch.no_grad()
 def _replay_learner(
     session: Session, ctx: _Context, items: _ItemIndex, learner: Learner, max_points: int
-) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[list[tuple], np.ndarray, np.ndarray, list[dict[str, tuple[float, int]]], np.ndarray]:
+    """The learner's history through the one replay (:func:`tutor.service.replay_histories`):
+    at each chosen answer the model's concept mastery ``[points, C + 1]`` (success scale) and
+    the own evidence so far (concept id -> (evidence mastery, own answers))."""
+    from .importer import SOURCE_UNTIMED
+    from .service import concepts_of_items, replay_histories
+
     model = ctx.model
     rows = session.execute(
         select(
@@ -832,8 +849,6 @@ def _replay_learner(
         .where(Interaction.learner_id == learner.id)
         .order_by(Interaction.timestamp, Interaction.event_id)
     ).all()
-    from .importer import SOURCE_UNTIMED
-
     n = len(rows)
     item_pos = items.positions(np.array([r[2] for r in rows], dtype=np.int64))
     hist = [
@@ -846,7 +861,8 @@ def _replay_learner(
         cs = items.link_concept[_ranges(items.link_start[item_pos], cnt)]
         counts = np.bincount(cs, minlength=len(ctx.cat.concept_ext))
     if n == 0:
-        return hist, np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.float32), counts
+        empty = np.zeros((0, 1), dtype=np.float32)
+        return hist, np.zeros(0, dtype=np.int64), empty, [], counts
     chosen = (
         np.arange(n)
         if n <= max_points
@@ -855,23 +871,21 @@ def _replay_learner(
     first = as_utc(learner.first_seen)
     if first is None or hist[0][1] < first:
         first = hist[0][1]
-    idx = items.model_idx[item_pos]
-    times = [model.time_value(h[1], first, k) for k, h in enumerate(hist)]
     keep = np.zeros(n, dtype=bool)
     keep[chosen] = True
-    state = model.model.init_state(1)
-    snaps = []
-    for k in range(n):
-        state = model.model.step(
-            state,
-            torch.tensor([int(idx[k])], dtype=torch.long),
-            torch.tensor([float(hist[k][3])]),
-            torch.tensor([times[k]], dtype=torch.float32),
-        )
-        if keep[k]:
+    replay = [(items.ext[h[2]], h[3], h[1], h[0]) for h in hist]
+    concepts_of = concepts_of_items(session, org_id=learner.org_id, item_ext=[x[0] for x in replay])
+    snaps: list[Any] = []
+    own: list[dict[str, tuple[float, int]]] = []
+
+    def capture(t: int, state: Any, evs: list[Any]) -> None:
+        if keep[t]:
             snaps.append(state)
+            own.append({c: (e.p, e.n) for c, e in evs[0].items()})
+
+    replay_histories(model, [replay], [first], concepts_of, after_step=capture)
     mastery = concept_mastery_many(model, stack_states(model, snaps))
-    return hist, chosen, mastery, counts
+    return hist, chosen, mastery, own, counts
 
 
 # ---------------------------------------------------------------------- learning curves
@@ -1100,11 +1114,8 @@ def at_risk(
     drop = float(setting(org, "risk_mastery_drop", settings))
     window = int(setting(org, "risk_window_answers", settings))
     inactive = float(setting(org, "risk_inactive_days", settings))
-    now = as_utc(now) or utcnow()
     members = _members(session, group)
-    latest = members.latest
-    live = latest is not None and (now - latest).total_seconds() <= inactive * SECONDS_PER_DAY
-    ref = now if live or latest is None else latest
+    ref, live = activity_reference(members, now, inactive)
     st = _group_stats(session, org, ctx, group, members)
     gs = group_status(
         session, org=org, ctx=ctx, group=group, members=members, settings=settings, at=ref
@@ -1126,14 +1137,9 @@ def at_risk(
         cidx = ctx.view["concept_idx"][np.asarray(gs.cols)[practised]]
         was = np.asarray(m_then, dtype=np.float64)[:, cidx].mean(1)
         change = np.where(members.n_answers > 0, gs.estimate[:, practised].mean(1) - was, np.nan)
-    days = np.array(
-        [
-            (ref - la).total_seconds() / SECONDS_PER_DAY if la is not None else np.nan
-            for la in members.last_answer
-        ]
-    )
+    days = inactive_days(members, ref)
     rule = gs.rule
-    when = "" if live else f" before the group's latest answer ({ref.date().isoformat()})"
+    when = "" if live or ref is None else f" before the group's latest answer ({ref.date()})"
     flagged = []
     for k in range(n):
         reasons: list[tuple[float, str]] = []
@@ -1193,8 +1199,8 @@ def at_risk(
             "risk_inactive_days": inactive,
         },
         "reference_time": _iso(ref),
-        "reference": "now" if live or latest is None else "the group's latest answer",
-        "timed": latest is not None,
+        "reference": _reference_words(ref, live),
+        "timed": ref is not None,
         "covered_concepts": [ctx.cat.concept_ext[gs.cols[j]] for j in practised.tolist()],
         "learners": [
             {
@@ -1214,6 +1220,36 @@ def at_risk(
         "offset": offset,
         "limit": limit,
     }
+
+
+def activity_reference(
+    members: _Members, now: datetime | None, inactive_days: float
+) -> tuple[datetime | None, bool]:
+    """The time inactivity is measured against, and whether it is now: ``now`` while the
+    group is active (its latest timed answer within ``inactive_days``), else the group's own
+    latest timed answer (an imported history); None where no answer carries a real time."""
+    now = as_utc(now) or utcnow()
+    latest = members.latest
+    if latest is None:
+        return None, False
+    live = (now - latest).total_seconds() <= inactive_days * SECONDS_PER_DAY
+    return (now if live else latest), live
+
+
+def inactive_days(members: _Members, ref: datetime | None) -> np.ndarray:
+    """Each member's days without a timed answer before ``ref`` (nan: none, or no clock)."""
+    return np.array(
+        [
+            (ref - t).total_seconds() / SECONDS_PER_DAY if ref is not None and t else np.nan
+            for t in members.last_answer
+        ]
+    )
+
+
+def _reference_words(ref: datetime | None, live: bool) -> str:
+    if ref is None:
+        return "no answer carries a real time: inactivity is not assessed"
+    return "now" if live else "the group's latest answer"
 
 
 #: how much each at-risk reason weighs (a learner's severity is the sum; each struggling

@@ -14,6 +14,7 @@ history in event order, so the result never depends on arrival order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -159,12 +160,15 @@ def replay_histories(
     hists: list[list[tuple[str, int, datetime, str]]],
     firsts: list[datetime | None],
     concepts_of: dict[str, tuple[str, ...]],
+    after_step: Callable[[int, Any, list[Evidence]], None] | None = None,
 ) -> list[tuple[Any, Evidence]]:
     """The one replay of stored histories (event order) through the model's serving form:
     each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
     started at a concept's first own answer from the model's estimate just before it (as
     ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories
-    are stepped together, one ``step`` per position."""
+    are stepped together, one ``step`` per position; ``after_step(t, state, evidence)`` sees
+    the batched state and every learner's evidence after position ``t`` (the analytics'
+    timelines read them as they go; the evidence is updated in place afterwards)."""
     n = len(hists)
     lens = np.array([len(h) for h in hists], dtype=np.int64)
     t_max = int(lens.max()) if n else 0
@@ -211,6 +215,8 @@ def replay_histories(
             torch.from_numpy(correct[:, t]),
             torch.from_numpy(times[:, t]),
         )
+        if after_step is not None:
+            after_step(t, state, evs)
         for k in np.flatnonzero(lens == t + 1):
             finals[k] = state if n == 1 else model.model.state_select(state, torch.tensor([k]))
     return [

@@ -83,9 +83,10 @@ class Settings(BaseSettings):
     item_flag_min_attempts: int = Field(20, ge=1)
     item_flag_z: float = Field(3.0, gt=0)
     #: analytics, small numbers: items are flagged only when at least this many learners
-    #: answered them, and learning-curve points need this many learners
+    #: answered them (a flag is a claim about the item), and a learning-curve point needs
+    #: this many learners (it is drawn with its Wilson interval)
     item_flag_min_learners: int = Field(10, ge=1)
-    curve_min_learners: int = Field(10, ge=1)
+    curve_min_learners: int = Field(5, ge=1)
     #: analytics caches filled in the background at start-up and after a model is activated:
     #: this many of each organisation's largest groups (their answers run through the model
     #: once, so the first dashboard request is not the one that pays); 0 = off

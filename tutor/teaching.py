@@ -30,7 +30,7 @@ from . import analytics as an
 from . import evidence as evidence_mod
 from .db import Group, LearnerState, Organisation
 from .evidence import STATUSES, EvidenceRule
-from .runtime import SECONDS_PER_DAY, concept_mastery_many, decode_many
+from .runtime import concept_mastery_many, decode_many
 from .service import as_utc
 
 NOT_STARTED, ESTIMATED, LEARNING, MASTERED, STRUGGLING = range(len(STATUSES))
@@ -38,12 +38,10 @@ NOT_STARTED, ESTIMATED, LEARNING, MASTERED, STRUGGLING = range(len(STATUSES))
 READY_CONCEPTS = 3
 #: students named per concept on the what-to-reteach list
 RETEACH_NAMES = 10
-#: most suggested groups, and the fewest students a suggested group may have
+#: suggested groups: at most this many, of about this many students, none below the minimum
 MAX_GROUPS = 5
+TARGET_GROUP_SIZE = 8
 MIN_GROUP_STUDENTS = 3
-#: concepts that describe a student for grouping: practised by at least this share of the
-#: active students (and at least MIN_GROUP_STUDENTS of them)
-GROUP_CONCEPT_SHARE = 0.2
 
 
 def wilson(k: float, n: float, z: float = 1.96) -> tuple[float | None, float | None]:
@@ -270,19 +268,6 @@ def _concept_ref(ctx: an._Context, p: int) -> dict[str, str]:
     return {"concept_id": ctx.cat.concept_ext[p], "name": ctx.cat.name(p)}
 
 
-def _activity(members: an._Members) -> tuple[datetime | None, np.ndarray]:
-    """The group's clock (its latest timed answer) and each member's days without an answer
-    before it (nan: no timed answer)."""
-    ref = members.latest
-    days = np.array(
-        [
-            (ref - t).total_seconds() / SECONDS_PER_DAY if ref and t else np.nan
-            for t in members.last_answer
-        ]
-    )
-    return ref, days
-
-
 STUDENT_SORTS = ("name", "struggling", "mastered", "not_started", "last_activity")
 
 
@@ -296,16 +281,21 @@ def class_overview(
     sort: str = "name",
     limit: int = 100,
     offset: int = 0,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Per student: concepts mastered / learning / struggling / not started, own answers,
-    last activity, the concepts struggled with and the next ones to learn."""
+    last activity and days without an answer (against the same clock as the at-risk list:
+    :func:`tutor.analytics.activity_reference`), the concepts struggled with and the next
+    ones to learn."""
     if sort not in STUDENT_SORTS:
         raise an.Invalid(f"unknown sort {sort!r}; expected one of {', '.join(STUDENT_SORTS)}")
     ctx = an._context(session, org)
     members = an._members(session, group)
     gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
     counts = gs.counts(1)
-    ref, days = _activity(members)
+    inactive = float(an.setting(org, "risk_inactive_days", settings))
+    ref, live = an.activity_reference(members, now, inactive)
+    days = an.inactive_days(members, ref)
     n = len(members.ids)
     labels = [members.label(k) for k in range(n)]
     if sort == "name":
@@ -335,14 +325,20 @@ def class_overview(
         "model": ctx.model_ref(),
         "rule": rule_json(gs.rule),
         "rule_text": rule_text(gs.rule),
-        "concepts": len(gs.cols),
-        "latest_activity": an._iso(ref),
+        "n_concepts": len(gs.cols),
+        "latest_activity": an._iso(members.latest),
+        "reference_time": an._iso(ref),
+        "reference": an._reference_words(ref, live),
         "timed": ref is not None,
         "students": students,
         "total": n,
         "offset": offset,
         "limit": limit,
     }
+
+
+def _student(members: an._Members, k: int) -> dict[str, str]:
+    return {"learner_id": members.ext[k], "label": members.label(k)}
 
 
 def _group_ref(group: Group, n: int) -> dict[str, Any]:
@@ -375,6 +371,7 @@ def reteach(
     rows = []
     for j in cols[offset : offset + limit]:
         who = np.flatnonzero(gs.status[:, j] == STRUGGLING)
+        who = sorted(who.tolist(), key=lambda k: (members.label(k).casefold(), members.ext[k]))
         total_ans = int(gs.answers[:, j].sum())
         rows.append(
             {
@@ -385,7 +382,7 @@ def reteach(
                 "answers": total_ans,
                 "success_rate": an._rnd(gs.correct[:, j].sum() / total_ans if total_ans else None),
                 "mean_mastery": an._rnd(mean_own[j]),
-                "struggling_students": [members.label(k) for k in who[:RETEACH_NAMES].tolist()],
+                "struggling_students": [_student(members, k) for k in who[:RETEACH_NAMES]],
             }
         )
     return {
@@ -401,35 +398,25 @@ def reteach(
 
 
 # ---------------------------------------------------------------------- suggested groups
-def _features(gs: GroupStatus, cols: np.ndarray) -> np.ndarray:
-    """One-hot status per concept (mastered, learning, struggling; not started: none)."""
-    st = gs.status[:, cols]
-    return np.concatenate([(st == MASTERED), (st == LEARNING), (st == STRUGGLING)], axis=1).astype(
-        np.float64
-    )
-
-
 def _cluster(x: np.ndarray, max_groups: int) -> np.ndarray:
-    """k-means labels with k chosen by the silhouette score among the splits whose every
-    group has at least :data:`MIN_GROUP_STUDENTS` students (one group where none does)."""
+    """k-means labels (deterministic) for groups a teacher can take aside: k aims at
+    :data:`TARGET_GROUP_SIZE` students a group (at least 2, at most ``max_groups``) and is
+    lowered until every group has at least :data:`MIN_GROUP_STUDENTS`; one group where no
+    split allows that."""
     n = len(x)
     uniq = len(np.unique(x, axis=0)) if n else 0
-    top = min(max_groups, n // MIN_GROUP_STUDENTS, uniq)
-    if top < 2 or x.shape[1] == 0:
+    k = int(np.clip(round(n / TARGET_GROUP_SIZE), 2, max(max_groups, 2)))
+    k = min(k, max_groups, n // MIN_GROUP_STUDENTS, uniq)
+    if k < 2 or x.shape[1] == 0:
         return np.zeros(n, dtype=np.int64)
     from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
 
-    best, best_score = np.zeros(n, dtype=np.int64), 0.0
-    for k in range(2, top + 1):
+    while k >= 2:
         labels = KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(x)
-        sizes = np.bincount(labels, minlength=k)
-        if (sizes < MIN_GROUP_STUDENTS).any():
-            continue
-        score = float(silhouette_score(x, labels))
-        if score > best_score + 1e-9:
-            best, best_score = labels.astype(np.int64), score
-    return best
+        if np.bincount(labels, minlength=k).min() >= MIN_GROUP_STUDENTS:
+            return labels.astype(np.int64)
+        k -= 1
+    return np.zeros(n, dtype=np.int64)
 
 
 def suggested_groups(
@@ -440,10 +427,12 @@ def suggested_groups(
     settings: Any = None,
     max_groups: int = MAX_GROUPS,
 ) -> dict[str, Any]:
-    """Students clustered by their status vectors over the concepts the group has practised
-    (k-means, k up to ``max_groups`` chosen by the silhouette score; deterministic), each
-    group with the concepts it needs (most members struggling or learning) and the concept
-    most of its members are ready to learn next."""
+    """Students with similar needs in a few groups for small-group teaching: k-means over
+    each active student's mastery vector on the concepts the class has practised (the
+    reported mastery of the grid, one scale: own evidence where the student answered the
+    concept, the model's estimate where not), about :data:`TARGET_GROUP_SIZE` students a
+    group; each group with the concepts it needs (most members struggling or learning, by
+    the evidence statuses) and the concept most of its members are ready to learn next."""
     ctx = an._context(session, org)
     members = an._members(session, group)
     gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
@@ -470,9 +459,8 @@ def _suggest(
 ) -> dict[str, Any]:
     active = np.flatnonzero(members.n_answers > 0)
     practised = np.flatnonzero((gs.answers > 0).any(0))
-    by = (gs.answers[active] > 0).sum(0)
-    common = np.flatnonzero(by >= max(MIN_GROUP_STUDENTS, GROUP_CONCEPT_SHARE * len(active)))
-    labels = _cluster(_features(gs, common)[active], max_groups) if len(active) else []
+    x = np.nan_to_num(gs.mastery[active][:, practised], nan=0.0)
+    labels = _cluster(x, max_groups) if len(active) else np.zeros(0, dtype=np.int64)
     groups = []
     for g in sorted(set(np.asarray(labels).tolist())):
         who = active[np.asarray(labels) == g]
@@ -488,9 +476,7 @@ def _suggest(
         counts = {s: float(v[who].mean()) for s, v in gs.counts(1).items()}
         groups.append(
             {
-                "students": [
-                    {"learner_id": members.ext[k], "label": members.label(k)} for k in who.tolist()
-                ],
+                "students": [_student(members, k) for k in who.tolist()],
                 "size": len(who),
                 "mean_counts": {s: round(v, 2) for s, v in counts.items()},
                 "needs": [
@@ -516,14 +502,26 @@ def _suggest(
     idle = [k for k in range(len(members.ids)) if members.n_answers[k] == 0]
     return {
         "method": (
-            "k-means over each student's status (mastered / learning / struggling) on the "
-            f"{len(common)} concepts at least {GROUP_CONCEPT_SHARE:.0%} of the active students "
-            f"practised; the number of groups (at most {max_groups}, each of at least "
-            f"{MIN_GROUP_STUDENTS} students) chosen by the silhouette score"
+            "k-means over each student's mastery on the "
+            f"{len(practised)} concepts the class has practised (own evidence where "
+            "answered, else the model's estimate); about "
+            f"{TARGET_GROUP_SIZE} students a group, at most {max_groups} groups, none "
+            f"below {MIN_GROUP_STUDENTS}"
         ),
+        "silhouette": _silhouette(x, labels),
         "groups": groups,
-        "not_started": [{"learner_id": members.ext[k], "label": members.label(k)} for k in idle],
+        "not_started": [_student(members, k) for k in idle],
     }
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray) -> float | None:
+    """How well separated the groups are (-1 .. 1; None for one group): near 0, students
+    sit between groups and the split is a convenience more than a finding."""
+    if len(np.unique(labels)) < 2:
+        return None
+    from sklearn.metrics import silhouette_score
+
+    return round(float(silhouette_score(x, labels)), 3)
 
 
 def _group_summary(g: dict[str, Any]) -> str:

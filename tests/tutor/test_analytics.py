@@ -203,15 +203,24 @@ def test_learner_timeline(posted, world, dkt_run):
     assert [sorted(p["concepts"]) for p in pts] == [["c0", "c1"], ["c0"], ["c1", "c2"], ["c0"]]
     assert pts[0]["timestamp"].startswith("2024-03-01T10:00:00")
     assert body["timed"] is True and body["scale"] == "reachable"
-    # the model's estimate on the organisation's scale, as GET /mastery's "estimate"
-    now = _mastery(posted, world, "u0", "estimate")
-    assert pts[-1]["mastery"] == pytest.approx([now["c0"], now["c1"], now["c2"]], abs=2e-6)
+    # after the last answer: what GET /mastery reports (own evidence), its answers, and the
+    # model's estimate on the organisation's scale beside it
+    rows = _mastery_rows(posted, world, "u0")
+    assert pts[-1]["mastery"] == pytest.approx([rows[c]["mastery"] for c in ("c0", "c1", "c2")])
+    assert pts[-1]["answers"] == [3, 2, 1]
+    assert pts[-1]["estimate"] == pytest.approx(
+        [rows[c]["estimate"] for c in ("c0", "c1", "c2")], abs=2e-6
+    )
+    # own answers so far after each answer (i0 -> c0 c1, i1 -> c0, i5 -> c1 c2, i1 -> c0)
+    assert [p["answers"] for p in pts] == [[1, 1, 0], [2, 1, 0], [2, 2, 1], [3, 2, 1]]
+    # a concept not answered yet reports the estimate (c2 before i5)
+    assert pts[0]["mastery"][2] == pts[0]["estimate"][2]
     model = _served(dkt_run)
     _, after = _serving_replay(model, "u0")
     cidx = [model.concept_ids.index(c) + 1 for c in ("c0", "c1", "c2")]
     for p, ref in zip(pts, after, strict=True):
         # the reachable scale stretches float32 noise by 1 / (ceiling - floor)
-        assert p["mastery"] == pytest.approx(model.scaled_mastery(ref)[cidx].tolist(), abs=1e-5)
+        assert p["estimate"] == pytest.approx(model.scaled_mastery(ref)[cidx].tolist(), abs=1e-5)
     # chosen concepts, thinned points (the last always kept)
     r = posted.get(
         "/v1/analytics/learners/u0/timeline?concepts=c3,c1&max_points=2",
@@ -220,13 +229,14 @@ def test_learner_timeline(posted, world, dkt_run):
     body = r.json()
     assert [c["concept_id"] for c in body["concepts"]] == ["c3", "c1"]
     assert [p["index"] for p in body["points"]] == [1, 4]
+    now = _mastery(posted, world, "u0", "mastery")
     assert body["points"][1]["mastery"] == pytest.approx([now["c3"], now["c1"]], abs=2e-6)
     # on the success scale, the raw predicted success
     _set_org_settings(world, mastery_scale="success")
     r = posted.get("/v1/analytics/learners/u0/timeline", headers=world.headers("admin"))
     raw = _mastery(posted, world, "u0")
     assert r.json()["scale"] == "success"
-    assert r.json()["points"][-1]["mastery"] == pytest.approx(
+    assert r.json()["points"][-1]["estimate"] == pytest.approx(
         [raw["c0"], raw["c1"], raw["c2"]], abs=2e-6
     )
     r = posted.get(
@@ -460,17 +470,25 @@ def test_answers_without_a_clock_count_for_no_activity(posted, world):
     assert by["u0"]["last_activity"].startswith("2024-03-01T10:03:00")
     tl = posted.get("/v1/analytics/learners/u1/timeline", headers=h).json()
     assert tl["timed"] is False
+    # its CSV carries no made-up dates
+    import csv
+    import io
+
+    r = posted.get("/v1/analytics/learners/u1/timeline?format=csv", headers=h)
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(rows) == 3 and {x["timestamp"] for x in rows} == {""}
+    assert [x["index"] for x in rows] == ["1", "2", "3"]
     assert posted.get("/v1/analytics/learners/u0/timeline", headers=h).json()["timed"] is True
 
 
 def _covered_mean_after(client, world, learner: str, k: int) -> float:
-    """Mean mastery over c0..c2 after the learner's first ``k`` answers (from the
+    """Mean estimate over c0..c2 after the learner's first ``k`` answers (from the
     timeline, which replays through the serving form)."""
     r = client.get(
         f"/v1/analytics/learners/{learner}/timeline?concepts=c0,c1,c2",
         headers=world.headers("admin"),
     )
-    return float(np.mean(r.json()["points"][k - 1]["mastery"]))
+    return float(np.mean(r.json()["points"][k - 1]["estimate"]))
 
 
 def test_model_card_dkt(posted, world):

@@ -4,10 +4,15 @@ The browser test builds a small world on a SQLite file (group g1 = {u0, u1}, con
 tiny trained DKT), posts answers for g1's learners through the API, serves it with a real
 uvicorn process and drives ``/usr/bin/chromium`` through the system ``/usr/bin/chromedriver``
 (Selenium; no downloaded browser): a wrong key shows the 401 detail; the teacher key logs in;
-group g1 is picked; the heatmap renders learners x concepts cells (counted as SVG marks); a
-click on a cell opens that learner's timeline; every other view renders without an error;
-nothing is fetched from another origin and the console has no errors. Screenshots go to the
-test's tmp directory and, where ``DASHBOARD_SCREENSHOTS`` names a directory, there too.
+group g1 is picked and the class overview (the default tab) shows one row per student with
+the counts of ``GET /v1/analytics/groups/g1/students`` and the what-to-reteach list in the
+API's order (most struggling first); the class overview's and the heatmap's CSV buttons
+download files that parse; the heatmap has concepts x students cells, practised ones solid
+with the number of own answers, estimated ones faded (counted as SVG marks against the API's
+JSON); a click on a cell opens that student's timeline (dates on the x axis); every other view
+renders without an error; nothing is fetched from another origin and the console has no
+errors. Screenshots go to the test's tmp directory and, where ``DASHBOARD_SCREENSHOTS`` names
+a directory, there too.
 
 Without Chromium and its driver, Selenium or the vendored charting library the browser tests
 skip with the reason (``scripts/test.sh`` installs the browser where apt is available and
@@ -21,6 +26,7 @@ Screenshots of the demo for the docs (``tutor demo --no-serve --workdir demo`` f
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -38,8 +44,12 @@ from tutor.dashboard import VENDOR_FILES, static_root, vendor_missing
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER_PATH", "/usr/bin/chromedriver")
 WAIT_S = 60
-# the heatmap's cells: one SVG path per (learner, concept) in the rect mark's group
-CELLS = "#heatmap svg g.mark-rect.role-mark path"
+# the heatmap's cells: one SVG path per (learner, concept) in the named rect mark's group
+CELLS = "#heatmap svg g.mark-rect.role-mark.cells_marks path"
+# the practised cells' answer counts, the struggling cells' outlines, the class average
+ANSWER_TEXTS = "#heatmap svg g.mark-text.role-mark.answers_marks text"
+OUTLINES = "#heatmap svg g.mark-rect.role-mark.outline_marks path"
+AVERAGE_CELLS = "#heatmap svg g.mark-rect.role-mark.avgcells_marks path"
 TIMELINE_LINES = "#timeline svg g.mark-line.role-mark path"
 TIMELINE_DOTS = "#timeline svg g.mark-symbol.role-mark path"
 
@@ -112,11 +122,14 @@ def _skip_without_browser() -> None:
 
 
 @pytest.fixture
-def browser() -> Iterator:
+def browser(tmp_path: Path) -> Iterator:
+    """Headless Chromium; its downloads (CSV exports) land in ``driver.download_dir``."""
     _skip_without_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
@@ -129,9 +142,23 @@ def browser() -> Iterator:
         "--lang=en-GB",
     ):
         options.add_argument(arg)
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+            "download.directory_upgrade": True,
+            "safebrowsing.enabled": True,
+        },
+    )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT_S)
+    # headless Chromium saves downloads only where told so through the DevTools protocol
+    driver.execute_cdp_cmd(
+        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    driver.download_dir = downloads
     try:
         yield driver
     finally:
@@ -149,20 +176,21 @@ class Shots:
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
 
-    def take(self, name: str, element_id: str | None = None) -> Path:
+    def take(self, name: str, element_id: str | None = None, *, max_height: int = 1400) -> Path:
         from selenium.webdriver.common.by import By
 
         first = self.dirs[0] / f"{name}.png"
         if element_id:
             self.driver.find_element(By.ID, element_id).screenshot(str(first))
         else:
-            # the window as tall as the page's content (600 to 1400 px), then back
+            # the window as tall as the page's content (600 to max_height px), then back
             size = self.driver.get_window_size()
+            self.driver.execute_script("window.scrollTo(0, 0)")
             chrome, page = self.driver.execute_script(
                 "return [window.outerHeight - window.innerHeight, Math.ceil("
                 "document.querySelector('main').getBoundingClientRect().bottom + scrollY)]"
             )
-            self.driver.set_window_size(size["width"], min(1400, max(600, page)) + chrome)
+            self.driver.set_window_size(size["width"], min(max_height, max(600, page)) + chrome)
             self.driver.save_screenshot(str(first))
             self.driver.set_window_size(size["width"], size["height"])
         for d in self.dirs[1:]:
@@ -229,14 +257,25 @@ def _pick_group(driver, group: str) -> None:
 
 
 def _cell(driver, learner: str, concept: str):
-    """The heatmap cell of a learner and a concept (by the mark's ARIA description)."""
+    """The heatmap cell of a learner and a concept (by ids, in the mark's ARIA label)."""
     found = [
         c
         for c in _css(driver, CELLS)
-        if f"concept: {concept}; learner: {learner};" in (c.get_attribute("aria-label") or "")
+        if (c.get_attribute("aria-label") or "").startswith(
+            f"learner {learner}; concept {concept};"
+        )
     ]
     assert len(found) == 1, f"{len(found)} cells for ({learner}, {concept})"
     return found[0]
+
+
+def _click(driver, element) -> None:
+    """A real pointer click in the middle of an element (what is on top of it gets it: the
+    answer count written on a heatmap cell opens the same timeline)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    ActionChains(driver).move_to_element(element).click().perform()
 
 
 def _tab(driver, tab: str) -> None:
@@ -257,6 +296,35 @@ def _origin_report(driver, base: str) -> tuple[list[str], list[str]]:
     return foreign, errors
 
 
+def _download(driver, which: str, timeout: float = WAIT_S) -> Path:
+    """Click a view's "Download CSV" button; the file it saves (waited for)."""
+    before = set(driver.download_dir.iterdir())
+    button = _css(driver, f'button.csv[data-csv="{which}"]')[0]
+    assert button.is_displayed() and button.is_enabled(), which
+    button.click()
+
+    def done(_d) -> Path | None:
+        new = [p for p in driver.download_dir.iterdir() if p not in before]
+        ready = [p for p in new if p.suffix == ".csv" and p.stat().st_size > 0]
+        return ready[0] if ready else None
+
+    path = _wait(driver, done, f"the {which} CSV download", timeout=timeout)
+    assert button.get_attribute("data-downloaded") == path.name
+    return path
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _int_cells(row) -> list[int]:
+    """The class overview row's numbers: mastered, learning, struggling, not started, answers."""
+    return [int(td.text.replace(",", "")) for td in row.find_elements("css selector", "td.num")]
+
+
 def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
     from selenium.webdriver.common.by import By
 
@@ -271,15 +339,25 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
     shots = Shots(browser, tmp_path)
     with run_server(world.url, tmp_path / "server.log") as (base, _):
         with httpx.Client(base_url=base, timeout=30) as http:
-            # answers for g1's learners: u0 mostly right on c0's items, u1 mixed
+            # answers for g1's learners: u0 mostly right on c0's items, u1 mixed, then three
+            # wrong in a row on i0 (struggling with its concepts)
             batch = [ans(f"d0-{k}", "u0", f"i{k % 5}", int(k % 4 != 0), k) for k in range(12)]
             batch += [ans(f"d1-{k}", "u1", f"i{k % 10}", k % 2, k) for k in range(10)]
+            batch += [ans(f"d2-{k}", "u1", "i0", 0, 20 + k) for k in range(3)]
             r = http.post("/v1/answers", json={"answers": batch}, headers=world.headers("ingest"))
             assert r.status_code == 201, r.text
             n_concepts = http.get("/v1/concepts", headers=world.headers("admin")).json()["total"]
             n_learners = http.get("/v1/groups/g1", headers=world.headers("admin")).json()
             n_learners = len(n_learners["members"])
+            # what the page must show, as the teacher's key reads it
+            teacher = world.headers("teacher")
+            api = "/v1/analytics/groups/g1"
+            students = http.get(f"{api}/students", headers=teacher).json()
+            reteach = http.get(f"{api}/reteach", headers=teacher).json()
+            grid = http.get(f"{api}/mastery", headers=teacher).json()
         assert (n_learners, n_concepts) == (2, 4)
+        assert students["total"] == n_learners and students["timed"] is True
+        assert [s["struggling"] > 0 for s in students["students"]] == [False, True], students
         driver = browser
 
         # a wrong key: the API's 401 detail is shown, the form stays
@@ -292,29 +370,84 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
         assert _visible(driver, "login") and not _visible(driver, "app")
         shots.take("login-error")
 
-        # the teacher's key, group g1: the heatmap renders learners x concepts cells
+        # the teacher's key, group g1: the class overview comes first
         _login(driver, base, world.keys["teacher"])
         _pick_group(driver, "g1")
         assert driver.execute_script("return sessionStorage.length") >= 1
+        assert _css(driver, '.tabs [data-tab="class"]')[0].get_attribute("aria-selected") == "true"
+        _wait(driver, lambda d: _settled(d, "class-state"), "the class overview")
+        assert _state(driver, "class-state") == "", driver.find_element(By.ID, "class-state")
+        _check_class_overview(driver, students)
+        _wait(driver, lambda d: _settled(d, "reteach-state"), "the what-to-reteach list")
+        _check_reteach(driver, reteach)
+        shots.take("class")
+
+        # its CSV: the whole class, one row per student, the API's columns
+        header, rows = _read_csv(_download(driver, "class"))
+        assert header[:8] == [
+            "learner_id",
+            "name",
+            "label",
+            "mastered",
+            "learning",
+            "struggling",
+            "not_started",
+            "answers",
+        ], header
+        assert {"last_activity", "struggling_on", "ready_to_learn"} <= set(header)
+        assert sorted(r["learner_id"] for r in rows) == sorted(
+            s["learner_id"] for s in students["students"]
+        )
+        by_id = {s["learner_id"]: s for s in students["students"]}
+        for r in rows:
+            for k in ("mastered", "learning", "struggling", "not_started", "answers"):
+                assert int(r[k]) == by_id[r["learner_id"]][k], (r, k)
+
+        # the heatmap: concepts (rows) x students (columns); practised cells solid with the
+        # number of own answers, estimated ones faded
+        _tab(driver, "mastery")
         _wait(driver, lambda d: _settled(d, "mastery-state"), "the mastery heatmap")
         assert _state(driver, "mastery-state") == "", driver.find_element(By.ID, "mastery-state")
         _wait(driver, lambda d: len(_css(d, CELLS)) > 0, "heatmap cells")
-        cells = _css(driver, CELLS)
-        assert len(cells) == n_learners * n_concepts
-        heatmap = driver.find_element(By.ID, "heatmap")
-        assert heatmap.get_attribute("data-cells") == str(n_learners * n_concepts)
+        _check_heatmap(driver, grid, only_practised=True)
+        assert "faded = estimated by the model" in driver.find_element(By.ID, "mastery-key").text
+        legend = " ".join(t.text for t in _css(driver, "#heatmap svg g.role-legend text"))
+        threshold = grid["rule"]["mastery_threshold"]
+        assert f"threshold {threshold:.2f}" in legend, legend
         shots.take("heatmap")
+        # every concept, the unpractised ones too (all estimated)
+        driver.find_element(By.ID, "mastery-practised").click()
+        _wait(
+            driver,
+            lambda d: len(_css(d, CELLS)) == n_learners * n_concepts,
+            "the heatmap with every concept",
+        )
+        _check_heatmap(driver, grid, only_practised=False)
+        header, rows = _read_csv(_download(driver, "mastery"))
+        assert header == [
+            "learner_id",
+            "name",
+            "concept_id",
+            "concept",
+            "status",
+            "mastery",
+            "own_answers",
+        ]
+        assert len(rows) == n_learners * n_concepts
 
         # a click on a cell (u0, c0) opens u0's timeline with c0 highlighted: one dot per
-        # answer of u0 on c0's items (i0..i4: all 12 of them)
-        _cell(driver, "u0", "c0").click()
+        # answer of u0 on c0's items (i0..i4: all 12 of them), dates on the x axis
+        _click(driver, _cell(driver, "u0", "c0"))
         _wait(driver, lambda d: _visible(d, "panel-learner"), "the learner panel")
         _wait(driver, lambda d: _settled(d, "learner-state"), "the timeline")
         assert _state(driver, "learner-state") == "", driver.find_element(By.ID, "learner-state")
         _wait(driver, lambda d: len(_css(d, TIMELINE_LINES)) > 0, "the timeline's lines")
         assert driver.find_element(By.ID, "learner-title").text.endswith("u0")
         assert driver.find_element(By.ID, "learner-concept").get_attribute("value") == "c0"
-        assert driver.find_element(By.ID, "timeline").get_attribute("data-points") == "12"
+        timeline = driver.find_element(By.ID, "timeline")
+        assert timeline.get_attribute("data-points") == "12"
+        assert timeline.get_attribute("data-timed") == "true"
+        assert not _visible(driver, "learner-note")  # the "no real times" note
         assert len(_css(driver, TIMELINE_DOTS)) == 12
         width = driver.execute_script(
             "return document.querySelector('#timeline svg').getBoundingClientRect().width"
@@ -322,12 +455,18 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
         assert width > 300, f"the timeline is {width} px wide"
         shots.take("timeline")
 
-        # every other view renders without an error state
+        # every other view renders without an error state, each with its CSV button
         _other_views(driver, shots)
+        for which in ("class", "reteach", "mastery", "learner", "groups", "risk", "curves"):
+            assert _css(driver, f'button.csv[data-csv="{which}"]'), which
+        assert _css(driver, '#groups-cards [data-group="1"]'), "no suggested group card"
         _tab(driver, "items")
         if _visible(driver, "items-table"):
             header = _css(driver, '#items-table th[data-sort="attempts"]')[0]
             assert header.get_attribute("aria-sort") == "descending"
+            # two learners: no item has enough data to judge, so none is highlighted
+            assert _css(driver, '#items-table tbody tr[data-enough="false"].thin')
+            assert not _css(driver, "#items-table tbody td.gap.warn")
             header.click()
             _wait(
                 driver,
@@ -352,15 +491,91 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
         )
 
 
+def _check_class_overview(driver, students: dict) -> None:
+    """One row per student, in the API's order, with the API's counts and answers."""
+    rows = _css(driver, "#class-table tbody tr")
+    api_rows = students["students"]
+    assert [r.get_attribute("data-learner") for r in rows] == [s["learner_id"] for s in api_rows]
+    for row, s in zip(rows, api_rows, strict=True):
+        want = [s[k] for k in ("mastered", "learning", "struggling", "not_started", "answers")]
+        assert _int_cells(row) == want, (s["learner_id"], _int_cells(row), want)
+        name = row.find_element("css selector", "th").text
+        assert name == s["label"], (name, s["label"])
+        assert s["learner_id"] in row.find_element("css selector", "th button").get_attribute(
+            "title"
+        )
+    assert "mastered: at least" in _css(driver, "#class-rule")[0].text
+
+
+def _check_reteach(driver, reteach: dict) -> None:
+    """The concepts in the API's order, the most struggling first."""
+    if not reteach["concepts"]:
+        assert _state(driver, "reteach-state") == "empty"
+        return
+    assert _state(driver, "reteach-state") == ""
+    rows = _css(driver, "#reteach-table tbody tr")
+    shown = [r.get_attribute("data-concept") for r in rows]
+    assert shown and shown == [c["concept_id"] for c in reteach["concepts"]][: len(shown)]
+    struggling = [int(r.get_attribute("data-struggling")) for r in rows]
+    assert struggling == sorted(struggling, reverse=True), struggling
+    for row, c in zip(rows, reteach["concepts"], strict=False):
+        cells = row.find_elements("css selector", "td.num")
+        assert [int(td.text) for td in cells[:4]] == [
+            c["struggling"],
+            c["learning"],
+            c["mastered"],
+            c["not_started"],
+        ]
+
+
+def _check_heatmap(driver, grid: dict, *, only_practised: bool) -> None:
+    """Cells, solid practised ones with their answer counts and faded estimated ones, as the
+    API's grid says (concepts nobody practised left out when ``only_practised``)."""
+    learners = grid["learners"]
+    members = grid["group"]["learners"]
+    cols = [
+        j
+        for j in range(len(grid["concepts"]))
+        if not only_practised or grid["concept_counts"]["not_started"][j] < members
+    ]
+    own = [lr["answers"][j] for lr in learners for j in cols]
+    practised = [n for n in own if n > 0]
+    heatmap = driver.find_element("id", "heatmap")
+    assert heatmap.get_attribute("data-cells") == str(len(own))
+    assert heatmap.get_attribute("data-practised") == str(len(practised))
+    cells = _css(driver, CELLS)
+    assert len(cells) == len(own)
+    opacity = [c.get_attribute("opacity") for c in cells]
+    assert opacity.count("1") == len(practised), opacity
+    assert opacity.count("0.25") == len(own) - len(practised), opacity
+    counts = sorted(int(t.text) for t in _css(driver, ANSWER_TEXTS))
+    assert counts == sorted(practised)
+    struggling = sum(st == "struggling" for lr in learners for st in lr["status"])
+    assert len(_css(driver, OUTLINES)) == struggling
+    # the class average: one cell per concept shown
+    assert len(_css(driver, AVERAGE_CELLS)) == len(cols)
+    concepts = driver.execute_script(
+        "return [...document.querySelectorAll('#heatmap svg g.role-axis-label text')]"
+        ".map(t => t.textContent)"
+    )
+    for j in cols:
+        assert grid["concepts"][j]["name"][:39] in " ".join(concepts), concepts
+
+
 def _other_views(
-    driver, shots: Shots, *, timeout: float = WAIT_S, names: dict[str, str] | None = None
+    driver,
+    shots: Shots,
+    *,
+    timeout: float = WAIT_S,
+    names: dict[str, str] | None = None,
 ) -> None:
-    """Open the curves, items, at-risk and model-card tabs: each settles without an error
-    state; a screenshot of each (named by ``names``, else by the tab)."""
+    """Open the groups, at-risk, curves, items and model-card tabs: each settles without an
+    error state; a screenshot of each (named by ``names``, else by the tab)."""
     from selenium.webdriver.common.by import By
 
-    for tab in ("curves", "items", "risk", "model"):
-        box = f"{tab}-state"
+    boxes = {"groups": "groups-view-state"}
+    for tab in ("groups", "risk", "curves", "items", "model"):
+        box = boxes.get(tab, f"{tab}-state")
         _tab(driver, tab)
         _wait(driver, lambda d, b=box: _settled(d, b), f"the {tab} view", timeout=timeout)
         assert _state(driver, box) != "error", f"{tab}: {driver.find_element(By.ID, box).text}"
@@ -373,9 +588,11 @@ def _other_views(
     reason="screenshots of the demo: set DASHBOARD_DEMO to a `tutor demo --no-serve` workdir",
 )
 def test_dashboard_demo_screenshots(browser, tmp_path):
+    from tutor.db.migrate import upgrade
 
     workdir = Path(os.environ["DASHBOARD_DEMO"]).resolve()
     demo = json.loads((workdir / "keys.json").read_text())
+    upgrade(demo["database_url"])  # a demo made before the latest migration
     browser.set_window_size(1700, 1250)
     shots = Shots(browser, tmp_path)
     with run_server(demo["database_url"], tmp_path / "server.log") as (base, _):
@@ -387,9 +604,15 @@ def test_dashboard_demo_screenshots(browser, tmp_path):
         driver = browser
         _login(driver, base, demo["keys"]["teacher"])
         _pick_group(driver, "demo-class")
+        _wait(driver, lambda d: _settled(d, "class-state"), "the class overview", timeout=180)
+        _wait(driver, lambda d: _settled(d, "reteach-state"), "what to reteach", timeout=180)
+        shots.take("class", max_height=2400)
+        _tab(driver, "mastery")
         _wait(driver, lambda d: len(_css(d, CELLS)) > 0, "heatmap cells", timeout=180)
-        shots.take("heatmap")
-        _cell(driver, learner, top["name"] or top["concept_id"]).click()
+        shots.take("heatmap", max_height=2400)
+        _click(driver, _cell(driver, learner, top["concept_id"]))
         _wait(driver, lambda d: len(_css(d, TIMELINE_DOTS)) > 0, "the timeline", timeout=120)
         shots.take("timeline")
         _other_views(driver, shots, timeout=180, names={"risk": "at-risk", "model": "model-card"})
+        foreign, errors = _origin_report(driver, base)
+        assert not foreign and not errors, (foreign, errors)

@@ -89,7 +89,10 @@ def test_class_overview(taught, world):
     r = taught.get("/v1/analytics/groups/g1/students", headers=h)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["total"] == 3 and body["concepts"] == 4 and body["timed"] is True
+    assert body["total"] == 3 and body["n_concepts"] == 4 and body["timed"] is True
+    # an imported history (2024): days without an answer count before the group's latest
+    assert body["reference"] == "the group's latest answer"
+    assert body["reference_time"].startswith("2024-03-01T10:08:00")
     assert body["latest_activity"].startswith("2024-03-01T10:08:00")
     assert "at least 3 own answers" in body["rule_text"]
     rows = {x["learner_id"]: x for x in body["students"]}
@@ -137,7 +140,7 @@ def test_what_to_reteach(taught, world):
     }
     assert got == {"c1": (1, 1, 0, 0), "c0": (0, 1, 1, 0), "c2": (0, 1, 0, 1)}
     by = {x["concept_id"]: x for x in rows}
-    assert by["c1"]["struggling_students"] == ["u1"]
+    assert by["c1"]["struggling_students"] == [{"learner_id": "u1", "label": "u1"}]
     assert by["c0"]["struggling_students"] == []
     # c0's answers: u0 i0 1, i1 0 1 1 1 1; u1 i1 0 1 -> 8 answers, 6 correct
     assert (by["c0"]["answers"], by["c0"]["practised_by"]) == (8, 2)
@@ -170,7 +173,7 @@ def test_suggested_groups_small_class_is_one_group(taught, world):
     assert r.status_code == 200, r.text
     body = r.json()
     # two active students cannot make two groups of at least three
-    assert len(body["groups"]) == 1
+    assert len(body["groups"]) == 1 and body["silhouette"] is None
     g = body["groups"][0]
     assert g["size"] == 2 and {s["label"] for s in g["students"]} == {"Ada", "u1"}
     # need = 2 x struggling + learning: c1 (2 + 1), then c0 and c2 (1 each, curriculum order)
@@ -196,20 +199,28 @@ def test_suggested_groups_small_class_is_one_group(taught, world):
 def test_clustering_separates_clear_groups():
     """Two kinds of students (four have mastered concepts 0-2, four struggle with them) and
     two outliers too few for a group of their own: two groups, each one kind."""
-    from tutor.teaching import MIN_GROUP_STUDENTS, _cluster
+    from tutor.teaching import MIN_GROUP_STUDENTS, TARGET_GROUP_SIZE, _cluster
 
-    strong = [1, 1, 1, 0, 0, 0, 0, 0, 0]  # mastered c0-c2 (one-hot: mastered block first)
-    weak = [0, 0, 0, 0, 0, 0, 1, 1, 1]  # struggling c0-c2
+    strong = [0.95, 0.9, 0.92, 0.2]
+    weak = [0.1, 0.15, 0.05, 0.2]
     x = np.array([strong] * 4 + [weak] * 4, dtype=float)
     labels = _cluster(x, 5)
     assert len(set(labels[:4])) == 1 and len(set(labels[4:])) == 1 and labels[0] != labels[4]
     assert _cluster(x, 1).tolist() == [0] * 8
-    # no group smaller than MIN_GROUP_STUDENTS
-    mixed = np.vstack([x, [[0, 0, 0, 1, 1, 1, 0, 0, 0]] * (MIN_GROUP_STUDENTS - 1)])
+    # no group smaller than MIN_GROUP_STUDENTS: the outliers join the nearer group
+    mixed = np.vstack([x, [[0.5, 0.5, 0.5, 0.9]] * (MIN_GROUP_STUDENTS - 1)])
     sizes = np.bincount(_cluster(mixed, 5))
-    assert sizes.min() >= MIN_GROUP_STUDENTS
+    assert len(sizes) == 2 and sizes.min() >= MIN_GROUP_STUDENTS
     # the same answer every time
     assert _cluster(mixed, 5).tolist() == _cluster(mixed, 5).tolist()
+    # a class of 32 in four blocks: four groups of about TARGET_GROUP_SIZE
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)
+    big = np.vstack([c + rng.normal(0, 0.05, (8, 4)) for c in centres])
+    labels = _cluster(big, 5)
+    assert round(32 / TARGET_GROUP_SIZE) == 4 and sorted(np.bincount(labels)) == [8, 8, 8, 8]
+    for b in range(4):
+        assert len(set(labels[b * 8 : (b + 1) * 8])) == 1
 
 
 def _csv(r) -> list[dict[str, str]]:
@@ -225,6 +236,7 @@ def test_csv_export_of_every_table(taught, world):
     students = _csv(taught.get(f"{base}/students?format=csv", headers=h))
     assert [x["learner_id"] for x in students] == ["u0", "u1"]
     assert students[0]["name"] == "Ada" and students[1]["struggling"] == "1"
+    assert [x["label"] for x in students] == ["Ada", "u1"]
     assert students[1]["struggling_on"] == _names(taught, world)["c1"]
     # Accept: text/csv asks for it too
     assert _csv(taught.get(f"{base}/students", headers=h | {"Accept": "text/csv"})) == students
@@ -286,11 +298,11 @@ def _set(world, **values) -> None:
 
 
 def test_small_numbers_are_hidden_by_default(taught, world):
-    """With the default minimum of 10 learners, the fixture's two learners make no curve
-    point and no item flag; the settings lower it."""
+    """With the default minimums (5 learners per curve point, 10 per flagged item), the
+    fixture's two learners make no curve point and no item flag; the settings lower them."""
     h = world.headers("admin")
     body = taught.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
-    assert body["min_learners"] == 10
+    assert body["min_learners"] == 5
     assert all(c["points"] == [] and c["hidden_points"] > 0 for c in body["curves"])
     _set(world, item_flag_min_attempts=1, item_flag_z=0.0001)
     items = taught.get("/v1/analytics/groups/g1/items", headers=h).json()

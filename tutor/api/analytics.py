@@ -74,7 +74,8 @@ class MasteryGrid(BaseModel):
     concepts: list[ConceptRef]
     learners: list[GridRow]
     concept_means: list[float | None]
-    #: per concept, how many members are mastered / learning / struggling / not started
+    #: per concept, how many members are mastered / learning / struggling / not started, and
+    #: how many practised it (own answers)
     concept_counts: dict[str, list[int]]
     offset: int
     limit: int
@@ -100,13 +101,21 @@ class ClassOverview(BaseModel):
     model: ModelRef
     rule: Rule
     rule_text: str
-    concepts: int
+    n_concepts: int
     latest_activity: str | None
+    #: inactivity is measured against this time (see the at-risk route), None: no clock
+    reference_time: str | None
+    reference: str
     timed: bool
     students: list[StudentRow]
     total: int
     offset: int
     limit: int
+
+
+class StudentRef(BaseModel):
+    learner_id: str
+    label: str
 
 
 class ReteachRow(BaseModel):
@@ -121,7 +130,8 @@ class ReteachRow(BaseModel):
     answers: int
     success_rate: float | None
     mean_mastery: float | None
-    struggling_students: list[str]
+    #: the struggling students (at most 10, by name; ``struggling`` counts them all)
+    struggling_students: list[StudentRef]
 
 
 class Reteach(BaseModel):
@@ -133,11 +143,6 @@ class Reteach(BaseModel):
     total: int
     offset: int
     limit: int
-
-
-class StudentRef(BaseModel):
-    learner_id: str
-    label: str
 
 
 class GroupNeed(BaseModel):
@@ -167,6 +172,8 @@ class SuggestedGroups(BaseModel):
     group: GroupRef
     model: ModelRef
     method: str
+    #: how well the groups are separated (-1 .. 1; None: one group)
+    silhouette: float | None
     groups: list[SuggestedGroup]
     not_started: list[StudentRef]
 
@@ -178,7 +185,11 @@ class TimelinePoint(BaseModel):
     item_id: str
     correct: int
     concepts: list[str]
+    #: per chosen concept after this answer: the reported mastery (own evidence, else the
+    #: estimate), the own answers so far, and the model's estimate
     mastery: list[float | None]
+    answers: list[int]
+    estimate: list[float | None]
 
 
 class Timeline(BaseModel):
@@ -386,6 +397,7 @@ def _students_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[st
     cols = [
         "learner_id",
         "name",
+        "label",
         "mastered",
         "learning",
         "struggling",
@@ -518,8 +530,9 @@ def suggested_groups(
     max_groups: Annotated[int, Query(ge=1, le=10)] = teaching.MAX_GROUPS,
     format: FormatQuery = None,
 ) -> Any:
-    """Suggested small groups: students with similar statuses (k-means over their status
-    vectors), each group with the concepts it needs and what most of it is ready for next."""
+    """Suggested small groups: students with similar mastery on what the class practised
+    (k-means, about 8 a group, none below 3), each group with the concepts it needs and what
+    most of it is ready for next."""
     group = _visible_group(session, principal, org, group_id)
     body = teaching.suggested_groups(
         session, org=org, group=group, settings=settings, max_groups=max_groups
@@ -590,17 +603,21 @@ def group_mastery(
 
 
 def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    names = [f"estimate: {c['name']}" for c in body["concepts"]]
-    rows = [
-        {
-            **{k: p[k] for k in ("index", "timestamp", "event_id", "item_id", "correct")},
-            "concepts": p["concepts"],
-            **dict(zip(names, p["mastery"], strict=True)),
-        }
-        for p in body["points"]
-    ]
-    cols = ["index", "timestamp", "event_id", "item_id", "correct", "concepts", *names]
-    return rows, cols
+    """One row per answer; per concept the reported mastery, own answers and the estimate.
+    Without real times (``timed`` false) the timestamp column is left empty."""
+    names = [c["name"] for c in body["concepts"]]
+    fields = [(f"mastery: {n}", f"own answers: {n}", f"estimate: {n}") for n in names]
+    rows = []
+    for p in body["points"]:
+        row = {k: p[k] for k in ("index", "event_id", "item_id", "correct", "concepts")}
+        row["timestamp"] = p["timestamp"] if body["timed"] else None
+        for (m, a, e), vm, va, ve in zip(
+            fields, p["mastery"], p["answers"], p["estimate"], strict=True
+        ):
+            row |= {m: vm, a: va, e: ve}
+        rows.append(row)
+    cols = ["index", "timestamp", "event_id", "item_id", "correct", "concepts"]
+    return rows, cols + [f for trio in fields for f in trio]
 
 
 @router.get(

@@ -7,7 +7,10 @@
   const KEY_STORE = "kt-tutor.dashboard.key";
   const GROUP_STORE = "kt-tutor.dashboard.group";
   const HEATMAP_PAGE = 50;
+  const CLASS_PAGE = 100;
   const ITEMS_PAGE = 50;
+  const RETEACH_SHOWN = 12;
+  const CONCEPT_CHARS = 40;
   const TIMELINE_CONCEPTS = 6;
   const GRAPH_MAX_NODES = 60;
   const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
@@ -23,12 +26,17 @@
     key: null,
     groups: [],
     group: null,
-    tab: "mastery",
+    tab: "class",
     loaded: {}, // tab -> group id its data was loaded for
     seq: {}, // tab -> request counter (late answers of an older request are dropped)
     views: {}, // element id -> Vega view
+    roster: new Map(), // learner id -> label (every list seen: class, heatmap, groups, risk)
+    conceptNames: new Map(), // concept id -> name
+    concepts: [], // the catalogue in curriculum order, once the heatmap has loaded
+    class: { sort: "name", offset: 0, data: null },
+    reteach: { data: null, all: false },
     mastery: { offset: 0, data: null, total: null },
-    learner: { id: null, concept: null },
+    learner: { id: null, concept: null, shown: [] },
     curves: { data: null, concept: null },
     items: { sort: "attempts", desc: true, offset: 0 },
   };
@@ -53,11 +61,16 @@
     return `${response.status} ${response.statusText || "error"}`;
   }
 
-  async function api(path, params = {}, { quiet401 = false } = {}) {
+  function apiUrl(path, params = {}) {
     const url = new URL(ROOT + path, window.location.origin);
     for (const [k, v] of Object.entries(params)) {
       if (v !== null && v !== undefined && v !== "") url.searchParams.set(k, String(v));
     }
+    return url;
+  }
+
+  async function api(path, params = {}, { quiet401 = false } = {}) {
+    const url = apiUrl(path, params);
     let response;
     try {
       response = await fetch(url, {
@@ -146,12 +159,56 @@
     return String(v);
   }
 
+  /** What teachers read: the organisation's display name, else the id (ids go in tooltips). */
   function learnerLabel(l) {
-    return l.name && l.name !== l.learner_id ? `${l.name} (${l.learner_id})` : l.learner_id;
+    if (l.label) return l.label;
+    return l.name && l.name !== l.learner_id ? l.name : l.learner_id;
   }
 
   function conceptLabel(c) {
     return c.name && c.name !== c.concept_id ? c.name : c.concept_id;
+  }
+
+  /** A label cut to ``n`` characters (the full text goes in a tooltip). */
+  function shorten(text, n = CONCEPT_CHARS) {
+    const t = String(text);
+    return t.length > n ? `${t.slice(0, n - 1).trimEnd()}…` : t;
+  }
+
+  const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+
+  function fmtDate(iso, withTime = false) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return "–";
+    return withTime
+      ? d.toLocaleString("en-GB", { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" })
+      : d.toLocaleDateString("en-GB", { day: "numeric", month: "short", year: "numeric" });
+  }
+
+  /** Remember learners' labels and concepts' names for pickers and titles. */
+  function remember({ learners = [], concepts = [] } = {}) {
+    for (const l of learners) {
+      if (l && l.learner_id) state.roster.set(l.learner_id, learnerLabel(l));
+    }
+    for (const c of concepts) {
+      if (c && c.concept_id) state.conceptNames.set(c.concept_id, conceptLabel(c));
+    }
+  }
+
+  const studentName = (id) => state.roster.get(id) || id;
+  const conceptName = (id) => state.conceptNames.get(id) || id;
+
+  /** A student's name as a button that opens the timeline (id in the tooltip). */
+  function studentButton(id, label, conceptId = null, cls = "link") {
+    return h("button", {
+      type: "button",
+      class: cls,
+      title: `open the timeline of ${label} (id ${id})`,
+      text: label,
+      dataset: { learner: id },
+      onclick: () => openLearner(id, conceptId),
+    });
   }
 
   /** Labels that stay unique (two concepts of the same name get their ids appended). */
@@ -282,9 +339,15 @@
     state.group = id;
     state.loaded = {};
     state.mastery = { offset: 0, data: null, total: null };
-    state.learner = { id: null, concept: null };
+    state.learner = { id: null, concept: null, shown: [] };
     state.curves = { data: null, concept: null };
+    state.class = { sort: $("class-sort").value || "name", offset: 0, data: null };
+    state.reteach = { data: null, all: false };
+    state.roster = new Map();
+    state.conceptNames = new Map();
+    state.concepts = [];
     state.items.offset = 0;
+    for (const note of document.querySelectorAll(".csv-note")) note.remove();
     for (const id2 of Object.keys(state.views)) clearChart($(id2));
     const groupsState = $("groups-state");
     if (!id) {
@@ -301,8 +364,10 @@
 
   // ------------------------------------------------------------------ tabs
   const LOADERS = {
+    class: () => loadClass(),
     mastery: () => loadMastery(),
     learner: () => loadLearner(),
+    groups: () => loadGroups(),
     curves: () => loadCurves(),
     items: () => loadItems(),
     risk: () => loadRisk(),
@@ -322,6 +387,192 @@
     }
   }
 
+  // ------------------------------------------------------------------ class overview
+  const STATUS_KEYS = [
+    ["mastered", "mastered"],
+    ["learning", "learning"],
+    ["struggling", "struggling"],
+    ["not_started", "not-started"],
+  ];
+
+  async function loadClass() {
+    const token = nextSeq("class");
+    const box = $("class-state");
+    const table = $("class-table");
+    setState(box, "loading", "Loading the class…");
+    setState($("reteach-state"), "loading", "Loading what to reteach…");
+    const group = enc(state.group);
+    const { sort, offset } = state.class;
+    // the two lists load together; each shows its own error
+    const reteach = api(`/v1/analytics/groups/${group}/reteach`).then(
+      (data) => ({ data }), (error) => ({ error }));
+    try {
+      const data = await api(`/v1/analytics/groups/${group}/students`, {
+        sort, limit: CLASS_PAGE, offset,
+      });
+      if (!current("class", token)) return;
+      state.class.data = data;
+      renderClass(data);
+    } catch (e) {
+      if (!current("class", token)) return;
+      table.hidden = true;
+      setState(box, noModel(e) ? "empty" : "error", noModel(e) ? NO_MODEL : errorText(e));
+      state.loaded.class = null;
+    }
+    const r = await reteach;
+    if (!current("class", token)) return;
+    if (r.error) {
+      $("reteach-table").hidden = true;
+      $("reteach-more").hidden = true;
+      const e = r.error;
+      setState($("reteach-state"), noModel(e) ? "empty" : "error", noModel(e) ? NO_MODEL : errorText(e));
+      state.loaded.class = null;
+      return;
+    }
+    state.reteach.data = r.data;
+    renderReteach();
+  }
+
+  function statusBar(row, total) {
+    const bar = h("div", {
+      class: "bar",
+      role: "img",
+      "aria-label": STATUS_KEYS.map(([k]) => `${row[k]} ${k.replace("_", " ")}`).join(", "),
+    });
+    for (const [k, cls] of STATUS_KEYS) {
+      if (!row[k] || !total) continue;
+      bar.append(h("span", { class: cls, style: `width: ${((100 * row[k]) / total).toFixed(2)}%` }));
+    }
+    return bar;
+  }
+
+  /** Concept names as chips (the first ``max``; the rest counted). */
+  function conceptChips(list, cls, max = 4) {
+    if (!list || !list.length) return h("span", { class: "muted", text: "–" });
+    const shown = list.slice(0, max).map((c) => h("span", {
+      class: `chip ${cls}`,
+      title: `${c.name || c.concept_id} (id ${c.concept_id})`,
+      text: shorten(conceptLabel(c), 32),
+    }));
+    if (list.length > max) {
+      shown.push(h("span", {
+        class: "chip more",
+        title: list.slice(max).map(conceptLabel).join(", "),
+        text: `+${list.length - max} more`,
+      }));
+    }
+    return shown;
+  }
+
+  function renderClass(data) {
+    const box = $("class-state");
+    const table = $("class-table");
+    const students = data.students || [];
+    remember({ learners: students });
+    for (const st of students) remember({ concepts: [...st.struggling_on, ...st.ready_to_learn] });
+    fillLearnerPicker();
+    const total = isNum(data.total) ? data.total : students.length;
+    const offset = data.offset || 0;
+    $("class-title").textContent = data.group
+      ? `· ${data.group.name || data.group.id} · ${plural(total, "student")} · ${plural(data.n_concepts, "concept")}`
+      : "";
+    $("class-page").textContent = students.length && total > CLASS_PAGE
+      ? `students ${offset + 1}–${offset + students.length} of ${total}`
+      : "";
+    for (const id of ["class-prev", "class-next"]) $(id).hidden = total <= CLASS_PAGE;
+    $("class-prev").disabled = offset <= 0;
+    $("class-next").disabled = offset + students.length >= total;
+    $("class-rule").textContent = data.rule_text
+      ? `Statuses per concept: ${data.rule_text}; not started: no own answers on it yet.`
+      : "";
+    $("class-note").textContent = data.timed
+      ? `Last activity: the student's latest answer; “idle” counts the days before ` +
+        (data.reference === "now" ? "today" : `the class's latest answer (${fmtDate(data.reference_time)})`) +
+        ", as on the At risk tab."
+      : "No dates in this data: the answers were imported without times, so there is no " +
+        "last activity to show.";
+    const body = table.querySelector("tbody");
+    body.textContent = "";
+    if (!students.length) {
+      table.hidden = true;
+      setState(box, "empty", offset ? "No more students." : "No students in this group yet.");
+      return;
+    }
+    const concepts = data.n_concepts || 0;
+    for (const st of students) {
+      const label = learnerLabel(st);
+      const idle = isNum(st.days_inactive) && st.days_inactive >= 1
+        ? h("span", { class: "muted", text: ` · ${Math.round(st.days_inactive)} d idle` })
+        : null;
+      const last = !data.timed
+        ? h("span", { class: "muted", title: "no dates in this data", text: "–" })
+        : st.last_activity
+          ? [h("span", { title: fmtDate(st.last_activity, true), text: fmtDate(st.last_activity) }), idle]
+          : h("span", { class: "muted", text: st.answers ? "–" : "no answers yet" });
+      const count = (k) => h("td", {
+        class: `num count-${k.replace("_", "-")}${st[k] ? " nonzero" : ""}`,
+        text: fmtValue(st[k]),
+      });
+      body.append(h("tr", { dataset: { learner: st.learner_id } },
+        h("th", { scope: "row" }, studentButton(st.learner_id, label)),
+        h("td", {}, statusBar(st, concepts)),
+        count("mastered"),
+        count("learning"),
+        count("struggling"),
+        count("not_started"),
+        h("td", { class: "num", text: fmtValue(st.answers) }),
+        h("td", { class: "nowrap" }, last),
+        h("td", { class: "names" }, conceptChips(st.struggling_on, "struggling")),
+        h("td", { class: "names" }, conceptChips(st.ready_to_learn, "ready", 3)),
+      ));
+    }
+    table.hidden = false;
+    setState(box, null);
+  }
+
+  function renderReteach() {
+    const data = state.reteach.data;
+    const box = $("reteach-state");
+    const table = $("reteach-table");
+    const more = $("reteach-more");
+    const rows = data.concepts || [];
+    remember({ concepts: rows });
+    const body = table.querySelector("tbody");
+    body.textContent = "";
+    if (!rows.length) {
+      table.hidden = true;
+      more.hidden = true;
+      setState(box, "empty", "The class has not practised any concept yet: nothing to reteach.");
+      return;
+    }
+    const shown = state.reteach.all ? rows : rows.slice(0, RETEACH_SHOWN);
+    for (const c of shown) {
+      const names = (c.struggling_students || []).map((x) => x.label);
+      const extra = c.struggling - names.length;
+      body.append(h("tr", { dataset: { concept: c.concept_id, struggling: String(c.struggling) } },
+        h("th", { scope: "row", title: `${c.name} (id ${c.concept_id}; curriculum position ${c.curriculum_position})`, text: shorten(conceptLabel(c), 48) }),
+        h("td", { class: `num count-struggling${c.struggling ? " nonzero" : ""}`, text: fmtValue(c.struggling) }),
+        h("td", { class: "num", text: fmtValue(c.learning) }),
+        h("td", { class: `num count-mastered${c.mastered ? " nonzero" : ""}`, text: fmtValue(c.mastered) }),
+        h("td", { class: "num", text: fmtValue(c.not_started) }),
+        h("td", {
+          class: "num",
+          title: `${fmtValue(c.answers)} answers by ${plural(c.practised_by, "student")}`,
+          text: pct(c.success_rate),
+        }),
+        h("td", { class: "names" },
+          names.length ? names.map((n) => h("span", { class: "chip struggling", text: n })) : h("span", { class: "muted", text: "–" }),
+          extra > 0 ? h("span", { class: "chip more", text: `+${extra} more` }) : null),
+      ));
+    }
+    more.hidden = rows.length <= RETEACH_SHOWN;
+    more.textContent = state.reteach.all
+      ? `Show the first ${RETEACH_SHOWN} only`
+      : `Show all ${rows.length} practised concepts`;
+    table.hidden = false;
+    setState(box, null);
+  }
+
   // ------------------------------------------------------------------ mastery heatmap
   async function loadMastery() {
     const token = nextSeq("mastery");
@@ -337,7 +588,9 @@
       });
       if (!current("mastery", token)) return;
       state.mastery.data = data;
-      fillLearnerPicker(data);
+      state.concepts = data.concepts || [];
+      remember({ learners: data.learners || [], concepts: state.concepts });
+      fillLearnerPicker();
       await renderHeatmap(data, token);
     } catch (e) {
       if (!current("mastery", token)) return;
@@ -353,10 +606,21 @@
     const offset = data.offset || 0;
     state.mastery.total = total;
     $("mastery-page").textContent = n
-      ? `learners ${offset + 1}–${offset + n}${total !== null ? ` of ${total}` : ""}`
+      ? `students ${offset + 1}–${offset + n}${total !== null ? ` of ${total}` : ""}`
       : "";
     $("mastery-prev").disabled = offset <= 0;
     $("mastery-next").disabled = total !== null ? offset + n >= total : n < HEATMAP_PAGE;
+  }
+
+  /** The colour scale of mastery: red to yellow below the threshold, green from it on. */
+  function masteryScale(threshold) {
+    const t = isNum(threshold) && threshold > 0 && threshold < 1 ? threshold : 0.8;
+    return {
+      type: "linear",
+      domain: [0, t / 2, t, 1],
+      range: ["#d73027", "#fee08b", "#91cf60", "#1a9850"],
+      clamp: true,
+    };
   }
 
   async function renderHeatmap(data, token) {
@@ -366,14 +630,18 @@
     const concepts = data.concepts || [];
     masteryPager(data);
     const model = data.model;
-    $("mastery-meta").textContent = [
-      data.group ? `${data.group.name || data.group.id}` : "",
-      model ? `model: ${model.name} #${model.id}${model.forgets ? " (forgets over time)" : ""}` : "",
-      data.at ? `as of ${new Date(data.at).toLocaleString("en-GB")}` : "",
-    ].filter(Boolean).join(" · ");
+    const rule = data.rule || {};
+    const threshold = isNum(rule.mastery_threshold) ? rule.mastery_threshold : 0.8;
+    $("mastery-rule").textContent = data.rule_text
+      ? `Statuses: ${data.rule_text}. Colours: the reported mastery (the student's own ` +
+        `evidence where practised, the model's estimate where not); green from the ` +
+        `threshold ${threshold.toFixed(2)} on.`
+      : "";
     chart.dataset.learners = String(learners.length);
     chart.dataset.concepts = String(concepts.length);
     chart.dataset.cells = "0";
+    chart.dataset.practised = "0";
+    chart.dataset.estimated = "0";
     if (!model) {
       clearChart(chart);
       setState(box, "empty", NO_MODEL);
@@ -382,8 +650,8 @@
     if (!learners.length) {
       clearChart(chart);
       setState(box, "empty", data.offset
-        ? "No more learners on this page."
-        : "No learners in this group yet.");
+        ? "No more students on this page."
+        : "No students in this group yet.");
       return;
     }
     if (!concepts.length) {
@@ -391,57 +659,206 @@
       setState(box, "empty", "No concepts in the catalogue yet.");
       return;
     }
-    const cLabels = uniqueLabels(concepts, conceptLabel, (c) => c.concept_id);
+    // the concepts shown: all, or those some member of the class has answered
+    const counts = data.concept_counts || {};
+    const members = data.group && isNum(data.group.learners) ? data.group.learners : learners.length;
+    const practisedByClass = (j) => (counts.not_started ? counts.not_started[j] < members : true);
+    const onlyPractised = $("mastery-practised").checked;
+    const cols = concepts.map((c, j) => j).filter((j) => !onlyPractised || practisedByClass(j));
+    const hidden = concepts.length - cols.length;
+    $("mastery-meta").textContent = [
+      data.group ? `${data.group.name || data.group.id}` : "",
+      `${plural(cols.length, "concept")} in curriculum order` +
+        (hidden ? ` (${hidden} that nobody in the class has practised hidden)` : ""),
+      model ? `model: ${model.name}${model.forgets ? " (forgets over time)" : ""}` : "",
+      data.at ? `as of ${fmtDate(data.at)}` : "",
+    ].filter(Boolean).join(" · ");
+    if (!cols.length) {
+      clearChart(chart);
+      setState(box, "empty", "Nobody in this class has practised a concept yet: untick " +
+        "“only concepts the class has practised” to see the model's estimates.");
+      return;
+    }
+    const shownConcepts = cols.map((j) => concepts[j]);
+    const cLabels = uniqueLabels(shownConcepts, (c) => shorten(conceptLabel(c)), (c) => c.concept_id);
     const lLabels = uniqueLabels(learners, learnerLabel, (l) => l.learner_id);
     const values = [];
+    let practised = 0;
     learners.forEach((l, i) => {
-      concepts.forEach((c, j) => {
+      cols.forEach((j, k) => {
+        const c = concepts[j];
         const m = l.mastery ? l.mastery[j] : null;
+        const own = l.answers ? l.answers[j] || 0 : 0;
+        const status = l.status ? l.status[j] : own ? "learning" : "not_started";
+        if (own > 0) practised += 1;
+        const shown = isNum(m) ? m.toFixed(2) : "no estimate";
         values.push({
           learner_id: l.learner_id,
           learner: lLabels[i],
           concept_id: c.concept_id,
-          concept: cLabels[j],
+          concept: cLabels[k],
+          concept_name: conceptLabel(c),
           mastery: isNum(m) ? m : null,
-          shown: isNum(m) ? pct(m, 1) : "no estimate",
-          answers: l.n_answers,
+          shown,
+          status: status.replace("_", " "),
+          answers: own,
+          practised: own > 0,
+          struggling: status === "struggling",
+          dark: isNum(m) && (m < 0.18 || m > 0.93),
+          what: own > 0 ? "own answers (evidence)" : "estimated by the model (no own answers)",
+          aria: `learner ${l.learner_id}; concept ${c.concept_id}; ${lLabels[i]}, ` +
+            `${conceptLabel(c)}: ${status.replace("_", " ")}, mastery ${shown}, ` +
+            `${plural(own, "own answer")}`,
         });
       });
     });
+    const means = data.concept_means || [];
+    const avgValues = cols.map((j, k) => {
+      const m = means[j];
+      const st = (s) => (counts[s] ? counts[s][j] : null);
+      return {
+        column: "Class average",
+        concept: cLabels[k],
+        concept_name: conceptLabel(concepts[j]),
+        mastery: isNum(m) ? m : null,
+        text: isNum(m) ? m.toFixed(2).replace(/^0/, "") : "",
+        dark: isNum(m) && (m < 0.18 || m > 0.93),
+        counts: `${st("mastered")} mastered · ${st("learning")} learning · ` +
+          `${st("struggling")} struggling · ${st("not_started")} not started`,
+        aria: `class average; concept ${concepts[j].concept_id}; ${conceptLabel(concepts[j])}: ` +
+          (isNum(m) ? m.toFixed(2) : "no estimate"),
+      };
+    });
+    const cw = learners.length > 35 ? 22 : 27;
+    const rh = 19;
+    const colour = {
+      condition: { test: "datum.mastery === null", value: "#e5e7eb" },
+      field: "mastery",
+      type: "quantitative",
+      scale: masteryScale(threshold),
+    };
+    const tooltip = [
+      { field: "learner", title: "Student" },
+      { field: "learner_id", title: "Student id" },
+      { field: "concept_name", title: "Concept" },
+      { field: "concept_id", title: "Concept id" },
+      { field: "status", title: "Status" },
+      { field: "shown", title: "Mastery" },
+      { field: "answers", title: "Own answers" },
+      { field: "what", title: "From" },
+    ];
+    const y = {
+      field: "concept",
+      type: "nominal",
+      sort: cLabels,
+      scale: { domain: cLabels },
+      title: null,
+    };
     const spec = {
-      description: "Mastery per learner and concept",
-      data: { values },
-      width: { step: concepts.length > 80 ? 13 : concepts.length > 20 ? 22 : 34 },
-      height: { step: learners.length > 20 ? 17 : 22 },
-      mark: { type: "rect", invalid: "show", stroke: "#ffffff", strokeWidth: 1, cursor: "pointer" },
-      encoding: {
-        x: {
-          field: "concept",
-          type: "nominal",
-          sort: cLabels,
-          axis: { title: "Concept", orient: "top", labelAngle: -45, labelLimit: 150 },
+      description: "Mastery per concept (rows) and student (columns), with the class average",
+      spacing: 16,
+      // the same colours in both parts (fixed domain and range); one legend, the grid's
+      resolve: { scale: { color: "independent" }, legend: { color: "independent" } },
+      hconcat: [
+        {
+          name: "average",
+          data: { values: avgValues },
+          width: { step: 44 },
+          height: { step: rh },
+          encoding: {
+            y: { ...y, axis: { labelLimit: 290, labelFontSize: 11.5, labelPadding: 6, ticks: false, domain: false } },
+            x: {
+              field: "column",
+              type: "nominal",
+              title: null,
+              axis: { orient: "top", labelAngle: -50, labelAlign: "left", labelFontWeight: 600, ticks: false, domain: false },
+            },
+          },
+          layer: [
+            {
+              name: "avgcells",
+              mark: { type: "rect", stroke: "#ffffff", strokeWidth: 1 },
+              encoding: {
+                color: { ...colour, legend: null },
+                description: { field: "aria" },
+                tooltip: [
+                  { field: "concept_name", title: "Concept" },
+                  { field: "text", title: "Class average mastery" },
+                  { field: "counts", title: "Students" },
+                ],
+              },
+            },
+            {
+              name: "avgtext",
+              mark: { type: "text", fontSize: 10, fontWeight: 600, aria: false },
+              encoding: {
+                text: { field: "text" },
+                fill: { condition: { test: "datum.dark", value: "#ffffff" }, value: "#111827" },
+                tooltip: [
+                  { field: "concept_name", title: "Concept" },
+                  { field: "text", title: "Class average mastery" },
+                  { field: "counts", title: "Students" },
+                ],
+              },
+            },
+          ],
         },
-        y: {
-          field: "learner",
-          type: "nominal",
-          sort: lLabels,
-          axis: { title: "Learner", labelLimit: 180 },
+        {
+          name: "grid",
+          data: { values },
+          width: { step: cw },
+          height: { step: rh },
+          encoding: {
+            y: { ...y, axis: null },
+            x: {
+              field: "learner",
+              type: "nominal",
+              sort: lLabels,
+              title: null,
+              axis: { orient: "top", labelAngle: -50, labelAlign: "left", labelLimit: 120, ticks: false, domain: false },
+            },
+          },
+          layer: [
+            {
+              name: "cells",
+              mark: { type: "rect", invalid: "show", stroke: "#ffffff", strokeWidth: 1, cursor: "pointer" },
+              encoding: {
+                color: {
+                  ...colour,
+                  legend: {
+                    title: ["Mastery", `(threshold ${threshold.toFixed(2)})`],
+                    orient: "right",
+                    direction: "vertical",
+                    gradientLength: 200,
+                    values: [0, threshold / 2, threshold, 1],
+                    format: ".2f",
+                    titleLimit: 400,
+                  },
+                },
+                opacity: { condition: { test: "datum.practised", value: 1 }, value: 0.25 },
+                description: { field: "aria" },
+                tooltip,
+              },
+            },
+            {
+              name: "outline",
+              transform: [{ filter: "datum.struggling" }],
+              mark: { type: "rect", filled: false, stroke: "#b91c1c", strokeWidth: 2.5, cursor: "pointer", width: cw - 3, height: rh - 3, aria: false },
+              encoding: { tooltip },
+            },
+            {
+              name: "answers",
+              transform: [{ filter: "datum.practised" }],
+              mark: { type: "text", fontSize: 10, cursor: "pointer", aria: false },
+              encoding: {
+                text: { field: "answers" },
+                fill: { condition: { test: "datum.dark", value: "#ffffff" }, value: "#111827" },
+                tooltip,
+              },
+            },
+          ],
         },
-        color: {
-          condition: { test: "datum.mastery === null", value: "#e5e7eb" },
-          field: "mastery",
-          type: "quantitative",
-          scale: { domain: [0, 1], scheme: "redyellowgreen" },
-          // on the left: a wide grid scrolls sideways, and the legend stays in view
-          legend: { title: "Mastery", format: ".0%", gradientLength: 160, orient: "left" },
-        },
-        tooltip: [
-          { field: "learner", title: "Learner" },
-          { field: "concept", title: "Concept" },
-          { field: "shown", title: "Mastery" },
-          { field: "answers", title: "Answers (all concepts)" },
-        ],
-      },
+      ],
     };
     const view = await draw(chart, spec);
     if (!current("mastery", token)) return;
@@ -450,44 +867,50 @@
       if (d && d.learner_id && d.concept_id !== undefined) openLearner(d.learner_id, d.concept_id);
     });
     chart.dataset.cells = String(values.length);
+    chart.dataset.practised = String(practised);
+    chart.dataset.estimated = String(values.length - practised);
+    chart.dataset.concepts = String(cols.length);
     setState(box, null);
   }
 
   // ------------------------------------------------------------------ learner timeline
-  function fillLearnerPicker(data) {
+  /** The student picker (every student seen, by name) and the concept to highlight. */
+  function fillLearnerPicker() {
     const select = $("learner-select");
     const keep = state.learner.id;
     select.textContent = "";
-    select.append(h("option", { value: "", text: "Choose a learner…" }));
-    for (const l of data.learners || []) {
-      select.append(h("option", { value: l.learner_id, text: learnerLabel(l) }));
+    select.append(h("option", { value: "", text: "Choose a student…" }));
+    const roster = [...state.roster.entries()].sort((a, b) =>
+      a[1].localeCompare(b[1], "en", { numeric: true, sensitivity: "base" }));
+    for (const [id, label] of roster) {
+      select.append(h("option", { value: id, text: label, title: `id ${id}` }));
     }
-    if (keep && ![...select.options].some((o) => o.value === keep)) {
-      select.append(h("option", { value: keep, text: keep }));
-    }
+    if (keep && !state.roster.has(keep)) select.append(h("option", { value: keep, text: keep }));
     select.value = keep || "";
+    fillConceptPicker();
+  }
+
+  function fillConceptPicker() {
     const concepts = $("learner-concept");
     const focus = state.learner.concept;
     concepts.textContent = "";
     concepts.append(h("option", { value: "", text: "(none)" }));
-    for (const c of data.concepts || []) {
-      concepts.append(h("option", { value: c.concept_id, text: conceptLabel(c) }));
+    // the catalogue in curriculum order where the heatmap has loaded it, else what is known
+    const list = state.concepts.length
+      ? state.concepts.map((c) => [c.concept_id, conceptLabel(c)])
+      : [...state.conceptNames.entries()].sort((a, b) => a[1].localeCompare(b[1]));
+    const seen = new Set();
+    for (const [id, name] of list) {
+      seen.add(id);
+      concepts.append(h("option", { value: id, text: shorten(name, 60), title: `${name} (id ${id})` }));
     }
+    if (focus && !seen.has(focus)) concepts.append(h("option", { value: focus, text: conceptName(focus) }));
     concepts.value = focus || "";
   }
 
   function openLearner(learnerId, conceptId) {
-    state.learner = { id: learnerId, concept: conceptId || null };
-    const select = $("learner-select");
-    if (![...select.options].some((o) => o.value === learnerId)) {
-      select.append(h("option", { value: learnerId, text: learnerId }));
-    }
-    select.value = learnerId;
-    const concepts = $("learner-concept");
-    if (conceptId && ![...concepts.options].some((o) => o.value === conceptId)) {
-      concepts.append(h("option", { value: conceptId, text: conceptId }));
-    }
-    concepts.value = conceptId || "";
+    state.learner = { id: learnerId, concept: conceptId || null, shown: [] };
+    fillLearnerPicker();
     showTab("learner", { reload: true });
   }
 
@@ -501,12 +924,16 @@
     const box = $("learner-state");
     const chart = $("timeline");
     const { id, concept } = state.learner;
-    $("learner-title").textContent = id ? `· ${id}` : "";
+    const title = $("learner-title");
+    title.textContent = id ? `· ${studentName(id)}` : "";
+    title.title = id ? `id ${id}` : "";
     $("learner-meta").textContent = "";
+    $("learner-note").hidden = true;
+    csvButton("learner").disabled = !id;
     if (!id) {
       clearChart(chart);
-      setState(box, "empty", "Click a cell of the heatmap (or a learner in the at-risk list) " +
-        "to open a learner.");
+      setState(box, "empty", "Pick a student above, or click a student's name (class " +
+        "overview, groups, at risk) or a cell of the heatmap.");
       return;
     }
     setState(box, "loading", "Loading the timeline…");
@@ -533,7 +960,9 @@
         if (!current("learner", token)) return;
       }
       if (!want.length) want = (tl.concepts || []).slice(0, TIMELINE_CONCEPTS).map((c) => c.concept_id);
-      renderTimeline(tl, want, concept, token);
+      state.learner.shown = want;
+      remember({ concepts: tl.concepts || [] });
+      await renderTimeline(tl, want, concept, token);
     } catch (e) {
       if (!current("learner", token)) return;
       clearChart(chart);
@@ -547,46 +976,59 @@
     const chart = $("timeline");
     const points = tl.points || [];
     const concepts = tl.concepts || [];
+    const name = studentName(tl.learner_id);
+    const timed = tl.timed !== false;
+    const note = $("learner-note");
+    note.hidden = timed || !points.length;
+    note.textContent = timed ? "" : "These answers carry no real times (imported without a " +
+      "clock): the x axis is the answer number, not a date.";
     if (!points.length) {
       clearChart(chart);
-      setState(box, "empty", `Learner ${tl.learner_id} has no answers yet.`);
+      setState(box, "empty", `${name} has no answers yet.`);
       return;
     }
     const shownIdx = concepts
       .map((c, j) => [c, j])
       .filter(([c]) => want.includes(c.concept_id));
-    const labels = uniqueLabels(shownIdx.map(([c]) => c), conceptLabel, (c) => c.concept_id);
+    const labels = uniqueLabels(shownIdx.map(([c]) => c), (c) => shorten(conceptLabel(c)), (c) => c.concept_id);
     const values = [];
     for (const p of points) {
+      const t = timed ? Date.parse(p.timestamp) : null;
       shownIdx.forEach(([c, j], k) => {
         const m = p.mastery ? p.mastery[j] : null;
         values.push({
           index: p.index,
+          t,
           concept: labels[k],
+          concept_name: conceptLabel(c),
           focus: c.concept_id === focus,
           practised: (p.concepts || []).includes(c.concept_id),
           mastery: isNum(m) ? m : null,
+          answers: p.answers ? p.answers[j] : 0,
+          estimate: p.estimate && isNum(p.estimate[j]) ? p.estimate[j] : null,
           item: p.item_id,
           correct: p.correct ? "correct" : "wrong",
-          time: p.timestamp ? new Date(p.timestamp).toLocaleString("en-GB") : "",
+          time: timed && p.timestamp ? fmtDate(p.timestamp, true) : "no real time",
         });
       });
     }
     const focusLabel = shownIdx.findIndex(([c]) => c.concept_id === focus);
     const tooltip = [
       { field: "index", title: "Answer #" },
-      { field: "concept", title: "Concept" },
-      { field: "mastery", title: "Mastery", format: ".1%" },
+      { field: "time", title: "When" },
+      { field: "concept_name", title: "Concept" },
+      { field: "mastery", title: "Mastery", format: ".2f" },
+      { field: "answers", title: "Own answers so far" },
+      { field: "estimate", title: "Model's estimate", format: ".2f" },
       { field: "item", title: "Item" },
       { field: "correct", title: "Answer" },
-      { field: "time", title: "When" },
     ];
     const dotted = values.some((v) => v.practised && (focusLabel < 0 || v.focus));
     const layers = [
       {
         mark: { type: "line" },
         encoding: {
-          color: { field: "concept", type: "nominal", sort: labels, legend: { title: "Concept", labelLimit: 220 } },
+          color: { field: "concept", type: "nominal", sort: labels, legend: { title: "Concept", labelLimit: 260, orient: "bottom", columns: 3 } },
           strokeWidth: { condition: { test: "datum.focus", value: 3.5 }, value: 1.5 },
           opacity: focusLabel >= 0
             ? { condition: { test: "datum.focus", value: 1 }, value: 0.45 }
@@ -605,15 +1047,18 @@
       },
     ];
     if (!dotted) layers.pop();
+    const x = timed
+      ? { field: "t", type: "temporal", title: "Date", axis: { labelOverlap: true, grid: true } }
+      : { field: "index", type: "quantitative", title: "Answer number (no real times in this data)", scale: { nice: false }, axis: { tickMinStep: 1, format: "d" } };
     const spec = {
-      description: "Mastery over the learner's answers",
+      description: `Mastery over ${name}'s answers`,
       width: "container",
       height: 320,
       autosize: { type: "fit-x", contains: "padding" },
       data: { values },
       encoding: {
-        x: { field: "index", type: "quantitative", title: "Answer #", axis: { tickMinStep: 1, format: "d" } },
-        y: { field: "mastery", type: "quantitative", title: "Mastery", scale: { domain: [0, 1] }, axis: { format: ".0%" } },
+        x,
+        y: { field: "mastery", type: "quantitative", title: "Mastery (own evidence once answered, else the model's estimate)", scale: { domain: [0, 1] }, axis: { format: ".1f" } },
       },
       layer: layers,
     };
@@ -621,15 +1066,93 @@
     if (!current("learner", token)) return;
     chart.dataset.points = String(points.length);
     chart.dataset.concepts = String(shownIdx.length);
-    const focusName = focusLabel >= 0 ? labels[focusLabel] : null;
+    chart.dataset.timed = String(timed);
+    const focusName = focusLabel >= 0 ? shownIdx[focusLabel][0] : null;
+    const first = points[0];
+    const last = points[points.length - 1];
     $("learner-meta").textContent = [
-      `${points.length} answers`,
+      `${plural(last.index, "answer")}`,
+      timed ? `${fmtDate(first.timestamp)} – ${fmtDate(last.timestamp)}` : "",
+      points.length < last.index ? `${points.length} of them drawn` : "",
       tl.model ? `model: ${tl.model.name || tl.model.id}` : "",
       focusName
-        ? `highlighted: ${focusName} ` +
-          (dotted ? "(dots: answers on it, green = correct)" : "(no answer on it yet)")
-        : "dots: answers (green = correct)",
+        ? `highlighted: ${conceptLabel(focusName)} ` +
+          (dotted ? "(dots: answers on it, green = correct, red = wrong)" : "(no answer on it yet)")
+        : "dots: answers (green = correct, red = wrong)",
     ].filter(Boolean).join(" · ");
+    setState(box, null);
+  }
+
+  // ------------------------------------------------------------------ suggested groups
+  async function loadGroups() {
+    const token = nextSeq("groups");
+    const box = $("groups-view-state");
+    const cards = $("groups-cards");
+    setState(box, "loading", "Grouping the class…");
+    try {
+      const data = await api(`/v1/analytics/groups/${enc(state.group)}/suggested-groups`);
+      if (!current("groups", token)) return;
+      renderGroups(data);
+    } catch (e) {
+      if (!current("groups", token)) return;
+      cards.textContent = "";
+      setState(box, noModel(e) ? "empty" : "error", noModel(e) ? NO_MODEL : errorText(e));
+      state.loaded.groups = null;
+    }
+  }
+
+  function studentChips(list) {
+    return list.map((st) => studentButton(st.learner_id, learnerLabel(st), null, "chip"));
+  }
+
+  function renderGroups(data) {
+    const box = $("groups-view-state");
+    const cards = $("groups-cards");
+    const groups = data.groups || [];
+    const idle = data.not_started || [];
+    remember({ learners: [...groups.flatMap((g) => g.students || []), ...idle] });
+    fillLearnerPicker();
+    cards.textContent = "";
+    cards.dataset.groups = String(groups.length);
+    $("groups-method").textContent = data.method ? `How: ${data.method}.` : "";
+    if (!groups.length && !idle.length) {
+      setState(box, "empty", "No students in this group yet.");
+      return;
+    }
+    for (const g of groups) {
+      const mc = g.mean_counts || {};
+      const needs = (g.needs || []).map((c) => h("li", {
+        class: c.struggling ? "struggling" : null,
+        title: `${c.name} (id ${c.concept_id})`,
+      },
+        shorten(conceptLabel(c), 48),
+        h("span", { class: "muted", text: ` · ${[
+          c.struggling ? `${c.struggling} struggling` : "",
+          c.learning ? `${c.learning} learning` : "",
+        ].filter(Boolean).join(", ")}` })));
+      const ready = g.ready_to_learn;
+      cards.append(h("article", { class: "group-card", dataset: { group: String(g.group) } },
+        h("h3", { text: `Group ${g.group} · ${plural(g.size, "student")}` }),
+        h("p", { class: "summary", text: g.summary ? g.summary.charAt(0).toUpperCase() + g.summary.slice(1) : "" }),
+        h("dl", {},
+          h("dt", { text: "Students" }), h("dd", {}, studentChips(g.students || [])),
+          h("dt", { text: "Needs" }), h("dd", {}, needs.length ? h("ul", { class: "needs" }, needs) : h("span", { class: "muted", text: "nothing open on the practised concepts" })),
+          h("dt", { text: "Ready to learn" }), h("dd", {}, ready
+            ? h("span", { class: "chip ready", title: `${ready.name} (id ${ready.concept_id})`, text: `${shorten(conceptLabel(ready), 40)} · ${ready.students} of ${g.size}` })
+            : h("span", { class: "muted", text: "–" })),
+          h("dt", { text: "On average" }), h("dd", { class: "muted", text:
+            `${num(mc.mastered, 1)} mastered · ${num(mc.learning, 1)} learning · ` +
+            `${num(mc.struggling, 1)} struggling` }),
+        ),
+      ));
+    }
+    if (idle.length) {
+      cards.append(h("article", { class: "group-card idle", dataset: { group: "not-started" } },
+        h("h3", { text: `Not started · ${plural(idle.length, "student")}` }),
+        h("p", { class: "summary", text: "No answers yet: get them started." }),
+        h("dl", {}, h("dt", { text: "Students" }), h("dd", {}, studentChips(idle))),
+      ));
+    }
     setState(box, null);
   }
 
@@ -638,26 +1161,45 @@
     const token = nextSeq("curves");
     const box = $("curves-state");
     setState(box, "loading", "Loading learning curves…");
+    $("curves-note").textContent = "";
     try {
       const data = await api(`/v1/analytics/groups/${enc(state.group)}/learning-curves`, {
         max_opportunity: 20,
       });
       if (!current("curves", token)) return;
       state.curves.data = data;
-      const curves = (data.curves || []).filter((c) => (c.points || []).length);
+      const all = data.curves || [];
+      remember({ concepts: all });
+      const curves = all.filter((c) => (c.points || []).length);
       const select = $("curves-concept");
       select.textContent = "";
+      const minL = data.min_learners;
+      const hiddenTotal = all.reduce((n, c) => n + (c.hidden_points || 0), 0);
+      const without = all.length - curves.length;
+      $("curves-note").textContent = isNum(minL)
+        ? `Points with fewer than ${plural(minL, "learner")} are hidden (a rate over a handful ` +
+          `of students is noise): ${plural(hiddenTotal, "point")} hidden` +
+          (without ? `; ${plural(without, "practised concept")} without any point left.` : ".")
+        : "";
+      for (const el of [select, document.querySelector('label[for="curves-concept"]')]) {
+        el.hidden = !curves.length;
+      }
       if (!curves.length) {
         clearChart($("curves"));
-        setState(box, "empty", "No answers in this group yet: no learning curve to draw.");
+        setState(box, "empty", all.length
+          ? `No concept has a point with at least ${plural(minL, "learner")} yet: too few ` +
+            "students have practised the same concept as often."
+          : "No answers in this group yet: no learning curve to draw.");
         return;
       }
+      // the concepts with the longest curves first
       const first = (c) => (c.points[0] && c.points[0].learners) || 0;
-      const ranked = [...curves].sort((a, b) => first(b) - first(a));
+      const ranked = [...curves].sort((a, b) => b.points.length - a.points.length || first(b) - first(a));
       for (const c of ranked) {
         select.append(h("option", {
           value: c.concept_id,
-          text: `${conceptLabel(c)} · ${first(c)} learners`,
+          title: `${c.name} (id ${c.concept_id})`,
+          text: `${shorten(conceptLabel(c), 50)} · ${plural(c.points.length, "point")}, ${first(c)} learners`,
         }));
       }
       if (!curves.some((c) => c.concept_id === state.curves.concept)) {
@@ -674,46 +1216,107 @@
   }
 
   async function renderCurve(token) {
-    const curve = (state.curves.data.curves || []).find((c) => c.concept_id === state.curves.concept);
+    const data = state.curves.data;
+    const curve = (data.curves || []).find((c) => c.concept_id === state.curves.concept);
     if (!curve) return;
     const values = [];
+    const band = [];
     for (const p of curve.points) {
       for (const [series, key] of [["observed", "observed_error"], ["predicted", "predicted_error"]]) {
         if (isNum(p[key])) {
-          values.push({ opportunity: p.opportunity, series, error: p[key], learners: p.learners });
+          values.push({
+            opportunity: p.opportunity,
+            series,
+            error: p[key],
+            learners: p.learners,
+            interval: series === "observed" && isNum(p.observed_low)
+              ? `${num(p.observed_low)}–${num(p.observed_high)}`
+              : "",
+          });
         }
+      }
+      if (isNum(p.observed_low) && isNum(p.observed_high)) {
+        band.push({ opportunity: p.opportunity, low: p.observed_low, high: p.observed_high, learners: p.learners });
       }
     }
     const tooltip = [
       { field: "opportunity", title: "Opportunity" },
       { field: "series", title: "Series" },
-      { field: "error", title: "Error rate", format: ".1%" },
+      { field: "error", title: "Error rate", format: ".2f" },
+      { field: "interval", title: "95% interval" },
       { field: "learners", title: "Learners" },
     ];
+    const hidden = curve.hidden_points || 0;
+    const x = {
+      field: "opportunity",
+      type: "quantitative",
+      title: "Opportunity (n-th practice of the concept)",
+      scale: { domainMin: 1, nice: false },
+      axis: { tickMinStep: 1, format: "d" },
+    };
+    const yScale = { domain: [0, 1] };
     const spec = {
       description: `Learning curve of ${conceptLabel(curve)}`,
-      title: { text: conceptLabel(curve), anchor: "start", fontSize: 14 },
+      title: {
+        text: conceptLabel(curve),
+        subtitle: hidden
+          ? `${plural(hidden, "opportunity", "opportunities")} with fewer than ${data.min_learners} learners hidden`
+          : "",
+        anchor: "start",
+        fontSize: 14,
+      },
       width: "container",
       height: 300,
       autosize: { type: "fit-x", contains: "padding" },
-      data: { values },
-      encoding: {
-        x: { field: "opportunity", type: "quantitative", title: "Opportunity (n-th practice)", axis: { tickMinStep: 1, format: "d" } },
-        y: { field: "error", type: "quantitative", title: "Error rate", scale: { domain: [0, 1] }, axis: { format: ".0%" } },
-        color: {
-          field: "series",
-          type: "nominal",
-          scale: { domain: ["observed", "predicted"], range: ["#2563eb", "#f97316"] },
-          legend: { title: null, orient: "top-right" },
-        },
-      },
       layer: [
-        { mark: { type: "line" }, encoding: { strokeDash: { field: "series", type: "nominal", scale: { domain: ["observed", "predicted"], range: [[1, 0], [6, 4]] } } } },
-        { mark: { type: "point", filled: true }, encoding: { size: { field: "learners", type: "quantitative", title: "Learners", scale: { range: [20, 160] }, legend: { format: "d", tickMinStep: 1 } }, tooltip } },
+        {
+          data: { values: band },
+          mark: { type: "area", color: "#2563eb", opacity: 0.15 },
+          encoding: {
+            x,
+            y: { field: "low", type: "quantitative", title: "Error rate", scale: yScale, axis: { format: ".1f" } },
+            y2: { field: "high" },
+            tooltip: [
+              { field: "opportunity", title: "Opportunity" },
+              { field: "low", title: "Observed, 95% low", format: ".2f" },
+              { field: "high", title: "Observed, 95% high", format: ".2f" },
+            ],
+          },
+        },
+        {
+          // the interval as an error bar too: a curve of one point has no band to draw
+          data: { values: band },
+          mark: { type: "rule", color: "#2563eb", opacity: 0.35, strokeWidth: 2 },
+          encoding: { x, y: { field: "low", type: "quantitative", scale: yScale }, y2: { field: "high" } },
+        },
+        {
+          data: { values },
+          encoding: {
+            x,
+            y: { field: "error", type: "quantitative", title: "Error rate", scale: yScale },
+            color: {
+              field: "series",
+              type: "nominal",
+              scale: { domain: ["observed", "predicted"], range: ["#2563eb", "#f97316"] },
+              legend: {
+                title: null,
+                orient: "top-right",
+                labelExpr: "datum.label === 'observed' ? 'observed (band: 95% interval)' : 'predicted by the model'",
+                labelLimit: 260,
+              },
+            },
+          },
+          layer: [
+            { mark: { type: "line" }, encoding: { strokeDash: { field: "series", type: "nominal", scale: { domain: ["observed", "predicted"], range: [[1, 0], [6, 4]] } } } },
+            { mark: { type: "point", filled: true, size: 60 }, encoding: { tooltip } },
+          ],
+        },
       ],
     };
     await draw($("curves"), spec);
     if (token !== undefined && !current("curves", token)) return;
+    $("curves").dataset.points = String(curve.points.length);
+    $("curves").dataset.band = String(band.length);
     setState($("curves-state"), null);
   }
 
@@ -737,6 +1340,12 @@
       if (!current("items", token)) return;
       const items = data.items || [];
       const total = isNum(data.total) ? data.total : items.length;
+      const th = data.thresholds || {};
+      $("items-thresholds").textContent = isNum(th.item_flag_min_attempts)
+        ? `Grey rows: too little data to judge (fewer than ${fmtValue(th.item_flag_min_attempts)} ` +
+          `attempts or ${fmtValue(th.item_flag_min_learners)} learners); an item is flagged when ` +
+          `the gap is beyond ${fmtValue(th.item_flag_z)} standard errors.`
+        : "";
       $("items-page").textContent = items.length
         ? `items ${offset + 1}–${offset + items.length} of ${total}`
         : "";
@@ -753,14 +1362,27 @@
         const gap = isNum(it.observed_success) && isNum(it.predicted_success)
           ? it.observed_success - it.predicted_success
           : null;
-        body.append(h("tr", { class: it.flagged ? "flagged" : null, dataset: { item: it.item_id } },
+        const names = (it.concept_names && it.concept_names.length === (it.concepts || []).length)
+          ? it.concept_names
+          : (it.concepts || []).map(conceptName);
+        const observed = isNum(it.observed_success)
+          ? `${num(it.observed_success)}` +
+            (isNum(it.observed_low) ? ` (${num(it.observed_low)}–${num(it.observed_high)})` : "")
+          : "–";
+        const cls = [it.flagged ? "flagged" : "", it.enough_data === false ? "thin" : ""].filter(Boolean).join(" ");
+        body.append(h("tr", {
+          class: cls || null,
+          title: it.enough_data === false ? "too little data to judge this item" : null,
+          dataset: { item: it.item_id, enough: String(it.enough_data !== false), flagged: String(!!it.flagged) },
+        },
           h("td", { text: it.item_id }),
-          h("td", { title: (it.concepts || []).join(", ") }, conceptNames(it.concepts || [])),
+          h("td", { title: (it.concepts || []).map((c, k) => `${names[k]} (id ${c})`).join(", ") },
+            names.map((n) => shorten(n)).join(", ")),
           h("td", { class: "num", text: fmtValue(it.attempts) }),
           h("td", { class: "num", text: fmtValue(it.learners) }),
-          h("td", { class: "num", text: pct(it.observed_success, 1) }),
-          h("td", { class: "num", text: pct(it.predicted_success, 1) }),
-          h("td", { class: "num" + (isNum(gap) && Math.abs(gap) >= 0.15 ? " warn" : ""), text: signedPts(gap) }),
+          h("td", { class: "num nowrap", text: observed }),
+          h("td", { class: "num", text: num(it.predicted_success) }),
+          h("td", { class: "num gap" + (it.flagged ? " warn" : ""), text: signedPts(gap) }),
           h("td", { class: "num", text: num(it.difficulty) }),
           h("td", { class: "num", text: num(it.discrimination) }),
           h("td", {}, it.flagged ? h("span", { class: "badge warn", title: it.flag_reason || "", text: it.flag_reason || "flagged" }) : ""),
@@ -776,48 +1398,57 @@
     }
   }
 
-  /** Concept ids as names where the heatmap's concept list knows them. */
-  function conceptNames(ids) {
-    const known = new Map(
-      ((state.mastery.data && state.mastery.data.concepts) || []).map((c) => [c.concept_id, c]));
-    return ids.map((id) => (known.has(id) ? conceptLabel(known.get(id)) : id)).join(", ");
-  }
-
   // ------------------------------------------------------------------ at-risk list
   async function loadRisk() {
     const token = nextSeq("risk");
     const box = $("risk-state");
     const table = $("risk-table");
-    setState(box, "loading", "Loading at-risk learners…");
+    setState(box, "loading", "Loading students at risk…");
     try {
       const data = await api(`/v1/analytics/groups/${enc(state.group)}/at-risk`);
       if (!current("risk", token)) return;
       const th = data.thresholds || {};
+      const v = (k, d) => fmtValue(isNum(th[k]) ? th[k] : d);
       $("risk-thresholds").textContent = Object.keys(th).length
-        ? `Thresholds: ${Object.entries(th).map(([k, v]) => `${k.replaceAll("_", " ")} ${fmtValue(v)}`).join(" · ")}`
+        ? "Listed when a student struggles with a concept, has a mean mastery below " +
+          `${v("risk_low_mastery", 0.5)} on what the class practised, a mastery falling by more ` +
+          `than ${v("risk_mastery_drop", 0.1)} over the last ${v("risk_window_answers", 10)} ` +
+          `answers, no answers, or no answer for more than ${v("risk_inactive_days", 14)} days. ` +
+          "Severity adds the reasons up (each concept struggled with weighs most)."
         : "";
+      $("risk-reference").textContent = data.timed === false
+        ? "No real times in this data: inactivity is not assessed."
+        : data.reference_time
+          ? `Inactivity is measured against ${data.reference || "now"} (${fmtDate(data.reference_time)}).`
+          : "";
       const rows = data.learners || [];
+      remember({ learners: rows });
+      fillLearnerPicker();
       const body = table.querySelector("tbody");
       body.textContent = "";
       if (!rows.length) {
         table.hidden = true;
-        setState(box, "empty", "No learner of this group is at risk.");
+        setState(box, "empty", "No student of this group is at risk.");
         return;
       }
       for (const l of rows) {
-        const reasons = (l.reasons || []).map((r) =>
-          h("span", { class: "badge", text: typeof r === "string" ? r.replaceAll("_", " ") : fmtValue(r) }));
+        const reasons = h("ol", { class: "reasons" },
+          (l.reasons || []).map((r) => h("li", { text: typeof r === "string" ? r : fmtValue(r) })));
+        const inactive = data.timed === false
+          ? h("span", { class: "muted", title: "no real times in this data", text: "–" })
+          : isNum(l.days_inactive)
+            ? h("span", { title: l.last_activity ? `last answer ${fmtDate(l.last_activity, true)}` : "", text: l.days_inactive.toFixed(0) })
+            : "–";
         body.append(h("tr", { dataset: { learner: l.learner_id } },
-          h("td", {}, h("button", {
-            type: "button",
-            class: "link",
-            text: learnerLabel(l),
-            onclick: () => openLearner(l.learner_id, null),
+          h("th", { scope: "row" }, studentButton(l.learner_id, learnerLabel(l))),
+          h("td", { class: "num" }, h("span", {
+            class: "severity" + (isNum(l.severity) && l.severity >= 6 ? " high" : ""),
+            text: fmtValue(l.severity),
           })),
           h("td", {}, reasons),
-          h("td", { class: "num", text: pct(l.mean_mastery, 1) }),
-          h("td", { class: "num" + (isNum(l.mastery_change) && l.mastery_change < 0 ? " warn" : ""), text: signedPts(l.mastery_change) }),
-          h("td", { class: "num", text: isNum(l.days_inactive) ? l.days_inactive.toFixed(0) : "–" }),
+          h("td", { class: "num", text: num(l.mean_mastery) }),
+          h("td", { class: "num" + (isNum(l.mastery_change) && l.mastery_change < 0 ? " warn" : ""), text: isNum(l.mastery_change) ? `${l.mastery_change > 0 ? "+" : l.mastery_change < 0 ? "−" : "±"}${Math.abs(l.mastery_change).toFixed(2)}` : "–" }),
+          h("td", { class: "num" }, inactive),
         ));
       }
       table.hidden = false;
@@ -1123,6 +1754,103 @@
     setState(box, null);
   }
 
+  // ------------------------------------------------------------------ CSV export
+  /** Each table's route and query, the same as the view's (CSV: every row, no paging). */
+  const CSV_SOURCES = {
+    class: () => [`/v1/analytics/groups/${enc(state.group)}/students`, { sort: state.class.sort }],
+    reteach: () => [`/v1/analytics/groups/${enc(state.group)}/reteach`, {}],
+    mastery: () => {
+      const at = $("mastery-at").value;
+      return [`/v1/analytics/groups/${enc(state.group)}/mastery`, { at: at ? `${at}T23:59:59Z` : null }];
+    },
+    groups: () => [`/v1/analytics/groups/${enc(state.group)}/suggested-groups`, {}],
+    risk: () => [`/v1/analytics/groups/${enc(state.group)}/at-risk`, {}],
+    curves: () => [`/v1/analytics/groups/${enc(state.group)}/learning-curves`, { max_opportunity: 20 }],
+    items: () => [`/v1/analytics/groups/${enc(state.group)}/items`, { sort: state.items.sort, desc: state.items.desc }],
+    learner: () => state.learner.id
+      ? [`/v1/analytics/learners/${enc(state.learner.id)}/timeline`, {
+        concepts: state.learner.shown.length ? state.learner.shown.join(",") : null,
+      }]
+      : null,
+  };
+
+  const csvButton = (name) => document.querySelector(`button.csv[data-csv="${name}"]`);
+
+  /** The file name of a Content-Disposition header (RFC 6266: filename* first). */
+  function filenameFrom(header) {
+    if (!header) return null;
+    const star = /filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/.exec(header);
+    if (star) {
+      try {
+        return decodeURIComponent(star[1].trim().replace(/^"|"$/g, ""));
+      } catch (_) {
+        // fall through to the plain name
+      }
+    }
+    const plain = /filename\s*=\s*"?([^";]+)"?/i.exec(header);
+    return plain ? plain[1].trim() : null;
+  }
+
+  function csvNote(button, kind, text) {
+    let note = button.nextElementSibling;
+    if (!note || !note.classList.contains("csv-note")) {
+      note = h("span", { class: "csv-note", role: "status" });
+      button.after(note);
+    }
+    note.className = `csv-note${kind === "error" ? " error" : ""}`;
+    note.textContent = text;
+  }
+
+  /** Fetch the view's table as CSV (with the key) and save it through a blob link. */
+  async function downloadCsv(button) {
+    const source = CSV_SOURCES[button.dataset.csv];
+    const target = source && state.group ? source() : null;
+    if (!target) return;
+    const [path, params] = target;
+    const url = apiUrl(path, { ...params, format: "csv" });
+    const label = button.textContent;
+    button.disabled = true;
+    button.textContent = "Preparing…";
+    try {
+      let response;
+      try {
+        response = await fetch(url, {
+          headers: { Authorization: `Bearer ${state.key}`, Accept: "text/csv" },
+          cache: "no-store",
+        });
+      } catch (err) {
+        throw new ApiError(0, `cannot reach the server (${err.message})`);
+      }
+      if (!response.ok) {
+        let body = null;
+        try {
+          body = await response.json();
+        } catch (_) {
+          body = null;
+        }
+        const err = new ApiError(response.status, detailText(body, response));
+        if (response.status === 401) logout(`Logged out: ${err.message}`);
+        throw err;
+      }
+      const blob = await response.blob();
+      const name = filenameFrom(response.headers.get("Content-Disposition")) ||
+        `${button.dataset.csv}.csv`;
+      const href = URL.createObjectURL(blob);
+      const link = h("a", { href, download: name, hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(href), 60000);
+      button.dataset.downloaded = name;
+      csvNote(button, "ok", `saved ${name}`);
+    } catch (e) {
+      csvNote(button, "error", `CSV failed: ${errorText(e)}`);
+    } finally {
+      button.disabled = false;
+      button.textContent = label;
+    }
+  }
+
   // ------------------------------------------------------------------ wiring
   function wire() {
     $("login-form").addEventListener("submit", (ev) => {
@@ -1138,6 +1866,31 @@
     for (const b of document.querySelectorAll(".tabs [role=tab]")) {
       b.addEventListener("click", () => showTab(b.dataset.tab));
     }
+    $("class-sort").addEventListener("change", (ev) => {
+      Object.assign(state.class, { sort: ev.target.value || "name", offset: 0 });
+      showTab("class", { reload: true });
+    });
+    $("class-prev").addEventListener("click", () => {
+      state.class.offset = Math.max(0, state.class.offset - CLASS_PAGE);
+      showTab("class", { reload: true });
+    });
+    $("class-next").addEventListener("click", () => {
+      state.class.offset += CLASS_PAGE;
+      showTab("class", { reload: true });
+    });
+    $("reteach-more").addEventListener("click", () => {
+      state.reteach.all = !state.reteach.all;
+      if (state.reteach.data) renderReteach();
+    });
+    for (const b of document.querySelectorAll("button.csv")) {
+      b.addEventListener("click", () => downloadCsv(b));
+    }
+    $("mastery-practised").addEventListener("change", () => {
+      if (state.mastery.data) {
+        renderHeatmap(state.mastery.data, state.seq.mastery)
+          .catch((e) => setState($("mastery-state"), "error", errorText(e)));
+      }
+    });
     $("mastery-at").addEventListener("change", () => {
       state.mastery.offset = 0;
       showTab("mastery", { reload: true });
