@@ -1097,9 +1097,10 @@ def at_risk(
     offset: int = 0,
 ) -> dict[str, Any]:
     """Members who need attention, each reason weighed (:data:`RISK_WEIGHTS`) and the most
-    pressing first: concepts they struggle with (the evidence statuses), low mastery on the
-    concepts the group has practised (the reported mastery of the grid, one scale), falling
-    estimates over their last ``risk_window_answers`` answers, no answers, and inactivity.
+    pressing first: concepts they struggle with (the evidence statuses), low mean mastery on
+    the concepts they practised (their own evidence, the reported mastery of the grid), falling
+    estimates (over the concepts the group practised) over their last ``risk_window_answers``
+    answers, no answers, and inactivity.
 
     Inactivity counts only answers with real times (imported answers of learners without a
     clock have none) and is measured against the group's own clock: ``now`` while the group is
@@ -1125,8 +1126,15 @@ def at_risk(
     mean_now = np.full(n, np.nan)
     change = np.full(n, np.nan)
     if n and len(practised):
-        # a learner without answers has only the model's prior: "no answers yet" says it
-        mean_now = np.where(members.n_answers > 0, gs.mastery[:, practised].mean(1), np.nan)
+        # low mastery is judged on what the learner practised (own evidence): the estimates of
+        # concepts it never met say nothing about it (and a learner without answers has only
+        # the model's prior: "no answers yet" says that)
+        own = gs.answers > 0
+        n_own = own.sum(1)
+        with np.errstate(invalid="ignore"):
+            mean_now = np.where(
+                n_own > 0, np.where(own, gs.mastery, 0.0).sum(1) / np.maximum(n_own, 1), np.nan
+            )
         key = (ctx.scope, "before", group.id, model.model_id, members.fingerprint, window)
         m_then = _GROUP.get(key)
         if m_then is None:
@@ -1154,12 +1162,12 @@ def at_risk(
                 )
             reasons.append((RISK_WEIGHTS["struggling"], text))
         if np.isfinite(mean_now[k]) and mean_now[k] < low:
-            mastered = int((gs.status[k, practised] == MASTERED).sum())
+            mastered = int((gs.status[k] == MASTERED).sum())
             reasons.append(
                 (
                     RISK_WEIGHTS["low_mastery"],
-                    f"low mastery: {mean_now[k]:.2f} on average over the {len(practised)} "
-                    f"concepts the group has practised ({mastered} mastered; threshold {low:g})",
+                    f"low mastery: {mean_now[k]:.2f} on average over the {int(n_own[k])} "
+                    f"concepts practised ({mastered} mastered; threshold {low:g})",
                 )
             )
         if np.isfinite(change[k]) and change[k] < -drop:
