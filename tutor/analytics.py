@@ -1167,7 +1167,8 @@ def at_risk(
                 (
                     RISK_WEIGHTS["low_mastery"],
                     f"low mastery: {mean_now[k]:.2f} on average over the {int(n_own[k])} "
-                    f"concepts practised ({mastered} mastered; threshold {low:g})",
+                    f"concept{'s' if n_own[k] != 1 else ''} practised ({mastered} mastered; "
+                    f"threshold {low:g})",
                 )
             )
         if np.isfinite(change[k]) and change[k] < -drop:

@@ -1411,7 +1411,7 @@
       const v = (k, d) => fmtValue(isNum(th[k]) ? th[k] : d);
       $("risk-thresholds").textContent = Object.keys(th).length
         ? "Listed when a student struggles with a concept, has a mean mastery below " +
-          `${v("risk_low_mastery", 0.5)} on what the class practised, a mastery falling by more ` +
+          `${v("risk_low_mastery", 0.5)} on the concepts they practised, an estimated mastery falling by more ` +
           `than ${v("risk_mastery_drop", 0.1)} over the last ${v("risk_window_answers", 10)} ` +
           `answers, no answers, or no answer for more than ${v("risk_inactive_days", 14)} days. ` +
           "Severity adds the reasons up (each concept struggled with weighs most)."
