@@ -803,8 +803,8 @@ def at_risk(
     format: FormatQuery = None,
 ) -> Any:
     """Members who need attention, the most pressing first, each with its reasons ranked:
-    concepts struggled with, low mastery on what the group has practised, falling
-    estimates, no answers, inactivity against the group's own clock (thresholds:
+    concepts struggled with, low mastery on the concepts practised, falling estimates, no
+    answers, inactivity against the group's own clock (thresholds:
     organisation settings)."""
     group = _visible_group(session, principal, org, group_id)
     csv_out = _wants_csv(request, format)
