@@ -53,7 +53,9 @@ def taught(client, world):
 
     clear_caches()
     h = world.headers("admin")
-    assert client.put("/v1/learners/u0", json={"name": "Ada"}, headers=h).status_code == 200
+    # the organisation's display name (``display_name`` is the same field as ``name``)
+    r = client.put("/v1/learners/u0", json={"display_name": "Ada"}, headers=h)
+    assert r.status_code == 200 and r.json()["name"] == "Ada", r.text
     batch = [
         {"event_id": e, "learner_id": u, "item_id": i, "correct": c}
         | {"timestamp": f"2024-03-01T{t}:00Z"}

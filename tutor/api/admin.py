@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -129,7 +129,9 @@ class ItemPage(BaseModel):
 
 
 class LearnerIn(_In):
-    name: str = Field("", max_length=200)
+    #: the display name teachers read in the dashboard and analytics (optional: without one
+    #: they read the learner's id); ``display_name`` is accepted for it too
+    name: str = Field("", max_length=200, validation_alias=AliasChoices("name", "display_name"))
 
 
 class LearnerOut(BaseModel):
