@@ -31,6 +31,7 @@ Thresholds (learners at risk, item flags) are organisation settings (``org.setti
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import logging
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import Float, cast, func, literal_column, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kt_models.data import Sequences, iter_batches
@@ -185,12 +186,26 @@ class _SeqCache:
 
 
 _GROUP = _LRU(64)
+#: the kinds of per-group results cached in _GROUP (one entry each per group, model, rule)
+GROUP_RESULTS_PER_GROUP = 4
 _TIMELINE = _LRU(256)
 _CARD = _LRU(16)
 _ITEMS = _LRU(16)
 #: learner states some answers back (at-risk), per learner
 _SNAPS = _LRU(200_000)
 _SEQS = _SeqCache(SEQ_CACHE_ROWS)
+
+
+def _current(key: tuple, members: _Members) -> Any:
+    """A group's cached result if it was computed for these members and answer counts (one
+    slot per group and kind: a new answer replaces the entry instead of adding one)."""
+    hit = _GROUP.get(key)
+    return hit[1] if hit is not None and hit[0] == members.fingerprint else None
+
+
+def _keep(key: tuple, members: _Members, value: Any) -> Any:
+    _GROUP.put(key, (members.fingerprint, value))
+    return value
 
 
 def clear_caches() -> None:
@@ -216,6 +231,14 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over the finite values (nan where there are none, without a warning)."""
+    ok = np.isfinite(a)
+    cnt = ok.sum(axis)
+    total = np.where(ok, a, 0.0).sum(axis)
+    return np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan)
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -343,8 +366,12 @@ class _Members:
     last_answer: list[datetime | None]
 
     @property
-    def fingerprint(self) -> tuple[int, int, int]:
-        return (len(self.ids), int(self.n_answers.sum()), int(self.ids.sum()))
+    def fingerprint(self) -> tuple[int, int, str]:
+        """Who the members are and how many answers each has (a digest of both arrays): a
+        cached result for the group is current exactly when this is unchanged."""
+        h = hashlib.blake2b(self.ids.tobytes(), digest_size=16)
+        h.update(self.n_answers.astype(np.int64).tobytes())
+        return (len(self.ids), int(self.n_answers.sum()), h.hexdigest())
 
     def label(self, k: int) -> str:
         """What a teacher reads: the display name where the organisation gave one."""
@@ -364,7 +391,12 @@ def _members(session: Session, group: Group) -> _Members:
     # at the first answer not imported without a clock
     last = (
         select(Interaction.timestamp)
-        .where(Interaction.learner_id == Learner.id, Interaction.source != SOURCE_UNTIMED)
+        .where(
+            Interaction.learner_id == Learner.id,
+            # a literal, not a bound parameter: the planners match it to the partial index
+            # ix_interactions_learner_timed only then
+            Interaction.source != literal_column(f"'{SOURCE_UNTIMED}'"),
+        )
         .order_by(Interaction.timestamp.desc())
         .limit(1)
         .correlate(Learner)
@@ -569,8 +601,8 @@ class _GroupStats:
 def _group_stats(
     session: Session, org: Organisation, ctx: _Context, group: Group, members: _Members
 ) -> _GroupStats:
-    key = (ctx.scope, "stats", group.id, ctx.model.model_id, ctx.cat.version, members.fingerprint)
-    hit = _GROUP.get(key)
+    key = (ctx.scope, "stats", group.id, ctx.model.model_id, ctx.cat.version)
+    hit = _current(key, members)
     if hit is not None:
         return hit
     items = _item_index(session, org, ctx)
@@ -607,7 +639,7 @@ def _group_stats(
         p_sum=np.bincount(rep.ipos, weights=pk, minlength=n_items),
         p_var=np.bincount(rep.ipos, weights=pk * (1 - pk), minlength=n_items),
     )
-    return _GROUP.put(key, stats)
+    return _keep(key, members, stats)
 
 
 # ---------------------------------------------------------------------- current states
@@ -703,9 +735,8 @@ def group_mastery(
     grid = gs.mastery
     n = len(members.ids)
     page = range(offset, min(offset + limit, n))
-    with np.errstate(invalid="ignore"):
-        learner_mean = np.nanmean(grid, 1) if grid.shape[1] and n else np.full(n, np.nan)
-        concept_means = np.nanmean(grid, 0) if n else np.full(len(gs.cols), np.nan)
+    learner_mean = _nanmean(grid, 1) if grid.shape[1] and n else np.full(n, np.nan)
+    concept_means = _nanmean(grid, 0) if n else np.full(len(gs.cols), np.nan)
     counts = gs.counts(0)
     return {
         "group": {"id": group.external_id, "name": group.name, "learners": n},
@@ -1098,15 +1129,17 @@ def at_risk(
 ) -> dict[str, Any]:
     """Members who need attention, each reason weighed (:data:`RISK_WEIGHTS`) and the most
     pressing first: concepts they struggle with (the evidence statuses), low mean mastery on
-    the concepts they practised (their own evidence, the reported mastery of the grid), falling
-    estimates (over the concepts the group practised) over their last ``risk_window_answers``
-    answers, no answers, and inactivity.
+    the concepts they practised (their own evidence, the reported mastery of the grid; with at
+    least ``mastery_min_answers`` own answers), the model's estimate over the concepts the
+    group practised falling over their last ``risk_window_answers`` answers (``mastery_change``
+    is that change, on the estimate, not on the evidence of ``mean_mastery``), no answers, and
+    inactivity.
 
     Inactivity counts only answers with real times (imported answers of learners without a
     clock have none) and is measured against the group's own clock: ``now`` while the group is
     active (its latest answer within ``risk_inactive_days``), else the group's latest answer,
     so an imported history separates the learners who stopped early instead of flagging
-    everybody. Models that forget are read at that same time."""
+    everybody. Everything else is read at each learner's last answer."""
     from .teaching import MASTERED, STRUGGLING, group_status
 
     ctx = _context(session, org)
@@ -1118,33 +1151,40 @@ def at_risk(
     members = _members(session, group)
     ref, live = activity_reference(members, now, inactive)
     st = _group_stats(session, org, ctx, group, members)
-    gs = group_status(
-        session, org=org, ctx=ctx, group=group, members=members, settings=settings, at=ref
-    )
+    # statuses and estimates at each learner's last answer (for models that forget too: the
+    # reasons are about the learner's work, inactivity says the rest), shared with the
+    # class overview's cache entry
+    gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
     practised = np.flatnonzero((gs.answers > 0).any(0))
     n = len(members.ids)
     mean_now = np.full(n, np.nan)
     change = np.full(n, np.nan)
+    n_own = n_own_answers = np.zeros(n, dtype=np.int64)
     if n and len(practised):
         # low mastery is judged on what the learner practised (own evidence): the estimates of
         # concepts it never met say nothing about it (and a learner without answers has only
         # the model's prior: "no answers yet" says that)
         own = gs.answers > 0
         n_own = own.sum(1)
+        n_own_answers = gs.answers.sum(1)
         with np.errstate(invalid="ignore"):
             mean_now = np.where(
                 n_own > 0, np.where(own, gs.mastery, 0.0).sum(1) / np.maximum(n_own, 1), np.nan
             )
-        key = (ctx.scope, "before", group.id, model.model_id, members.fingerprint, window)
-        m_then = _GROUP.get(key)
+        key = (ctx.scope, "before", group.id, model.model_id, window)
+        m_then = _current(key, members)
         if m_then is None:
             then = _states_before(session, org, ctx, members, st.replay, window)
-            m_then = _GROUP.put(key, concept_mastery_many(model, then))
+            m_then = _keep(key, members, concept_mastery_many(model, then))
         if gs.scale == "reachable":
             m_then = model.scaled_mastery(m_then)
+        # the change of the model's estimate, over the practised concepts the model knows
         cidx = ctx.view["concept_idx"][np.asarray(gs.cols)[practised]]
-        was = np.asarray(m_then, dtype=np.float64)[:, cidx].mean(1)
-        change = np.where(members.n_answers > 0, gs.estimate[:, practised].mean(1) - was, np.nan)
+        known = practised[cidx > 0]
+        if len(known):
+            was = np.asarray(m_then, dtype=np.float64)[:, cidx[cidx > 0]].mean(1)
+            now_est = gs.estimate[:, known].mean(1)
+            change = np.where(members.n_answers > 0, now_est - was, np.nan)
     days = inactive_days(members, ref)
     rule = gs.rule
     when = "" if live or ref is None else f" before the group's latest answer ({ref.date()})"
@@ -1161,7 +1201,7 @@ def at_risk(
                     f"({gs.correct[k, j]} correct)"
                 )
             reasons.append((RISK_WEIGHTS["struggling"], text))
-        if np.isfinite(mean_now[k]) and mean_now[k] < low:
+        if np.isfinite(mean_now[k]) and mean_now[k] < low and n_own_answers[k] >= rule.min_answers:
             mastered = int((gs.status[k] == MASTERED).sum())
             reasons.append(
                 (
@@ -1172,11 +1212,16 @@ def at_risk(
                 )
             )
         if np.isfinite(change[k]) and change[k] < -drop:
+            span = (
+                f"the last {window} answers"
+                if members.n_answers[k] > window
+                else "since the first answer"
+            )
             reasons.append(
                 (
                     RISK_WEIGHTS["falling"],
-                    f"falling mastery: {change[k]:+.2f} over the last {window} answers "
-                    f"(threshold -{drop:g})",
+                    f"falling estimate: the model's mastery estimate {change[k]:+.2f} over "
+                    f"{span} (threshold -{drop:g})",
                 )
             )
         if members.n_answers[k] == 0:
@@ -1509,6 +1554,9 @@ def warm_up(
     between groups when ``stop`` is set. Returns ``{"groups", "learners", "seconds"}``."""
     t0 = time.perf_counter()
     done = learners = 0
+    # room for every warmed group's results (statistics, statuses, snapshots back, groups)
+    # and as many again for the requests
+    _GROUP.size = max(_GROUP.size, GROUP_RESULTS_PER_GROUP * 2 * max_groups)
     with make_session() as session:
         orgs = session.execute(
             select(Organisation.id).where(Organisation.active_model_id.is_not(None))

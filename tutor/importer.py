@@ -55,6 +55,7 @@ from sqlalchemy.orm import Session
 from data_loaders import Dataset
 
 from .db import Concept, Interaction, Item, ItemConcept, Learner, Organisation
+from .db.models import UNTIMED
 from .operations import ensure_org, get_org
 
 #: the synthetic clock of learners without timestamps: this instant plus ``seq`` seconds
@@ -63,7 +64,7 @@ SEQ_WIDTH = 10
 MAX_USER_IN_EVENT_ID = 180
 SOURCE = "import"
 #: the source of imported answers whose time is synthetic (their learner had no clock)
-SOURCE_UNTIMED = "import-untimed"
+SOURCE_UNTIMED = UNTIMED
 #: rows per executemany (SQLite) / per COPY buffer (PostgreSQL)
 CHUNK_ROWS = 50_000
 _INTERACTION_COLUMNS = (

@@ -145,7 +145,9 @@ def group_status(
     prev = an._GROUP.get(key)
     if prev is not None and prev[0] == members.fingerprint:
         return prev[1]
-    cols = ctx.concept_order()
+    # every concept of the organisation, in curriculum order: one the model does not know
+    # (added after training) has no estimate, but the learners' own evidence on it counts
+    cols = [int(p) for p in ctx.view["curriculum_pos"]]
     n, c = len(members.ids), len(cols)
     if prev is not None and np.array_equal(prev[2], members.ids):
         gs = prev[1]
@@ -231,7 +233,10 @@ def _score_rows(
     times = an._at_times(model, members, at)
     success = concept_mastery_many(model, states, None if times is None else times[which])
     full = model.scaled_mastery(success) if gs.scale == "reachable" else success
-    gs.estimate[which] = np.asarray(full, dtype=np.float64)[:, ctx.view["concept_idx"][gs.cols]]
+    cidx = ctx.view["concept_idx"][gs.cols]
+    est = np.asarray(full, dtype=np.float64)[:, cidx]
+    est[:, cidx == 0] = np.nan
+    gs.estimate[which] = est
     colpos = {ctx.cat.concept_ext[p]: j for j, p in enumerate(gs.cols)}
     code = {s: k for k, s in enumerate(STATUSES)}
     for r, k in enumerate(which.tolist()):
@@ -248,20 +253,23 @@ def _score_rows(
 
 
 def _ready(ctx: an._Context, gs: GroupStatus, k: int, n: int = READY_CONCEPTS) -> list[int]:
-    """A student's next concepts in the designed curriculum: not mastered, not being
-    struggled with, every prerequisite mastered, with items to practise (column indices)."""
+    """A student's next concepts (column indices): not mastered, not struggled with, every
+    prerequisite mastered, with items to practise; first those the student is learning, then
+    those its mastered prerequisites have just opened, then concepts without prerequisites,
+    each in curriculum order (so that the list follows the student, not only the curriculum's
+    first steps)."""
     col_of, has_items = gs.lookup(ctx)
     st = gs.status[k]
-    out = []
+    tiers: tuple[list[int], list[int], list[int]] = ([], [], [])
     for j, p in enumerate(gs.cols):
         if st[j] in (MASTERED, STRUGGLING) or not has_items[p]:
             continue
         parents = [col_of[q] for q in ctx.view["parents"][p] if q in col_of]
-        if all(st[q] == MASTERED for q in parents):
-            out.append(j)
-            if len(out) == n:
-                break
-    return out
+        if not all(st[q] == MASTERED for q in parents):
+            continue
+        tier = 0 if st[j] == LEARNING else (1 if parents else 2)
+        tiers[tier].append(j)
+    return [j for tier in tiers for j in tier][:n]
 
 
 def _concept_ref(ctx: an._Context, p: int) -> dict[str, str]:
@@ -354,10 +362,11 @@ def reteach(
     settings: Any = None,
     limit: int = 100,
     offset: int = 0,
+    names: int | None = RETEACH_NAMES,
 ) -> dict[str, Any]:
     """Per concept the group has practised: how many students struggle, are learning, have
     mastered it or not started; most struggling first (then most learning, then curriculum
-    order), with the struggling students named."""
+    order), with the struggling students named (the first ``names`` by name; None: all)."""
     ctx = an._context(session, org)
     members = an._members(session, group)
     gs = group_status(session, org=org, ctx=ctx, group=group, members=members, settings=settings)
@@ -382,7 +391,7 @@ def reteach(
                 "answers": total_ans,
                 "success_rate": an._rnd(gs.correct[:, j].sum() / total_ans if total_ans else None),
                 "mean_mastery": an._rnd(mean_own[j]),
-                "struggling_students": [_student(members, k) for k in who[:RETEACH_NAMES]],
+                "struggling_students": [_student(members, k) for k in who[:names]],
             }
         )
     return {
@@ -442,15 +451,14 @@ def suggested_groups(
         group.id,
         ctx.model.model_id,
         ctx.cat.version,
-        members.fingerprint,
         tuple(rule_json(gs.rule).values()),
         gs.scale,
         max_groups,
-        tuple(members.names),
+        hash(tuple(members.names)),
     )
-    hit = an._GROUP.get(key)
+    hit = an._current(key, members)
     if hit is None:
-        hit = an._GROUP.put(key, _suggest(ctx, gs, members, max_groups))
+        hit = an._keep(key, members, _suggest(ctx, gs, members, max_groups))
     return {"group": _group_ref(group, len(members.ids)), "model": ctx.model_ref(), **hit}
 
 

@@ -16,8 +16,10 @@ row, or 8 questions without mastery):
 
 Counts: u0 1 mastered, 2 learning, 0 struggling, 1 not started; u1 0, 1, 1, 2.
 What to reteach: c1 (1 struggling), then c0 and c2 (1 learning each, curriculum order).
-Ready to learn (not mastered, not struggling, prerequisites mastered, in curriculum order):
-u0 c1 (c0 mastered) and c3 (no prerequisites), not c2 (c1 not mastered); u1 c0 and c3.
+Ready to learn (not mastered, not struggling, prerequisites mastered; those being learned
+first, then those just opened by a mastered prerequisite, then concepts without any):
+u0 c1 (learning, c0 mastered) then c3 (no prerequisites), not c2 (c1 not mastered);
+u1 c0 (learning) then c3; u3 (no answers) c0 and c3 in curriculum order.
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ def test_class_overview(taught, world):
     def ready(*cs: str) -> list[str]:
         return sorted(cs, key=order.index)
 
-    assert [c["concept_id"] for c in rows["u0"]["ready_to_learn"]] == ready("c1", "c3")
-    assert [c["concept_id"] for c in rows["u1"]["ready_to_learn"]] == ready("c0", "c3")
+    assert [c["concept_id"] for c in rows["u0"]["ready_to_learn"]] == ["c1", "c3"]
+    assert [c["concept_id"] for c in rows["u1"]["ready_to_learn"]] == ["c0", "c3"]
     # u3 has mastered nothing: the concepts without prerequisites (c0, c3)
     assert [c["concept_id"] for c in rows["u3"]["ready_to_learn"]] == ready("c0", "c3")
     # sorting and paging
@@ -356,3 +358,84 @@ def test_a_new_answer_updates_only_what_it_changes(taught, world):
     cols = [c["concept_id"] for c in after["concepts"]]
     u1 = dict(zip(cols, after["learners"][1]["status"], strict=True))
     assert u1["c1"] != "struggling" and after["learners"][1]["answers"][cols.index("c1")] == 6
+
+
+def test_a_concept_the_model_does_not_know_still_counts(taught, world):
+    """A concept added after training has no model estimate, but a student's own answers on
+    it give it a status: the same in GET /mastery, the grid, the overview and reteach."""
+    h = world.headers("admin")
+    r = taught.put("/v1/concepts/cz", json={"name": "Fractions on a number line"}, headers=h)
+    assert r.status_code in (200, 201), r.text
+    r = taught.put("/v1/items/iz", json={"concepts": ["cz"]}, headers=h)
+    assert r.status_code in (200, 201), r.text
+    for k in range(3):
+        new = {"event_id": f"z{k}", "learner_id": "u1", "item_id": "iz", "correct": 0}
+        new["timestamp"] = f"2024-03-01T10:3{k}:00Z"
+        r = taught.post("/v1/answers", json=new, headers=world.headers("ingest"))
+        assert r.status_code == 201, r.text
+    mine = {
+        c["concept_id"]: c
+        for c in taught.get("/v1/learners/u1/mastery", headers=h).json()["concepts"]
+    }
+    assert mine["cz"]["status"] == "struggling" and mine["cz"]["estimate"] is None
+    grid = taught.get("/v1/analytics/groups/g1/mastery", headers=h).json()
+    cols = [c["concept_id"] for c in grid["concepts"]]
+    j = cols.index("cz")
+    u1 = grid["learners"][1]
+    assert (u1["status"][j], u1["answers"][j]) == ("struggling", 3)
+    assert u1["mastery"][j] == pytest.approx(mine["cz"]["mastery"])
+    assert grid["learners"][0]["mastery"][j] is None  # no answers, no estimate
+    students = taught.get("/v1/analytics/groups/g1/students", headers=h).json()
+    u1 = next(x for x in students["students"] if x["learner_id"] == "u1")
+    assert {c["concept_id"] for c in u1["struggling_on"]} == {"c1", "cz"}
+    assert u1["struggling"] == 2 and students["n_concepts"] == 5
+    reteach = taught.get("/v1/analytics/groups/g1/reteach", headers=h).json()
+    assert {x["concept_id"] for x in reteach["concepts"] if x["struggling"]} == {"c1", "cz"}
+    risk = taught.get("/v1/analytics/groups/g1/at-risk", headers=h).json()
+    reasons = next(x for x in risk["learners"] if x["learner_id"] == "u1")["reasons"]
+    assert "3 wrong in a row on Fractions on a number line" in reasons
+
+
+def test_csv_file_names_in_any_script(taught, world):
+    """Ids are free text: a group id in Cyrillic gives an ASCII file name and the UTF-8 one."""
+    from urllib.parse import unquote
+
+    h = world.headers("admin")
+    assert taught.put("/v1/groups/Класс-5А", json={"name": "5A"}, headers=h).status_code == 201
+    assert taught.put("/v1/groups/Класс-5А/members", json=["u0"], headers=h).status_code == 200
+    r = taught.get("/v1/analytics/groups/Класс-5А/students?format=csv", headers=h)
+    assert r.status_code == 200, r.text
+    cd = r.headers["content-disposition"]
+    plain = cd.split('filename="')[1].split('"')[0]
+    assert plain.isascii() and plain.endswith("students.csv")
+    assert unquote(cd.split("filename*=UTF-8''")[1]) == "Класс-5А-students.csv"
+    assert r.headers["vary"] == "Accept"
+    assert taught.get("/v1/analytics/groups/g1/students", headers=h).headers["vary"] == "Accept"
+    # the reteach CSV names every struggling student (JSON: the first ten)
+    rows = _csv(taught.get("/v1/analytics/groups/g1/reteach?format=csv", headers=h))
+    assert rows[0]["struggling_students"] == "u1"
+
+
+def test_ready_to_learn_puts_opened_concepts_before_untouched_ones(taught, world):
+    """With c0 and c1 mastered, u1's c2 opens and comes before c3 (no prerequisites) though
+    the curriculum teaches c3 first (its level is lower)."""
+    h = world.headers("admin")
+    names = _names(taught, world)
+    for c, level in (("c0", 2), ("c1", 2), ("c2", 2), ("c3", 1)):
+        r = taught.put(f"/v1/concepts/{c}", json={"name": names[c], "level": level}, headers=h)
+        assert r.status_code == 200, r.text
+    order = _curriculum(taught, world)
+    assert order.index("c3") < order.index("c2"), order
+    for k, (item, ok) in enumerate([("i1", 1), ("i1", 1), ("i1", 1)] + [("i6", 1)] * 6):
+        new = {"event_id": f"r{k}", "learner_id": "u1", "item_id": item, "correct": ok}
+        new["timestamp"] = f"2024-03-01T11:{k:02d}:00Z"
+        r = taught.post("/v1/answers", json=new, headers=world.headers("ingest"))
+        assert r.status_code == 201, r.text
+    mine = {
+        c["concept_id"]: c["status"]
+        for c in taught.get("/v1/learners/u1/mastery", headers=h).json()["concepts"]
+    }
+    assert mine["c0"] == "mastered" and mine["c1"] == "mastered", mine
+    students = taught.get("/v1/analytics/groups/g1/students", headers=h).json()
+    u1 = next(x for x in students["students"] if x["learner_id"] == "u1")
+    assert [c["concept_id"] for c in u1["ready_to_learn"]] == ["c2", "c3"]

@@ -13,9 +13,10 @@ import io
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 
@@ -348,22 +349,30 @@ def _cell(v: Any) -> Any:
 
 
 def csv_response(rows: Iterable[dict[str, Any]], columns: list[str], filename: str) -> Response:
-    """A table as a CSV attachment (see the module doc)."""
+    """A table as a CSV attachment (see the module doc). The file name is given twice, in
+    ASCII and in UTF-8 (RFC 6266's ``filename*``), so that ids in any script survive."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(columns)
     for r in rows:
         w.writerow([_cell(r.get(c)) for c in columns])
+    plain = _slug(filename, ascii_only=True) or "export.csv"
+    disposition = f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(_slug(filename))}"
     return Response(
         buf.getvalue(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": disposition, "Vary": "Accept"},
     )
 
 
-def _slug(text: str) -> str:
-    keep = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text)
-    return keep.strip("-")[:60] or "export"
+def _slug(text: str, ascii_only: bool = False) -> str:
+    """A file name from ids: letters, digits, ``-``, ``_`` and ``.`` kept (only ASCII ones
+    with ``ascii_only``), anything else a ``-``; at most 80 characters."""
+
+    def ok(ch: str) -> bool:
+        return (ch.isalnum() and (ch.isascii() or not ascii_only)) or ch in "-_."
+
+    return "".join(ch if ok(ch) else "-" for ch in text).strip("-.")[:80]
 
 
 def _respond(
@@ -376,8 +385,10 @@ def _respond(
 ) -> Any:
     if _wants_csv(request, fmt):
         rows, columns = table(body)
-        return csv_response(rows, columns, f"{_slug(name)}.csv")
-    return model.model_validate(body)
+        return csv_response(rows, columns, f"{name}.csv")
+    # the representation depends on Accept: caches must key on it
+    out = model.model_validate(body).model_dump(mode="json")
+    return JSONResponse(out, headers={"Vary": "Accept"})
 
 
 CSV_DESCRIPTION = (
@@ -488,7 +499,13 @@ def reteach(
     group = _visible_group(session, principal, org, group_id)
     csv_out = _wants_csv(request, format)
     body = teaching.reteach(
-        session, org=org, group=group, settings=settings, limit=_page(csv_out, limit), offset=offset
+        session,
+        org=org,
+        group=group,
+        settings=settings,
+        limit=_page(csv_out, limit),
+        offset=offset,
+        names=None if csv_out else teaching.RETEACH_NAMES,
     )
     service.keep_rebuilt_states(session)
     return _respond(request, format, Reteach, body, _reteach_table, f"{group_id}-reteach")
@@ -605,7 +622,7 @@ def group_mastery(
 def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per answer; per concept the reported mastery, own answers and the estimate.
     Without real times (``timed`` false) the timestamp column is left empty."""
-    names = [c["name"] for c in body["concepts"]]
+    names = [f"{c['name']} ({c['concept_id']})" for c in body["concepts"]]
     fields = [(f"mastery: {n}", f"own answers: {n}", f"estimate: {n}") for n in names]
     rows = []
     for p in body["points"]:

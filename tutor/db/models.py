@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -160,6 +161,10 @@ class ItemConcept(Base):
     )
 
 
+#: the source of answers imported without a clock (:data:`tutor.importer.SOURCE_UNTIMED`)
+UNTIMED = "import-untimed"
+
+
 class Interaction(Base):
     """One answer. ``(org_id, event_id)`` is the client's idempotency key."""
 
@@ -167,6 +172,15 @@ class Interaction(Base):
     __table_args__ = (
         UniqueConstraint("org_id", "event_id"),
         Index("ix_interactions_learner_order", "learner_id", "timestamp", "event_id"),
+        # each learner's latest answer with a real time (the analytics' last activity): a
+        # partial index, so that learners imported without a clock cost nothing to skip
+        Index(
+            "ix_interactions_learner_timed",
+            "learner_id",
+            "timestamp",
+            sqlite_where=text(f"source <> '{UNTIMED}'"),
+            postgresql_where=text(f"source <> '{UNTIMED}'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

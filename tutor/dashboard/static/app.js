@@ -1114,7 +1114,11 @@
     fillLearnerPicker();
     cards.textContent = "";
     cards.dataset.groups = String(groups.length);
-    $("groups-method").textContent = data.method ? `How: ${data.method}.` : "";
+    const sil = isNum(data.silhouette)
+      ? ` Separation of the groups (silhouette, −1 to 1): ${data.silhouette.toFixed(2)}` +
+        (data.silhouette < 0.25 ? ": weak, many students sit between groups; treat the split as a starting point." : ".")
+      : "";
+    $("groups-method").textContent = data.method ? `How: ${data.method}.${sil}` : "";
     if (!groups.length && !idle.length) {
       setState(box, "empty", "No students in this group yet.");
       return;
@@ -1340,6 +1344,9 @@
       if (!current("items", token)) return;
       const items = data.items || [];
       const total = isNum(data.total) ? data.total : items.length;
+      // a model without a discrimination parameter (DKT, ...): no column of dashes
+      const hasDisc = items.some((it) => isNum(it.discrimination));
+      for (const col of table.querySelectorAll("th.col-disc")) col.hidden = !hasDisc;
       const th = data.thresholds || {};
       $("items-thresholds").textContent = isNum(th.item_flag_min_attempts)
         ? `Grey rows: too little data to judge (fewer than ${fmtValue(th.item_flag_min_attempts)} ` +
@@ -1384,7 +1391,7 @@
           h("td", { class: "num", text: num(it.predicted_success) }),
           h("td", { class: "num gap" + (it.flagged ? " warn" : ""), text: signedPts(gap) }),
           h("td", { class: "num", text: num(it.difficulty) }),
-          h("td", { class: "num", text: num(it.discrimination) }),
+          hasDisc ? h("td", { class: "num", text: num(it.discrimination) }) : null,
           h("td", {}, it.flagged ? h("span", { class: "badge warn", title: it.flag_reason || "", text: it.flag_reason || "flagged" }) : ""),
         ));
       }
