@@ -439,3 +439,24 @@ def test_ready_to_learn_puts_opened_concepts_before_untouched_ones(taught, world
     students = taught.get("/v1/analytics/groups/g1/students", headers=h).json()
     u1 = next(x for x in students["students"] if x["learner_id"] == "u1")
     assert [c["concept_id"] for c in u1["ready_to_learn"]] == ["c2", "c3"]
+
+
+def test_group_fingerprint_tells_rosters_with_equal_sums_apart():
+    """Cached group results are reused only for the same members with the same answer
+    counts: {10: 5 answers, 13: 0} and {11: 5, 12: 0} have equal counts and sums."""
+    from tutor.analytics import _Members
+
+    def members(ids, n):
+        return _Members(
+            ids=np.array(ids, dtype=np.int64),
+            ext=[str(i) for i in ids],
+            names=["", ""],
+            n_answers=np.array(n, dtype=np.int64),
+            first_seen=np.full(2, np.nan),
+            last_answer=[None, None],
+        )
+
+    a, b = members([10, 13], [5, 0]), members([11, 12], [5, 0])
+    assert a.fingerprint != b.fingerprint
+    assert members([10, 13], [4, 1]).fingerprint != a.fingerprint
+    assert members([10, 13], [5, 0]).fingerprint == a.fingerprint
