@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -222,13 +223,14 @@ def save_checkpoint(
     payload = {
         "format_version": CHECKPOINT_VERSION,
         "model": model.name,
-        "config": asdict(model.config),
-        "vocab": model.vocab.to_dict(),
+        # plain data only (JSON types), so that loading needs no unpickling of objects
+        "config": plain_data(asdict(model.config)),
+        "vocab": plain_data(model.vocab.to_dict()),
         "vocab_fingerprint": model.vocab.fingerprint(),
         "vocab_sizes": {"items": model.vocab.n_items, "concepts": model.vocab.n_concepts},
-        "manifest": manifest or {},
+        "manifest": plain_data(manifest or {}),
         "state_dict": model.state_dict(),
-        "extra": extra or {},
+        "extra": plain_data(extra or {}),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -237,19 +239,55 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def load_checkpoint(
-    path: Path | str, map_location: str | torch.device = "cpu"
-) -> tuple[KTModel, dict[str, Any]]:
-    """The model of a checkpoint and the checkpoint's other fields; clear errors otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+def plain_data(obj: Any) -> Any:
+    """``obj`` as JSON-like plain data (dicts, lists, str, int, float, bool, None): what a
+    checkpoint stores beside tensors (numpy scalars and arrays, paths, versions become plain
+    values), so that it loads with ``weights_only=True``."""
+    return json.loads(json.dumps(obj, default=_plain_default))
+
+
+def _plain_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):  # numpy arrays and scalars
+        return o.tolist()
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    return str(o)
+
+
+def read_checkpoint(
+    source: Path | str | bytes, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """A checkpoint's payload, loaded with ``weights_only=True``: tensors and plain data only,
+    never an arbitrary object (a crafted file cannot run code here). Checkpoints written
+    before their metadata was plain data held ``torch.__version__`` objects
+    (``TorchVersion``, a ``str``), which are allowed too. :class:`CheckpointError` otherwise."""
+    name = "checkpoint" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise CheckpointError(f"{name}: checkpoint not found")
+    from torch.torch_version import TorchVersion
+
+    f = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals([TorchVersion]):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{name}: not a plain-data checkpoint (it holds objects that loading would have to "
+            f"run code to build; refused: {str(exc).splitlines()[-1][:200]})"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt file: {exc})"
+            f"{name}: not a readable checkpoint (truncated or corrupt file: {str(exc)[:200]})"
         ) from exc
+
+
+def load_checkpoint(
+    path: Path | str | bytes, map_location: str | torch.device = "cpu"
+) -> tuple[KTModel, dict[str, Any]]:
+    """The model of a checkpoint (a file, or its bytes) and the checkpoint's other fields;
+    clear errors otherwise. Loading never unpickles arbitrary objects (:func:`read_checkpoint`)."""
+    payload = read_checkpoint(path, map_location)
+    path = "checkpoint" if isinstance(path, bytes) else Path(path)
     if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
         raise CheckpointError(f"{path}: not a kt-tutor checkpoint (no model/state_dict)")
     if payload.get("format_version") != CHECKPOINT_VERSION:

@@ -32,7 +32,6 @@ Thresholds (learners at risk, item flags) are organisation settings (``org.setti
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import logging
 import math
@@ -1431,7 +1430,9 @@ def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str,
     blob = session.scalar(select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
     payload: dict[str, Any] = {}
     if blob:
-        payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+        from kt_models.base import read_checkpoint
+
+        payload = read_checkpoint(blob)
     manifest = payload.get("manifest") or {}
     extra = payload.get("extra") or {}
     vocab = model.model.vocab

@@ -291,13 +291,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _load_from_buffer(buf: io.BytesIO) -> tuple[KTModel, dict[str, Any]]:
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "model.pt"
-        p.write_bytes(buf.getvalue())
-        return load_checkpoint(p, map_location="cpu")
+    return load_checkpoint(buf.getvalue(), map_location="cpu")
 
 
 def sha256(blob: bytes) -> str:

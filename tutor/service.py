@@ -40,6 +40,10 @@ from .db import (
 from .evidence import Evidence, EvidenceRule
 from .runtime import LoadedModel, ModelCache
 
+#: the times answers may carry (as the API's schemas: tutor.api.schemas.TIME_MIN/MAX)
+TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TIME_MAX = datetime(2200, 1, 1, tzinfo=UTC)
+
 
 class ServiceError(Exception):
     status = 400
@@ -523,8 +527,12 @@ def record_answers(
     allowed_learner: str | None = None,
     rule: EvidenceRule | None = None,
     scale: str = "reachable",
+    max_future_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
     """Store and apply answers (idempotent by event id); results in the input order.
+    Answers timed more than ``max_future_seconds`` after now are refused (:class:`Invalid`):
+    a far-future answer would make every later answer of its learner a late one, replaying
+    the whole history.
     ``rule`` and ``scale`` are the organisation's mastery criterion and estimate scale (for
     the statuses in the responses; defaults: :class:`tutor.evidence.EvidenceRule`).
 
@@ -535,29 +543,51 @@ def record_answers(
     model = active_model(session, org=org)
     # 1. replays: event ids already stored
     ids = [a.event_id for a in answers]
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise Invalid(f"event id {dup!r} appears twice in the request")
+    pairs = [(a.learner_id, a.event_id) for a in answers]
+    if len(set(pairs)) != len(pairs):
+        seen: set[tuple[str, str]] = set()
+        dup = next(p for p in pairs if p in seen or seen.add(p))  # type: ignore[func-returns-value]
+        raise Invalid(f"event id {dup[1]!r} appears twice in the request for learner {dup[0]!r}")
+    received = utcnow()
+    for a in answers:
+        if allowed_learner is not None and a.learner_id != allowed_learner:
+            raise NotFound(f"learner {a.learner_id!r} not found")
+        if a.timestamp is not None:
+            if not (TIME_MIN <= a.timestamp <= TIME_MAX):
+                raise Invalid(
+                    f"answer {a.event_id!r}: timestamp {a.timestamp.isoformat()} outside "
+                    f"{TIME_MIN.date()} .. {TIME_MAX.date()}"
+                )
+            ahead = (as_utc(a.timestamp) - received).total_seconds()
+            if max_future_seconds is not None and ahead > max_future_seconds:
+                raise Invalid(
+                    f"answer {a.event_id!r}: timestamp {as_utc(a.timestamp).isoformat()} is "
+                    f"{ahead / 3600:.1f} hours in the future (at most "
+                    f"{max_future_seconds / 3600:g} hours ahead of the server's clock)"
+                )
+    # event ids are unique per learner: only the answers' own learners' are looked up, so a
+    # conflict can only ever describe what the caller sent for that learner before
     stored = {
-        r.Interaction.event_id: r
+        (r[1], r.Interaction.event_id): r
         for r in session.execute(
             select(Interaction, Learner.external_id, Item.external_id)
             .join(Learner, Learner.id == Interaction.learner_id)
             .join(Item, Item.id == Interaction.item_id)
-            .where(Interaction.org_id == org.id, Interaction.event_id.in_(ids))
+            .where(
+                Learner.org_id == org.id,
+                Learner.external_id.in_({a.learner_id for a in answers}),
+                Interaction.event_id.in_(ids),
+            )
         )
     }
     fresh: dict[str, list[tuple[int, AnswerIn]]] = {}
     for k, a in enumerate(answers):
-        if allowed_learner is not None and a.learner_id != allowed_learner:
-            raise NotFound(f"learner {a.learner_id!r} not found")
-        if a.event_id in stored:
-            inter, l_ext, i_ext = stored[a.event_id]
+        if (a.learner_id, a.event_id) in stored:
+            inter, l_ext, i_ext = stored[(a.learner_id, a.event_id)]
             if not _same(inter, a, l_ext, i_ext):
                 raise Conflict(
-                    f"event id {a.event_id!r} was already recorded with different content "
-                    f"(learner {l_ext!r}, item {i_ext!r}, correct {inter.correct})"
+                    f"event id {a.event_id!r} was already recorded for learner {l_ext!r} with "
+                    f"different content (item {i_ext!r}, correct {inter.correct})"
                 )
             base = inter.response or {  # answers stored by a bulk import have no response
                 "event_id": inter.event_id,
@@ -675,10 +705,10 @@ class _Writes:
             session.execute(update(table).where(*cond).values(**values))
         self.updates = {}
         t = Interaction.__table__
-        for org_id, event_id, response in self.responses:
+        for learner_id, event_id, response in self.responses:
             session.execute(
                 update(t)
-                .where(t.c.org_id == org_id, t.c.event_id == event_id)
+                .where(t.c.learner_id == learner_id, t.c.event_id == event_id)
                 .values(response=response)
             )
         self.responses = []
@@ -770,7 +800,7 @@ def _apply_learner(
         if writes.interactions and writes.interactions[-1] is inter:
             inter["response"] = response  # not inserted yet
         else:
-            writes.responses.append((org.id, a.event_id, response))
+            writes.responses.append((learner.id, a.event_id, response))
         results[k] = response
 
 

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 2_000_000
     #: answers per request in a batch
     max_batch_answers: int = 1000
+    #: answers timed more than this many seconds after the server's clock are refused (422):
+    #: a far-future answer would turn every later answer of its learner into a late one
+    max_future_seconds: float = Field(86400.0, ge=0)
     #: requests per minute per API key; 0 switches rate limiting off
     rate_limit_per_minute: int = 0
     #: recommendation defaults (per-organisation settings override them)

@@ -59,12 +59,15 @@ from .deps import (
     require_roles,
     visible_learner,
 )
+from .schemas import ID_PATTERN, MAX_OFFSET
 
 router = APIRouter(tags=["admin"])
 
-ExtId = Annotated[str, Path(min_length=1, max_length=200, description="External id")]
+ExtId = Annotated[
+    str, Path(min_length=1, max_length=200, pattern=ID_PATTERN, description="External id")
+]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
-Offset = Annotated[int, Query(ge=0, description="Rows to skip")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip")]
 ModelId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Model version id")]
 CATALOGUE_READERS = ("admin", "teacher")
 #: 422 (spelt numerically: Starlette renamed the constant between versions)

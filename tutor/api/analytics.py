@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ from sqlalchemy import select
 from .. import analytics, service, teaching
 from ..db import Group
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
+from .schemas import MAX_OFFSET, Time
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
@@ -401,7 +401,7 @@ CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # ---------------------------------------------------------------------- routes
 LimitQuery = Annotated[int | None, Query(ge=1, le=100_000, description="default 100; CSV: all")]
-OffsetQuery = Annotated[int, Query(ge=0, le=10**9)]
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def _students_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -593,7 +593,7 @@ def group_mastery(
     org: OrgDep,
     settings: SettingsDep,
     at: Annotated[
-        datetime | None,
+        Time | None,
         Query(description="Estimates at this time, for models that forget (ISO 8601)"),
     ] = None,
     limit: Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")] = None,

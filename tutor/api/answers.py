@@ -66,6 +66,7 @@ def post_answers(
                 allowed_learner=allowed,
                 rule=evidence_rule(org.settings, settings),
                 scale=(org.settings or {}).get("mastery_scale", settings.mastery_scale),
+                max_future_seconds=settings.max_future_seconds,
             )
             session.commit()
             break

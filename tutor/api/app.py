@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
 from contextlib import asynccontextmanager
+from urllib.parse import unquote_plus
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm.exc import ObjectDeletedError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kt_models.base import CheckpointError
 
 from .. import __version__
 from ..dashboard import router as dashboard_router
@@ -61,24 +65,79 @@ class BodyLimit:
                 await _too_large(send, self.limit)
                 return
         seen = 0
+        over = False
 
         async def limited() -> Message:
-            nonlocal seen
+            # a streamed (chunked) body over the limit ends here: the app sees an empty last
+            # chunk, and whatever it answers is replaced by the 413 below
+            nonlocal seen, over
+            if over:
+                return {"type": "http.request", "body": b"", "more_body": False}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLarge
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return msg
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
+        async def guarded(msg: Message) -> None:
+            if not over:
+                await send(msg)
+
+        await self.app(scope, limited, guarded)
+        if over:
             await _too_large(send, self.limit)
 
 
-class _BodyTooLarge(Exception):
-    pass
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class NoControlCharacters:
+    """422 for a URL whose path or query (decoded) holds a control character: no id, name or
+    parameter of this API has one, and PostgreSQL cannot store a NUL."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
+            if _CONTROL.search(scope.get("path", "")) or _CONTROL.search(query):
+                body = b'{"detail":"the URL holds a control character (such as NUL)"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 422,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """``X-Content-Type-Options: nosniff`` on every response (a JSON body is never sniffed
+    into HTML or script), unless the route set it already."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                headers = list(msg.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                msg = {**msg, "headers": headers}
+            await send(msg)
+
+        await self.app(scope, receive, with_headers)
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -146,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(NoControlCharacters)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -171,6 +232,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         raise exc
+
+    @app.exception_handler(CheckpointError)
+    async def _bad_model(request: Request, exc: CheckpointError) -> JSONResponse:
+        # a stored model that does not load (corrupt bytes): the service cannot answer with
+        # it; /ready says the same
+        log.error("model failed to load on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {
+                "detail": "the organisation's active model cannot be loaded (corrupt or "
+                "incompatible checkpoint); an administrator must activate another model"
+            },
+            status_code=503,
+        )
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        return JSONResponse({"detail": "the request's JSON is nested too deeply"}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def _not_storable(request: Request, exc: DataError) -> JSONResponse:
+        # the database's own check (a NUL character in text, a number beyond 64 bits): a
+        # backstop for what validation should have refused, named without leaking SQL
+        log.warning(
+            "value refused by the database on %s %s: %s", request.method, request.url.path, exc.orig
+        )
+        return JSONResponse(
+            {
+                "detail": "a value of the request cannot be stored (out of range, or text with a "
+                "NUL character)"
+            },
+            status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

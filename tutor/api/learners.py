@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import numpy as np
@@ -13,7 +12,7 @@ from .. import recommend, service
 from ..db import Group, GroupMembership, Learner
 from ..settings import POLICIES, evidence_rule
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
-from .schemas import CurriculumOut, History, Mastery, NextItems
+from .schemas import MAX_OFFSET, CurriculumOut, History, Mastery, NextItems, Time
 
 router = APIRouter(tags=["learners"])
 
@@ -35,7 +34,7 @@ def get_mastery(
     org: OrgDep,
     settings: SettingsDep,
     at: Annotated[
-        datetime | None,
+        Time | None,
         Query(description="Mastery at this (future) time, for models that forget (ISO 8601)"),
     ] = None,
 ) -> Mastery:
@@ -67,7 +66,7 @@ def next_items(
     policy: Annotated[str | None, Query(description=f"One of {', '.join(POLICIES)}")] = None,
     target: Annotated[float | None, Query(gt=0, lt=1)] = None,
     at: Annotated[
-        datetime | None,
+        Time | None,
         Query(
             description="Recommend for this time (ISO 8601; default now): models that forget "
             "predict mastery and review needs at that time, e.g. for the start of a session"
@@ -107,7 +106,7 @@ def history(
     session: SessionDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> History:
     """The learner's answers in event order, a page at a time."""
     learner = visible_learner(session, principal, learner_id)

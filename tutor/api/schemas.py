@@ -2,21 +2,53 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+#: ids (learners, items, concepts, groups, events): 1-200 characters, no control characters
+#: (a NUL cannot be stored by PostgreSQL; none belongs in an id)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=ID_PATTERN)]
+#: the times the service accepts anywhere (answers, ``at=``): 1970-01-01 .. 2200-01-01 UTC
+#: (the answer path also refuses answers too far in the future: ``max_future_seconds``)
+from ..service import TIME_MAX, TIME_MIN  # noqa: E402
+
+#: the largest ``offset`` of a paged route (beyond it a page is empty anyway)
+MAX_OFFSET = 10**9
+#: an answer's elapsed time: at most a week, in milliseconds
+ELAPSED_MS_MAX = 7 * 24 * 3600 * 1000
+
+
+def bounded_time(v: datetime | None) -> datetime | None:
+    """A time zone-aware instant between :data:`TIME_MIN` and :data:`TIME_MAX` (UTC)."""
+    if v is None:
+        return v
+    if v.tzinfo is None:
+        raise ValueError("a time must carry a time zone (e.g. 2024-01-01T10:00:00Z)")
+    # compare before converting: 0001-01-01T00:00:00+01:00 has no UTC representation
+    if not (TIME_MIN <= v <= TIME_MAX):
+        raise ValueError(f"a time must lie between {TIME_MIN.date()} and {TIME_MAX.date()} (UTC)")
+    return v.astimezone(UTC)
+
+
+Time = Annotated[datetime, AfterValidator(bounded_time)]
 
 
 class AnswerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(min_length=1, max_length=200, description="Client-supplied unique id")
-    learner_id: str = Field(min_length=1, max_length=200)
-    item_id: str = Field(min_length=1, max_length=200)
+    event_id: Id = Field(description="Client-supplied id, unique per learner")
+    learner_id: Id
+    item_id: Id
     correct: int = Field(description="1 for a correct answer, 0 otherwise")
-    timestamp: datetime | None = Field(None, description="When answered (default: received)")
-    elapsed_ms: int | None = Field(None, ge=0)
+    timestamp: Time | None = Field(
+        None,
+        description="When answered (default: received), 1970..2200 and at most "
+        "max_future_seconds (a day) ahead",
+    )
+    elapsed_ms: int | None = Field(None, ge=0, le=ELAPSED_MS_MAX)
     attempt: int | None = Field(None, ge=0, le=32767)
 
     @field_validator("correct", mode="before")
@@ -27,13 +59,6 @@ class AnswerIn(BaseModel):
         if v in (0, 1) and not isinstance(v, float | str):
             return int(v)
         raise ValueError("correct must be 0 or 1")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            raise ValueError("timestamp must carry a time zone (e.g. 2024-01-01T10:00:00Z)")
-        return v
 
 
 class AnswerBatch(BaseModel):

@@ -98,12 +98,26 @@ class XAPIRoute(APIRoute):
 router = APIRouter(prefix="/xapi", tags=["xapi"], route_class=XAPIRoute)
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def strict_json(raw: str | bytes, what: str) -> Any:
+    """JSON as RFC 8259 defines it: ``NaN`` and ``Infinity`` refused (a score of NaN would be
+    stored and break every later read), nesting bounded by the parser (a RecursionError is a
+    400 too). HTTP 400 naming ``what`` otherwise."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{what}: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"the body is not JSON ({exc})") from None
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"{what}: not JSON ({str(exc)[:200]})"
+        ) from None
+
+
+async def _json_body(request: Request) -> Any:
+    return strict_json(await request.body(), "the body")
 
 
 JsonBody = Annotated[Any, Depends(_json_body)]
@@ -223,6 +237,7 @@ def _store_once(
             auto_create_learners=settings.auto_create_learners,
             auto_create_items=settings.auto_create_items,
             rule=evidence_rule(org.settings, settings),
+            max_future_seconds=settings.max_future_seconds,
         )
     actors = {st["id"]: mapping.actor_id(st["actor"]) for st, _ in fresh}
     learners = dict(
@@ -376,7 +391,10 @@ def _parse_time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return mapping.parse_instant(value)
+        at = mapping.parse_instant(value)
+        if not (service.TIME_MIN <= at <= service.TIME_MAX):
+            raise ValueError("out of range")
+        return at
     except (ValueError, TypeError, OverflowError):
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"{name}: {value!r} is not an ISO 8601 timestamp"
@@ -392,8 +410,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, _, rid = raw.partition("|")
-        return service.as_utc(datetime.fromisoformat(when)), int(rid)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        at, row = datetime.fromisoformat(when), int(rid)
+        if at.tzinfo is None or not (service.TIME_MIN <= at <= service.TIME_MAX):
+            raise ValueError("cursor time out of range")
+        if not 0 < row < 2**63:
+            raise ValueError("cursor id out of range")
+        return service.as_utc(at), row
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, "cursor: not a cursor of this LRS"
         ) from None
@@ -474,10 +497,7 @@ def get_statements(
     q = _visible(select(XAPIStatement).where(XAPIStatement.org_id == org.id), principal)
     want_actor: str | None = None
     if agent is not None:
-        try:
-            agent_obj = json.loads(agent)
-        except ValueError:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "agent: not JSON") from None
+        agent_obj = strict_json(agent, "agent")
         want_actor = mapping.actor_id(agent_obj)
         if want_actor is None:
             raise HTTPException(

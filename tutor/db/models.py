@@ -166,11 +166,12 @@ UNTIMED = "import-untimed"
 
 
 class Interaction(Base):
-    """One answer. ``(org_id, event_id)`` is the client's idempotency key."""
+    """One answer. ``(learner_id, event_id)`` is the client's idempotency key: an event id is
+    unique per learner, so that no key can claim (or probe) another learner's event ids."""
 
     __tablename__ = "interactions"
     __table_args__ = (
-        UniqueConstraint("org_id", "event_id"),
+        UniqueConstraint("learner_id", "event_id"),
         Index("ix_interactions_learner_order", "learner_id", "timestamp", "event_id"),
         # each learner's latest answer with a real time (the analytics' last activity): a
         # partial index, so that learners imported without a clock cost nothing to skip
