@@ -1424,6 +1424,20 @@ def model_card(session: Session, *, org: Organisation) -> dict[str, Any]:
     return {**static, "traits": traits}
 
 
+def _no_paths(v: Any) -> Any:
+    """The model card without the server's file paths (teachers read it): the run's ``data``
+    and the dataset's ``source`` become their last component (the dataset's name)."""
+    if isinstance(v, dict):
+        return {k: _basename(x) if k == "data" else x for k, x in v.items()}
+    return _basename(v)
+
+
+def _basename(v: Any) -> Any:
+    if isinstance(v, str) and ("/" in v or "\\" in v) and "://" not in v:
+        return v.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return v
+
+
 def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str, Any]:
     model = ctx.model
     info = mv.info or {}
@@ -1437,11 +1451,11 @@ def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str,
     extra = payload.get("extra") or {}
     vocab = model.model.vocab
     training = {
-        "run": info.get("run"),
+        "run": _no_paths(info.get("run")),
         "time_unit": model.time_unit,
         "dataset": {
             "format": manifest.get("format"),
-            "source": manifest.get("source"),
+            "source": _no_paths(manifest.get("source")),
             "created_at": manifest.get("created_at"),
             "counts": manifest.get("counts"),
         }

@@ -296,6 +296,7 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a knowledge-tracing model (early stopping on validation AUC; DDP under torchrun)."""
+    from kt_models.base import CheckpointError
     from kt_models.train import TrainConfig, train, train_option
 
     file_train, file_model = _load_config_file(config)
@@ -330,7 +331,7 @@ def train_cmd(
             progress=not quiet,
             log=lambda m: console.print(m),
         )
-    except (KeyError, ValueError, DatasetError) as exc:
+    except (KeyError, ValueError, DatasetError, CheckpointError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         console.print(f"[red]error:[/red] {msg}")
         raise typer.Exit(code=2) from exc
@@ -937,7 +938,9 @@ def keys_revoke(
     org: OrgOption,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Revoke an API key (it stops working at once)."""
+    """Revoke an API key. A service process that has not seen the key refuses it at once;
+    one that authenticated it recently keeps accepting it for at most
+    TUTOR_AUTH_CACHE_SECONDS (30 s by default; 0 turns that cache off)."""
     from datetime import UTC, datetime
 
     from sqlalchemy import select
@@ -953,7 +956,14 @@ def keys_revoke(
             out.print(f"key {prefix} was already revoked ({_when(key.revoked_at)})")
             return
         key.revoked_at = datetime.now(UTC)
-    out.print(f"revoked key {prefix} of {org!r}", highlight=False)
+    from tutor.settings import Settings
+
+    ttl = Settings().auth_cache_seconds
+    out.print(
+        f"revoked key {prefix} of {org!r}; running service processes refuse it within "
+        f"{ttl:g} s (TUTOR_AUTH_CACHE_SECONDS)",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------- states

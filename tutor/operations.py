@@ -22,6 +22,7 @@ from .db import (
     GroupMembership,
     Interaction,
     Item,
+    ItemConcept,
     Learner,
     LearnerState,
     ModelVersion,
@@ -196,7 +197,11 @@ def register_model(
         loaded = LoadedModel.from_bytes(-1, blob)
     except Exception as exc:  # CheckpointError and friends: name the file
         raise OperationError(f"{path}: not a usable checkpoint: {exc}") from exc
-    info: dict[str, Any] = {"path": str(path.resolve()), "time_unit": loaded.time_unit}
+    diffs = catalogue_differences(session, org=org, loaded=loaded)
+    if diffs:
+        raise ModelMismatch(f"{path}: trained on another catalogue: " + "; ".join(diffs))
+    # the run's directory name, not the server's path (the model card shows it to teachers)
+    info: dict[str, Any] = {"path": path.parent.name, "time_unit": loaded.time_unit}
     for name in ("results.json", "run.json"):
         f = path.parent / name
         if f.is_file():
@@ -243,12 +248,81 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+class ModelMismatch(OperationError):
+    """A model version that must not serve this organisation (does not load, checksum, or
+    another catalogue): the API's 409, with the differences."""
+
+
+#: activation refuses a model whose item -> concept links disagree with the catalogue's on
+#: more than this share of the items they have in common
+LINK_MISMATCH_SHARE = 0.01
+
+
+def catalogue_differences(session: Session, *, org: Organisation, loaded: LoadedModel) -> list[str]:
+    """How a model's vocabulary disagrees with the organisation's catalogue (empty: it fits).
+    A model fits an empty catalogue; otherwise some of its items must be in the catalogue and
+    the items in both must link (almost) the same concepts (:data:`LINK_MISMATCH_SHARE`)."""
+    links: dict[str, set[str]] = {}
+    for item, concept in session.execute(
+        select(Item.external_id, Concept.external_id)
+        .outerjoin(ItemConcept, ItemConcept.item_id == Item.id)
+        .outerjoin(Concept, Concept.id == ItemConcept.concept_id)
+        .where(Item.org_id == org.id)
+    ):
+        links.setdefault(item, set())
+        if concept is not None:
+            links[item].add(concept)
+    if not links:
+        return []
+    vocab = loaded.model.vocab
+    common = [(k, it) for k, it in enumerate(vocab.items) if it in links]
+    if not common:
+        sample = ", ".join(repr(i) for i in list(vocab.items)[:3])
+        return [
+            f"none of the model's {len(vocab.items)} items (e.g. {sample}) is in the "
+            f"organisation's catalogue of {len(links)} items"
+        ]
+    wrong = []
+    for k, it in common:
+        mine = {vocab.concepts[c - 1] for c in vocab.item_concepts[k + 1] if c > 0}
+        if mine != links[it]:
+            wrong.append((it, sorted(mine), sorted(links[it])))
+    if len(wrong) > LINK_MISMATCH_SHARE * len(common):
+        shown = "; ".join(f"item {i!r}: model {m}, catalogue {c}" for i, m, c in wrong[:3])
+        return [
+            f"{len(wrong)} of the {len(common)} items the model shares with the catalogue "
+            f"link other concepts ({shown})"
+        ]
+    return []
+
+
+def check_model(session: Session, *, org: Organisation, mv: ModelVersion) -> LoadedModel:
+    """The version's checkpoint loads, matches its checksum and fits the catalogue, else
+    :class:`ModelMismatch` naming what is wrong."""
+    blob = session.scalar(select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
+    if not blob or sha256(blob) != mv.sha256:
+        raise ModelMismatch(
+            f"model {mv.id}: its stored checkpoint does not match its checksum "
+            f"(sha256 {mv.sha256[:12]}...): register it again"
+        )
+    try:
+        loaded = LoadedModel.from_bytes(mv.id, blob)
+    except Exception as exc:  # noqa: BLE001 - CheckpointError and friends
+        raise ModelMismatch(f"model {mv.id}: its checkpoint does not load ({exc})") from exc
+    diffs = catalogue_differences(session, org=org, loaded=loaded)
+    if diffs:
+        raise ModelMismatch(f"model {mv.id} was trained on another catalogue: " + "; ".join(diffs))
+    return loaded
+
+
 def activate_model(session: Session, *, org: Organisation, model_id: int) -> ModelVersion:
     """Make a registered version the organisation's active model (hot swap: states of the
-    new version are rebuilt lazily, or eagerly by :func:`rebuild_states`)."""
+    new version are rebuilt lazily, or eagerly by :func:`rebuild_states`) once
+    :func:`check_model` has verified it."""
     mv = session.get(ModelVersion, model_id)
     if mv is None or mv.org_id != org.id:
         raise OperationError(f"model {model_id} is not registered in organisation {org.slug!r}")
+    check_model(session, org=org, mv=mv)
     org.active_model_id = mv.id
     session.flush()
     return mv

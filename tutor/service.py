@@ -249,16 +249,30 @@ def _first_answer_priors(
 
 
 def rebuild_state(
-    session: Session, *, learner: Learner, model: LoadedModel
+    session: Session,
+    *,
+    learner: Learner,
+    model: LoadedModel,
+    watch: dict[str, Any] | None = None,
 ) -> tuple[Any, LearnerState]:
-    """Replay the learner's whole history through the model (rare path, see module doc)."""
+    """Replay the learner's whole history through the model (rare path, see module doc).
+    ``watch`` (event id -> None) receives, for each of its event ids, the state and a copy of
+    the evidence right after that answer."""
     hist = _history(session, learner.id)
     first = as_utc(learner.first_seen)
     if hist and (first is None or hist[0][2] < first):
         first = learner.first_seen = hist[0][2]
     concepts_of = concepts_of_items(session, org_id=learner.org_id, item_ext=[h[0] for h in hist])
+    after_step = None
+    if watch:
+        at = {k: h[3] for k, h in enumerate(hist) if h[3] in watch}
+
+        def after_step(t: int, st: Any, evs: list[Evidence]) -> None:
+            if t in at:
+                watch[at[t]] = (st, evidence_mod.load(evidence_mod.dump(evs[0])))
+
     with torch.no_grad():
-        state, ev = replay_histories(model, [hist], [first], concepts_of)[0]
+        state, ev = replay_histories(model, [hist], [first], concepts_of, after_step)[0]
     row = session.get(LearnerState, (learner.id, model.model_id))
     if row is None:
         row = LearnerState(learner_id=learner.id, model_id=model.model_id, state=b"")
@@ -514,6 +528,11 @@ def _same(inter: Interaction, ans: AnswerIn, learner_ext: str, item_ext: str) ->
         return False
     if int(inter.correct) != int(ans.correct):
         return False
+    # what the client sent must equal what is stored (a field it left out is no difference)
+    if ans.elapsed_ms is not None and inter.elapsed_ms != ans.elapsed_ms:
+        return False
+    if ans.attempt is not None and inter.attempt != ans.attempt:
+        return False
     return ans.timestamp is None or as_utc(inter.timestamp) == as_utc(ans.timestamp)
 
 
@@ -732,6 +751,20 @@ def _apply_learner(
     if model is not None:
         state, row = current_state(session, learner=learner, model=model)
         ev = evidence_mod.load(row.evidence)
+        if _any_late(learner, row, group):
+            _apply_late(
+                session,
+                org=org,
+                learner=learner,
+                group=group,
+                items=items,
+                model=model,
+                results=results,
+                writes=writes,
+                rule=rule,
+                scale=scale,
+            )
+            return
     for k, a in group:
         item = items[a.item_id]
         inter = {
@@ -801,6 +834,84 @@ def _apply_learner(
             inter["response"] = response  # not inserted yet
         else:
             writes.responses.append((learner.id, a.event_id, response))
+        results[k] = response
+
+
+def _any_late(
+    learner: Learner, row: LearnerState | None, group: list[tuple[int, AnswerIn]]
+) -> bool:
+    """Whether an answer of the (time-sorted) group comes before what the state has folded
+    (or before the learner's first answer): the group then takes :func:`_apply_late`."""
+    first = as_utc(learner.first_seen)
+    last = None
+    if row is not None and row.last_timestamp is not None:
+        last = (as_utc(row.last_timestamp), row.last_event_id or "")
+    for _, a in group:
+        if (last is not None and (a.timestamp, a.event_id) < last) or (
+            first is not None and a.timestamp < first
+        ):
+            return True
+    return False
+
+
+def _apply_late(
+    session: Session,
+    *,
+    org: Organisation,
+    learner: Learner,
+    group: list[tuple[int, AnswerIn]],
+    items: dict[str, ItemRef],
+    model: LoadedModel,
+    results: list[dict[str, Any] | None],
+    writes: _Writes,
+    rule: EvidenceRule,
+    scale: str,
+) -> None:
+    """A group with late answers: every answer is stored, then the learner's history is
+    replayed **once** (not once per late answer), each answer's response read at its place
+    in the replay. The cost is one replay of the learner's history per request, whatever
+    the number of late answers in it."""
+    for _, a in group:
+        item = items[a.item_id]
+        writes.interactions.append(
+            {
+                "org_id": org.id,
+                "learner_id": learner.id,
+                "item_id": item.id,
+                "event_id": a.event_id,
+                "correct": int(a.correct),
+                "timestamp": a.timestamp,
+                "elapsed_ms": a.elapsed_ms,
+                "attempt": a.attempt,
+                "source": a.source,
+                "response": None,
+            }
+        )
+        writes.set(learner, "n_answers", learner.n_answers + 1)
+        first = as_utc(learner.first_seen)
+        if first is None or a.timestamp < first:
+            writes.set(learner, "first_seen", a.timestamp)
+    writes.apply(session)
+    session.flush()
+    watch: dict[str, Any] = {a.event_id: None for _, a in group}
+    rebuild_state(session, learner=learner, model=model, watch=watch)
+    for k, a in group:
+        item = items[a.item_id]
+        st, ev = watch[a.event_id]
+        mastery = mastery_of(
+            model, st, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
+        )
+        response = {
+            "event_id": a.event_id,
+            "learner_id": learner.external_id,
+            "item_id": item.external_id,
+            "correct": int(a.correct),
+            "timestamp": a.timestamp.isoformat(),
+            "model": {"id": model.model_id, "name": model.name},
+            "mastery": mastery,
+            "replayed": False,
+        }
+        writes.responses.append((learner.id, a.event_id, response))
         results[k] = response
 
 

@@ -32,7 +32,7 @@ def url(tmp_path: Path) -> str:
     u = f"sqlite:///{tmp_path / 'cli.db'}"
     r = tutor(u, "db", "upgrade")
     assert r.exit_code == 0, r.output
-    assert "at revision 0004" in r.output
+    assert "at revision 0005" in r.output
     yield u
     MODELS.clear()
 
@@ -50,7 +50,7 @@ def test_service_commands_end_to_end(
     url: str, skill_data: Path, dkt_run: Path, tmp_path: Path
 ) -> None:
     r = tutor(url, "db", "current")
-    assert r.exit_code == 0 and r.stdout.strip() == "0004", r.output
+    assert r.exit_code == 0 and r.stdout.strip() == "0005", r.output
 
     r = tutor(url, "orgs", "create", "acme", "--name", "Acme School")
     assert r.exit_code == 0, r.output
@@ -178,7 +178,7 @@ def test_db_downgrade_and_serve(url: str, monkeypatch: pytest.MonkeyPatch) -> No
     assert seen["target"] == "tutor.api.app:create_app" and seen["factory"] is True
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
     assert seen["env"] == url
-    assert tutor(url, "db", "current").stdout.strip() == "0004"  # --migrate is the default
+    assert tutor(url, "db", "current").stdout.strip() == "0005"  # --migrate is the default
 
 
 def test_prerequisites_from_junyi_exercise_table(tmp_path: Path) -> None:

@@ -74,3 +74,315 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, dkt_run):
     with pytest.raises(CheckpointError, match="not a plain-data checkpoint"):
         load_checkpoint(bad)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- model versions
+def _foreign_run(tmp_path, items: list[str], links: list[list[int]]):
+    """A (untrained) DKT checkpoint over another catalogue: items with their concept
+    indices (1-based) among concepts "0", "1"."""
+    import numpy as np
+
+    from kt_models.base import save_checkpoint
+    from kt_models.data import Vocab
+    from kt_models.dkt import DKT, DKTConfig
+
+    q = np.zeros((len(items) + 1, 1), dtype=np.int64)
+    for k, cs in enumerate(links):
+        q[k + 1, 0] = cs[0]
+    vocab = Vocab(items=items, concepts=["0", "1"], item_concepts=q)
+    run = tmp_path / "foreign"
+    run.mkdir()
+    save_checkpoint(DKT(DKTConfig(emb_dim=8, hidden=8), vocab), run / "best.pt")
+    return run
+
+
+def _register(world, run, activate=False):
+    from sqlalchemy import select
+
+    from tutor import operations as ops
+    from tutor.db import Organisation, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    try:
+        with make_sessionmaker(engine)() as s, s.begin():
+            org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+            return ops.register_model(s, org=org, run_dir=run, activate=activate).id
+    finally:
+        engine.dispose()
+
+
+def test_a_model_of_another_catalogue_is_refused_with_the_differences(client, world, tmp_path):
+    """Simulated items "0".."5" over concepts "0", "1": none is in acme's catalogue."""
+    from tutor.operations import ModelMismatch
+
+    run = _foreign_run(tmp_path, [str(k) for k in range(6)], [[1], [1], [1], [2], [2], [2]])
+    with pytest.raises(ModelMismatch, match="none of the model's 6 items"):
+        _register(world, run)
+    # its items did not join the catalogue
+    r = client.get("/v1/items/0", headers=world.headers("admin"))
+    assert r.status_code == 404
+
+
+def test_a_model_whose_items_link_other_concepts_is_refused(world, tmp_path):
+    """The fixture's own item ids, linked to other concepts: refused, naming an example."""
+    from tutor.operations import ModelMismatch
+
+    items = [f"i{k}" for k in range(20)]
+    run = _foreign_run(tmp_path, items, [[1 + k % 2] for k in range(20)])
+    with pytest.raises(ModelMismatch, match="link other concepts .*item 'i"):
+        _register(world, run)
+
+
+def test_activation_verifies_checksum_and_load(client, world):
+    from sqlalchemy import select, update
+
+    from tutor.db import ModelVersion, create_db_engine, make_sessionmaker
+
+    h = world.headers("admin")
+    engine = create_db_engine(world.url)
+    try:
+        with make_sessionmaker(engine)() as s, s.begin():
+            blob = s.scalar(
+                select(ModelVersion.checkpoint).where(ModelVersion.id == world.model_id)
+            )
+            s.execute(
+                update(ModelVersion)
+                .where(ModelVersion.id == world.model_id)
+                .values(checkpoint=blob[: len(blob) // 2])
+            )
+        r = client.post(f"/v1/models/{world.model_id}/activate", headers=h)
+        assert r.status_code == 409 and "checksum" in r.json()["detail"], r.text
+        # bytes that match their (recomputed) checksum but do not load
+        import hashlib
+
+        junk = b"not a checkpoint"
+        with make_sessionmaker(engine)() as s, s.begin():
+            s.execute(
+                update(ModelVersion)
+                .where(ModelVersion.id == world.model_id)
+                .values(checkpoint=junk, sha256=hashlib.sha256(junk).hexdigest())
+            )
+        r = client.post(f"/v1/models/{world.model_id}/activate", headers=h)
+        assert r.status_code == 409 and "does not load" in r.json()["detail"], r.text
+    finally:
+        engine.dispose()
+
+
+def test_a_corrupt_active_model_answers_json_503_everywhere(client, world):
+    import hashlib
+
+    from sqlalchemy import update
+
+    from tutor.db import ModelVersion, create_db_engine, make_sessionmaker
+    from tutor.service import MODELS
+
+    junk = b"corrupt"
+    engine = create_db_engine(world.url)
+    with make_sessionmaker(engine)() as s, s.begin():
+        s.execute(
+            update(ModelVersion)
+            .where(ModelVersion.id == world.model_id)
+            .values(checkpoint=junk, sha256=hashlib.sha256(junk).hexdigest())
+        )
+    engine.dispose()
+    MODELS.clear()
+    h = world.headers("admin")
+    for method, path, body in [
+        ("get", "/v1/learners/u0/mastery", None),
+        ("get", "/v1/learners/u0/next-items", None),
+        ("post", "/v1/answers", answer("c1")),
+        ("get", "/v1/analytics/groups/g1/students", None),
+        ("get", "/v1/analytics/groups/g1/mastery", None),
+    ]:
+        r = getattr(client, method)(path, headers=h, **({"json": body} if body else {}))
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        assert "active model cannot be loaded" in r.json()["detail"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_model_card_shows_no_server_path(client, world):
+    card = client.get("/v1/analytics/model-card", headers=world.headers("teacher")).json()
+    text = str(card)
+    assert "/tmp" not in text and "/home" not in text and "/work" not in text, text
+
+
+# ---------------------------------------------------------------------- bounds
+def test_an_offset_beyond_64_bits_is_a_422_not_a_500(client, world):
+    h = world.headers("admin")
+    for path in (
+        "/v1/learners?offset=9223372036854775808",
+        "/v1/learners/u0/history?offset=9223372036854775808",
+        "/v1/analytics/groups/g1/students?offset=9223372036854775808",
+        "/v1/items?offset=10000000000",
+    ):
+        r = client.get(path, headers=h)
+        assert r.status_code == 422, (path, r.text)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("elapsed_ms", 2**63),
+        ("timestamp", "0001-01-01T00:00:00+01:00"),
+        ("timestamp", "9999-12-31T23:59:59-01:00"),
+        ("timestamp", "9999-01-01T00:00:00Z"),
+        ("timestamp", "2024-01-01T10:00:00"),  # no time zone
+    ],
+)
+def test_answer_numbers_and_times_out_of_bounds_are_422(client, world, field, value):
+    r = client.post(
+        "/v1/answers", json=answer("b1", **{field: value}), headers=world.headers("ingest")
+    )
+    assert r.status_code == 422, r.text
+
+
+def test_an_answer_more_than_a_day_ahead_is_refused(client, world):
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    later = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    h = world.headers("ingest")
+    assert (
+        client.post("/v1/answers", json=answer("f1", timestamp=soon), headers=h).status_code == 201
+    )
+    r = client.post("/v1/answers", json=answer("f2", timestamp=later), headers=h)
+    assert r.status_code == 422 and "in the future" in r.json()["detail"], r.text
+
+
+def test_next_items_at_year_one_is_a_422(client, world):
+    r = client.get(
+        "/v1/learners/u0/next-items",
+        params={"at": "0001-01-01T00:00:00+05:00"},
+        headers=world.headers("learner"),
+    )
+    assert r.status_code == 422, r.text
+
+
+def test_a_nul_byte_anywhere_is_a_422(client, world):
+    h = world.headers("admin")
+    assert client.get("/v1/learners/u%000", headers=h).status_code == 422
+    assert (
+        client.get("/v1/learners", params={"offset": "0", "x": "a\x00b"}, headers=h).status_code
+        == 422
+    )
+    r = client.post("/v1/answers", json=answer("n\x00ul"), headers=world.headers("ingest"))
+    assert r.status_code == 422, r.text
+    r = client.put("/v1/concepts/c9", json={"name": "bad\x00name"}, headers=h)
+    assert r.status_code in (201, 422) and r.status_code < 500, r.text
+
+
+def test_deeply_nested_json_is_refused_without_a_500(client, world):
+    h = world.headers("admin")
+    r = client.post(
+        "/v1/answers", content=b"[" * 100_000, headers=h | {"Content-Type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500, r.text
+    r = client.get("/xapi/statements", params={"agent": "[" * 5000}, headers=h | XAPI)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["detail"], r.text
+
+
+XAPI = {"X-Experience-API-Version": "1.0.3"}
+
+
+def _statement(score):  # noqa: ANN001, ANN202
+    return {
+        "actor": {"account": {"homePage": "https://acme.test", "name": "u0"}},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/answered"},
+        "object": {"id": "https://acme.test/items/i5"},
+        "result": {"score": {"scaled": score}},
+        "timestamp": "2024-03-01T10:00:00Z",
+    }
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_an_xapi_score_of_nan_or_infinity_is_refused(client, world, constant):
+    import json
+
+    body = json.dumps(_statement(0.5)).replace("0.5", constant)
+    h = world.headers("ingest") | XAPI | {"Content-Type": "application/json"}
+    r = client.post("/xapi/statements", content=body, headers=h)
+    assert r.status_code == 400 and constant.lstrip("-") in r.text, r.text
+    # and the organisation's statements stay readable
+    r = client.get("/xapi/statements", headers=world.headers("admin") | XAPI)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "raw", ["0001-01-01T00:00:00+00:00|1", "2024-01-01T00:00:00+00:00|99999999999999999999"]
+)
+def test_an_xapi_cursor_out_of_range_is_a_400(client, world, raw):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    r = client.get(
+        "/xapi/statements", params={"cursor": cursor}, headers=world.headers("admin") | XAPI
+    )
+    assert r.status_code == 400, r.text
+
+
+def test_a_replay_with_another_elapsed_time_is_a_conflict(client, world):
+    h = world.headers("ingest")
+    assert (
+        client.post("/v1/answers", json=answer("el", elapsed_ms=1000), headers=h).status_code == 201
+    )
+    assert (
+        client.post("/v1/answers", json=answer("el", elapsed_ms=1000), headers=h).status_code == 200
+    )
+    r = client.post("/v1/answers", json=answer("el", elapsed_ms=9000), headers=h)
+    assert r.status_code == 409, r.text
+
+
+def test_a_streamed_body_over_the_limit_is_413(client, world):
+    limit = world.settings.max_body_bytes
+
+    def chunks():  # noqa: ANN202
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    r = client.post(
+        "/v1/answers",
+        content=chunks(),
+        headers=world.headers("ingest") | {"Content-Type": "application/json"},
+    )
+    assert r.status_code == 413, r.text
+
+
+def test_every_response_says_nosniff(client, world):
+    for path in ("/health", "/v1/learners", "/v1/nope"):
+        r = client.get(path, headers=world.headers("admin"))
+        assert r.headers["x-content-type-options"] == "nosniff", path
+
+
+def test_a_batch_of_late_answers_replays_the_history_once(client, world, monkeypatch):
+    """Late answers (before what the state folded) cost one replay of the learner's history
+    per request, not one per answer: the bound on how long a batch holds the write lock."""
+    from tutor import service
+
+    h = world.headers("ingest")
+    r = client.post("/v1/answers", json=answer("now", timestamp="2024-06-01T10:00:00Z"), headers=h)
+    assert r.status_code == 201
+    calls = []
+    real = service.replay_histories
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(len(args[1][0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "replay_histories", counting)
+    batch = [
+        answer(
+            f"late{k}",
+            item="i5" if k % 2 else "i6",
+            correct=k % 2,
+            timestamp=f"2024-05-01T10:{k:02d}:00Z",
+        )
+        for k in range(50)
+    ]
+    r = client.post("/v1/answers", json={"answers": batch}, headers=h)
+    assert r.status_code == 201, r.text
+    assert calls == [51]  # one replay of the 51 answers
+    # each late answer's response is the state right after it, in event order
+    results = r.json()["results"]
+    assert [x["event_id"] for x in results] == [f"late{k}" for k in range(50)]
+    hist = client.get("/v1/learners/u0/history", headers=world.headers("admin")).json()
+    assert [a["event_id"] for a in hist["answers"]][-1] == "now"

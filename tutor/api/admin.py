@@ -886,14 +886,19 @@ def get_model(
 def activate_model(
     model_id: ModelId, session: SessionDep, principal: PrincipalDep, org: OrgDep, request: Request
 ) -> ModelOut:
-    """Make this version the active one (hot swap). Learner states for it are rebuilt lazily,
+    """Make this version the active one (hot swap), once its checkpoint loads, matches its
+    checksum and fits the organisation's catalogue (409 naming the differences otherwise).
+    Learner states for it are rebuilt lazily,
     on each learner's next request, or eagerly with ``rebuild-states``; the analytics caches
     for it are filled in the background (``TUTOR_ANALYTICS_WARMUP_GROUPS``)."""
     require_roles(principal, "admin")
     with _transaction(session):
         _lock_org(session, org)
         _model(session, org, model_id)  # 404 for unknown ids and other organisations'
-        ops.activate_model(session, org=org, model_id=model_id)
+        try:
+            ops.activate_model(session, org=org, model_id=model_id)
+        except ops.ModelMismatch as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         out = _model(session, org, model_id)
     warmer = getattr(request.app.state, "analytics_warmer", None)
     if warmer is not None:

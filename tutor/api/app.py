@@ -278,6 +278,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    def openapi() -> dict:
+        """FastAPI's schema, with the 422 body as this service sends it: ``detail`` is the
+        list of field errors (request validation) or one sentence (a check of the service,
+        e.g. an unknown concept or a cycle)."""
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        err = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if err is not None:
+            items = err["properties"]["detail"]
+            err["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [{k: v for k, v in items.items() if k != "title"}, {"type": "string"}],
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     from . import admin, analytics, answers, health, learners, xapi
 
     app.include_router(health.router)
