@@ -231,24 +231,104 @@ def bytes_io(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
 
 
-def iter_lines(f: InputFile, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+#: The longest line (one record of a line-oriented format, or one row) a text loader reads:
+#: 1 MiB of bytes, newline excluded. The longest line of the published benchmark files is
+#: about 27 kB (a learner's whole sequence on one line). :func:`iter_lines_bounded` never holds
+#: a longer line in memory: it reads it through in bounded chunks and reports it as a
+#: :class:`LongLine`, which loaders reject (reason ``line too long``) before parsing anything.
+#: Loaders take ``-o max_line_bytes=N`` to change it.
+MAX_LINE_BYTES = 1 << 20
+#: How much of an over-long line is kept for ``rejected.parquet``.
+PREVIEW_BYTES = 2000
+_READ_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class LongLine:
+    """A line longer than the limit, read through in bounded chunks and never held whole."""
+
+    size: int  # its length in bytes, newline excluded
+    head: bytes  # its first PREVIEW_BYTES bytes
+    limit: int
+
+    REASON = "line too long"
+
+    def preview(self, encoding: str = "utf-8") -> str:
+        return self.head.decode(encoding, errors="replace")
+
+    @property
+    def detail(self) -> str:
+        return too_long_detail(self.size, self.limit)
+
+
+def too_long_detail(size: int, limit: int, what: str = "line") -> str:
+    """The rejection detail of a line (or record) of ``size`` bytes over ``limit``."""
+    return (
+        f"{what} is {size:,} bytes, longer than the limit of {limit:,} bytes "
+        "(raise it with -o max_line_bytes=N)"
+    )
+
+
+def split_lines(fh: Any, max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes | LongLine]:
+    """The lines of a binary stream, newline kept, each at most ``max_bytes`` (newline
+    excluded); a longer line is read through in chunks and yielded as a :class:`LongLine`,
+    so memory stays bounded by ``max_bytes`` whatever the input."""
+    limit = max_bytes + 2  # room for the line's own \r\n
+    while True:
+        raw = fh.readline(limit)
+        if not raw:
+            return
+        if raw.endswith(b"\n") or len(raw) < limit:  # a whole line (or the last one)
+            size = len(raw) - _newline_len(raw)
+            if size <= max_bytes:
+                yield raw
+            else:
+                yield LongLine(size, raw[:PREVIEW_BYTES], max_bytes)
+            continue
+        head, size, tail = raw[:PREVIEW_BYTES], len(raw), raw[-2:]
+        while True:
+            more = fh.readline(_READ_CHUNK)
+            if not more:
+                break
+            size += len(more)
+            tail = (tail + more)[-2:]
+            if more.endswith(b"\n"):
+                break
+        yield LongLine(size - _newline_len(tail), head, max_bytes)
+
+
+def _newline_len(raw: bytes) -> int:
+    if raw.endswith(b"\r\n"):
+        return 2
+    return 1 if raw.endswith(b"\n") else 0
+
+
+def iter_lines_bounded(
+    f: InputFile, encoding: str = "utf-8", max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str | LongLine]]:
     """Stream ``(line number, text)`` pairs of a file without reading it whole.
 
     Lines are decoded one at a time, so an undecodable byte is reported with its line; the
-    newline (``\\n`` or ``\\r\\n``) is removed and a UTF-8 byte-order mark is dropped.
+    newline (``\\n`` or ``\\r\\n``) is removed and a UTF-8 byte-order mark is dropped. A line
+    longer than ``max_bytes`` comes as a :class:`LongLine` (its size and first bytes) for the
+    loader to reject.
     """
     with f.open_binary() as fh:
         lineno = 0
+        lines = split_lines(fh, max_bytes)
         while True:
             try:
-                raw = fh.readline()
+                raw = next(lines, None)
             except (EOFError, OSError, zlib.error) as exc:
                 raise IngestError(
                     f"corrupt or truncated gzip data ({exc})", file=f.name, line=lineno + 1
                 ) from exc
-            if not raw:
+            if raw is None:
                 return
             lineno += 1
+            if isinstance(raw, LongLine):
+                yield lineno, raw
+                continue
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError as exc:
@@ -262,3 +342,14 @@ def iter_lines(f: InputFile, encoding: str = "utf-8") -> Iterator[tuple[int, str
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield lineno, line.rstrip("\r\n")
+
+
+def iter_lines(
+    f: InputFile, encoding: str = "utf-8", max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str]]:
+    """:func:`iter_lines_bounded` for readers that cannot skip a line: a line longer than
+    ``max_bytes`` stops the ingest with an :class:`IngestError` naming it."""
+    for lineno, line in iter_lines_bounded(f, encoding, max_bytes):
+        if isinstance(line, LongLine):
+            raise IngestError(line.detail, file=f.name, line=lineno)
+        yield lineno, line

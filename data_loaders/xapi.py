@@ -51,6 +51,14 @@ string or a list, or an answer without success or score. Statements are validate
 object, timestamp) before the verb decides whether they are skipped, so an invalid statement is
 rejected whatever its verb. Undecodable bytes stop the ingest with an error naming the line
 (pass ``--encoding`` for files that are not UTF-8).
+
+Bounds: a record (a line of a JSON-lines file, or one statement of a document) longer than
+``max_line_bytes`` (default :data:`~data_loaders.inputs.MAX_LINE_BYTES`, 1 MiB) is rejected
+(``line too long``; a JSON-lines file's long line is read through in bounded chunks, never held
+whole), and one whose arrays and objects nest deeper than :data:`MAX_DEPTH` levels is rejected
+(``nested too deep``) without being parsed, so that no record can exhaust the parser's
+recursion. (A document layout is read whole, as before: a JSON array cannot be split into
+records without parsing it.)
 """
 
 from __future__ import annotations
@@ -72,7 +80,16 @@ import pyarrow as pa
 
 from .base import Loader, Option
 from .errors import IngestError
-from .inputs import GZIP_MAGIC, InputFile, decode, list_files
+from .inputs import (
+    GZIP_MAGIC,
+    MAX_LINE_BYTES,
+    InputFile,
+    LongLine,
+    decode,
+    list_files,
+    split_lines,
+    too_long_detail,
+)
 
 #: The default extension IRI that carries an answer's concepts (knowledge components).
 DEFAULT_CONCEPT_EXTENSION = "https://w3id.org/xapi/kt/extensions/concepts"
@@ -96,6 +113,12 @@ _DURATION_MS = (
     1000,
 )
 _WS = " \t\r\n"
+#: The deepest nesting of arrays and objects a record may have. A statement nests about 6
+#: levels (a SubStatement with extensions about 10); a deeper record is rejected before it
+#: is parsed (Python's JSON parser recurses once per level and would fail at about 1000).
+MAX_DEPTH = 100
+_NEST_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+NESTED_TOO_DEEP = "nested too deep"
 
 
 class _Reject(Exception):
@@ -108,10 +131,50 @@ class _Reject(Exception):
 
 
 class _BadJSON:
-    """A record that did not parse: the parser's message."""
+    """A record that was not parsed: the reason (a short category) and the message."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str = "invalid JSON") -> None:
         self.message = message
+        self.reason = reason
+
+
+def nesting_exceeds(
+    text: str, limit: int = MAX_DEPTH, start: int = 0, end: int | None = None
+) -> bool:
+    """Whether the JSON text ``text[start:end]`` nests arrays and objects deeper than ``limit``
+    (brackets inside strings do not count). Linear, without recursion; records with at most
+    ``limit`` brackets are answered from two counts."""
+    end = len(text) if end is None else end
+    if text.count("[", start, end) + text.count("{", start, end) <= limit:
+        return False
+    depth = 0
+    for m in _NEST_TOKEN.finditer(text, start, end):
+        ch = text[m.start()]
+        if ch == "[" or ch == "{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch == "]" or ch == "}":
+            depth -= 1
+    return False
+
+
+def _too_deep(rest_unread: bool = False) -> _BadJSON:
+    tail = "; the rest of the file could not be read" if rest_unread else ""
+    return _BadJSON(
+        f"arrays and objects nested deeper than {MAX_DEPTH} levels{tail}", NESTED_TOO_DEEP
+    )
+
+
+def _checked(text: str, start: int, end: int, max_bytes: int) -> _BadJSON | None:
+    """Why the parsed record ``text[start:end]`` of a document is rejected, or None."""
+    if nesting_exceeds(text, MAX_DEPTH, start, end):
+        return _too_deep()
+    if end - start > max_bytes // 4:  # may exceed the limit in UTF-8 bytes
+        size = len(text[start:end].encode("utf-8"))
+        if size > max_bytes:
+            return _BadJSON(too_long_detail(size, max_bytes, "statement"), LongLine.REASON)
+    return None
 
 
 # ---------------------------------------------------------------------- field helpers
@@ -248,10 +311,14 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _iter_array(text: str, pos: int, lines: _Lines) -> Iterator[tuple[int, str, Any]]:
+def _iter_array(
+    text: str, pos: int, lines: _Lines, max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str, Any]]:
     """Elements of the JSON array starting at ``text[pos] == '['`` with their line numbers.
 
-    A syntax error yields one ``_BadJSON`` record at its line and ends the array.
+    A syntax error (or nesting too deep for the parser) yields one ``_BadJSON`` record at its
+    line and ends the array; an element nested deeper than :data:`MAX_DEPTH` or longer than
+    ``max_bytes`` is yielded as a ``_BadJSON`` record and the array goes on.
     """
     dec = json.JSONDecoder()
     pos = _skip_ws(text, pos + 1)
@@ -272,7 +339,11 @@ def _iter_array(text: str, pos: int, lines: _Lines) -> Iterator[tuple[int, str, 
                 ),
             )
             return
-        yield lines.at(start), text[start:end], obj
+        except RecursionError:
+            yield lines.at(start), text[start : start + RAW_LIMIT], _too_deep(rest_unread=True)
+            return
+        bad = _checked(text, start, end, max_bytes)
+        yield lines.at(start), text[start:end], bad if bad is not None else obj
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
             pos = _skip_ws(text, pos + 1)
@@ -289,14 +360,14 @@ def _iter_array(text: str, pos: int, lines: _Lines) -> Iterator[tuple[int, str, 
         return
 
 
-def _iter_document(text: str) -> Iterator[tuple[int, str, Any]]:
+def _iter_document(text: str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str, Any]]:
     """A whole-file JSON document: an array, a StatementResult or one statement."""
     lines = _Lines(text)
     pos = _skip_ws(text, 0)
     if pos >= len(text):
         return
     if text[pos] == "[":
-        yield from _iter_array(text, pos, lines)
+        yield from _iter_array(text, pos, lines, max_bytes)
         return
     dec = json.JSONDecoder()
     try:
@@ -308,6 +379,18 @@ def _iter_document(text: str) -> Iterator[tuple[int, str, Any]]:
             _BadJSON(f"{exc.msg} at line {exc.lineno} column {exc.colno}"),
         )
         return
+    except RecursionError:
+        # too deep for the parser: a StatementResult's statements can still be read one by one
+        # up to the deep one; anything else is one record
+        try:
+            start = _statements_array_pos(text, pos)
+        except (ValueError, IndexError, RecursionError):
+            start = None
+        if start is not None and text[start : start + 1] == "[":
+            yield from _iter_array(text, start, lines, max_bytes)
+        else:
+            yield lines.at(pos), text[pos : pos + RAW_LIMIT], _too_deep(rest_unread=True)
+        return
     if isinstance(obj, dict) and isinstance(obj.get("statements"), list) and "actor" not in obj:
         # a StatementResult: walk the top-level object to the statements array's position
         start = _statements_array_pos(text, pos)
@@ -315,12 +398,13 @@ def _iter_document(text: str) -> Iterator[tuple[int, str, Any]]:
             for i, st in enumerate(obj["statements"], start=1):
                 yield i, json.dumps(st)[:RAW_LIMIT], st
         else:
-            yield from _iter_array(text, start, lines)
+            yield from _iter_array(text, start, lines, max_bytes)
         more = obj.get("more")
         if isinstance(more, str) and more:
             yield 0, more, ("more", more)
     else:
-        yield lines.at(pos), text[pos:end], obj
+        bad = _checked(text, pos, end, max_bytes)
+        yield lines.at(pos), text[pos:end], bad if bad is not None else obj
     rest = _skip_ws(text, end)
     if rest < len(text):
         yield (
@@ -391,28 +475,50 @@ def _layout(f: InputFile) -> str:
         return "document"  # a pretty-printed object
     if first.startswith(b"{"):
         try:
-            obj = json.loads(first)
-        except (ValueError, UnicodeDecodeError):
+            text = first.decode("utf-8")
+            if nesting_exceeds(text, MAX_DEPTH):
+                # too deep to parse whole: a StatementResult still shows its statements array
+                start = _statements_array_pos(text, 0)
+                return (
+                    "document" if start is not None and text[start : start + 1] == "[" else "lines"
+                )
+            obj = json.loads(text)
+        except (ValueError, UnicodeDecodeError, RecursionError, IndexError):
             return "lines"
         if isinstance(obj, dict) and isinstance(obj.get("statements"), list):
             return "document"
     return "lines"
 
 
-def iter_records(f: InputFile, encoding: str = "utf-8", only_with: bytes | None = None):
+def iter_records(
+    f: InputFile,
+    encoding: str = "utf-8",
+    only_with: bytes | None = None,
+    max_bytes: int = MAX_LINE_BYTES,
+):
     """``(line, raw text, parsed value or _BadJSON)`` for every record of one input file.
 
     ``only_with``: in JSON-lines files, lines without these bytes are not parsed and not
-    yielded (a cheap pre-filter).
+    yielded (a cheap pre-filter). A record longer than ``max_bytes`` or nested deeper than
+    :data:`MAX_DEPTH` comes as a ``_BadJSON`` (reason ``line too long`` or ``nested too deep``)
+    without being parsed; a JSON-lines file is read in lines of at most ``max_bytes``.
     """
     if _layout(f) == "document":
         text = f.read_text(encoding)
         if only_with is not None and only_with.decode() not in text:
             return
-        yield from _iter_document(text)
+        yield from _iter_document(text, max_bytes)
         return
     with _open_stream(f) as fh:
-        for lineno, raw_bytes in enumerate(fh, start=1):
+        for lineno, raw_bytes in enumerate(split_lines(fh, max_bytes), start=1):
+            if isinstance(raw_bytes, LongLine):
+                if only_with is None:
+                    yield (
+                        lineno,
+                        raw_bytes.preview(encoding),
+                        _BadJSON(raw_bytes.detail, LongLine.REASON),
+                    )
+                continue
             if only_with is not None and only_with not in raw_bytes:
                 continue
             if not raw_bytes.strip():
@@ -422,10 +528,15 @@ def iter_records(f: InputFile, encoding: str = "utf-8", only_with: bytes | None 
             except IngestError as exc:
                 raise IngestError(exc.message, file=f.name, line=lineno) from None
             raw = raw.rstrip("\r\n")
+            if nesting_exceeds(raw, MAX_DEPTH):
+                yield lineno, raw, _too_deep()
+                continue
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
                 obj = _BadJSON(f"{exc.msg} at column {exc.colno}")
+            except RecursionError:  # pragma: no cover - nesting_exceeds rejects it first
+                obj = _too_deep()
             yield lineno, raw, obj
 
 
@@ -458,6 +569,12 @@ class XAPILoader(Loader):
             True,
             "skip statements voided by a 'voided' statement (reads every file twice)",
         ),
+        Option(
+            "max_line_bytes",
+            int,
+            MAX_LINE_BYTES,
+            "records (lines, or statements of a document) longer than this are rejected",
+        ),
     )
 
     def load(self) -> None:
@@ -473,6 +590,9 @@ class XAPILoader(Loader):
         self._verb_names = {v.lower() for v in verbs if "://" not in v}
         self._concept_iri = str(self.opts["concept_extension"])
         self._threshold = float(self.opts["score_threshold"])
+        self._max_bytes = int(self.opts["max_line_bytes"])
+        if self._max_bytes < 1:
+            raise IngestError(f"option 'max_line_bytes' must be positive, got {self._max_bytes}")
         self._voided: set[str] = set()
         if self.opts["apply_voiding"]:
             self._voided = self._voided_ids(files)
@@ -498,7 +618,9 @@ class XAPILoader(Loader):
         """Ids of the statements that some 'voided' statement voids (spec 2.3.2)."""
         out: set[str] = set()
         for f in files:
-            for _, _, obj in iter_records(f, self.ctx.encoding, only_with=b"voided"):
+            for _, _, obj in iter_records(
+                f, self.ctx.encoding, only_with=b"voided", max_bytes=self._max_bytes
+            ):
                 if not isinstance(obj, dict):
                     continue
                 verb = obj.get("verb")
@@ -512,13 +634,13 @@ class XAPILoader(Loader):
 
     def _file(self, f: InputFile, idx: int) -> None:
         count = 0
-        for line, raw, obj in iter_records(f, self.ctx.encoding):
+        for line, raw, obj in iter_records(f, self.ctx.encoding, max_bytes=self._max_bytes):
             if isinstance(obj, tuple) and obj and obj[0] == "more":
                 self._more.append(f"{f.name}: {obj[1]}")
                 continue
             count += 1
             if isinstance(obj, _BadJSON):
-                self._reject(idx, line, "invalid JSON", raw, obj.message)
+                self._reject(idx, line, obj.reason, raw, obj.message)
                 continue
             try:
                 self._statement(obj, idx, line, f)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -26,7 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .base import KTModel, build_model, make_config, prediction_mask, save_checkpoint
+from .base import (
+    CheckpointError,
+    KTModel,
+    build_model,
+    make_config,
+    prediction_mask,
+    save_checkpoint,
+)
 from .data import (
     Sequences,
     Split,
@@ -178,14 +187,22 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     last = out / "last.pt"
     if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state.get("model") != model_name:
-            raise ValueError(f"{last}: was a {state.get('model')} run, not {model_name}")
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
+        state = _read_last(last, device)
+        if state["model"] != model_name:
+            raise ValueError(f"{last}: was a {state['model']} run, not {model_name}")
+        try:
+            model.load_state_dict(state["state_dict"])
+            opt.load_state_dict(state["optimizer"])
+            if ema_model is not None:
+                ema_model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"{last}: its weights do not fit this {model_name} model (trained with other "
+                f"model options or data?): {str(exc).splitlines()[0][:300]}; resume with the "
+                "first run's options, or remove it or train without --resume"
+            ) from exc
         if ema_model is not None:
-            ema_model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
-            ema_steps = int(state.get("ema_steps", 0))
+            ema_steps = int(state.get("ema_steps") or 0)
         start_epoch, best_auc, bad_epochs = state["epoch"], state["best_auc"], state["bad_epochs"]
         log(f"resuming after epoch {start_epoch} (best valid AUC {best_auc:.4f})")
     elif rank == 0 and (out / "metrics.jsonl").exists() and not resume:
@@ -317,6 +334,51 @@ def train(
     }
 
 
+#: What ``last.pt`` holds beside tensors, with the type of each: plain data only, so that
+#: ``--resume`` loads it with ``weights_only=True`` (no object that would run code to build).
+_LAST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "state_dict": dict,
+    "optimizer": dict,
+    "epoch": int,
+    "best_auc": (float, int),
+    "bad_epochs": int,
+}
+
+
+def _read_last(path: Path, device: torch.device) -> dict[str, Any]:
+    """``last.pt`` for ``--resume``, loaded with ``weights_only=True``; a
+    :class:`CheckpointError` naming the file and what to do when it is truncated, corrupt or
+    not a training checkpoint."""
+    remedy = "remove it or train without --resume"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if refused is None:
+            raise CheckpointError(
+                f"{path}: {path.name} is truncated or corrupt ({str(exc)[:200]}); {remedy}"
+            ) from exc
+        raise CheckpointError(
+            f"{path}: {path.name} holds an object that loading would have to run code to "
+            f"build ({refused.group(1)}; refused); {remedy}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path}: {path.name} is truncated or corrupt ({msg}); {remedy}"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint (no fields); {remedy}")
+    for key, kind in _LAST_FIELDS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(
+                f"{path}: not a training checkpoint (field {key!r} missing or not "
+                f"{getattr(kind, '__name__', 'a number')}); {remedy}"
+            )
+    return state
+
+
 def _save_last(
     path: Path,
     name: str,
@@ -334,11 +396,12 @@ def _save_last(
             "model": name,
             "state_dict": model.state_dict(),
             "ema_state_dict": ema_model.state_dict() if ema_model is not None else None,
-            "ema_steps": ema_steps,
+            "ema_steps": int(ema_steps),
             "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "best_auc": best_auc,
-            "bad_epochs": bad_epochs,
+            # plain Python numbers (never numpy scalars): loadable with weights_only=True
+            "epoch": int(epoch),
+            "best_auc": float(best_auc),
+            "bad_epochs": int(bad_epochs),
         },
         tmp,
     )

@@ -77,3 +77,31 @@ def test_formats_lists_every_format():
 def test_info_on_missing_dataset(tmp_path):
     r = runner.invoke(app, ["dataset", "info", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "not a dataset directory" in r.output
+
+
+def test_ingest_tabular_overflowing_timestamp_is_rejected_not_a_traceback(tmp_path):
+    f = tmp_path / "log.tsv"
+    f.write_text(
+        "user_id\titem_id\ttimestamp\tcorrect\tskill_id\n"
+        "1\t10\t99999999999999999999\t1\t3\n"
+        "1\t11\t1600000000000\t0\t3\n"
+        "1\t12\tnan\t1\t3\n"
+    )
+    r = runner.invoke(app, ["ingest", "tabular", str(f), "--out", str(tmp_path / "ds"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert r.exception is None
+    assert "timestamp out of range" in r.output and "bad timestamp" in r.output
+
+
+def test_ingest_xapi_deeply_nested_statement_is_rejected_not_a_traceback(tmp_path):
+    good = (FIXTURES / "xapi" / "statements.jsonl").read_text().splitlines()[0]
+    f = tmp_path / "deep.jsonl"
+    f.write_text(good + "\n" + "[" * 100_000 + "\n")
+    r = runner.invoke(app, ["ingest", "xapi", str(f), "--out", str(tmp_path / "ds"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "nested too deep" in r.output
+    only = tmp_path / "only.json"
+    only.write_text("[" * 100_000)
+    r = runner.invoke(app, ["ingest", "xapi", str(only), "--out", str(tmp_path / "d2"), "-q"])
+    assert r.exit_code == 2 and not isinstance(r.exception, RecursionError)
+    assert "nested too deep" in r.output and "Traceback" not in r.output

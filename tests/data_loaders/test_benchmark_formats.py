@@ -200,3 +200,174 @@ def test_real_akt_assist2009_counts(ingest_to):
 def test_real_assist2015_dkvmn_counts(ingest_to):
     ds = ingest_to("three-line", shared("assist2015/dkvmn"))
     assert ds.info()["interactions"] == 683801
+
+
+TAB_HEADER = "user_id\titem_id\ttimestamp\tcorrect\tskill_id\n"
+
+
+def write_tabular(tmp_path: Path, rows: list[str], name: str = "log.tsv") -> Path:
+    p = tmp_path / "tab" / name
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(TAB_HEADER + "".join(r + "\n" for r in rows))
+    return p
+
+
+def test_tabular_timestamp_out_of_range_is_a_rejected_row(tmp_path, ingest_to):
+    p = write_tabular(
+        tmp_path,
+        [
+            "u\t1\t99999999999999999999\t1\t7",  # overflows int64: was an OverflowError
+            "u\t2\t1600000000000\t0\t7",
+            "u\t3\t-1000\t1\t7",  # before 1970
+            "u\t4\t7258118400000\t1\t7",  # 2200-01-01: the first value out of the window
+            "u\t5\t7258118399999\t1\t7",  # the last value in it
+        ],
+    )
+    ds = ingest_to("tabular", p)
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (2, "timestamp out of range"),
+        (4, "timestamp out of range"),
+        (5, "timestamp out of range"),
+    ]
+    assert "timestamp='99999999999999999999'" in rej[0]["detail"]
+    assert "1970-01-01..2200-01-01" in rej[0]["detail"]
+    assert rej[0]["raw"] == "u\t1\t99999999999999999999\t1\t7"  # the row is kept with its reason
+    kept = ds.interactions().to_pylist()
+    assert [r["item_id"] for r in kept] == ["2", "5"]
+    assert kept[0]["timestamp"].year == 2020 and kept[1]["timestamp"].year == 2199
+    assert ds.manifest["counts"]["rows_read"] == 5
+
+
+def test_tabular_nan_and_inf_numbers_are_rejected_rows_not_nulls(tmp_path, ingest_to):
+    p = write_tabular(
+        tmp_path,
+        [
+            "u\t1\tnan\t1\t7",
+            "u\t2\t1e400\t1\t7",  # inf as a float
+            "u\t3\t1600000000000\t0\t7",
+            "u\t4\t1600000000000.5\t1\t7",
+            "u\t5\tsoon\t1\t7",
+            "u\t6\t1600000000001.0\t1\t7",  # a whole number written as a decimal: accepted
+            "u\t7\t\t1\t7",  # no timestamp: none, not an error
+            "u\t8\t1600000000002\tnan\t7",
+            "u\t9\t1600000000003\t1e400\t7",
+        ],
+    )
+    ds = ingest_to("tabular", p)
+    rej = {r["line"]: r for r in ds.rejected().to_pylist()}
+    assert {k: v["reason"] for k, v in rej.items()} == {
+        2: "bad timestamp",
+        3: "bad timestamp",
+        5: "bad timestamp",
+        6: "bad timestamp",
+        9: "correct not 0 or 1",
+        10: "correct not 0 or 1",
+    }
+    assert "timestamp='nan'" in rej[2]["detail"] and "timestamp='1e400'" in rej[3]["detail"]
+    assert rej[9]["detail"] == "correct='nan'" and rej[10]["detail"] == "correct='1e400'"
+    kept = {r["item_id"]: r["timestamp"] for r in ds.interactions().to_pylist()}
+    assert set(kept) == {"3", "6", "7"}
+    assert kept["7"] is None and kept["6"] is not None
+
+
+def test_tabular_rejected_rows_keep_their_real_line_numbers(tmp_path, ingest_to):
+    p = tmp_path / "lines.tsv"
+    p.write_bytes(
+        TAB_HEADER.encode()
+        + b"u\t1\t0\t1\t7\r\n"  # line 2
+        + b"\r\n"  # line 3: blank
+        + b"u\t2\n"  # line 4: wrong number of fields
+        + b"u\t3\t0\t2\t7\n"  # line 5: bad answer
+        + b"\n"  # line 6: blank
+        + b"u\t4\tnan\t0\t7\n"  # line 7
+        + b"u\t5\t0\t0\t7"  # line 8, no final newline
+    )
+    ds = ingest_to("tabular", p)
+    assert [(r["line"], r["reason"]) for r in ds.rejected().to_pylist()] == [
+        (4, "wrong number of fields"),
+        (5, "correct not 0 or 1"),
+        (7, "bad timestamp"),
+    ]
+    assert [r["item_id"] for r in ds.interactions().to_pylist()] == ["1", "5"]
+
+
+def test_tabular_line_longer_than_the_limit_is_a_rejected_row(tmp_path, ingest_to):
+    p = write_tabular(
+        tmp_path, ["u\t1\t0\t1\t7", "u\t" + "9" * 5000 + "\t0\t1\t7", "u\t3\t0\t0\t7"]
+    )
+    ds = ingest_to("tabular", p, options={"max_line_bytes": "1000"})
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [(3, "line too long")]
+    assert "5,008 bytes, longer than the limit of 1,000 bytes" in rej[0]["detail"]
+    assert [r["item_id"] for r in ds.interactions().to_pylist()] == ["1", "3"]
+    # a row over pyarrow's 1 MiB block was an ingest-stopping "straddling object" error
+    big = write_tabular(tmp_path, ["u\t1\t0\t1\t7", "u\t" + "9" * (2 << 20) + "\t0\t1\t7"], "b.tsv")
+    ds = ingest_to("tabular", big)
+    assert ds.manifest["rejected_by_reason"] == {"line too long": 1}
+    with pytest.raises(IngestError, match="header line is .* longer than the limit") as exc:
+        ingest_to("tabular", p, options={"max_line_bytes": "10"})
+    assert exc.value.line == 1
+
+
+def test_pykt_bad_timestamps_are_rejected_records(tmp_path, ingest_to):
+    p = tmp_path / "pykt.csv"
+    p.write_text(
+        "fold,uid,concepts,responses,timestamps\n"
+        '0,a,"1,2","1,0","1600000000000,1600000001000"\n'
+        '0,b,"1,2","1,0","1600000000000,99999999999999999999"\n'
+        '0,c,"1,2","1,0","nan,1600000001000"\n'
+        '0,d,"1,2","1,0","1600000000000"\n'
+    )
+    ds = ingest_to("pykt", p)
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (3, "timestamp out of range"),
+        (4, "bad timestamp"),
+        (5, "length mismatch"),
+    ]
+    assert "position 2: timestamps='99999999999999999999'" in rej[0]["detail"]
+    assert {r["user_id"] for r in ds.interactions().to_pylist()} == {"a"}
+
+
+def test_four_line_record_with_an_overlong_line_is_rejected_and_the_rest_read(tmp_path, ingest_to):
+    p = tmp_path / "pid.csv"
+    ids = ",".join(["12345"] * 400)  # 2,399 bytes
+    p.write_text(
+        "1,u1\n1,2\n3,4\n1,1\n"  # lines 1-4
+        f"400,u2\n{ids}\n{ids}\n" + ",".join(["1"] * 400) + "\n"  # lines 5-8
+        "1,u3\n5\n6\n0\n"  # lines 9-12: still aligned after the long record
+    )
+    ds = ingest_to("four-line", p, options={"max_line_bytes": "2000"})
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [(5, "line too long")]
+    assert "record line 2 of 4: line is 2,399 bytes" in rej[0]["detail"]
+    assert rej[0]["raw"].startswith("400,u2\n12345,12345")
+    assert {r["user_id"] for r in ds.interactions().to_pylist()} == {"u1", "u3"}
+    # the default limit (1 MiB) reads it
+    assert ingest_to("four-line", p).manifest["counts"]["rejected"] == 0
+
+
+def test_line_limit_applies_to_three_line_pykt_and_dkt_synthetic(tmp_path, ingest_to):
+    three = tmp_path / "three.csv"
+    three.write_text("2\n1,2\n0,1\n3\n" + "1," * 600 + "\n" + "0," * 600 + "\n")
+    ds = ingest_to("three-line", three, options={"max_line_bytes": "1000"})
+    assert [(r["line"], r["reason"]) for r in ds.rejected().to_pylist()] == [(4, "line too long")]
+    pykt = tmp_path / "pykt.csv"
+    pykt.write_text(
+        'fold,uid,concepts,responses\n0,a,"1,2","1,0"\n0,b,"'
+        + "1," * 600
+        + '1","'
+        + "0," * 600
+        + '1"\n0,c,"3","1"\n'
+    )
+    ds = ingest_to("pykt", pykt, options={"max_line_bytes": "1000"})
+    assert [(r["line"], r["reason"]) for r in ds.rejected().to_pylist()] == [(3, "line too long")]
+    assert {r["user_id"] for r in ds.interactions().to_pylist()} == {"a", "c"}
+    syn = tmp_path / "syn" / "naive.csv"
+    syn.parent.mkdir()
+    syn.write_text("0,1,1\n" + "1," * 600 + "1\n1,0,1\n")
+    ds = ingest_to("dkt-synthetic", syn, options={"max_line_bytes": "1000"})
+    assert [(r["line"], r["reason"]) for r in ds.rejected().to_pylist()] == [(2, "line too long")]
+    with pytest.raises(IngestError, match="max_line_bytes"):
+        ingest_to("three-line", three, options={"max_line_bytes": "0"})

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from data_loaders import (
     WriterOptions,
     ingest,
 )
+from data_loaders.writer import remove_stale_staging
 from tests.conftest import FIXTURES
 
 B = FIXTURES / "benchmark"
@@ -245,3 +252,71 @@ def test_dataset_open_errors(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(DatasetError, match="no manifest.json"):
         Dataset.open(tmp_path / "half")
+
+
+def _staging(parent: Path, name: str = "ds") -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
+
+
+def test_killed_writer_staging_is_removed_by_the_next_ingest(tmp_path):
+    out = tmp_path / "ds"
+    script = (
+        "import sys, time\n"
+        "from data_loaders import DatasetWriter\n"
+        "w = DatasetWriter(__import__('pathlib').Path(sys.argv[1]), format_name='t')\n"
+        "(w.tmp / '_spill' / 'partial.arrow').write_bytes(b'x' * 1000)\n"
+        "print('staged', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(out)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"staged"
+        # while the writer lives, another run leaves its staging directory alone
+        ingest("three-line", B / "three_line", tmp_path / "other")
+        ingest("three-line", B / "three_line", out)
+        leftovers = _staging(tmp_path)
+        assert len(leftovers) == 2 and any(n.endswith(".lock") for n in leftovers)
+        shutil.rmtree(out)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(_staging(tmp_path)) == 2  # SIGKILL: nothing cleaned up after it
+    ingest("three-line", B / "three_line", out)
+    assert _staging(tmp_path) == []
+    assert Dataset.open(out).info()["learners"] == 7
+
+
+def test_stale_staging_rule_by_lock_and_age(tmp_path):
+    out = tmp_path / "ds"
+    old, fresh = tmp_path / ".ds.tmp-0123456789ab", tmp_path / ".ds.tmp-abcdef012345"
+    replaced = tmp_path / ".ds.old-0123456789ab"
+    others = [
+        tmp_path / ".ds.tmp-notmine",  # not the writer's pattern
+        tmp_path / ".dsx.tmp-0123456789ab",  # another output's
+        tmp_path / ".ds.tmp-x.tmp-0123456789ab",  # output 'ds.tmp-x''s
+    ]
+    for d in [old, fresh, replaced, *others]:
+        (d / "_spill").mkdir(parents=True)
+        (d / "_spill" / "00000.arrow").write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    for d in [old, replaced, *others]:
+        for p in [d / "_spill" / "00000.arrow", d / "_spill", d]:
+            os.utime(p, (hours_ago, hours_ago))
+    # a new writer removes its output's leftovers: no lock file and unchanged for an hour
+    with DatasetWriter(out, format_name="t") as live:
+        assert not old.exists() and not replaced.exists()
+        assert fresh.is_dir()  # changed a moment ago
+        assert all(d.is_dir() for d in others)
+        # a live writer's staging (its lock held) is kept, however old
+        for p in [live.tmp / "_spill", live.tmp]:
+            os.utime(p, (hours_ago, hours_ago))
+        assert remove_stale_staging(out, now=time.time() + 10 * 3600) == [fresh]
+        assert live.tmp.is_dir() and all(d.is_dir() for d in others)
+        live.register_file("in.csv")
+        live.add_interactions(chunk(["a"], ["x"], [1], [2]))
+    assert out.is_dir() and not live.tmp.exists()
+    assert _staging(tmp_path) == [".ds.tmp-notmine", ".ds.tmp-x.tmp-0123456789ab"]

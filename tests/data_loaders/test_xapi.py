@@ -290,3 +290,96 @@ def test_field_helpers():
     assert actor_id({"mbox": "mailto:a@b.org", "account": {"name": "x"}}) == "a@b.org"
     assert actor_id({"account": {"homePage": "http://h.org/lms/", "name": "7"}}) == "h.org/lms|7"
     assert actor_id({"objectType": "Group", "member": []}) is None
+
+
+def _answer(n: int) -> dict:
+    return {
+        "id": f"e0000000-0000-4000-8000-{n:012d}",
+        "actor": {"mbox": "mailto:ivy@example.org"},
+        "verb": {"id": "http://adlnet.gov/expapi/verbs/answered"},
+        "object": {"id": f"urn:item:{n}"},
+        "result": {"success": True},
+        "timestamp": f"2026-03-01T00:00:0{n}Z",
+    }
+
+
+def test_deeply_nested_statement_is_a_rejected_record_not_a_recursion_error(ingest_to, tmp_path):
+    deep = "[" * 100_000  # was a RecursionError traceback
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(
+        json.dumps(_answer(1))
+        + "\n"
+        + deep
+        + "\n"
+        + '{"a": '
+        + "[" * 150
+        + "]" * 150
+        + "}\n"  # parseable, but deeper than the limit
+        + json.dumps(_answer(2))
+        + "\n"
+    )
+    ds = ingest_to("xapi", lines)
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (2, "nested too deep"),
+        (3, "nested too deep"),
+    ]
+    assert "nested deeper than 100 levels" in rej[0]["detail"]
+    assert len(rej[0]["raw"]) == 2000
+    assert ds.manifest["counts"]["interactions"] == 2
+    # brackets inside strings do not count
+    quoted = dict(_answer(3), extra={"note": "[" * 500})
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps(quoted) + "\n")
+    assert ingest_to("xapi", ok).manifest["counts"]["rejected"] == 0
+
+
+def test_deeply_nested_document_is_a_rejected_record(ingest_to, tmp_path):
+    arr = tmp_path / "deep_array.json"
+    arr.write_text(
+        "[\n"
+        + json.dumps(_answer(1))
+        + ",\n"
+        + '{"x": '
+        + "[" * 200
+        + "]" * 200
+        + "},\n"
+        + json.dumps(_answer(2))
+        + ",\n"
+        + "[" * 100_000
+        + "\n]\n"
+    )
+    ds = ingest_to("xapi", arr)
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [
+        (3, "nested too deep"),
+        (5, "nested too deep"),
+    ]
+    assert "rest of the file" in rej[1]["detail"]
+    assert ds.manifest["counts"]["interactions"] == 2
+    only = tmp_path / "only.json"
+    only.write_text("[" * 100_000)
+    with pytest.raises(IngestError, match="nested too deep: 1"):
+        ingest_to("xapi", only)
+    result = tmp_path / "result.json"
+    result.write_text('{"statements": [' + json.dumps(_answer(1)) + ", " + "[" * 100_000 + "]}")
+    ds = ingest_to("xapi", result)
+    assert ds.manifest["counts"]["interactions"] == 1
+    assert ds.manifest["rejected_by_reason"] == {"nested too deep": 1}
+
+
+def test_xapi_line_longer_than_the_limit_is_a_rejected_record(ingest_to, tmp_path):
+    big = dict(_answer(2), extra="x" * 5000)
+    p = tmp_path / "long.jsonl"
+    p.write_text(json.dumps(_answer(1)) + "\n" + json.dumps(big) + "\n" + json.dumps(_answer(3)))
+    ds = ingest_to("xapi", p, options={"max_line_bytes": "4096"})
+    rej = ds.rejected().to_pylist()
+    assert [(r["line"], r["reason"]) for r in rej] == [(2, "line too long")]
+    assert "longer than the limit of 4,096 bytes" in rej[0]["detail"]
+    assert ds.manifest["counts"]["interactions"] == 2
+    doc = tmp_path / "long.json"
+    doc.write_text(json.dumps([_answer(1), big]))
+    ds = ingest_to("xapi", doc, options={"max_line_bytes": "4096"})
+    assert ds.manifest["rejected_by_reason"] == {"line too long": 1}
+    assert "statement is" in ds.rejected().to_pylist()[0]["detail"]
+    assert ingest_to("xapi", p).manifest["counts"]["rejected"] == 0  # 1 MiB by default

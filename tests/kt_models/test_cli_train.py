@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from tutor.cli import app
@@ -135,3 +137,42 @@ def test_train_with_progress_bars(skill_dataset, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "best validation AUC" in r.output
+
+
+def test_resume_from_truncated_last_pt_is_a_clear_error(skill_dataset, tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "-m", "logistic", "-d", str(skill_dataset), "-O", str(run), "-q"]
+    assert runner.invoke(app, [*base, "--epochs", "1"]).exit_code == 0
+    last = run / "last.pt"
+    # what --resume reads is plain data: it loads without unpickling objects
+    state = torch.load(last, weights_only=True)
+    assert state["epoch"] == 1 and isinstance(state["best_auc"], float)
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    out = " ".join(r.output.split())  # the console wraps long lines
+    assert str(last) in "".join(r.output.split())
+    assert "last.pt is truncated or corrupt" in out and "train without --resume" in out
+    assert "Traceback" not in r.output
+    # not a checkpoint at all: the same kind of message
+    torch.save({"model": "logistic"}, last)
+    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    assert r.exit_code == 2 and "not a training checkpoint" in " ".join(r.output.split())
+    # an object that unpickling would have to build (weights_only refuses it): named, no code run
+    torch.save({**state, "best_auc": np.float64(0.5)}, last)
+    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    assert r.exit_code == 2 and "run code to build" in " ".join(r.output.split())
+    # without --resume the run starts over and replaces it
+    assert runner.invoke(app, [*base, "--epochs", "1"]).exit_code == 0
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_resume_with_other_model_options_is_a_clear_error(skill_dataset, tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "-m", "dkt", "-d", str(skill_dataset), "-O", str(run), "-q"]
+    assert runner.invoke(app, [*base, "--epochs", "1", "--set", "hidden=16"]).exit_code == 0
+    r = runner.invoke(app, [*base, "--epochs", "2", "--set", "hidden=32", "--resume"])
+    assert r.exit_code == 2, r.output
+    assert "do not fit this dkt model" in " ".join(r.output.split())

@@ -386,3 +386,16 @@ def test_a_batch_of_late_answers_replays_the_history_once(client, world, monkeyp
     assert [x["event_id"] for x in results] == [f"late{k}" for k in range(50)]
     hist = client.get("/v1/learners/u0/history", headers=world.headers("admin")).json()
     assert [a["event_id"] for a in hist["answers"]][-1] == "now"
+
+
+@pytest.mark.parametrize("where", ["actor", "verb"])
+def test_a_nul_byte_in_an_xapi_statement_is_refused(client, world, where):
+    st = _statement(0.9)
+    if where == "actor":
+        st["actor"]["account"]["name"] = "u\x000"
+    else:
+        st["verb"]["id"] = "http://adlnet.gov/expapi/verbs/ans\x00wered"
+    r = client.post("/xapi/statements", json=st, headers=world.headers("ingest") | XAPI)
+    assert 400 <= r.status_code < 500, r.text
+    r = client.get("/xapi/statements", headers=world.headers("admin") | XAPI)
+    assert r.status_code == 200, r.text

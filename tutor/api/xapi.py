@@ -102,12 +102,32 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259)")
 
 
+def _has_nul(doc: Any) -> bool:
+    """Whether any key or string of a parsed JSON document holds a NUL (no IRI, id or text
+    of a statement may; PostgreSQL cannot store one)."""
+    stack = [doc]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if "\x00" in x:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
 def strict_json(raw: str | bytes, what: str) -> Any:
     """JSON as RFC 8259 defines it: ``NaN`` and ``Infinity`` refused (a score of NaN would be
     stored and break every later read), nesting bounded by the parser (a RecursionError is a
-    400 too). HTTP 400 naming ``what`` otherwise."""
+    400 too), and no NUL character in any string. HTTP 400 naming ``what`` otherwise."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        doc = json.loads(raw, parse_constant=_reject_constant)
+        if _has_nul(doc):
+            raise ValueError("a string holds a NUL character")
+        return doc
     except RecursionError:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{what}: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
