@@ -779,15 +779,30 @@ def models_register(
     org: OrgOption,
     activate: Annotated[bool, typer.Option("--activate", help="Make it the active model.")] = False,
     label: Annotated[str, typer.Option(help="Label (default: the run directory's name).")] = "",
+    mapping: Annotated[
+        Path | None,
+        typer.Option(
+            "--mapping",
+            help="CSV kind,model_id,catalogue_id (kind: item or concept): for a model trained "
+            "under other ids than the organisation's catalogue.",
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Register a trained model (its checkpoint is stored in the database)."""
-    from tutor.operations import register_model
+    """Register a trained model (its checkpoint is stored in the database). A model that does
+    not fit the organisation's catalogue is refused, naming the differences."""
+    from tutor.operations import OperationError, read_mapping, register_model
 
     if not run_dir.exists():
         _fail(f"run directory {run_dir} does not exist")
+    try:
+        ids = read_mapping(mapping) if mapping is not None else None
+    except OperationError as exc:
+        _fail(str(exc))
     with _session(database_url) as s:
-        mv = register_model(s, org=_org(s, org), run_dir=run_dir, label=label, activate=activate)
+        mv = register_model(
+            s, org=_org(s, org), run_dir=run_dir, label=label, activate=activate, mapping=ids
+        )
         out.print(
             f"registered model {mv.id} ({mv.name}, {mv.label!r}) in {org!r}"
             + ("; now active" if activate else f"; activate: tutor models activate {mv.id}"),

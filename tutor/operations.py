@@ -182,10 +182,14 @@ def register_model(
     label: str = "",
     activate: bool = False,
     add_catalogue: bool = True,
+    mapping: dict[str, dict[str, str]] | None = None,
 ) -> ModelVersion:
     """Register a trained run's checkpoint (stored in the database); optionally make it the
     organisation's active model. The model's items and concepts are added to the catalogue
-    (``add_catalogue``) so that it can serve them at once."""
+    (``add_catalogue``) so that it can serve them at once. A model trained under other ids
+    than the catalogue's takes ``mapping`` (:func:`read_mapping`), kept with the version and
+    applied wherever it is loaded; without it, a model that does not fit the catalogue is
+    refused (:func:`catalogue_differences`)."""
     run_dir = Path(run_dir)
     path = run_dir / checkpoint if run_dir.is_dir() else run_dir
     if not path.is_file():
@@ -194,7 +198,7 @@ def register_model(
         )
     blob = path.read_bytes()
     try:
-        loaded = LoadedModel.from_bytes(-1, blob)
+        loaded = LoadedModel.from_bytes(-1, blob, mapping)
     except Exception as exc:  # CheckpointError and friends: name the file
         raise OperationError(f"{path}: not a usable checkpoint: {exc}") from exc
     diffs = catalogue_differences(session, org=org, loaded=loaded)
@@ -202,6 +206,8 @@ def register_model(
         raise ModelMismatch(f"{path}: trained on another catalogue: " + "; ".join(diffs))
     # the run's directory name, not the server's path (the model card shows it to teachers)
     info: dict[str, Any] = {"path": path.parent.name, "time_unit": loaded.time_unit}
+    if mapping:
+        info["mapping"] = mapping
     for name in ("results.json", "run.json"):
         f = path.parent / name
         if f.is_file():
@@ -221,11 +227,13 @@ def register_model(
     session.flush()
     if add_catalogue:
         vocab = loaded.model.vocab
-        upsert_concepts(session, org=org, concepts=[(c, "") for c in vocab.concepts])
+        concepts = loaded.concept_ids  # the catalogue's ids (mapped)
+        items = sorted(loaded.item_index, key=loaded.item_index.__getitem__)
+        upsert_concepts(session, org=org, concepts=[(c, "") for c in concepts])
         have = set(session.scalars(select(Item.external_id).where(Item.org_id == org.id)).all())
         new = [
-            (it, [vocab.concepts[c - 1] for c in vocab.item_concepts[k + 1] if c > 0], {})
-            for k, it in enumerate(vocab.items)
+            (it, [concepts[c - 1] for c in vocab.item_concepts[k + 1] if c > 0], {})
+            for k, it in enumerate(items)
             if it not in have
         ]
         if new:
@@ -246,6 +254,43 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_json_safe(x) for x in v]
     return v
+
+
+def read_mapping(path: Path | str) -> dict[str, dict[str, str]]:
+    """An id mapping for a model trained under other ids: a CSV file with the header
+    ``kind,model_id,catalogue_id`` (``kind``: ``item`` or ``concept``), one row per renamed id
+    (ids not listed keep theirs). :class:`OperationError` naming the row otherwise."""
+    import csv
+
+    path = Path(path)
+    out: dict[str, dict[str, str]] = {"items": {}, "concepts": {}}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            if rows.fieldnames != ["kind", "model_id", "catalogue_id"]:
+                raise OperationError(
+                    f"{path}: expected the header kind,model_id,catalogue_id, got "
+                    f"{','.join(rows.fieldnames or [])}"
+                )
+            for n, row in enumerate(rows, start=2):
+                kind = (row.get("kind") or "").strip()
+                src, dst = (row.get("model_id") or "").strip(), (row.get("catalogue_id") or "")
+                dst = dst.strip()
+                if kind not in ("item", "concept") or not src or not dst:
+                    raise OperationError(
+                        f"{path}, line {n}: expected kind item or concept and two ids, got "
+                        f"{kind!r}, {src!r}, {dst!r}"
+                    )
+                table = out["items" if kind == "item" else "concepts"]
+                if src in table and table[src] != dst:
+                    raise OperationError(f"{path}, line {n}: {kind} {src!r} mapped twice")
+                table[src] = dst
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OperationError(f"{path}: cannot read the mapping ({exc})") from exc
+    for kind, table in out.items():
+        if len(set(table.values())) != len(table):
+            raise OperationError(f"{path}: two model {kind} map to the same catalogue id")
+    return out
 
 
 class ModelMismatch(OperationError):
@@ -275,16 +320,19 @@ def catalogue_differences(session: Session, *, org: Organisation, loaded: Loaded
     if not links:
         return []
     vocab = loaded.model.vocab
-    common = [(k, it) for k, it in enumerate(vocab.items) if it in links]
+    items = sorted(loaded.item_index, key=loaded.item_index.__getitem__)  # mapped ids
+    concepts = loaded.concept_ids
+    common = [(k, it) for k, it in enumerate(items) if it in links]
     if not common:
-        sample = ", ".join(repr(i) for i in list(vocab.items)[:3])
+        sample = ", ".join(repr(i) for i in items[:3])
         return [
-            f"none of the model's {len(vocab.items)} items (e.g. {sample}) is in the "
-            f"organisation's catalogue of {len(links)} items"
+            f"none of the model's {len(items)} items (e.g. {sample}) is in the "
+            f"organisation's catalogue of {len(links)} items; register it with an id mapping "
+            "(tutor models register --mapping FILE) if it was trained under other ids"
         ]
     wrong = []
     for k, it in common:
-        mine = {vocab.concepts[c - 1] for c in vocab.item_concepts[k + 1] if c > 0}
+        mine = {concepts[c - 1] for c in vocab.item_concepts[k + 1] if c > 0}
         if mine != links[it]:
             wrong.append((it, sorted(mine), sorted(links[it])))
     if len(wrong) > LINK_MISMATCH_SHARE * len(common):
@@ -300,13 +348,14 @@ def check_model(session: Session, *, org: Organisation, mv: ModelVersion) -> Loa
     """The version's checkpoint loads, matches its checksum and fits the catalogue, else
     :class:`ModelMismatch` naming what is wrong."""
     blob = session.scalar(select(ModelVersion.checkpoint).where(ModelVersion.id == mv.id))
+    mapping = (mv.info or {}).get("mapping")
     if not blob or sha256(blob) != mv.sha256:
         raise ModelMismatch(
             f"model {mv.id}: its stored checkpoint does not match its checksum "
             f"(sha256 {mv.sha256[:12]}...): register it again"
         )
     try:
-        loaded = LoadedModel.from_bytes(mv.id, blob)
+        loaded = LoadedModel.from_bytes(mv.id, blob, mapping)
     except Exception as exc:  # noqa: BLE001 - CheckpointError and friends
         raise ModelMismatch(f"model {mv.id}: its checkpoint does not load ({exc})") from exc
     diffs = catalogue_differences(session, org=org, loaded=loaded)

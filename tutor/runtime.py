@@ -72,7 +72,12 @@ class LoadedModel:
     _references: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
-    def from_bytes(cls, model_id: int, blob: bytes) -> LoadedModel:
+    def from_bytes(
+        cls, model_id: int, blob: bytes, mapping: dict[str, dict[str, str]] | None = None
+    ) -> LoadedModel:
+        """A stored checkpoint, ready to serve. ``mapping`` (``{"items": {model id:
+        catalogue id}, "concepts": {...}}``, from registration) renames the model's item and
+        concept ids to the organisation's, for a model trained under other ids."""
         tmp = io.BytesIO(blob)
         model, payload = _load_from_buffer(tmp)
         model.eval()
@@ -87,6 +92,8 @@ class LoadedModel:
         valid = rows > 0
         w[rows[valid], items[valid]] = 1.0
         w = w / w.sum(1, keepdim=True).clamp(min=1.0)
+        items_map = (mapping or {}).get("items") or {}
+        concepts_map = (mapping or {}).get("concepts") or {}
         template = model.init_state(1)
         layout = [
             (tuple(t.shape), t.dtype, t.numel() * t.element_size()) for t in _leaves(template)
@@ -95,8 +102,8 @@ class LoadedModel:
             model_id=model_id,
             model=model,
             time_unit=time_unit,
-            item_index={it: i + 1 for i, it in enumerate(vocab.items)},
-            concept_ids=list(vocab.concepts),
+            item_index={items_map.get(it, it): i + 1 for i, it in enumerate(vocab.items)},
+            concept_ids=[concepts_map.get(c, c) for c in vocab.concepts],
             concept_item_weights=w,
             _template=template,
             _layout=layout,
@@ -314,7 +321,9 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        loaded = LoadedModel.from_bytes(model_id, loader())
+        got = loader()  # the checkpoint's bytes, or (bytes, id mapping)
+        blob, mapping = got if isinstance(got, tuple) else (got, None)
+        loaded = LoadedModel.from_bytes(model_id, blob, mapping)
         with self._lock:
             self._items[key] = loaded
             while len(self._items) > self.size:

@@ -104,11 +104,13 @@ def active_model(session: Session, *, org: Organisation) -> LoadedModel | None:
         return None
     mid = org.active_model_id
 
-    def load() -> bytes:
-        blob = session.scalar(select(ModelVersion.checkpoint).where(ModelVersion.id == mid))
-        if blob is None:
+    def load() -> tuple[bytes, dict | None]:
+        row = session.execute(
+            select(ModelVersion.checkpoint, ModelVersion.info).where(ModelVersion.id == mid)
+        ).first()
+        if row is None or row[0] is None:
             raise NotFound(f"model {mid} not found")
-        return blob
+        return row[0], (row[1] or {}).get("mapping")
 
     return MODELS.get(mid, load, scope=db_scope(session))
 

@@ -399,3 +399,48 @@ def test_a_nul_byte_in_an_xapi_statement_is_refused(client, world, where):
     assert 400 <= r.status_code < 500, r.text
     r = client.get("/xapi/statements", headers=world.headers("admin") | XAPI)
     assert r.status_code == 200, r.text
+
+
+def test_a_model_under_other_ids_serves_through_an_explicit_mapping(client, world, tmp_path):
+    """A model trained with items "m0".. and concepts "0", "1" fits acme's catalogue once
+    registered with a mapping to acme's ids (CSV kind,model_id,catalogue_id): it activates,
+    and an answer to acme's item moves acme's concept."""
+    from tutor.operations import OperationError, read_mapping
+
+    h = world.headers("admin")
+    items = client.get("/v1/items?limit=100", headers=h).json()["items"]
+    single = [i for i in items if len(i["concepts"]) == 1 and i["concepts"][0] in ("c0", "c1")]
+    assert len(single) >= 2
+    model_items = [f"m{k}" for k in range(len(single))]
+    links = [[1 if i["concepts"][0] == "c0" else 2] for i in single]
+    run = _foreign_run(tmp_path, model_items, links)
+    rows = ["kind,model_id,catalogue_id"]
+    rows += [f"item,m{k},{i['id']}" for k, i in enumerate(single)]
+    rows += ["concept,0,c0", "concept,1,c1"]
+    path = tmp_path / "map.csv"
+    path.write_text("\n".join(rows) + "\n")
+    mapping = read_mapping(path)
+    assert mapping["items"]["m0"] == single[0]["id"] and mapping["concepts"]["1"] == "c1"
+    from sqlalchemy import select
+
+    from tutor import operations as ops
+    from tutor.db import Organisation, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    try:
+        with make_sessionmaker(engine)() as s, s.begin():
+            org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+            mv = ops.register_model(s, org=org, run_dir=run, mapping=mapping)
+            mid = mv.id
+    finally:
+        engine.dispose()
+    r = client.post(f"/v1/models/{mid}/activate", headers=h)
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/answers", json=answer("mapped", item=single[0]["id"]), headers=h)
+    assert r.status_code == 201, r.text
+    assert {m["concept_id"] for m in r.json()["mastery"]} == set(single[0]["concepts"])
+    # a malformed mapping names its line
+    bad = tmp_path / "bad.csv"
+    bad.write_text("kind,model_id,catalogue_id\nthing,a,b\n")
+    with pytest.raises(OperationError, match="line 2"):
+        read_mapping(bad)
