@@ -119,7 +119,9 @@ def remove_stale_staging(out: Path | str, *, now: float | None = None) -> list[P
     whose lock file can be locked is stale (its writer has ended: the kernel released the
     lock); a group whose lock is held is in use and kept. A group without a lock file is
     stale when nothing in it has changed for :data:`STALE_UNLOCKED_AFTER_S` seconds (and
-    so is every group where file locks do not exist).
+    so is every group where file locks do not exist). Where the output itself is missing and
+    a stale group holds the dataset moved aside (``.old-``: the writer was killed between
+    moving it and putting the new one in place), that dataset is put back, not removed.
     """
     out = Path(out)
     parent = out.parent
@@ -137,6 +139,7 @@ def remove_stale_staging(out: Path | str, *, now: float | None = None) -> list[P
     removed: list[Path] = []
     for token, paths in sorted(groups.items()):
         lock = parent / f".{out.name}.tmp-{token}.lock"
+        old = parent / f".{out.name}.old-{token}"
         if lock in paths and fcntl is not None:
             try:
                 fd = os.open(lock, os.O_RDWR)
@@ -145,6 +148,11 @@ def remove_stale_staging(out: Path | str, *, now: float | None = None) -> list[P
             try:
                 if not _try_lock(fd):
                     continue  # a running writer's
+                if not out.exists() and old in paths:
+                    # killed between moving the dataset aside and putting the new one in
+                    # place: the old dataset is the only one left, so it goes back
+                    os.replace(old, out)
+                    paths = [p for p in paths if p != old]
                 for p in sorted(paths, key=lambda q: q == lock):  # the lock file last
                     _remove(p)
             finally:

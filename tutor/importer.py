@@ -381,16 +381,22 @@ def _import_partition(
     # answers already stored: only learners that existed before this import can have them
     old = [int(x) for x in np.unique(learner_col) if int(x) in preexisting]
     if old:
+        # event ids are unique per learner: an id is "already stored" only for its own
+        # learner (another learner's answer with the same id is no reason to skip)
         stored: list[str] = []
         for start in range(0, len(old), 500):
-            stored += conn.scalars(
-                select(Interaction.event_id).where(
-                    Interaction.org_id == org_id,
-                    Interaction.learner_id.in_(old[start : start + 500]),
+            stored += [
+                f"{lid}\x1f{ev}"
+                for lid, ev in conn.execute(
+                    select(Interaction.learner_id, Interaction.event_id).where(
+                        Interaction.org_id == org_id,
+                        Interaction.learner_id.in_(old[start : start + 500]),
+                    )
                 )
-            ).all()
+            ]
         if stored:
-            there = pc.is_in(event_ids, value_set=pa.array(stored, pa.string())).to_numpy(
+            keys = pc.binary_join_element_wise(pa.array(learner_col.astype(str)), event_ids, "\x1f")
+            there = pc.is_in(keys, value_set=pa.array(stored, pa.string())).to_numpy(
                 zero_copy_only=False
             )
             stats["skipped"] += int((keep & there).sum())

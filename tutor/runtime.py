@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kt_models.base import KTModel, load_checkpoint
+from kt_models.base import CheckpointError, KTModel, load_checkpoint
 
 SECONDS_PER_DAY = 86400.0
 #: the reachable mastery scale's reference (:meth:`LoadedModel.scaled_mastery`): a learner who
@@ -94,6 +94,16 @@ class LoadedModel:
         w = w / w.sum(1, keepdim=True).clamp(min=1.0)
         items_map = (mapping or {}).get("items") or {}
         concepts_map = (mapping or {}).get("concepts") or {}
+        for kind, ids, table in (
+            ("items", vocab.items, items_map),
+            ("concepts", vocab.concepts, concepts_map),
+        ):
+            renamed = [table.get(x, x) for x in ids]
+            if len(set(renamed)) != len(renamed):
+                raise CheckpointError(
+                    f"the id mapping gives two of the model's {kind} the same id (a mapped id "
+                    f"equals another {kind[:-1]} the mapping leaves as it is)"
+                )
         template = model.init_state(1)
         layout = [
             (tuple(t.shape), t.dtype, t.numel() * t.element_size()) for t in _leaves(template)

@@ -65,6 +65,10 @@ class Invalid(ServiceError):
     status = 422
 
 
+class TooLarge(ServiceError):
+    status = 413
+
+
 def as_utc(dt: datetime | None) -> datetime | None:
     """Datetimes read back from SQLite are naive; all of ours are UTC."""
     if dt is None:
@@ -549,11 +553,14 @@ def record_answers(
     rule: EvidenceRule | None = None,
     scale: str = "reachable",
     max_future_seconds: float | None = None,
+    max_replay_answers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Store and apply answers (idempotent by event id); results in the input order.
     Answers timed more than ``max_future_seconds`` after now are refused (:class:`Invalid`):
     a far-future answer would make every later answer of its learner a late one, replaying
-    the whole history.
+    the whole history. A request whose late answers would replay more than
+    ``max_replay_answers`` stored answers in all is refused (:class:`TooLarge`, nothing
+    stored): the bound on how long one request holds the write lock.
     ``rule`` and ``scale`` are the organisation's mastery criterion and estimate scale (for
     the statuses in the responses; defaults: :class:`tutor.evidence.EvidenceRule`).
 
@@ -635,6 +642,7 @@ def record_answers(
     )
     learners = _lock_learners(session, org=org, external_ids=sorted(fresh), model=model)
     writes = _Writes()
+    writes.replay_budget = max_replay_answers
     now = utcnow()
     for learner_ext in sorted(fresh):
         group = fresh[learner_ext]
@@ -703,6 +711,8 @@ class _Writes:
     usual and inserted by the flush."""
 
     def __init__(self) -> None:
+        #: stored answers late answers may still replay in this request (None: no bound)
+        self.replay_budget: int | None = None
         self.interactions: list[dict[str, Any]] = []
         self.updates: dict[tuple[Any, tuple[Any, ...]], dict[str, Any]] = {}
         self.responses: list[tuple[int, str, dict[str, Any]]] = []
@@ -873,6 +883,14 @@ def _apply_late(
     replayed **once** (not once per late answer), each answer's response read at its place
     in the replay. The cost is one replay of the learner's history per request, whatever
     the number of late answers in it."""
+    if writes.replay_budget is not None:
+        writes.replay_budget -= learner.n_answers + len(group)
+        if writes.replay_budget < 0:
+            raise TooLarge(
+                "this request's late answers (earlier than answers already applied) would "
+                "replay more stored answers than the limit allows; send them in smaller "
+                "requests (or per learner)"
+            )
     for _, a in group:
         item = items[a.item_id]
         writes.interactions.append(

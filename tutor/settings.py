@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: answers timed more than this many seconds after the server's clock are refused (422):
     #: a far-future answer would turn every later answer of its learner into a late one
     max_future_seconds: float = Field(86400.0, ge=0)
+    #: a request's late answers may replay at most this many stored answers in all (each
+    #: late learner's history once): beyond it, 413 (split the request)
+    max_replay_answers: int = Field(200_000, ge=1)
     #: requests per minute per API key; 0 switches rate limiting off
     rate_limit_per_minute: int = 0
     #: recommendation defaults (per-organisation settings override them)

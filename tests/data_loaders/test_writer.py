@@ -320,3 +320,22 @@ def test_stale_staging_rule_by_lock_and_age(tmp_path):
         live.add_interactions(chunk(["a"], ["x"], [1], [2]))
     assert out.is_dir() and not live.tmp.exists()
     assert _staging(tmp_path) == [".ds.tmp-notmine", ".ds.tmp-x.tmp-0123456789ab"]
+
+
+def test_a_dataset_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
+    """Killed between moving the old dataset aside and putting the new one in place: the
+    next writer's clean-up restores the old dataset instead of deleting the only copy."""
+    from data_loaders.writer import remove_stale_staging
+
+    out = tmp_path / "ds"
+    token = "0123456789ab"
+    old = tmp_path / f".ds.old-{token}"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    tmp = tmp_path / f".ds.tmp-{token}"
+    tmp.mkdir()
+    (tmp / "manifest.json").write_text("{}")
+    (tmp_path / f".ds.tmp-{token}.lock").write_text("")  # nobody holds its lock
+    remove_stale_staging(out)
+    assert (out / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -444,3 +444,171 @@ def test_a_model_under_other_ids_serves_through_an_explicit_mapping(client, worl
     bad.write_text("kind,model_id,catalogue_id\nthing,a,b\n")
     with pytest.raises(OperationError, match="line 2"):
         read_mapping(bad)
+
+
+def test_a_body_over_the_limit_in_several_chunks_never_reaches_the_route(client, world):
+    """Valid JSON first, then padding past the limit: 413, and the answer is not stored (the
+    route never ran on the truncated body)."""
+    import asyncio
+    import json
+
+    limit = world.settings.max_body_bytes
+    first = json.dumps(answer("chunked")).encode()
+    chunks = [first] + [b" " * 65536] * (limit // 65536 + 2)
+    sent: list[dict] = []
+
+    async def receive():  # noqa: ANN202
+        if chunks:
+            body = chunks.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+        return {"type": "http.disconnect"}
+
+    async def send(msg):  # noqa: ANN001, ANN202
+        sent.append(msg)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/answers",
+        "raw_path": b"/v1/answers",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", f"Bearer {world.keys['ingest']}".encode()),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(client.app(scope, receive, send))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [413]
+    hist = client.get("/v1/learners/u0/history", headers=world.headers("admin")).json()
+    assert "chunked" not in [a["event_id"] for a in hist["answers"]]
+
+
+def test_a_lone_surrogate_is_refused_and_reads_stay_healthy(client, world):
+    """ "\\ud800" is valid JSON but no database stores it: item metadata and xAPI statements
+    with it are refused, and the lists stay readable."""
+    h = world.headers("admin")
+    body = '{"concepts": ["c0"], "metadata": {"x": "a\\ud800"}}'
+    r = client.put("/v1/items/i3", content=body, headers=h | {"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert client.get("/v1/items/i3", headers=h).status_code == 200
+    import json
+
+    st = json.dumps(_statement(0.9)).replace('/i5"', '/i5\\ud800"')
+    assert "\\ud800" in st
+    r = client.post(
+        "/xapi/statements",
+        content=st,
+        headers=world.headers("ingest") | XAPI | {"Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert client.get("/xapi/statements", headers=h | XAPI).status_code == 200
+    r = client.get("/xapi/statements", params={"agent": '{"name": "\\ud800"}'}, headers=h | XAPI)
+    assert r.status_code == 400, r.text
+
+
+def test_an_import_never_skips_a_learners_answers_for_another_learners_event_id(
+    client, world, tmp_path
+):
+    """A learner key can post any event id for itself, even one that an import will give
+    another learner: the import still stores that learner's answer."""
+    from tutor import importer
+    from tutor.db import create_db_engine
+
+    h = world.headers("learner")  # u0's key
+    r = client.post("/v1/answers", json=answer("import:u1:0000000000"), headers=h)
+    assert r.status_code == 201, r.text
+    data = _dataset(tmp_path, [("u1", "i6", 1, 0), ("u1", "i1", 0, 1)])
+    engine = create_db_engine(world.url)
+    try:
+        counts = importer.import_dataset(engine, org_slug="acme", dataset_dir=data)
+    finally:
+        engine.dispose()
+    assert counts["skipped"] == 0 and counts["interactions"] == 2, counts
+    hist = client.get("/v1/learners/u1/history", headers=world.headers("admin")).json()
+    assert [a["event_id"] for a in hist["answers"]] == [
+        "import:u1:0000000000",
+        "import:u1:0000000001",
+    ]
+
+
+def _dataset(tmp_path, rows):  # noqa: ANN001, ANN202
+    """A canonical dataset of (learner, item, correct, seq) rows with times."""
+    import numpy as np
+    import pyarrow as pa
+
+    from data_loaders import DatasetWriter
+
+    out = tmp_path / "ds"
+    n = len(rows)
+    with DatasetWriter(out, format_name="test") as w:
+        w.register_file("generated")
+        w.add_interactions(
+            pa.table(
+                {
+                    "user_id": pa.array([r[0] for r in rows]),
+                    "item_id": pa.array([r[1] for r in rows]),
+                    "concept_ids": pa.array([["c0"]] * n, pa.list_(pa.string())),
+                    "correct": pa.array(np.array([r[2] for r in rows], dtype=np.int8)),
+                    "timestamp": pa.array(
+                        [1_700_000_000_000 + 60_000 * r[3] for r in rows], pa.int64()
+                    ),
+                    "_file": pa.array(np.zeros(n, dtype=np.int32)),
+                    "_line": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                    "_order": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+                }
+            )
+        )
+    return out
+
+
+def test_an_id_mapping_that_merges_two_items_is_refused(world, tmp_path):
+    from tutor.operations import OperationError
+
+    run = _foreign_run(tmp_path, ["m0", "m1"], [[1], [2]])
+    with pytest.raises(OperationError, match="same id"):
+        _register_mapped(world, run, {"items": {"m0": "m1"}, "concepts": {}})
+
+
+def _register_mapped(world, run, mapping):  # noqa: ANN001, ANN202
+    from sqlalchemy import select
+
+    from tutor import operations as ops
+    from tutor.db import Organisation, create_db_engine, make_sessionmaker
+
+    engine = create_db_engine(world.url)
+    try:
+        with make_sessionmaker(engine)() as s, s.begin():
+            org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+            return ops.register_model(s, org=org, run_dir=run, mapping=mapping).id
+    finally:
+        engine.dispose()
+
+
+def test_late_answers_beyond_the_replay_bound_are_413_and_store_nothing(world):
+    """The write lock a request holds is bounded: late answers that would replay more stored
+    answers than max_replay_answers are refused whole."""
+    from fastapi.testclient import TestClient
+
+    from tutor.api import create_app
+
+    settings = world.settings.model_copy(update={"max_replay_answers": 5})
+    with TestClient(create_app(settings)) as c:
+        h = world.headers("ingest")
+        for k in range(4):
+            body = answer(f"t{k}", timestamp=f"2024-06-01T10:0{k}:00Z")
+            assert c.post("/v1/answers", json=body, headers=h).status_code == 201
+        late = [answer(f"l{k}", timestamp=f"2024-05-01T10:0{k}:00Z") for k in range(2)]
+        r = c.post("/v1/answers", json={"answers": late}, headers=h)
+        assert r.status_code == 413 and "smaller requests" in r.json()["detail"], r.text
+        hist = c.get("/v1/learners/u0/history", headers=world.headers("admin")).json()
+        assert hist["total"] == 4
+        r = c.post("/v1/answers", json=late[0], headers=h)  # 4 stored + 1: within the bound
+        assert r.status_code == 201, r.text

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response, status
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -59,7 +59,7 @@ from .deps import (
     require_roles,
     visible_learner,
 )
-from .schemas import ID_PATTERN, MAX_OFFSET
+from .schemas import ID_PATTERN, MAX_OFFSET, storable_json
 
 router = APIRouter(tags=["admin"])
 
@@ -113,7 +113,9 @@ class ItemIn(_In):
     concepts: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list
     )
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Replaces the stored one")
+    metadata: Annotated[dict[str, Any], AfterValidator(storable_json)] = Field(
+        default_factory=dict, description="Replaces the stored one"
+    )
     active: bool = True
 
 

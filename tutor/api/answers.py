@@ -67,6 +67,7 @@ def post_answers(
                 rule=evidence_rule(org.settings, settings),
                 scale=(org.settings or {}).get("mastery_scale", settings.mastery_scale),
                 max_future_seconds=settings.max_future_seconds,
+                max_replay_answers=settings.max_replay_answers,
             )
             session.commit()
             break

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.orm.exc import ObjectDeletedError
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kt_models.base import CheckpointError
@@ -68,24 +69,28 @@ class BodyLimit:
         over = False
 
         async def limited() -> Message:
-            # a streamed (chunked) body over the limit ends here: the app sees an empty last
-            # chunk, and whatever it answers is replaced by the 413 below
+            # a streamed (chunked) body over the limit ends here as a client disconnect: the
+            # route never runs on a truncated body, and the answer is the 413 below
             nonlocal seen, over
             if over:
-                return {"type": "http.request", "body": b"", "more_body": False}
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
                     over = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
+                    return {"type": "http.disconnect"}
             return msg
 
         async def guarded(msg: Message) -> None:
             if not over:
                 await send(msg)
 
-        await self.app(scope, limited, guarded)
+        try:
+            await self.app(scope, limited, guarded)
+        except ClientDisconnect:
+            if not over:
+                raise
         if over:
             await _too_large(send, self.limit)
 
@@ -247,7 +252,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(RecursionError)
-    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # parsing a request nested too deeply; logged, in case it came from our own code
+        log.warning("recursion limit on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "the request's JSON is nested too deeply"}, status_code=422)
 
     @app.exception_handler(DataError)
@@ -268,7 +275,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        # Starlette runs this outside the other middlewares: the header is set here
+        return JSONResponse(
+            {"detail": "internal error"},
+            status_code=500,
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -36,6 +36,27 @@ def bounded_time(v: datetime | None) -> datetime | None:
 Time = Annotated[datetime, AfterValidator(bounded_time)]
 
 
+def storable_json(v: Any) -> Any:
+    """Free JSON (item metadata...) whose keys and strings every database can store: no NUL,
+    no lone UTF-16 surrogate (``"\\ud800"`` parses, but cannot be written as UTF-8)."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if "\x00" in x:
+                raise ValueError("a string holds a NUL character")
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone UTF-16 surrogate") from None
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return v
+
+
 class AnswerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -102,14 +102,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259)")
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): no database stores it
+        return False
+    return True
+
+
 def _has_nul(doc: Any) -> bool:
-    """Whether any key or string of a parsed JSON document holds a NUL (no IRI, id or text
-    of a statement may; PostgreSQL cannot store one)."""
+    """Whether any key or string of a parsed JSON document holds a NUL or a lone UTF-16
+    surrogate (no IRI, id or text of a statement may; no database can store either)."""
     stack = [doc]
     while stack:
         x = stack.pop()
         if isinstance(x, str):
-            if "\x00" in x:
+            if "\x00" in x or not _encodable(x):
                 return True
         elif isinstance(x, dict):
             stack.extend(x.keys())
@@ -126,7 +134,7 @@ def strict_json(raw: str | bytes, what: str) -> Any:
     try:
         doc = json.loads(raw, parse_constant=_reject_constant)
         if _has_nul(doc):
-            raise ValueError("a string holds a NUL character")
+            raise ValueError("a string holds a NUL character or a lone UTF-16 surrogate")
         return doc
     except RecursionError:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{what}: nested too deeply") from None
@@ -258,6 +266,7 @@ def _store_once(
             auto_create_items=settings.auto_create_items,
             rule=evidence_rule(org.settings, settings),
             max_future_seconds=settings.max_future_seconds,
+            max_replay_answers=settings.max_replay_answers,
         )
     actors = {st["id"]: mapping.actor_id(st["actor"]) for st, _ in fresh}
     learners = dict(
@@ -267,16 +276,19 @@ def _store_once(
             )
         ).all()
     )
+    # an answer statement's interaction: its event id for its own learner (event ids are
+    # unique per learner; this reads the (learner, event id) unique index)
     interactions = (
-        dict(
-            session.execute(
-                select(Interaction.event_id, Interaction.id).where(
-                    Interaction.org_id == org.id,
+        {
+            (lid, ev): iid
+            for lid, ev, iid in session.execute(
+                select(Interaction.learner_id, Interaction.event_id, Interaction.id).where(
+                    Interaction.learner_id.in_(set(learners.values())),
                     Interaction.event_id.in_([a.event_id for a in answers]),
                 )
-            ).all()
-        )
-        if answers
+            )
+        }
+        if answers and learners
         else {}
     )
     for st, _ in fresh:
@@ -286,7 +298,7 @@ def _store_once(
                 statement_id=st["id"],
                 statement=st,
                 learner_id=learners.get(actors[st["id"]]),
-                interaction_id=interactions.get(st["id"]),
+                interaction_id=interactions.get((learners.get(actors[st["id"]]), st["id"])),
                 verb=st["verb"]["id"],
                 stored=now,
             )
