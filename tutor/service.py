@@ -761,9 +761,15 @@ def _apply_learner(
     state, row = (None, None)
     ev: Evidence = {}
     if model is not None:
-        state, row = current_state(session, learner=learner, model=model)
-        ev = evidence_mod.load(row.evidence)
-        if _any_late(learner, row, group):
+        stale = _stale(session, learner=learner, model=model)
+        late = False
+        if not stale:
+            state, row = current_state(session, learner=learner, model=model)
+            ev = evidence_mod.load(row.evidence)
+            late = _any_late(learner, row, group)
+        if stale or late:
+            # one replay serves both: a stale state (after a model swap or an import) is
+            # rebuilt by the same replay that folds these answers
             _apply_late(
                 session,
                 org=org,
@@ -775,6 +781,7 @@ def _apply_learner(
                 writes=writes,
                 rule=rule,
                 scale=scale,
+                bounded=late,
             )
             return
     for k, a in group:
@@ -795,40 +802,27 @@ def _apply_learner(
         first = as_utc(learner.first_seen)
         n_before = learner.n_answers
         writes.set(learner, "n_answers", n_before + 1)
-        late = (
-            row is not None
-            and row.last_timestamp is not None
-            and (a.timestamp, a.event_id) < (as_utc(row.last_timestamp), row.last_event_id or "")
-        )
         if first is None or a.timestamp < first:
-            late = late or first is not None
             writes.set(learner, "first_seen", a.timestamp)
         mastery: list[dict[str, Any]] = []
         if model is not None:
-            if late:
-                # the replay reads the stored history: this answer (and every pending write)
-                # goes to the database first; its response is written afterwards
-                writes.apply(session)
-                session.flush()
-                state, row = rebuild_state(session, learner=learner, model=model)
-                ev = evidence_mod.load(row.evidence)
-            else:
-                t = model.time_value(a.timestamp, as_utc(learner.first_seen), n_before)
-                cexts = [c.external_id for c in item.concepts]
-                need = evidence_mod.needs_prior(ev, cexts)
-                priors: dict[str, float] = {}
-                shown: dict[str, tuple[float, float]] = {}
-                if need:  # the model's estimate just before the first own answer
-                    # (as GET /mastery reports it: at the learner's previous answer)
-                    priors, shown = _first_answer_priors(model, state, need)
-                evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors, shown)
-                idx = model.item_idx([a.item_id]).tolist()
-                state = model.step_many(state, idx, [int(a.correct)], [t])
-                writes.set(row, "state", model.encode(state))
-                writes.set(row, "evidence", evidence_mod.dump(ev))
-                writes.set(row, "n_applied", learner.n_answers)
-                writes.set(row, "last_timestamp", a.timestamp)
-                writes.set(row, "last_event_id", a.event_id)
+            # in event order here: a late answer (or a stale state) took _apply_late
+            t = model.time_value(a.timestamp, as_utc(learner.first_seen), n_before)
+            cexts = [c.external_id for c in item.concepts]
+            need = evidence_mod.needs_prior(ev, cexts)
+            priors: dict[str, float] = {}
+            shown: dict[str, tuple[float, float]] = {}
+            if need:  # the model's estimate just before the first own answer
+                # (as GET /mastery reports it: at the learner's previous answer)
+                priors, shown = _first_answer_priors(model, state, need)
+            evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors, shown)
+            idx = model.item_idx([a.item_id]).tolist()
+            state = model.step_many(state, idx, [int(a.correct)], [t])
+            writes.set(row, "state", model.encode(state))
+            writes.set(row, "evidence", evidence_mod.dump(ev))
+            writes.set(row, "n_applied", learner.n_answers)
+            writes.set(row, "last_timestamp", a.timestamp)
+            writes.set(row, "last_event_id", a.event_id)
             mastery = mastery_of(
                 model, state, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
             )
@@ -847,6 +841,14 @@ def _apply_learner(
         else:
             writes.responses.append((learner.id, a.event_id, response))
         results[k] = response
+
+
+def _stale(session: Session, *, learner: Learner, model: LoadedModel) -> bool:
+    """Whether the learner's stored state must be rebuilt before use (see current_state)."""
+    key = (learner.id, model.model_id)
+    known = session.info.get(LOADED_STATES)
+    row = known[key] if known and key in known else session.get(LearnerState, key)
+    return row is None or row.n_applied != learner.n_answers or row.evidence is None
 
 
 def _any_late(
@@ -878,12 +880,14 @@ def _apply_late(
     writes: _Writes,
     rule: EvidenceRule,
     scale: str,
+    bounded: bool = True,
 ) -> None:
-    """A group with late answers: every answer is stored, then the learner's history is
+    """A group with late answers (or a learner whose state is stale): every answer is
+    stored, then the learner's history is
     replayed **once** (not once per late answer), each answer's response read at its place
     in the replay. The cost is one replay of the learner's history per request, whatever
     the number of late answers in it."""
-    if writes.replay_budget is not None:
+    if bounded and writes.replay_budget is not None:
         writes.replay_budget -= learner.n_answers + len(group)
         if writes.replay_budget < 0:
             raise TooLarge(
