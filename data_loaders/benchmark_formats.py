@@ -287,12 +287,6 @@ def load_concept_names(root: Path, given: Path | None) -> dict[str, str]:
     return out
 
 
-def _decode(data: bytes, f: InputFile, encoding: str) -> str:
-    from .inputs import decode
-
-    return decode(data, f.name, encoding)
-
-
 def _user_from_header(header: str, stem: str, record: int) -> tuple[str, int | None]:
     """``n`` (length only) or ``index,user``: returns (user id, declared length or None)."""
     parts = [p.strip() for p in header.strip().rstrip(",").split(",")]

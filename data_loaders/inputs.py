@@ -221,16 +221,6 @@ def find_sibling(root: Path, names: tuple[str, ...]) -> InputFile | None:
     return candidates[0] if candidates else None
 
 
-def text_lines(data: str) -> list[str]:
-    """Split text into lines, tolerating CRLF and a missing final newline."""
-    lines = data.splitlines()
-    return lines
-
-
-def bytes_io(data: bytes) -> io.BytesIO:
-    return io.BytesIO(data)
-
-
 #: The longest line (one record of a line-oriented format, or one row) a text loader reads:
 #: 1 MiB of bytes, newline excluded. The longest line of the published benchmark files is
 #: about 27 kB (a learner's whole sequence on one line). :func:`iter_lines_bounded` never holds

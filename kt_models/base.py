@@ -329,7 +329,3 @@ def load_checkpoint(
     model.to(map_location)
     model.eval()
     return model, payload
-
-
-def describe(model: KTModel) -> str:
-    return json.dumps({"model": model.name, **asdict(model.config)})

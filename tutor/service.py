@@ -15,7 +15,7 @@ history in event order, so the result never depends on arrival order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -382,21 +382,6 @@ class AnswerIn:
     elapsed_ms: int | None = None
     attempt: int | None = None
     source: str = "api"
-
-
-@dataclass
-class Catalogue:
-    """What recommendation and mastery need about an organisation's items and concepts."""
-
-    version: int
-    item_db_ids: np.ndarray
-    item_ext: list[str]
-    item_concepts: list[list[int]]  # concept db ids per item
-    concept_db_ids: np.ndarray
-    concept_ext: list[str]
-    concept_names: list[str]
-    prerequisites: list[tuple[int, int]]  # (prerequisite db id, concept db id)
-    by_model: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -1015,12 +1000,3 @@ def learner_history(
             for r in rows
         ],
     }
-
-
-def item_concept_ids(session: Session, item_ids: list[int]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for iid, cid in session.execute(
-        select(ItemConcept.item_id, ItemConcept.concept_id).where(ItemConcept.item_id.in_(item_ids))
-    ):
-        out.setdefault(iid, []).append(cid)
-    return out

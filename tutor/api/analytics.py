@@ -22,18 +22,12 @@ from sqlalchemy import select
 from .. import analytics, service, teaching
 from ..db import Group
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
-from .schemas import MAX_OFFSET, Time
+from .schemas import MAX_OFFSET, ModelRef, Time
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
 
 # ---------------------------------------------------------------------- response bodies
-class ModelRef(BaseModel):
-    id: int
-    name: str
-    forgets: bool
-
-
 class GroupRef(BaseModel):
     id: str
     name: str

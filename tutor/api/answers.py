@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from .. import service
 from ..db import Learner
 from ..settings import evidence_rule
-from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles
+from .deps import (
+    OrgDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    commit_with_retries,
+    require_roles,
+)
 from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
 
 router = APIRouter(tags=["answers"])
-
-RETRIES = 3
 
 
 @router.post(
@@ -55,34 +59,24 @@ def post_answers(
             select(Learner.external_id).where(Learner.id == principal.learner_id)
         )
     org_id = org.id
-    for attempt in range(RETRIES):
-        try:
-            results = service.record_answers(
-                session,
-                org=org,
-                answers=[service.AnswerIn(**a.model_dump()) for a in answers],
-                auto_create_learners=settings.auto_create_learners and allowed is None,
-                auto_create_items=settings.auto_create_items,
-                allowed_learner=allowed,
-                rule=evidence_rule(org.settings, settings),
-                scale=(org.settings or {}).get("mastery_scale", settings.mastery_scale),
-                max_future_seconds=settings.max_future_seconds,
-                max_replay_answers=settings.max_replay_answers,
-            )
-            session.commit()
-            break
-        except IntegrityError:
-            # a concurrent request stored the same event id (or created the same learner)
-            # first: start again, and the replay check will see it
-            session.rollback()
-            if attempt == RETRIES - 1:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT, "concurrent conflicting writes; retry"
-                ) from None
-            org = session.get(service.Organisation, org_id)
-        except Exception:
-            session.rollback()
-            raise
+
+    def record(attempt: int) -> list[dict]:
+        # after a lost race the session was rolled back: read the organisation again
+        o = org if attempt == 0 else session.get(service.Organisation, org_id)
+        return service.record_answers(
+            session,
+            org=o,
+            answers=[service.AnswerIn(**a.model_dump()) for a in answers],
+            auto_create_learners=settings.auto_create_learners and allowed is None,
+            auto_create_items=settings.auto_create_items,
+            allowed_learner=allowed,
+            rule=evidence_rule(o.settings, settings),
+            scale=(o.settings or {}).get("mastery_scale", settings.mastery_scale),
+            max_future_seconds=settings.max_future_seconds,
+            max_replay_answers=settings.max_replay_answers,
+        )
+
+    results = commit_with_retries(session, record)
     if any(not r["replayed"] for r in results):
         response.status_code = status.HTTP_201_CREATED
     if single:

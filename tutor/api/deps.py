@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +16,8 @@ from ..runtime import LoadedModel
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..service import remember_state
 from ..settings import Settings
+
+T = TypeVar("T")
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -174,3 +177,29 @@ def visible_learner(
     if not ok:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"learner {external_id!r} not found")
     return learner
+
+
+#: attempts of a write that lost a race on a unique key (event id, learner, statement id)
+WRITE_RETRIES = 3
+
+
+def commit_with_retries(session: Session, work: Callable[[int], T]) -> T:
+    """Run ``work(attempt)`` and commit, in one transaction; when a concurrent request
+    stored the same unique row first (``IntegrityError``), roll back and run it again (the
+    next attempt sees that row: a replay, or a 409 for different content), at most
+    :data:`WRITE_RETRIES` times, then 409. Any other error rolls back and propagates."""
+    for attempt in range(WRITE_RETRIES):
+        try:
+            out = work(attempt)
+            session.commit()
+            return out
+        except IntegrityError:
+            session.rollback()
+            if attempt == WRITE_RETRIES - 1:
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, "concurrent conflicting writes; retry"
+                ) from None
+        except Exception:
+            session.rollback()
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -32,7 +32,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import service
@@ -40,9 +39,15 @@ from .. import xapi as mapping
 from ..db import GroupMembership, Interaction, Learner, Organisation, XAPIStatement
 from ..security import Principal
 from ..settings import Settings, evidence_rule
-from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles
+from .deps import (
+    OrgDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    commit_with_retries,
+    require_roles,
+)
 
-RETRIES = 3
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 VERSION_HEADER = "X-Experience-API-Version"
@@ -196,23 +201,17 @@ def _store(
     prepared: list[tuple[dict[str, Any], mapping.XAPIAnswer | None]],
 ) -> None:
     """Store the statements and record their answers in one transaction (committed here)."""
-    for attempt in range(RETRIES):
-        try:
-            org = session.get(Organisation, org_id)
-            _store_once(session, org=org, settings=settings, prepared=prepared)
-            session.commit()
-            return
-        except IntegrityError:
-            # a concurrent request stored the same statement (or answer, or learner) first:
-            # start again, and the comparison with what is stored sees it
-            session.rollback()
-            if attempt == RETRIES - 1:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT, "concurrent conflicting writes; retry"
-                ) from None
-        except Exception:
-            session.rollback()
-            raise
+    # a concurrent request that stored the same statement (or answer, or learner) first is
+    # seen by the next attempt's comparison with what is stored
+    commit_with_retries(
+        session,
+        lambda _: _store_once(
+            session,
+            org=session.get(Organisation, org_id),
+            settings=settings,
+            prepared=prepared,
+        ),
+    )
 
 
 def _store_once(
