@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import KTModel, ModelConfig, register
+from .concepts import item_concept_table
 from .data import Batch, Vocab
 
 #: probabilities are kept in [EPS, 1 - EPS] so logits and divisions stay finite
@@ -93,25 +94,6 @@ def _logit(p: float) -> float:
 
 def _inv_softplus(x: float) -> float:
     return math.log(math.expm1(x))
-
-
-def item_concept_table(item_concepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per item: concept indices ``[n_items+1, K]`` and a validity mask.
-
-    Items without a concept get the "no concept" slot 0 in column 0. Invalid entries and a
-    concept repeated within an item are masked and point to the item's first valid concept,
-    so scattering per-entry values (identical to that concept's) never writes a wrong slot.
-    """
-    q = item_concepts.clone()
-    valid = q > 0
-    none = ~valid.any(-1)
-    valid[none, 0] = True
-    for j in range(1, q.shape[-1]):
-        dup = (q[:, j : j + 1] == q[:, :j]).any(-1)
-        valid[:, j] &= ~dup
-    first = q.gather(1, valid.float().argmax(-1, keepdim=True))
-    q = torch.where(valid, q, first.expand_as(q))
-    return q, valid
 
 
 @register

@@ -85,6 +85,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import KTModel, ModelConfig, register
+from .concepts import concept_weights
 from .data import Batch, Vocab
 
 #: volumes per CNN call (bounds the activation memory of a batch)
@@ -215,22 +216,14 @@ class CAKT(KTModel):
         self.out = nn.Linear(config.hidden, self.n_c)
 
     # ----------------------------------------------------------------- shared pieces
-    def _weights(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concept indices [..., K] and averaging weights (the no-concept slot when empty)."""
-        c = self.item_concepts[items]
-        w = (c > 0).float()
-        none = w.sum(-1, keepdim=True) == 0
-        w = torch.where(none & (torch.arange(c.shape[-1], device=c.device) == 0), 1.0, w)
-        return c, w / w.sum(-1, keepdim=True)
-
     def _inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        c, w = self._weights(item)
+        c, w = concept_weights(self.item_concepts, item)
         e = self.embed(c + self.n_c * correct.long().unsqueeze(-1))  # [..., K, E]
         return (e * w.unsqueeze(-1)).sum(-2)
 
     def _gather(self, logits_all: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean logit of each item's concepts: logits_all [..., C+1], items [..., M]."""
-        c, w = self._weights(items)
+        c, w = concept_weights(self.item_concepts, items)
         shape = c.shape
         flat = c.reshape(*shape[:-2], shape[-2] * shape[-1])
         g = torch.gather(logits_all, -1, flat).reshape(shape)
@@ -298,7 +291,7 @@ class CAKT(KTModel):
         item, mask = batch.item, batch.mask
         b_n, t_n = item.shape
         k, dev = self.config.k, item.device
-        c, w = self._weights(item)  # [B, T, K]
+        c, w = concept_weights(self.item_concepts, item)  # [B, T, K]
         member = (w > 0) & mask.unsqueeze(-1)
         bb, pp, kk = member.nonzero(as_tuple=True)
         group = bb * self.n_c + c[bb, pp, kk]
@@ -307,7 +300,7 @@ class CAKT(KTModel):
             qc, qw = c, w
         else:
             prev = torch.cat([torch.zeros_like(item[:, :1]), item[:, :-1]], dim=1)
-            qc, qw = self._weights(prev)
+            qc, qw = concept_weights(self.item_concepts, prev)
         qw = qw * mask.unsqueeze(-1)
         pos = torch.full((*qc.shape, k), -1, dtype=torch.long, device=dev)
         if ev_key.numel() == 0:
@@ -356,7 +349,7 @@ class CAKT(KTModel):
         h1, _, _, _, buf, last = state
         n, m = items.shape
         q = items if self.config.history_key == "next" else last.unsqueeze(1).expand(n, m)
-        qc, qw = self._weights(q)  # [n, m, K]
+        qc, qw = concept_weights(self.item_concepts, q)  # [n, m, K]
         rows = torch.arange(n, device=items.device).view(n, 1, 1)
         frames = buf[rows, qc]  # [n, m, K, k]
         sel = qw > 0
@@ -387,7 +380,7 @@ class CAKT(KTModel):
         x = self._inputs(item, correct).unsqueeze(1)
         _, (h1, c1) = self.lstm1(x, (h1, c1))
         # the answer enters the history of each of its item's concepts (not padding)
-        c, w = self._weights(item)  # [n, K]
+        c, w = concept_weights(self.item_concepts, item)  # [n, K]
         ok = (w > 0) & (item > 0).unsqueeze(-1)
         rows = torch.arange(len(item), device=item.device).unsqueeze(1).expand_as(c)
         tok = self._tokens(item, correct).unsqueeze(1).expand_as(c)

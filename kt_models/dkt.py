@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import KTModel, ModelConfig, register
+from .concepts import concept_weights
 from .data import Batch, Vocab
 
 
@@ -74,25 +75,17 @@ class DKT(KTModel):
         self.out = nn.Linear(config.hidden, vocab.n_concepts + 1)
 
     # ----------------------------------------------------------------- shared pieces
-    def _weights(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concept indices [..., K] and averaging weights (the no-concept slot when empty)."""
-        c = self.item_concepts[items]
-        w = (c > 0).float()
-        none = w.sum(-1, keepdim=True) == 0
-        w = torch.where(none & (torch.arange(c.shape[-1], device=c.device) == 0), 1.0, w)
-        return c, w / w.sum(-1, keepdim=True)
-
     def _inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         corr = correct.long()
         if self.config.input_kind == "item":
             return self.embed(item + self.n_in * corr)
-        c, w = self._weights(item)
+        c, w = concept_weights(self.item_concepts, item)
         e = self.embed(c + self.n_in * corr.unsqueeze(-1))  # [..., K, E]
         return (e * w.unsqueeze(-1)).sum(-2)
 
     def _gather(self, logits_all: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean logit of each item's concepts: logits_all [..., C+1], items [..., M]."""
-        c, w = self._weights(items)
+        c, w = concept_weights(self.item_concepts, items)
         shape = c.shape
         flat = c.reshape(*shape[:-2], shape[-2] * shape[-1])
         g = torch.gather(logits_all, -1, flat).reshape(shape)

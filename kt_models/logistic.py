@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .base import KTModel, ModelConfig, register
-from .bkt import item_concept_table
+from .concepts import item_concept_table
 from .data import Batch, Vocab
 
 

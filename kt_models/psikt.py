@@ -111,6 +111,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import KTModel, ModelConfig, register
+from .concepts import concept_weights
 from .data import Batch, Vocab
 
 _N_TRAITS = 4  # alpha, mu, sigma, gamma
@@ -211,14 +212,6 @@ class PSIKT(KTModel):
             return torch.zeros_like(d)
         return F.pad(d[:, 1:] @ w, (1, 0))
 
-    def _weights(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concept indices [..., K] and averaging weights (the no-concept slot when empty)."""
-        c = self.item_concepts[items]
-        w = (c > 0).float()
-        none = w.sum(-1, keepdim=True) == 0
-        w = torch.where(none & (torch.arange(c.shape[-1], device=c.device) == 0), 1.0, w)
-        return c, w / w.sum(-1, keepdim=True)
-
     def _dt(self, state: dict, time: torch.Tensor | None) -> torch.Tensor:
         """Elapsed days since the last answer, in float64 then cast (large serving clocks)."""
         last, dtype = state["time"], state["d"].dtype
@@ -299,7 +292,7 @@ class PSIKT(KTModel):
         dt = self._dt(state, time)
         d, v = self._propagate(state, dt, w_graph)
         # prediction of this answer from the prior
-        c, w = self._weights(item)  # [n, K]
+        c, w = concept_weights(self.item_concepts, item)  # [n, K]
         dk, vk = d.gather(1, c), v.gather(1, c)
         b = self.difficulty(item).squeeze(-1)
         logit = mu + (w * dk).sum(-1) - b
@@ -397,7 +390,7 @@ class PSIKT(KTModel):
         if dt.dim() == 1:
             dt = dt.unsqueeze(1).expand(items.shape)
         target = gamma.unsqueeze(1) * self._influence(state["d"], self._influence_weights())
-        c, w = self._weights(items)  # [n, m, K]
+        c, w = concept_weights(self.item_concepts, items)  # [n, m, K]
         n, m, k = c.shape
         flat = c.reshape(n, m * k)
         dk = state["d"].gather(1, flat).reshape(n, m, k)

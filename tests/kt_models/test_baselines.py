@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from kt_models.base import build_model, make_config
-from kt_models.bkt import BKT, item_concept_table
+from kt_models.bkt import BKT
+from kt_models.concepts import item_concept_table
 from kt_models.data import Batch, Vocab, load_sequences, make_batch
 
 
