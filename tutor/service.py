@@ -771,18 +771,7 @@ def _apply_learner(
             return
     for k, a in group:
         item = items[a.item_id]
-        inter = {
-            "org_id": org.id,
-            "learner_id": learner.id,
-            "item_id": item.id,
-            "event_id": a.event_id,
-            "correct": int(a.correct),
-            "timestamp": a.timestamp,
-            "elapsed_ms": a.elapsed_ms,
-            "attempt": a.attempt,
-            "source": a.source,
-            "response": None,
-        }
+        inter = _interaction_row(org, learner, item, a)
         writes.interactions.append(inter)
         first = as_utc(learner.first_seen)
         n_before = learner.n_answers
@@ -826,6 +815,24 @@ def _apply_learner(
         else:
             writes.responses.append((learner.id, a.event_id, response))
         results[k] = response
+
+
+def _interaction_row(
+    org: Organisation, learner: Learner, item: ItemRef, a: AnswerIn
+) -> dict[str, Any]:
+    """An answer as the row the answer path inserts (its response is set afterwards)."""
+    return {
+        "org_id": org.id,
+        "learner_id": learner.id,
+        "item_id": item.id,
+        "event_id": a.event_id,
+        "correct": int(a.correct),
+        "timestamp": a.timestamp,
+        "elapsed_ms": a.elapsed_ms,
+        "attempt": a.attempt,
+        "source": a.source,
+        "response": None,
+    }
 
 
 def _stale(session: Session, *, learner: Learner, model: LoadedModel) -> bool:
@@ -882,20 +889,7 @@ def _apply_late(
             )
     for _, a in group:
         item = items[a.item_id]
-        writes.interactions.append(
-            {
-                "org_id": org.id,
-                "learner_id": learner.id,
-                "item_id": item.id,
-                "event_id": a.event_id,
-                "correct": int(a.correct),
-                "timestamp": a.timestamp,
-                "elapsed_ms": a.elapsed_ms,
-                "attempt": a.attempt,
-                "source": a.source,
-                "response": None,
-            }
-        )
+        writes.interactions.append(_interaction_row(org, learner, item, a))
         writes.set(learner, "n_answers", learner.n_answers + 1)
         first = as_utc(learner.first_seen)
         if first is None or a.timestamp < first:

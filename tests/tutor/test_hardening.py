@@ -96,7 +96,7 @@ def _foreign_run(tmp_path, items: list[str], links: list[list[int]]):
     return run
 
 
-def _register(world, run, activate=False):
+def _register(world, run, activate=False, mapping=None):
     from sqlalchemy import select
 
     from tutor import operations as ops
@@ -106,7 +106,9 @@ def _register(world, run, activate=False):
     try:
         with make_sessionmaker(engine)() as s, s.begin():
             org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
-            return ops.register_model(s, org=org, run_dir=run, activate=activate).id
+            return ops.register_model(
+                s, org=org, run_dir=run, activate=activate, mapping=mapping
+            ).id
     finally:
         engine.dispose()
 
@@ -421,19 +423,7 @@ def test_a_model_under_other_ids_serves_through_an_explicit_mapping(client, worl
     path.write_text("\n".join(rows) + "\n")
     mapping = read_mapping(path)
     assert mapping["items"]["m0"] == single[0]["id"] and mapping["concepts"]["1"] == "c1"
-    from sqlalchemy import select
-
-    from tutor import operations as ops
-    from tutor.db import Organisation, create_db_engine, make_sessionmaker
-
-    engine = create_db_engine(world.url)
-    try:
-        with make_sessionmaker(engine)() as s, s.begin():
-            org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
-            mv = ops.register_model(s, org=org, run_dir=run, mapping=mapping)
-            mid = mv.id
-    finally:
-        engine.dispose()
+    mid = _register(world, run, mapping=mapping)
     r = client.post(f"/v1/models/{mid}/activate", headers=h)
     assert r.status_code == 200, r.text
     r = client.post("/v1/answers", json=answer("mapped", item=single[0]["id"]), headers=h)
@@ -574,41 +564,4 @@ def test_an_id_mapping_that_merges_two_items_is_refused(world, tmp_path):
 
     run = _foreign_run(tmp_path, ["m0", "m1"], [[1], [2]])
     with pytest.raises(OperationError, match="same id"):
-        _register_mapped(world, run, {"items": {"m0": "m1"}, "concepts": {}})
-
-
-def _register_mapped(world, run, mapping):  # noqa: ANN001, ANN202
-    from sqlalchemy import select
-
-    from tutor import operations as ops
-    from tutor.db import Organisation, create_db_engine, make_sessionmaker
-
-    engine = create_db_engine(world.url)
-    try:
-        with make_sessionmaker(engine)() as s, s.begin():
-            org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
-            return ops.register_model(s, org=org, run_dir=run, mapping=mapping).id
-    finally:
-        engine.dispose()
-
-
-def test_late_answers_beyond_the_replay_bound_are_413_and_store_nothing(world):
-    """The write lock a request holds is bounded: late answers that would replay more stored
-    answers than max_replay_answers are refused whole."""
-    from fastapi.testclient import TestClient
-
-    from tutor.api import create_app
-
-    settings = world.settings.model_copy(update={"max_replay_answers": 5})
-    with TestClient(create_app(settings)) as c:
-        h = world.headers("ingest")
-        for k in range(4):
-            body = answer(f"t{k}", timestamp=f"2024-06-01T10:0{k}:00Z")
-            assert c.post("/v1/answers", json=body, headers=h).status_code == 201
-        late = [answer(f"l{k}", timestamp=f"2024-05-01T10:0{k}:00Z") for k in range(2)]
-        r = c.post("/v1/answers", json={"answers": late}, headers=h)
-        assert r.status_code == 413 and "smaller requests" in r.json()["detail"], r.text
-        hist = c.get("/v1/learners/u0/history", headers=world.headers("admin")).json()
-        assert hist["total"] == 4
-        r = c.post("/v1/answers", json=late[0], headers=h)  # 4 stored + 1: within the bound
-        assert r.status_code == 201, r.text
+        _register(world, run, mapping={"items": {"m0": "m1"}, "concepts": {}})
