@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +23,8 @@ import torch
 from .base import KTModel, load_checkpoint
 from .data import Sequences, load_sequences, make_batch, plan_batches, split_learners
 from .metrics import calibration_table, metrics, paired_auc_bootstrap
-from .train import pick_device, predict_next_step
-
-if TYPE_CHECKING:
-    from .report import Answers
+from .predictions import Answers, next_step_answers, predict_next_step
+from .train import pick_device
 
 
 @torch.no_grad()
@@ -162,7 +160,6 @@ def compare_runs(
     (:func:`kt_models.metrics.paired_auc_bootstrap`); ``a``'s predictions are computed once.
     Every run must have been trained on the same dataset with the same test learners;
     ``ValueError`` says what differs otherwise."""
-    from .report import next_step_answers
 
     dev = pick_device(device)
 

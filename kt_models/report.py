@@ -39,7 +39,6 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,69 +47,17 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from .base import KTModel, prediction_mask
+from .base import KTModel
 from .data import Sequences, make_batch, plan_batches
 from .evaluate import load_run
 from .metrics import calibration_table, metrics
+from .predictions import Answers, next_step_answers
 from .train import pick_device
 
 POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
 MAX_GRAPH_NODES = 40
 MAX_GRAPH_EDGES = 300
 TRAITS = ("alpha", "mu", "sigma", "gamma")
-
-
-# ---------------------------------------------------------------------- predictions
-@dataclass
-class Answers:
-    """Every answer of the reported learners, aligned with ``seqs.subset(users)``'s rows."""
-
-    learner: np.ndarray  # [N] index into ``users`` (0..n-1), rows grouped by learner in order
-    position: np.ndarray  # [N] 0-based index of the answer in the learner's history
-    item: np.ndarray  # [N] item index (1-based)
-    y: np.ndarray  # [N] 0/1 answers
-    p: np.ndarray  # [N] predicted success probability; nan where not scored (position 0)
-
-    @property
-    def scored(self) -> np.ndarray:
-        return ~np.isnan(self.p)
-
-
-@torch.no_grad()
-def next_step_answers(
-    model: KTModel,
-    seqs: Sequences,
-    users: np.ndarray,
-    device: torch.device,
-    *,
-    batch_tokens: int = 65536,
-    max_batch: int = 1024,
-    advance: Callable[[int], None] | None = None,
-) -> Answers:
-    """Next-step predictions of ``users`` (one batched forward, as ``predict_next_step``)."""
-    model.eval()
-    sub = seqs.subset(np.asarray(users, dtype=np.int64))
-    lens = sub.lengths()
-    learner = np.repeat(np.arange(sub.n_users), lens)
-    position = np.arange(sub.n_interactions) - sub.offsets[:-1][learner]
-    p = np.full(sub.n_interactions, np.nan)
-    for group in plan_batches(
-        sub, np.arange(sub.n_users), batch_tokens=batch_tokens, max_batch=max_batch
-    ):
-        b = make_batch(sub, group).to(device)
-        m = prediction_mask(b)
-        probs = torch.sigmoid(model(b))[m].float().cpu().numpy()
-        rows = sub.offsets[:-1][group][:, None] + np.arange(b.item.shape[1])[None, :]
-        p[rows[m.cpu().numpy()]] = probs
-        if advance is not None:
-            advance(len(group))
-    return Answers(
-        learner=learner,
-        position=position,
-        item=sub.item.copy(),
-        y=sub.correct.astype(np.float64),
-        p=p,
-    )
 
 
 # ---------------------------------------------------------------------- AUC by position

@@ -37,9 +37,7 @@ from .base import (
     save_checkpoint,
 )
 from .data import (
-    Sequences,
     Split,
-    iter_batches,
     load_sequences,
     make_batch,
     plan_batches,
@@ -47,6 +45,7 @@ from .data import (
     windows,
 )
 from .metrics import metrics
+from .predictions import predict_next_step
 
 
 @dataclass
@@ -113,29 +112,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def predict_next_step(
-    model: KTModel,
-    seqs: Sequences,
-    users: np.ndarray,
-    device: torch.device,
-    batch_tokens: int = 65536,
-    max_batch: int = 1024,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Answers and predicted probabilities at every scored position of ``users``."""
-    model.eval()
-    ys, ps = [], []
-    for batch in iter_batches(seqs, users, batch_tokens=batch_tokens, max_batch=max_batch):
-        b = batch.to(device)
-        logits = model(b)
-        m = prediction_mask(b)
-        ys.append(b.correct[m].cpu().numpy())
-        ps.append(torch.sigmoid(logits[m]).float().cpu().numpy())
-    if not ys:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(ys), np.concatenate(ps)
 
 
 def _distributed() -> tuple[int, int]:

@@ -565,3 +565,25 @@ def test_an_id_mapping_that_merges_two_items_is_refused(world, tmp_path):
     run = _foreign_run(tmp_path, ["m0", "m1"], [[1], [2]])
     with pytest.raises(OperationError, match="same id"):
         _register(world, run, mapping={"items": {"m0": "m1"}, "concepts": {}})
+
+
+def test_late_answers_beyond_the_replay_bound_are_413_and_store_nothing(world):
+    """The write lock a request holds is bounded: late answers that would replay more stored
+    answers than max_replay_answers are refused whole."""
+    from fastapi.testclient import TestClient
+
+    from tutor.api import create_app
+
+    settings = world.settings.model_copy(update={"max_replay_answers": 5})
+    with TestClient(create_app(settings)) as c:
+        h = world.headers("ingest")
+        for k in range(4):
+            body = answer(f"t{k}", timestamp=f"2024-06-01T10:0{k}:00Z")
+            assert c.post("/v1/answers", json=body, headers=h).status_code == 201
+        late = [answer(f"l{k}", timestamp=f"2024-05-01T10:0{k}:00Z") for k in range(2)]
+        r = c.post("/v1/answers", json={"answers": late}, headers=h)
+        assert r.status_code == 413 and "smaller requests" in r.json()["detail"], r.text
+        hist = c.get("/v1/learners/u0/history", headers=world.headers("admin")).json()
+        assert hist["total"] == 4
+        r = c.post("/v1/answers", json=late[0], headers=h)  # 4 stored + 1: within the bound
+        assert r.status_code == 201, r.text
