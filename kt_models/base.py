@@ -106,9 +106,29 @@ class KTModel(nn.Module):
         c = self.item_concepts[items]
         return c, c > 0
 
+    # ------------------------------------------------------------------ capabilities
+    # What a model may offer beyond predictions, declared here with "none" defaults so that
+    # callers ask instead of probing attributes: a model overrides the ones it has.
+    #: whether :meth:`learner_traits` gives per-learner traits
+    has_traits: ClassVar[bool] = False
+
     def concept_vectors(self) -> torch.Tensor | None:
         """One vector per concept (rows 1..C) for the curriculum designer, if the model has."""
         return None
+
+    def prerequisite_graph(self) -> torch.Tensor | None:
+        """``[C, C]`` learned prerequisite probabilities (``[i, j]``: concept ``i + 1`` is a
+        prerequisite of ``j + 1``), if the model learns a graph."""
+        return None
+
+    def learner_traits(self, state: State) -> dict[str, torch.Tensor] | None:
+        """Per-learner traits ``{name: [n]}`` of a state, if the model has traits."""
+        return None
+
+    def item_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The model's own per-item difficulty and discrimination (``[n_items + 1]`` each,
+        logit scale), where it has such parameters."""
+        return None, None
 
     def state_select(self, state: State, index: torch.Tensor) -> State:
         """The states of some learners (used to batch serving requests).

@@ -137,6 +137,9 @@ class Logistic(KTModel):
         ability = self.w_succ * torch.log1p(total_succ) + self.w_fail * torch.log1p(total_fail)
         return self.bias - self.difficulty[item] + per + ability
 
+    def item_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return self.difficulty.detach(), None
+
     # ----------------------------------------------------------------- training form
     def forward(self, batch: Batch) -> torch.Tensor:
         f = self.features(batch)

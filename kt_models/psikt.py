@@ -401,6 +401,11 @@ class PSIKT(KTModel):
         return mu.unsqueeze(1) + (w * dk).sum(-1) - b
 
     # ----------------------------------------------------------------- interpretation
+    has_traits = True
+
+    def item_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return self.difficulty.weight[:, 0].detach(), None
+
     @torch.no_grad()
     def prerequisite_graph(self) -> torch.Tensor:
         """``[C, C]`` edge probabilities: entry ``[i, j]`` = P(concept ``i + 1`` is a

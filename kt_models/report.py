@@ -167,7 +167,8 @@ def learning_curves(
 
 # ---------------------------------------------------------------------- PSI-KT pieces
 def has_interpretation(model: KTModel) -> bool:
-    return hasattr(model, "prerequisite_graph") and hasattr(model, "learner_traits")
+    """A learned prerequisite graph and learner traits to show (PSI-KT)."""
+    return model.has_traits and model.prerequisite_graph() is not None
 
 
 @torch.no_grad()

@@ -1002,15 +1002,10 @@ def _item_parameters(model: LoadedModel) -> tuple[np.ndarray | None, np.ndarray 
     """The model's own per-item difficulty and discrimination (indexed by model item), if
     it has them, and what the difficulty column means."""
     m = model.model
-    diff = getattr(m, "difficulty", None)
-    if isinstance(diff, torch.nn.Embedding):
-        diff = diff.weight[:, 0]
-    if isinstance(diff, torch.Tensor) and diff.dim() == 1 and len(diff) == m.vocab.n_items + 1:
+    diff, disc = m.item_parameters()
+    if diff is not None:
         d = diff.detach().cpu().numpy().astype(np.float64)
-        disc = getattr(m, "discrimination", None)
-        dd = None
-        if isinstance(disc, torch.Tensor) and disc.dim() == 1 and len(disc) == len(d):
-            dd = disc.detach().cpu().numpy().astype(np.float64)
+        dd = None if disc is None else disc.detach().cpu().numpy().astype(np.float64)
         return d, dd, f"the {m.name} model's item difficulty parameter (logit scale)"
     return None, None, "1 - mean predicted success over the attempts"
 
@@ -1419,7 +1414,7 @@ def model_card(session: Session, *, org: Organisation) -> dict[str, Any]:
     if static is None:
         static = _CARD.put((ctx.scope, mv.id), _static_card(session, ctx, mv))
     traits = None
-    if hasattr(model.model, "learner_traits"):
+    if model.model.has_traits:
         traits = _traits_summary(session, ctx)
     return {**static, "traits": traits}
 
@@ -1476,9 +1471,9 @@ def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str,
             "multi_step": results.get("multi_step"),
         }
     graph = None
-    fn = getattr(model.model, "prerequisite_graph", None)
-    if fn is not None:
-        p = fn().cpu().numpy()
+    learned = model.model.prerequisite_graph()
+    if learned is not None:
+        p = learned.cpu().numpy()
         names = dict(zip(ctx.cat.concept_ext, ctx.cat.concept_name, strict=True))
         src, dst = np.nonzero(p > GRAPH_EDGE_THRESHOLD)
         order = np.argsort(-p[src, dst], kind="stable")

@@ -304,10 +304,10 @@ def learned_prerequisites(model: LoadedModel, threshold: float = 0.7) -> list[tu
     """A PSI-KT model's learned graph as an acyclic edge list: edges with probability above
     ``threshold`` and above their reverse, added strongest first, skipping any that would
     close a cycle."""
-    fn = getattr(model.model, "prerequisite_graph", None)
-    if fn is None:
+    graph = model.model.prerequisite_graph()
+    if graph is None:
         return []
-    p = fn().cpu().numpy()
+    p = graph.cpu().numpy()
     cand = np.argwhere((p > threshold) & (p > p.T))
     order = np.argsort(-p[cand[:, 0], cand[:, 1]]) if len(cand) else []
     reach: dict[int, set[int]] = {}
@@ -397,7 +397,7 @@ def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
         "after": after,
         "data_edges": data_edges,
         "prerequisite_source": source,
-        "item_aware": bool(getattr(model.model, "item_aware", False)),
+        "item_aware": bool(model.model.item_aware),
     }
     cat.per_model[model.model_id] = view
     return view
