@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_loaders import Dataset
+
 from .base import (
     CheckpointError,
     KTModel,
@@ -190,7 +192,7 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    manifest = Dataset.open(data).manifest  # the dataset's own reader (validated, cached)
     run_info = {
         "model": model_name,
         "model_config": asdict(mcfg),
