@@ -800,16 +800,7 @@ def _apply_learner(
             mastery = mastery_of(
                 model, state, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
             )
-        response = {
-            "event_id": a.event_id,
-            "learner_id": learner.external_id,
-            "item_id": item.external_id,
-            "correct": int(a.correct),
-            "timestamp": a.timestamp.isoformat(),
-            "model": None if model is None else {"id": model.model_id, "name": model.name},
-            "mastery": mastery,
-            "replayed": False,
-        }
+        response = _answer_response(learner, item, a, model, mastery)
         if writes.interactions and writes.interactions[-1] is inter:
             inter["response"] = response  # not inserted yet
         else:
@@ -832,6 +823,26 @@ def _interaction_row(
         "attempt": a.attempt,
         "source": a.source,
         "response": None,
+    }
+
+
+def _answer_response(
+    learner: Learner,
+    item: ItemRef,
+    a: AnswerIn,
+    model: LoadedModel | None,
+    mastery: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What ``POST /v1/answers`` answers for a new answer (kept with it for replays)."""
+    return {
+        "event_id": a.event_id,
+        "learner_id": learner.external_id,
+        "item_id": item.external_id,
+        "correct": int(a.correct),
+        "timestamp": a.timestamp.isoformat(),
+        "model": None if model is None else {"id": model.model_id, "name": model.name},
+        "mastery": mastery,
+        "replayed": False,
     }
 
 
@@ -904,16 +915,7 @@ def _apply_late(
         mastery = mastery_of(
             model, st, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
         )
-        response = {
-            "event_id": a.event_id,
-            "learner_id": learner.external_id,
-            "item_id": item.external_id,
-            "correct": int(a.correct),
-            "timestamp": a.timestamp.isoformat(),
-            "model": {"id": model.model_id, "name": model.name},
-            "mastery": mastery,
-            "replayed": False,
-        }
+        response = _answer_response(learner, item, a, model, mastery)
         writes.responses.append((learner.id, a.event_id, response))
         results[k] = response
 
