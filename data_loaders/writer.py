@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 try:  # POSIX; elsewhere leftovers are removed by age only
     import fcntl
@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 
 from . import schema
 from .errors import IngestError
+from .progress import NoProgress, Progress
 
 EMPTY_LIST = pa.scalar([], type=pa.list_(pa.string()))
 _PARQUET_OPTS: dict[str, Any] = {
@@ -199,27 +200,6 @@ def _new_staging(parent: Path, name: str) -> tuple[Path, Path, int]:
     raise IngestError(  # pragma: no cover
         "cannot create a staging directory beside the output", file=str(parent / name)
     )
-
-
-class Progress(Protocol):
-    """What the writer and loaders report long work to (the CLI draws it with rich)."""
-
-    def start(self, description: str, total: int | None) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class NoProgress:
-    def start(self, description: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 @dataclass

@@ -11,19 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from data_loaders import FORMATS, DatasetError, IngestError, get_loader, ingest, open_dataset
+from data_loaders.progress import RichProgress
 from tutor import sim_cli as _sim_cli
 
 if TYPE_CHECKING:
@@ -40,38 +31,6 @@ app.add_typer(dataset_app, name="dataset")
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-
-
-class RichProgress:
-    """The writer's progress protocol drawn as rich bars (bytes while reading, parts after)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-
-    def start(self, description: str, total: int | None) -> None:
-        self.finish()
-        if not self.enabled:
-            return
-        columns = [TextColumn("{task.description}"), BarColumn()]
-        if description.startswith("reading"):
-            columns += [DownloadColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-        else:
-            columns += [MofNCompleteColumn(), TimeElapsedColumn()]
-        self._progress = Progress(*columns, console=console, transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task, n)
-
-    def finish(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-            self._task = None
 
 
 def _parse_options(raw: list[str] | None) -> dict[str, str]:

@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +53,7 @@ from sqlalchemy import Connection, Engine, column, insert, select, table, text, 
 from sqlalchemy.orm import Session
 
 from data_loaders import Dataset
+from data_loaders.progress import NoProgress, Progress
 
 from .db import Concept, Interaction, Item, ItemConcept, Learner, Organisation
 from .db.models import UNTIMED
@@ -83,25 +84,6 @@ _INTERACTION_COLUMNS = (
 _RAW_INTERACTIONS = table("interactions", *(column(c) for c in _INTERACTION_COLUMNS))
 
 
-class Progress(Protocol):
-    def start(self, description: str, total: int | None) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class _NoProgress:
-    def start(self, description: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
 def import_dataset(
     target: Engine | Session,
     *,
@@ -126,9 +108,9 @@ def import_dataset(
     """
     ds = Dataset.open(dataset_dir)  # DatasetError names a bad directory before any write
     if isinstance(target, Session):
-        return _import(target, ds, org_slug, create_org, progress or _NoProgress())
+        return _import(target, ds, org_slug, create_org, progress or NoProgress())
     with Session(target) as session, session.begin():
-        return _import(session, ds, org_slug, create_org, progress or _NoProgress())
+        return _import(session, ds, org_slug, create_org, progress or NoProgress())
 
 
 # ---------------------------------------------------------------------- the import
