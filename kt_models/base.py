@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, Vocab
+from .registry import MODELS, model_modules
 
 CHECKPOINT_VERSION = 1
 
@@ -161,20 +162,24 @@ REGISTRY: dict[str, type[KTModel]] = {}
 
 
 def register(cls: type[KTModel]) -> type[KTModel]:
+    """Class decorator: file the model under its ``name``, which must be listed in
+    :data:`kt_models.registry.MODELS` with this module (the one list of models)."""
+    listed = MODELS.get(cls.name)
+    module = cls.__module__.rsplit(".", 1)[-1]
+    if listed is None or listed[0] != module:
+        raise TypeError(
+            f"model {cls.name!r} ({cls.__module__}) is not listed under module {module!r} "
+            "in kt_models.registry.MODELS"
+        )
     REGISTRY[cls.name] = cls
     return cls
 
 
-MODEL_MODULES: tuple[str, ...] = ("dkt", "cakt", "psikt", "bkt", "logistic")
-
-
 def _ensure_registered() -> None:
     import importlib
-    import importlib.util
 
-    for mod in MODEL_MODULES:
-        if importlib.util.find_spec(f"kt_models.{mod}") is not None:
-            importlib.import_module(f"kt_models.{mod}")
+    for mod in model_modules():
+        importlib.import_module(f"kt_models.{mod}")
 
 
 def get_model_class(name: str) -> type[KTModel]:
@@ -184,11 +189,6 @@ def get_model_class(name: str) -> type[KTModel]:
     except KeyError:
         known = ", ".join(sorted(REGISTRY))
         raise KeyError(f"unknown model {name!r}; known models: {known}") from None
-
-
-def model_names() -> list[str]:
-    _ensure_registered()
-    return sorted(REGISTRY)
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from data_loaders import FORMATS, DatasetError, IngestError, get_loader, ingest, open_dataset
 from data_loaders.progress import RichProgress
+from kt_models.registry import names_text
 from tutor import sim_cli as _sim_cli
 
 if TYPE_CHECKING:
@@ -224,9 +225,7 @@ def _load_config_file(path: Path | None) -> tuple[dict[str, object], dict[str, o
 
 @app.command("train")
 def train_cmd(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="dkt, dkt+, cakt, psikt, bkt, logistic")
-    ],
+    model: Annotated[str, typer.Option("--model", "-m", help=f"The model: {names_text()}.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Dataset directory (tutor ingest).")],
     out_dir: Annotated[Path, typer.Option("--out", "-O", help="Run directory to write.")],
     config: Annotated[

@@ -11,12 +11,12 @@ from kt_models.base import (
     build_model,
     load_checkpoint,
     make_config,
-    model_names,
     prediction_mask,
     save_checkpoint,
 )
 from kt_models.data import load_sequences, make_batch, split_learners
 from kt_models.metrics import metrics
+from kt_models.registry import model_names
 from kt_models.train import TrainConfig, predict_next_step, train
 
 MODELS = model_names()
