@@ -12,7 +12,9 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,13 +23,37 @@ from data_loaders import Dataset, ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (label, format, path under data/, kwargs, expected {key: value} from the READMEs)
-CASES: list[tuple[str, str, str, dict, dict]] = [
-    (
+QUESTIONS = "ednet/contents/questions.csv.gz"  # the EdNet answer key, under the data directory
+
+
+@dataclass(frozen=True)
+class Case:
+    """One dataset to ingest and the counts its README states."""
+
+    label: str
+    format: str
+    path: str  # under the data directory
+    expected: dict[str, float]
+    kwargs: dict[str, Any] = field(default_factory=dict)  # more ingest() arguments
+
+
+def sequences(label: str, fmt: str, path: str, learners: int, rows: int, concepts: int) -> Case:
+    """A benchmark file whose README states learners, interactions and concepts."""
+    return Case(
+        label, fmt, path, {"learners": learners, "interactions": rows, "concepts": concepts}
+    )
+
+
+def ednet(label: str, fmt: str, path: str, **expected: float) -> Case:
+    """EdNet logs, with questions.csv as the answer key."""
+    return Case(label, fmt, path, expected, {"concepts": QUESTIONS})
+
+
+CASES: list[Case] = [
+    Case(
         "ASSIST09 AKT pid",
         "four-line",
         "assist2009/akt_assist2009_pid",
-        {},
         {
             "learners": 4151,
             "rows_read": 325637,
@@ -37,92 +63,65 @@ CASES: list[tuple[str, str, str, dict, dict]] = [
             "multi_skill_rows_merged": 51047,
         },
     ),
-    (
+    Case(
         "ASSIST09 AKT pid --keep-expanded",
         "four-line",
         "assist2009/akt_assist2009_pid",
-        {"keep_expanded": True},
         {"interactions": 325637},
+        {"keep_expanded": True},
     ),
-    (
-        "ASSIST09 DKVMN",
-        "three-line",
-        "assist2009/dkvmn_assist2009_updated",
-        {},
-        {"learners": 4151, "interactions": 325637, "concepts": 110},
+    sequences(
+        "ASSIST09 DKVMN", "three-line", "assist2009/dkvmn_assist2009_updated", 4151, 325637, 110
     ),
-    (
-        "ASSIST09 DKT builder",
-        "three-line",
-        "assist2009/dkt_builder",
-        {},
-        {"learners": 4217, "interactions": 525534, "concepts": 124},
-    ),
-    (
+    sequences("ASSIST09 DKT builder", "three-line", "assist2009/dkt_builder", 4217, 525534, 124),
+    Case(
         "ASSIST09 tabular + q_mat",
         "tabular",
         "assist2009/theophilee_tabular",
-        {},
         {"learners": 3114, "interactions": 278336, "items": 17708, "concepts": 123},
     ),
-    (
-        "ASSIST15 DKVMN",
-        "three-line",
-        "assist2015/dkvmn",
-        {},
-        {"learners": 19840, "interactions": 683801, "concepts": 100},
-    ),
-    (
-        "ASSIST15 AKT folds",
-        "three-line",
-        "assist2015/akt_folds",
-        {},
-        {"learners": 19840, "interactions": 683801, "concepts": 100},
-    ),
-    (
-        "ASSIST15 pyKT split",
-        "pykt",
-        "assist2015/pykt_split",
-        {},
-        {"learners": 15275 + 3818, "interactions": 682797, "concepts": 100},
-    ),
-    (
+    sequences("ASSIST15 DKVMN", "three-line", "assist2015/dkvmn", 19840, 683801, 100),
+    sequences("ASSIST15 AKT folds", "three-line", "assist2015/akt_folds", 19840, 683801, 100),
+    sequences("ASSIST15 pyKT split", "pykt", "assist2015/pykt_split", 15275 + 3818, 682797, 100),
+    sequences(
         "DKT synthetic-5 v0",
         "dkt-synthetic",
         "synthetic/dkt_naive_c5/naive_c5_q50_s4000_v0.csv.gz",
-        {},
-        {"learners": 4000, "interactions": 200000, "concepts": 5},
+        4000,
+        200000,
+        5,
     ),
-    (
+    # every version draws its own concepts, so ids are namespaced per file (2 x 20)
+    Case(
         "DKT synthetic-2 (20 files)",
         "dkt-synthetic",
         "synthetic/dkt_naive_c2",
-        {},
-        # every version draws its own concepts, so ids are namespaced per file (2 x 20)
         {"learners": 80000, "interactions": 4000000, "items": 20 * 50, "concepts": 20 * 2},
     ),
-    (
+    ednet(
         "EdNet KT1 u1",
         "ednet-kt1",
         "ednet/KT1_raw",
-        {"concepts": "ednet/contents/questions.csv.gz"},
-        {"learners": 1, "interactions": 1082, "correct_rate": 0.6959},
+        learners=1,
+        interactions=1082,
+        correct_rate=0.6959,
     ),
-    (
+    ednet(
         "EdNet KT1 reconstructed",
         "ednet-kt1",
         "ednet/KT1_reconstructed",
-        {"concepts": "ednet/contents/questions.csv.gz"},
-        {"learners": 16, "interactions": 173264, "correct_rate": 0.7231},
+        learners=16,
+        interactions=173264,
+        correct_rate=0.7231,
     ),
-    (
-        "EdNet KT4",
-        "ednet-kt4",
-        "ednet/KT4_raw",
-        {"concepts": "ednet/contents/questions.csv.gz"},
-        {"learners": 9},
-    ),
+    ednet("EdNet KT4", "ednet-kt4", "ednet/KT4_raw", learners=9),
 ]
+
+
+def check(key: str, want: float, got: Any) -> str:
+    """``key=want``, in red with what was got when it differs."""
+    shown = f"{key}={want:,}" if isinstance(want, int) else f"{key}={want}"
+    return shown if got == want else f"[red]{shown} (got {got})[/red]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,39 +148,29 @@ def main(argv: list[str] | None = None) -> int:
     ):
         table.add_column(col, justify="right" if col not in ("dataset", "format") else "left")
     failures = 0
-    for i, (label, fmt, rel, kwargs, expected) in enumerate(CASES):
-        src = args.data / rel
+    for i, case in enumerate(CASES):
+        src = args.data / case.path
         if not src.exists():
-            table.add_row(label, fmt, *["-"] * 9, "absent")
+            table.add_row(case.label, case.format, *["-"] * 9, "absent")
             continue
-        kw = dict(kwargs)
+        kw = dict(case.kwargs)
         if "concepts" in kw:
             kw["concepts"] = args.data / kw["concepts"]
         out = out_root / f"{i:02d}"
         t0 = time.perf_counter()
         try:
-            ingest(fmt, src, out, overwrite=True, **kw)
+            ingest(case.format, src, out, overwrite=True, **kw)
         except Exception as exc:  # noqa: BLE001 - reported in the table
             failures += 1
-            table.add_row(label, fmt, *["-"] * 9, f"[red]ERROR {exc}[/red]")
+            table.add_row(case.label, case.format, *["-"] * 9, f"[red]ERROR {exc}[/red]")
             continue
         secs = time.perf_counter() - t0
         info = Dataset.open(out).info()
-        checks = []
-        for key, want in expected.items():
-            got = info.get(key)
-            ok = got == want
-            checks.append(
-                ("" if ok else "[red]") + f"{key}={want:,}" + ("" if ok else f" (got {got})[/red]")
-                if isinstance(want, int)
-                else ("" if ok else "[red]")
-                + f"{key}={want}"
-                + ("" if ok else f" (got {got})[/red]")
-            )
-            failures += not ok
+        checks = [check(key, want, info.get(key)) for key, want in case.expected.items()]
+        failures += sum(info.get(key) != want for key, want in case.expected.items())
         table.add_row(
-            label,
-            fmt,
+            case.label,
+            case.format,
             f"{info['learners']:,}",
             f"{info['rows_read']:,}",
             f"{info['interactions']:,}",

@@ -71,15 +71,15 @@ Cleaning (every format)
   fine. Their count is in the manifest's notes.
 * Blank lines are ignored. Line numbers count CSV records (the header is line 1); they are the
   physical line numbers unless a quoted field spans several lines.
+
+The parsing of a batch's columns (numbers, dates, row hashes, rejected rows) is in
+:mod:`.assistments_columns`; the streaming UTF-8 check is :class:`.inputs.Utf8Stream`.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
-import io
-from collections.abc import Callable
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -87,318 +87,40 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from .assistments_columns import (
+    RAW_LIMIT,
+    Batch,
+    int_key,
+    np_bool,
+    number_rows,
+    parse_datetime_ms,
+    parse_float,
+    parse_int,
+    row_hash,
+    single_concepts,
+)
 from .base import Loader, Option
-from .errors import IngestError
-from .inputs import InputFile, list_files
+from .errors import IngestError, require_columns
+from .inputs import InputFile, Utf8Stream, list_files
 
 #: Bytes of CSV parsed per batch (one batch in memory at a time).
 BLOCK_SIZE = 32 << 20
-_CHUNK = 4 << 20
 _PATTERNS = ("*.csv", "*.csv.gz", "*.txt", "*.txt.gz", "*.gz")
 _SCAFFOLDING = "scaffolding (original=0)"
-_RAW_LIMIT = 2000
 
-_INT_RE = r"^[+-]?\d{1,18}(\.0*)?$"
-_FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-_DATETIME_RE = (
-    r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
-    r"\s*(Z|[+-]\d{2}(:?\d{2})?)?$"
+#: ``-o original_only=...`` (2009, 2012, 2017) and ``-o binarize=...`` (2012, 2015): see above
+ORIGINAL_ONLY = Option(
+    "original_only",
+    bool,
+    True,
+    "keep main problems only; scaffolding rows (original=0) are counted as skipped",
 )
-_ZONED_RE = r"[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$"
-
-
-# ---------------------------------------------------------------------- input stream
-class _Utf8Stream(io.RawIOBase):
-    """The decompressed bytes of one input as UTF-8, checked (or transcoded) chunk by chunk.
-
-    An undecodable byte raises :class:`IngestError` naming the file and the line, like
-    :func:`inputs.check_utf8`, but without reading the whole file into memory.
-    """
-
-    def __init__(self, raw: BinaryIO, name: str, encoding: str) -> None:
-        super().__init__()
-        try:
-            info = codecs.lookup(encoding)
-        except LookupError as exc:
-            raise IngestError(f"unknown encoding {encoding!r}", file=name) from exc
-        self._raw = raw
-        self._name = name
-        self._encoding = encoding
-        self._passthrough = info.name in ("utf-8", "utf-8-sig")
-        factory = codecs.getincrementaldecoder("utf-8") if self._passthrough else None
-        self._decoder = (factory or info.incrementaldecoder)(errors="strict")  # type: ignore[misc]
-        self._buf = bytearray()
-        self._eof = False
-        self._bom_checked = False
-        self._newlines = 0
-        self.consumed = 0  # decompressed source bytes read so far
-
-    def readable(self) -> bool:
-        return True
-
-    def position(self) -> int:
-        """Bytes of the file on disk read so far (the compressed position for gzip)."""
-        inner = getattr(self._raw, "fileobj", None)
-        if inner is not None:
-            try:
-                return int(inner.tell())
-            except (OSError, ValueError):
-                pass
-        return self.consumed
-
-    def _fill(self, want: int) -> None:
-        data = self._raw.read(max(want, _CHUNK))
-        final = not data
-        try:
-            if self._passthrough:
-                self._decoder.decode(data, final)
-                out = bytes(data)
-            else:
-                out = self._decoder.decode(data, final).encode("utf-8")
-        except UnicodeDecodeError as exc:
-            obj = exc.object
-            line = self._newlines + obj.count(b"\n", 0, exc.start) + 1
-            offset = self.consumed - (len(obj) - len(data)) + exc.start
-            raise IngestError(
-                f"not valid {self._encoding} (byte 0x{obj[exc.start]:02x} at offset {offset}); "
-                "pass the file's encoding with --encoding (for example latin-1)",
-                file=self._name,
-                line=line,
-            ) from None
-        self._newlines += data.count(b"\n")
-        self.consumed += len(data)
-        self._buf += out
-        if final:
-            self._eof = True
-        if not self._bom_checked and (len(self._buf) >= 3 or self._eof):
-            if self._buf[:3] == b"\xef\xbb\xbf":
-                del self._buf[:3]
-            self._bom_checked = True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while not self._eof:
-                self._fill(_CHUNK)
-            size = len(self._buf)
-        while len(self._buf) < size and not self._eof:
-            self._fill(size - len(self._buf))
-        out = bytes(self._buf[:size])
-        del self._buf[:size]
-        return out
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def peek_line(self, limit: int = 1 << 20) -> bytes:
-        """The first line (without its end), left in the stream for the CSV reader."""
-        while b"\n" not in self._buf and not self._eof and len(self._buf) < limit:
-            self._fill(_CHUNK)
-        end = self._buf.find(b"\n")
-        line = bytes(self._buf if end < 0 else self._buf[:end])
-        return line.rstrip(b"\r")
-
-    def close(self) -> None:
-        inner = getattr(self._raw, "fileobj", None)
-        try:
-            self._raw.close()
-        finally:
-            if inner is not None and hasattr(inner, "close"):
-                inner.close()
-            super().close()
-
-
-# ---------------------------------------------------------------------- vectorised parsing
-def _trim(col: pa.Array) -> pa.Array:
-    return pc.utf8_trim_whitespace(col)
-
-
-def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _parse_float(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Float values of a trimmed string column and where they are valid finite numbers."""
-    ok = _np_bool(pc.match_substring_regex(s, _FLOAT_RE))
-    if not ok.any():
-        return np.zeros(len(s)), ok
-    safe = s if ok.all() else pc.if_else(pa.array(ok), s, pa.scalar("0"))
-    vals = pc.cast(safe, pa.float64()).to_numpy(zero_copy_only=False)
-    ok &= np.isfinite(vals)
-    return np.where(ok, vals, 0.0), ok
-
-
-def _parse_int(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """int64 values of a trimmed string column (``12`` or ``12.0``) and where they are valid."""
-    ok = _np_bool(pc.match_substring_regex(s, _INT_RE))
-    if not ok.any():
-        return np.zeros(len(s), dtype=np.int64), ok
-    safe = s if ok.all() else pc.if_else(pa.array(ok), s, pa.scalar("0"))
-    if pc.any(pc.match_substring(safe, ".")).as_py():
-        safe = pc.replace_substring_regex(safe, r"\.0*$", "")
-    vals = pc.cast(safe, pa.int64()).to_numpy(zero_copy_only=False)
-    return np.where(ok, vals, 0), ok
-
-
-def _cast_ns(s: pa.Array, typ: pa.DataType) -> tuple[np.ndarray, np.ndarray]:
-    """Cast strings to a ns timestamp; values Arrow cannot parse are found by bisection."""
-    try:
-        out = pc.cast(pc.cast(s, typ), pa.int64()).to_numpy(zero_copy_only=False)
-        return out, np.ones(len(s), dtype=bool)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if len(s) == 1:
-            return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=bool)
-        mid = len(s) // 2
-        a, oka = _cast_ns(s.slice(0, mid), typ)
-        b, okb = _cast_ns(s.slice(mid), typ)
-        return np.concatenate([a, b]), np.concatenate([oka, okb])
-
-
-def _parse_datetime_ms(s: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """ms since the epoch (UTC) of ``YYYY-MM-DD[ HH:MM[:SS[.f]]][zone]`` strings."""
-    n = len(s)
-    out = np.zeros(n, dtype=np.int64)
-    ok = _np_bool(pc.match_substring_regex(s, _DATETIME_RE))
-    if not ok.any():
-        return out, ok
-    zoned = _np_bool(pc.match_substring_regex(s, _ZONED_RE)) & ok
-    for mask, typ in ((ok & ~zoned, pa.timestamp("ns")), (zoned, pa.timestamp("ns", tz="UTC"))):
-        if not mask.any():
-            continue
-        rows = np.flatnonzero(mask)
-        vals, good = _cast_ns(s.take(pa.array(rows)), typ)
-        out[rows] = vals // 1_000_000
-        ok[rows[~good]] = False
-    return out, ok
-
-
-_HASH_TABLE = np.random.default_rng(0x5EED).integers(
-    0, np.iinfo(np.uint64).max, size=256 * 256, dtype=np.uint64, endpoint=True
+BINARIZE = Option(
+    "binarize",
+    bool,
+    False,
+    "map partial credit to 0/1 (correct >= 1 -> 1, else 0) instead of rejecting it",
 )
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit affects every output bit."""
-    h = h ^ (h >> np.uint64(30))
-    h *= _M1
-    h ^= h >> np.uint64(27)
-    h *= _M2
-    return h ^ (h >> np.uint64(31))
-
-
-def _string_hash(arr: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string: tabulation over (position, byte), vectorised."""
-    n = len(arr)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
-    lens = np.diff(offsets)
-    out = lens.astype(np.uint64) * _GOLDEN
-    total = int(offsets[-1] - offsets[0])
-    if total:
-        data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-        starts = offsets[:-1] - offsets[0]
-        pos = np.arange(total, dtype=np.int32)  # a batch is far below 2 GiB
-        pos -= np.repeat(starts, lens)
-        key = (pos & 255).astype(np.uint16) << 8
-        key |= data
-        vals = _HASH_TABLE[key]
-        if lens.max() > 256:  # positions beyond 256 bytes: fold in which 256-byte block
-            vals ^= (pos >> 8).astype(np.uint64) * _M1
-        nonempty = lens > 0
-        out[nonempty] += np.add.reduceat(vals, starts[nonempty])
-    if arr.null_count:
-        out[_np_bool(arr.is_null())] = np.uint64(0x6E756C6C)
-    return out
-
-
-def _row_hash(columns: list[pa.Array]) -> np.ndarray:
-    """A 64-bit hash of each row's raw values (all columns, in header order)."""
-    out = np.full(len(columns[0]) if columns else 0, 0x345678, dtype=np.uint64)
-    for col in columns:
-        out = _mix(out * _GOLDEN + _string_hash(col))
-    return out
-
-
-def _raw_text(columns: list[pa.Array], rows: np.ndarray) -> list[str | None]:
-    """The rows' fields joined back into CSV text (quoted where needed), for rejected.parquet."""
-    if len(rows) == 0:
-        return []
-    idx = pa.array(rows, pa.int64())
-    parts = []
-    for col in columns:
-        c = col.take(idx)
-        needs = pc.match_substring_regex(c, '[",\r\n]')
-        quoted = pc.binary_join_element_wise(
-            pa.scalar('"'), pc.replace_substring(c, '"', '""'), pa.scalar('"'), pa.scalar("")
-        )
-        parts.append(pc.if_else(needs, quoted, c))
-    joined = pc.binary_join_element_wise(*parts, pa.scalar(","))
-    return pc.utf8_slice_codeunits(joined, 0, _RAW_LIMIT).to_pylist()
-
-
-def _single_concepts(values: pa.Array, none: np.ndarray) -> pa.ListArray:
-    """One concept per row (``values``), or none where ``none`` is set."""
-    lens = (~none).astype(np.int32)
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum(lens, out=offsets[1:])
-    kept = values.filter(pa.array(~none)) if none.any() else values
-    return pa.ListArray.from_arrays(pa.array(offsets), pc.cast(kept, pa.string()))
-
-
-# ---------------------------------------------------------------------- one batch
-class _Batch:
-    """One parsed CSV batch: its raw columns, line numbers and which rows are still alive."""
-
-    def __init__(self, names: list[str], columns: list[pa.Array], lines: np.ndarray) -> None:
-        self.names = names
-        self.columns = columns
-        self.col = dict(zip(names, columns, strict=True))
-        self.lines = lines
-        self.n = len(lines)
-        self.alive = np.ones(self.n, dtype=bool)
-        self._rows: list[np.ndarray] = []
-        self._reasons: list[str] = []
-        self._details: list[str | None] = []
-        self._trimmed: dict[str, pa.Array] = {}
-
-    def trimmed(self, name: str) -> pa.Array:
-        if name not in self._trimmed:
-            self._trimmed[name] = _trim(self.col[name])
-        return self._trimmed[name]
-
-    def reject(
-        self,
-        bad: np.ndarray,
-        reason: str,
-        detail: Callable[[int], str] | None = None,
-    ) -> None:
-        """Reject the live rows where ``bad`` is set; ``detail(row)`` describes one row."""
-        rows = np.flatnonzero(self.alive & bad)
-        if len(rows) == 0:
-            return
-        self.alive[rows] = False
-        self._rows.append(rows)
-        self._reasons.extend([reason] * len(rows))
-        self._details.extend(detail(int(r)) if detail else None for r in rows)
-
-    def value_detail(self, name: str) -> Callable[[int], str]:
-        values = self.col[name]
-        return lambda r: f"{name}={values[r].as_py()!r}"
-
-    def flush_rejected(self, writer: Any, file_index: int) -> None:
-        if not self._rows:
-            return
-        rows = np.concatenate(self._rows)
-        writer.reject_many(
-            np.full(len(rows), file_index, dtype=np.int32),
-            self.lines[rows],
-            self._reasons,
-            _raw_text(self.columns, rows),
-            self._details,
-        )
 
 
 # ---------------------------------------------------------------------- the loaders
@@ -455,7 +177,7 @@ class _AssistmentsLoader(Loader):
             size = f.size()
         except OSError:
             size = 0
-        stream = _Utf8Stream(f.open_binary(), f.name, self.ctx.encoding)
+        stream = Utf8Stream(f.open_binary(), f.name, self.ctx.encoding)
         reported = 0
         try:
             header = stream.peek_line()
@@ -495,7 +217,7 @@ class _AssistmentsLoader(Loader):
                 pending.sort()
                 self._reject_invalid(bad_rows, idx)
                 bad_rows.clear()
-                lines, next_line, pending = _number_rows(batch.num_rows, next_line, pending)
+                lines, next_line, pending = number_rows(batch.num_rows, next_line, pending)
                 self._batch(names, batch, lines, idx)
                 pos = min(stream.position(), size) if size else 0
                 if pos > reported:
@@ -542,14 +264,8 @@ class _AssistmentsLoader(Loader):
         }
         for col in wanted:
             self._cols[col] = col if col in names else lower.get(col.lower())
-        for col in self.required:
-            if self._cols[col] is None:
-                raise IngestError(
-                    f"missing required column '{col}' (header: {','.join(names)[:500]})",
-                    file=f.name,
-                    line=1,
-                    field=col,
-                )
+        found = [c for c, name in self._cols.items() if name is not None]
+        require_columns(found, self.required, file=f.name, header=",".join(names)[:500])
         return names
 
     def _c(self, col: str) -> str:
@@ -566,7 +282,7 @@ class _AssistmentsLoader(Loader):
             np.full(len(bad_rows), idx, dtype=np.int32),
             [b[0] for b in bad_rows],
             "wrong number of fields",
-            [b[3][:_RAW_LIMIT] for b in bad_rows],
+            [b[3][:RAW_LIMIT] for b in bad_rows],
             [f"expected {b[1]} fields, got {b[2]}" for b in bad_rows],
         )
 
@@ -576,15 +292,15 @@ class _AssistmentsLoader(Loader):
         if not len(lines):
             return
         # blank lines parse as rows of empty fields: not input rows
-        blank = _np_bool(pc.equal(columns[0], ""))
+        blank = np_bool(pc.equal(columns[0], ""))
         if blank.any():
             for col in columns[1:]:
-                blank &= _np_bool(pc.equal(col, ""))
+                blank &= np_bool(pc.equal(col, ""))
             if blank.any():
                 keep = pa.array(~blank)
                 columns = [c.filter(keep) for c in columns]
                 lines = lines[~blank]
-        b = _Batch(names, columns, lines)
+        b = Batch(names, columns, lines)
         if b.n == 0:
             return
         self.writer.count_read(b.n)
@@ -592,18 +308,18 @@ class _AssistmentsLoader(Loader):
 
         orig = col.get(self.original_col) if self.original_col else None
         if orig is not None and self.opts.get("original_only", False):
-            scaffolding = _np_bool(pc.is_in(b.trimmed(orig), pa.array(["0", "0.0"])))
+            scaffolding = np_bool(pc.is_in(b.trimmed(orig), pa.array(["0", "0.0"])))
             sel = b.alive & scaffolding
             self.writer.skip(_SCAFFOLDING, int(sel.sum()))
             b.alive &= ~sel
 
         user = b.trimmed(self._c(self.user_col))
         item = b.trimmed(self._c(self.item_col))
-        b.reject(_np_bool(pc.equal(user, "")), f"empty {self.user_col}")
-        b.reject(_np_bool(pc.equal(item, "")), f"empty {self.item_col}")
+        b.reject(np_bool(pc.equal(user, "")), f"empty {self.user_col}")
+        b.reject(np_bool(pc.equal(item, "")), f"empty {self.item_col}")
 
         correct_name = self._c(self.correct_col)
-        cval, cok = _parse_float(b.trimmed(correct_name))
+        cval, cok = parse_float(b.trimmed(correct_name))
         exact = cok & ((cval == 0.0) | (cval == 1.0))
         binarize = bool(self.opts.get("binarize", False))
         b.reject(~cok if binarize else ~exact, "correct not 0 or 1", b.value_detail(correct_name))
@@ -635,30 +351,30 @@ class _AssistmentsLoader(Loader):
             chunk[name] = values[keep]
         chunk["_file"] = pa.array(np.full(m, idx, dtype=np.int32))
         chunk["_line"] = pa.array(b.lines[keep], pa.int64())
-        chunk["_dup"] = pa.array(_row_hash([c.filter(mask) for c in b.columns]), pa.uint64())
+        chunk["_dup"] = pa.array(row_hash([c.filter(mask) for c in b.columns]), pa.uint64())
         if "timestamp" in chunk:
             chunk["timestamp"] = pa.array(chunk["timestamp"], pa.int64())
         self._adjust_order(chunk)
         self.writer.add_interactions(pa.table(chunk))
 
-    def _keys(self, b: _Batch) -> dict[str, np.ndarray]:
+    def _keys(self, b: Batch) -> dict[str, np.ndarray]:
         """Order keys and timestamps of the batch's rows; rejects rows where they are bad."""
         raise NotImplementedError
 
     def _adjust_order(self, chunk: dict[str, Any]) -> None:
         """Hook for a format whose order has a tie-breaking key (2012)."""
 
-    def _concepts(self, b: _Batch, mask: pa.Array) -> pa.Array:
+    def _concepts(self, b: Batch, mask: pa.Array) -> pa.Array:
         name = self._cols.get(self.concept_col) if self.concept_col else None
         if name is None:
             return pa.array([[]] * int(pc.sum(mask).as_py()), pa.list_(pa.string()))
         values = b.trimmed(name).filter(mask)
-        none = _np_bool(pc.is_in(values, pa.array(list(self.no_concept))))
+        none = np_bool(pc.is_in(values, pa.array(list(self.no_concept))))
         self._record_concept_names(b, mask, values, none)
-        return _single_concepts(values, none)
+        return single_concepts(values, none)
 
     def _record_concept_names(
-        self, b: _Batch, mask: pa.Array, values: pa.Array, none: np.ndarray
+        self, b: Batch, mask: pa.Array, values: pa.Array, none: np.ndarray
     ) -> None:
         name_col = self._cols.get(self.concept_name_col) if self.concept_name_col else None
         if name_col is None and not self.concept_is_name:
@@ -680,106 +396,58 @@ class _AssistmentsLoader(Loader):
             self.writer.add_concepts(ids, labels)
 
     def _elapsed(self, s: pa.Array, keep: np.ndarray) -> pa.Array:
-        vals, ok = _parse_float(s)
+        vals, ok = parse_float(s)
         ms = vals * self.elapsed_unit_ms
         valid = ok & (ms >= 0) & (ms < 2.0**62)
-        empty = _np_bool(pc.equal(s, ""))
+        empty = np_bool(pc.equal(s, ""))
         self._elapsed_nulled += int((keep & ~valid & ~empty).sum())
         out = np.where(valid, np.round(ms), 0).astype(np.int64)
         return pa.array(out[keep], pa.int64(), mask=~valid[keep])
 
     def _attempt(self, s: pa.Array, keep: np.ndarray) -> pa.Array:
-        vals, ok = _parse_int(s)
+        vals, ok = parse_int(s)
         valid = ok & (vals >= 0) & (vals <= 32767)
-        empty = _np_bool(pc.equal(s, ""))
+        empty = np_bool(pc.equal(s, ""))
         self._attempt_nulled += int((keep & ~valid & ~empty).sum())
         out = np.where(valid, vals, 0).astype(np.int16)
         return pa.array(out[keep], pa.int16(), mask=~valid[keep])
 
 
-def _number_rows(n: int, next_line: int, pending: list[int]) -> tuple[np.ndarray, int, list[int]]:
-    """Line numbers of ``n`` parsed rows starting at ``next_line``, around invalid rows.
+class _ProblemLogLoader(_AssistmentsLoader):
+    """2009-10 and 2012-13: problem logs with skill_id, original, ms_first_response and
+    attempt_count columns."""
 
-    ``pending`` holds the (sorted) line numbers of rows the CSV reader skipped as invalid;
-    the ones passed are consumed.
-    """
-    lines = np.arange(next_line, next_line + n, dtype=np.int64)
-    used = 0
-    for bad in pending:
-        if n == 0 or bad > lines[-1]:
-            break
-        used += 1
-        if bad < lines[0]:
-            continue
-        i = int(np.searchsorted(lines, bad))
-        lines[i:] += 1
-    rest = pending[used:]
-    return lines, (int(lines[-1]) + 1 if n else next_line), rest
-
-
-def _int_key(b: _Batch, column: str, reason: str) -> np.ndarray:
-    vals, ok = _parse_int(b.trimmed(column))
-    b.reject(~ok, reason, b.value_detail(column))
-    return vals
-
-
-class Assistments2009Loader(_AssistmentsLoader):
-    name = "assistments-2009"
-    summary = "ASSISTments 2009-10 skill builder CSV (skill_builder_data.csv, original/corrected)"
-    options = (
-        Option(
-            "original_only",
-            bool,
-            True,
-            "keep main problems only; scaffolding rows (original=0) are counted as skipped",
-        ),
-    )
-    user_col = "user_id"
-    item_col = "problem_id"
-    required = ("order_id", "user_id", "problem_id", "correct")
     concept_col = "skill_id"
-    concept_name_col = "skill_name"
     original_col = "original"
     elapsed_col = "ms_first_response"
     attempt_col = "attempt_count"
+
+
+class Assistments2009Loader(_ProblemLogLoader):
+    name = "assistments-2009"
+    summary = "ASSISTments 2009-10 skill builder CSV (skill_builder_data.csv, original/corrected)"
+    options = (ORIGINAL_ONLY,)
+    required = ("order_id", "user_id", "problem_id", "correct")
+    concept_name_col = "skill_name"
     order_note = "order_id; rows of one order_id (a multi-skill problem) merged"
 
-    def _keys(self, b: _Batch) -> dict[str, np.ndarray]:
-        order = _int_key(b, self._c("order_id"), "bad order_id")
+    def _keys(self, b: Batch) -> dict[str, np.ndarray]:
+        order = int_key(b, self._c("order_id"), "bad order_id")
         return {"_order": order, "_merge": order}
 
 
-class Assistments2012Loader(_AssistmentsLoader):
+class Assistments2012Loader(_ProblemLogLoader):
     name = "assistments-2012"
     summary = "ASSISTments 2012-13 CSV (2012-2013-data-with-predictions-4-final.csv)"
-    options = (
-        Option(
-            "original_only",
-            bool,
-            True,
-            "keep main problems only; scaffolding rows (original=0) are counted as skipped",
-        ),
-        Option(
-            "binarize",
-            bool,
-            False,
-            "map partial credit to 0/1 (correct >= 1 -> 1, else 0) instead of rejecting it",
-        ),
-    )
-    user_col = "user_id"
-    item_col = "problem_id"
+    options = (ORIGINAL_ONLY, BINARIZE)
     required = ("problem_log_id", "user_id", "problem_id", "correct", "start_time")
-    concept_col = "skill_id"
     concept_name_col = "skill"
-    original_col = "original"
-    elapsed_col = "ms_first_response"
-    attempt_col = "attempt_count"
     order_note = "start_time, then problem_log_id"
 
-    def _keys(self, b: _Batch) -> dict[str, np.ndarray]:
-        log_id = _int_key(b, self._c("problem_log_id"), "bad problem_log_id")
+    def _keys(self, b: Batch) -> dict[str, np.ndarray]:
+        log_id = int_key(b, self._c("problem_log_id"), "bad problem_log_id")
         start = self._c("start_time")
-        ts, ok = _parse_datetime_ms(b.trimmed(start))
+        ts, ok = parse_datetime_ms(b.trimmed(start))
         b.reject(~ok, "bad timestamp", b.value_detail(start))
         return {"timestamp": ts, "_order": ts, "_log": log_id}
 
@@ -802,35 +470,20 @@ class Assistments2012Loader(_AssistmentsLoader):
 class Assistments2015Loader(_AssistmentsLoader):
     name = "assistments-2015"
     summary = "ASSISTments 2015 CSV (2015_100_skill_builders_main_problems.csv)"
-    options = (
-        Option(
-            "binarize",
-            bool,
-            False,
-            "map partial credit to 0/1 (correct >= 1 -> 1, else 0) instead of rejecting it",
-        ),
-    )
-    user_col = "user_id"
+    options = (BINARIZE,)
     item_col = "sequence_id"
     required = ("user_id", "log_id", "sequence_id", "correct")
     concept_col = "sequence_id"
     order_note = "log_id"
 
-    def _keys(self, b: _Batch) -> dict[str, np.ndarray]:
-        return {"_order": _int_key(b, self._c("log_id"), "bad log_id")}
+    def _keys(self, b: Batch) -> dict[str, np.ndarray]:
+        return {"_order": int_key(b, self._c("log_id"), "bad log_id")}
 
 
 class Assistments2017Loader(_AssistmentsLoader):
     name = "assistments-2017"
     summary = "ASSISTments 2017 CSV (anonymized_full_release_competition_dataset.csv)"
-    options = (
-        Option(
-            "original_only",
-            bool,
-            True,
-            "keep main problems only; scaffolding rows (original=0) are counted as skipped",
-        ),
-    )
+    options = (ORIGINAL_ONLY,)
     user_col = "studentId"
     item_col = "problemId"
     required = ("studentId", "problemId", "correct", "startTime")
@@ -843,9 +496,9 @@ class Assistments2017Loader(_AssistmentsLoader):
     attempt_col = "attemptCount"
     order_note = "startTime, then file line"
 
-    def _keys(self, b: _Batch) -> dict[str, np.ndarray]:
+    def _keys(self, b: Batch) -> dict[str, np.ndarray]:
         start = self._c("startTime")
-        secs, ok = _parse_float(b.trimmed(start))
+        secs, ok = parse_float(b.trimmed(start))
         ok &= np.abs(secs) < 1e11  # beyond that it is not a time in seconds
         b.reject(~ok, "bad timestamp", b.value_detail(start))
         ms = np.where(ok, np.round(secs * 1000.0), 0).astype(np.int64)

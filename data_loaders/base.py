@@ -99,6 +99,21 @@ class Loader(ABC):
             size = None
         return self.writer.register_file(f.name, size)
 
+    def reject_read(
+        self,
+        file: int,
+        line: int | None,
+        reason: str,
+        raw: str | None,
+        detail: str | None = None,
+        *,
+        rows: int = 1,
+    ) -> None:
+        """Count ``rows`` input rows as read and reject them as one record (raw text cut
+        at 2000 characters)."""
+        self.writer.count_read(rows)
+        self.writer.reject(file, line, reason, raw[:2000] if raw is not None else None, detail)
+
     def start_progress(self, files: list[InputFile]) -> None:
         total = 0
         for f in files:
@@ -113,16 +128,16 @@ FORMATS: dict[str, str] = {
     "assistments-2012": "data_loaders.assistments:Assistments2012Loader",
     "assistments-2015": "data_loaders.assistments:Assistments2015Loader",
     "assistments-2017": "data_loaders.assistments:Assistments2017Loader",
-    "ednet-kt1": "data_loaders.ednet:EdNetKT1Loader",
-    "ednet-kt2": "data_loaders.ednet:EdNetKT2Loader",
-    "ednet-kt3": "data_loaders.ednet:EdNetKT3Loader",
-    "ednet-kt4": "data_loaders.ednet:EdNetKT4Loader",
-    "three-line": "data_loaders.benchmark_formats:ThreeLineLoader",
-    "four-line": "data_loaders.benchmark_formats:FourLineLoader",
-    "pykt": "data_loaders.benchmark_formats:PyKTLoader",
-    "tabular": "data_loaders.benchmark_formats:TabularLoader",
-    "dkt-synthetic": "data_loaders.benchmark_formats:DKTSyntheticLoader",
-    "xapi": "data_loaders.xapi:XAPILoader",
+    "ednet-kt1": "data_loaders.ednet_kt1:EdNetKT1Loader",
+    "ednet-kt2": "data_loaders.ednet_actions:EdNetKT2Loader",
+    "ednet-kt3": "data_loaders.ednet_actions:EdNetKT3Loader",
+    "ednet-kt4": "data_loaders.ednet_actions:EdNetKT4Loader",
+    "three-line": "data_loaders.benchmark_lines:ThreeLineLoader",
+    "four-line": "data_loaders.benchmark_lines:FourLineLoader",
+    "pykt": "data_loaders.benchmark_lines:PyKTLoader",
+    "tabular": "data_loaders.benchmark_tabular:TabularLoader",
+    "dkt-synthetic": "data_loaders.benchmark_lines:DKTSyntheticLoader",
+    "xapi": "data_loaders.xapi_loader:XAPILoader",
     "simulate": "data_loaders.simulate:SimulateLoader",
 }
 

@@ -5,6 +5,8 @@ Every message names where the problem is (file, line, field) and what was expect
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 
 class IngestError(Exception):
     """Input that cannot be ingested at all: nothing is written when it is raised."""
@@ -38,3 +40,22 @@ class UnknownFormatError(IngestError):
 
 class DatasetError(Exception):
     """A dataset directory that is missing, incomplete or of another schema version."""
+
+
+def require_columns(
+    present: Collection[str], required: Iterable[str], *, file: str, header: str, what: str = ""
+) -> None:
+    """Raise :class:`IngestError` naming the first ``required`` column not in ``present``.
+
+    ``header`` is the file's header as the message shows it; ``what`` names the kind of file
+    (``missing required column 'x' of an EdNet KT1 file``).
+    """
+    for col in required:
+        if col not in present:
+            of = f" of {what}" if what else ""
+            raise IngestError(
+                f"missing required column '{col}'{of} (header: {header})",
+                file=file,
+                line=1,
+                field=col,
+            )

@@ -7,18 +7,17 @@ that the same input always gives the same dataset. Compression is detected from 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import fnmatch
 import gzip
 import io
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import pyarrow as pa
 
 from .errors import IngestError
 
@@ -85,14 +84,6 @@ class InputFile:
             closers.insert(0, fh)
         return _Stream(fh, closers, self.name)  # type: ignore[return-value]
 
-    def arrow_stream(self) -> pa.NativeFile:
-        """A pyarrow input stream over the decompressed bytes."""
-        if self.member is None:
-            with open(self.path, "rb") as fh:
-                gz = fh.read(2) == GZIP_MAGIC
-            return pa.input_stream(str(self.path), compression="gzip" if gz else None)
-        return pa.PythonFile(self.open_binary(), mode="r")
-
     def read_text(self, encoding: str = "utf-8") -> str:
         return decode(self.read_bytes(), self.name, encoding)
 
@@ -134,17 +125,24 @@ class _Stream(io.RawIOBase):
         super().close()
 
 
+def not_valid_error(encoding: str, byte: int, where: str, *, file: str, line: int) -> IngestError:
+    """The error of a byte that is not valid in ``encoding`` (``where``: offset or column)."""
+    return IngestError(
+        f"not valid {encoding} (byte 0x{byte:02x} at {where}); "
+        "pass the file's encoding with --encoding (for example latin-1)",
+        file=file,
+        line=line,
+    )
+
+
 def decode(data: bytes, name: str, encoding: str = "utf-8") -> str:
     """Decode bytes; an undecodable byte is an :class:`IngestError` naming file and line."""
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise IngestError(
-            f"not valid {encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "pass the file's encoding with --encoding (for example latin-1)",
-            file=name,
-            line=line,
+        raise not_valid_error(
+            encoding, data[exc.start], f"offset {exc.start}", file=name, line=line
         ) from exc
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -160,6 +158,108 @@ def check_utf8(data: bytes, name: str, encoding: str = "utf-8") -> bytes:
             decode(data, name, "utf-8")  # raises with the line number
         return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
     return decode(data, name, encoding).encode("utf-8")
+
+
+#: Bytes a :class:`Utf8Stream` reads from its source at a time.
+STREAM_CHUNK = 4 << 20
+
+
+class Utf8Stream(io.RawIOBase):
+    """The decompressed bytes of one input as UTF-8, checked (or transcoded) chunk by chunk.
+
+    An undecodable byte raises :class:`IngestError` naming the file and the line, like
+    :func:`check_utf8`, but without reading the whole file into memory.
+    """
+
+    def __init__(self, raw: BinaryIO, name: str, encoding: str) -> None:
+        super().__init__()
+        try:
+            info = codecs.lookup(encoding)
+        except LookupError as exc:
+            raise IngestError(f"unknown encoding {encoding!r}", file=name) from exc
+        self._raw = raw
+        self._name = name
+        self._encoding = encoding
+        self._passthrough = info.name in ("utf-8", "utf-8-sig")
+        factory = codecs.getincrementaldecoder("utf-8") if self._passthrough else None
+        self._decoder = (factory or info.incrementaldecoder)(errors="strict")  # type: ignore[misc]
+        self._buf = bytearray()
+        self._eof = False
+        self._bom_checked = False
+        self._newlines = 0
+        self.consumed = 0  # decompressed source bytes read so far
+
+    def readable(self) -> bool:
+        return True
+
+    def position(self) -> int:
+        """Bytes of the file on disk read so far (the compressed position for gzip)."""
+        inner = getattr(self._raw, "fileobj", None)
+        if inner is not None:
+            try:
+                return int(inner.tell())
+            except (OSError, ValueError):
+                pass
+        return self.consumed
+
+    def _fill(self, want: int) -> None:
+        data = self._raw.read(max(want, STREAM_CHUNK))
+        final = not data
+        try:
+            if self._passthrough:
+                self._decoder.decode(data, final)
+                out = bytes(data)
+            else:
+                out = self._decoder.decode(data, final).encode("utf-8")
+        except UnicodeDecodeError as exc:
+            obj = exc.object
+            line = self._newlines + obj.count(b"\n", 0, exc.start) + 1
+            offset = self.consumed - (len(obj) - len(data)) + exc.start
+            raise not_valid_error(
+                self._encoding, obj[exc.start], f"offset {offset}", file=self._name, line=line
+            ) from None
+        self._newlines += data.count(b"\n")
+        self.consumed += len(data)
+        self._buf += out
+        if final:
+            self._eof = True
+        if not self._bom_checked and (len(self._buf) >= 3 or self._eof):
+            if self._buf[:3] == b"\xef\xbb\xbf":
+                del self._buf[:3]
+            self._bom_checked = True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while not self._eof:
+                self._fill(STREAM_CHUNK)
+            size = len(self._buf)
+        while len(self._buf) < size and not self._eof:
+            self._fill(size - len(self._buf))
+        out = bytes(self._buf[:size])
+        del self._buf[:size]
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def peek_line(self, limit: int = 1 << 20) -> bytes:
+        """The first line (without its end), left in the stream for the CSV reader."""
+        while b"\n" not in self._buf and not self._eof and len(self._buf) < limit:
+            self._fill(STREAM_CHUNK)
+        end = self._buf.find(b"\n")
+        line = bytes(self._buf if end < 0 else self._buf[:end])
+        return line.rstrip(b"\r")
+
+    def close(self) -> None:
+        inner = getattr(self._raw, "fileobj", None)
+        try:
+            self._raw.close()
+        finally:
+            if inner is not None and hasattr(inner, "close"):
+                inner.close()
+            super().close()
 
 
 def list_files(
@@ -231,6 +331,14 @@ MAX_LINE_BYTES = 1 << 20
 #: How much of an over-long line is kept for ``rejected.parquet``.
 PREVIEW_BYTES = 2000
 _READ_CHUNK = 1 << 16
+
+
+def max_line_bytes(options: Mapping[str, Any]) -> int:
+    """The ``-o max_line_bytes=N`` option of a loader (default :data:`MAX_LINE_BYTES`)."""
+    n = int(options.get("max_line_bytes", MAX_LINE_BYTES))
+    if n < 1:
+        raise IngestError(f"option 'max_line_bytes' must be positive, got {n}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -322,24 +430,9 @@ def iter_lines_bounded(
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError as exc:
-                raise IngestError(
-                    f"not valid {encoding} (byte 0x{raw[exc.start]:02x} at column "
-                    f"{exc.start + 1}); pass the file's encoding with --encoding "
-                    "(for example latin-1)",
-                    file=f.name,
-                    line=lineno,
+                raise not_valid_error(
+                    encoding, raw[exc.start], f"column {exc.start + 1}", file=f.name, line=lineno
                 ) from exc
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield lineno, line.rstrip("\r\n")
-
-
-def iter_lines(
-    f: InputFile, encoding: str = "utf-8", max_bytes: int = MAX_LINE_BYTES
-) -> Iterator[tuple[int, str]]:
-    """:func:`iter_lines_bounded` for readers that cannot skip a line: a line longer than
-    ``max_bytes`` stops the ingest with an :class:`IngestError` naming it."""
-    for lineno, line in iter_lines_bounded(f, encoding, max_bytes):
-        if isinstance(line, LongLine):
-            raise IngestError(line.detail, file=f.name, line=lineno)
-        yield lineno, line

@@ -1,4 +1,4 @@
-"""The canonical interaction schema and the side tables of a dataset (see DESIGN.md).
+"""The canonical interaction schema, the side tables and their Parquet settings (DESIGN.md).
 
 One row of ``interactions`` is one answered question, whatever the source. Two optional
 columns beyond DESIGN.md's table carry a published split where the source file has one:
@@ -8,6 +8,8 @@ has none.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pyarrow as pa
 
@@ -84,17 +86,13 @@ INTERNAL = pa.schema(
 )
 
 LOADER_COLUMNS = [f.name for f in INTERACTIONS if f.name not in ("seq", "source")]
-SPILL = pa.schema(
-    [
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("concept_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("correct", pa.int8(), nullable=False),
-        pa.field("timestamp", pa.timestamp("ms", tz="UTC")),
-        pa.field("elapsed_ms", pa.int64()),
-        pa.field("attempt", pa.int16()),
-        pa.field("split", pa.string()),
-        pa.field("fold", pa.int16()),
-        *INTERNAL,
-    ]
-)
+#: What the writer spills per partition: the loader columns and the internal ones.
+SPILL = pa.schema([*(f for f in INTERACTIONS if f.name in LOADER_COLUMNS), *INTERNAL])
+
+#: How every table of a dataset is written to Parquet (the interactions narrow the
+#: dictionary pages to their string columns).
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": True,
+    "write_statistics": True,
+}

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from data_loaders import IngestError
+from data_loaders import IngestError, inputs
 from data_loaders import assistments as asm
+from data_loaders.assistments_columns import row_hash
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "assistments"
 SB2009 = FIX / "skill_builder_2009.csv"
@@ -190,7 +191,7 @@ def test_gzip_and_directory_inputs_give_the_same_dataset(ingest_to, tmp_path):
 def test_small_blocks_and_chunks_give_the_same_result(ingest_to, monkeypatch):
     """Line numbers and rows do not depend on where the CSV reader cuts its blocks."""
     monkeypatch.setattr(asm, "BLOCK_SIZE", 600)
-    monkeypatch.setattr(asm, "_CHUNK", 5)
+    monkeypatch.setattr(inputs, "STREAM_CHUNK", 5)
     ds = ingest_to("assistments-2009", SB2009)
     assert histories(ds, *COLS_2009) == EXPECTED_2009
     assert rejected(ds) == REJECTED_2009
@@ -220,7 +221,7 @@ def test_non_utf8_input_fails_naming_the_line(ingest_to, tmp_path, monkeypatch):
     assert err.value.line == 3  # the first byte that is not UTF-8: '°' (0xb0) on line 3
     assert "--encoding" in str(err.value)
     # the same when the bad byte is found in a later chunk of a gzipped stream
-    monkeypatch.setattr(asm, "_CHUNK", 3)
+    monkeypatch.setattr(inputs, "STREAM_CHUNK", 3)
     gz = tmp_path / "latin1.csv.gz"
     gz.write_bytes(gzip.compress(LATIN1.read_bytes()))
     with pytest.raises(IngestError) as err:
@@ -236,7 +237,7 @@ def test_latin1_with_encoding_option(ingest_to):
 
 
 def test_utf8_multibyte_split_across_chunks_and_bom(ingest_to, tmp_path, monkeypatch):
-    monkeypatch.setattr(asm, "_CHUNK", 1)  # every multi-byte character is split
+    monkeypatch.setattr(inputs, "STREAM_CHUNK", 1)  # every multi-byte character is split
     utf8 = tmp_path / "utf8.csv"
     utf8.write_bytes(b"\xef\xbb\xbf" + LATIN1.read_bytes().decode("latin-1").encode("utf-8"))
     ds = ingest_to("assistments-2009", utf8)
@@ -405,8 +406,8 @@ def test_row_hash_is_per_value_and_order_sensitive():
 
     a = pa.array(["ab", "ba", "ab", "", "x" * 300 + "ab", "x" * 300 + "ba"])
     b = pa.array(["1", "1", "1", "1", "1", "1"])
-    h = asm._row_hash([a, b])
+    h = row_hash([a, b])
     assert h[0] == h[2]
     assert len(set(h.tolist())) == 5
-    assert asm._row_hash([a.slice(2, 2), b.slice(2, 2)]).tolist() == [h[2], h[3]]
-    assert asm._row_hash([b, a])[0] != h[0]  # column order matters
+    assert row_hash([a.slice(2, 2), b.slice(2, 2)]).tolist() == [h[2], h[3]]
+    assert row_hash([b, a])[0] != h[0]  # column order matters

@@ -27,7 +27,8 @@ from data_loaders import (
     WriterOptions,
     ingest,
 )
-from data_loaders.writer import remove_stale_staging
+from data_loaders import writer as writer_module
+from data_loaders.staging import remove_stale_staging
 from tests.conftest import FIXTURES
 
 B = FIXTURES / "benchmark"
@@ -176,10 +177,10 @@ def test_bad_loader_output_is_refused(tmp_path):
 def test_atomic_failure_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "ds"
 
-    def boom(self, pairs):
+    def boom(directory, catalogue, pairs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(DatasetWriter, "_write_items", boom)
+    monkeypatch.setattr(writer_module, "write_items", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         ingest("three-line", B / "three_line", out)
     assert list(tmp_path.iterdir()) == []
@@ -325,8 +326,6 @@ def test_stale_staging_rule_by_lock_and_age(tmp_path):
 def test_a_dataset_moved_aside_by_a_killed_writer_is_put_back(tmp_path):
     """Killed between moving the old dataset aside and putting the new one in place: the
     next writer's clean-up restores the old dataset instead of deleting the only copy."""
-    from data_loaders.writer import remove_stale_staging
-
     out = tmp_path / "ds"
     token = "0123456789ab"
     old = tmp_path / f".ds.old-{token}"
