@@ -36,6 +36,7 @@ from rich.table import Table
 from data_loaders import ingest
 from kt_models.base import make_config
 from kt_models.evaluate import evaluate_run
+from kt_models.registry import model_names
 from kt_models.train import TrainConfig, train, train_option
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,21 @@ REFERENCE = {
 VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "dkt-large": ("dkt", {"hidden": 256}, {}),
 }
+
+
+def model_rows(text: str) -> list[tuple[str, tuple[str, dict[str, object], dict[str, object]]]]:
+    """``--models`` (comma-separated) as (row name, (registered model, model options, training
+    options)); a name that is neither a registered model nor a :data:`VARIANTS` row raises
+    ValueError listing the known names."""
+    names = [m for m in text.split(",") if m]
+    known = [*model_names(), *VARIANTS]
+    unknown = [m for m in names if m not in known]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown model {', '.join(map(repr, unknown)) or '(none given)'} in --models; "
+            f"known: {', '.join(known)}"
+        )
+    return [(m, VARIANTS.get(m, (m, {}, {}))) for m in names]
 
 
 def _reusable(run: Path, model: str, mcfg: dict, cfg: TrainConfig) -> bool:
@@ -98,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         help="model:key=value training option (e.g. dkt:batch_tokens=2048, dkt:ema=0.995)",
     )
     args = ap.parse_args(argv)
+    try:
+        models = model_rows(args.models)
+    except ValueError as exc:
+        ap.error(str(exc))
+    bad = [k for k in args.datasets.split(",") if k not in DATASETS]
+    if bad:
+        ap.error(f"unknown dataset {', '.join(map(repr, bad))}; known: {', '.join(DATASETS)}")
     console = Console(width=220)
     overrides: dict[str, dict[str, str]] = {}
     for s in args.set:
@@ -134,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (ds / "manifest.json").exists():
             kw2 = {k: args.data / v for k, v in kw.items()}
             ingest(fmt, src, ds, overwrite=True, **kw2)
-        for model in args.models.split(","):
-            base, m_over, t_over = VARIANTS.get(model, (model, {}, {}))
+        for model, (base, m_over, t_over) in models:
             m_over = {**m_over, **overrides.get(model, {})}
             t_over = {**t_over, **train_over.get(model, {}), **train_over.get(f"{model}@{key}", {})}
             run = args.out / key / model.replace("+", "plus")

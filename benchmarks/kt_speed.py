@@ -15,7 +15,6 @@ Usage: python benchmarks/kt_speed.py [--models dkt,dkt-large,cakt,...] [--thread
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -28,11 +27,11 @@ from rich.table import Table
 
 from data_loaders import ingest
 from kt_models.base import build_model, make_config
-from kt_models.data import load_sequences, make_batch, plan_batches, split_learners, windows
-from kt_models.train import TrainConfig, make_optimizer, optimizer_step, pick_device
+from kt_models.data import load_sequences, make_batch, split_learners, windows
+from kt_models.train import TrainConfig, epoch_plan, new_state, optimizer_step, pick_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kt_quality import VARIANTS  # noqa: E402
+from kt_quality import model_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,18 +41,10 @@ def time_epoch(
 ) -> tuple[float, int]:
     seqs, vocab = load_sequences(data)
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
-    model = build_model(name, vocab, make_config(name, overrides)).to(device)
-    opt = make_optimizer(model, cfg)
-    ema, steps = (copy.deepcopy(model) if cfg.ema else None), 0
+    st = new_state(build_model(name, vocab, make_config(name, overrides)).to(device), cfg)
+    model = st.model
     ws = windows(seqs, split.train, cfg.max_len)
-    plan = plan_batches(
-        ws,
-        np.arange(ws.n_users),
-        batch_tokens=cfg.batch_tokens,
-        max_batch=cfg.max_batch,
-        shuffle=True,
-        seed=0,
-    )
+    plan = epoch_plan(ws, cfg, seed=0)
     best = float("inf")
     for _ in range(2):  # warm-up, then the timed epoch
         model.train()
@@ -62,8 +53,8 @@ def time_epoch(
         t0 = time.perf_counter()
         for g in plan:
             b = make_batch(ws, g).to(device)
-            optimizer_step(model, opt, model.loss(b, model(b)), cfg, ema, steps)
-            steps += 1
+            optimizer_step(model, st.opt, model.loss(b, model(b)), cfg, st.ema_model, st.ema_steps)
+            st.ema_steps += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
@@ -102,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", type=int, default=0, help="simulate N interactions instead")
     ap.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
     args = ap.parse_args(argv)
+    try:
+        models = model_rows(args.models)
+    except ValueError as exc:
+        ap.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -132,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for col in ("model", "s/epoch", "interactions/s", "step ms (1 learner)", "predict ms"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for name in args.models.split(","):
-        base, over, train_over = VARIANTS.get(name, (name, {}, {}))
+    for name, (base, over, train_over) in models:
         cfg = TrainConfig(batch_tokens=args.batch_tokens, **train_over)
         secs, n = time_epoch(base, data, device, cfg, over)
         ms, pms = time_step(base, data, over) if device.type == "cpu" else (float("nan"),) * 2

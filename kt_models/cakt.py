@@ -85,7 +85,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import KTModel, ModelConfig, register
-from .concepts import concept_weights
+from .concepts import concept_logits, concept_weights, embed_answers
 from .data import Batch, Vocab
 
 #: volumes per CNN call (bounds the activation memory of a batch)
@@ -217,17 +217,11 @@ class CAKT(KTModel):
 
     # ----------------------------------------------------------------- shared pieces
     def _inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        c, w = concept_weights(self.item_concepts, item)
-        e = self.embed(c + self.n_c * correct.long().unsqueeze(-1))  # [..., K, E]
-        return (e * w.unsqueeze(-1)).sum(-2)
+        return embed_answers(self.embed, self.item_concepts, item, correct, self.n_c)
 
     def _gather(self, logits_all: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean logit of each item's concepts: logits_all [..., C+1], items [..., M]."""
-        c, w = concept_weights(self.item_concepts, items)
-        shape = c.shape
-        flat = c.reshape(*shape[:-2], shape[-2] * shape[-1])
-        g = torch.gather(logits_all, -1, flat).reshape(shape)
-        return (g * w).sum(-1)
+        return concept_logits(self.item_concepts, logits_all, items)
 
     def _tokens(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """Frame tokens of answers: ``1 + 2 * class + correct``; 0 is an empty frame."""

@@ -1,10 +1,12 @@
-"""The item -> concepts (Q) matrix as the models use it: one place for the two ways of
-reading it (a per-item table with a validity mask, and averaging weights over an item's
-concepts), so that every model treats multi-skill items and untagged items alike."""
+"""The item -> concepts (Q) matrix as the models use it: one place for the ways of reading it
+(a per-item table with a validity mask, averaging weights over an item's concepts, and the
+two averages built on them: of (concept, correct) embeddings and of per-concept logits), so
+that every model treats multi-skill items and untagged items alike."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def item_concept_table(item_concepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,3 +38,29 @@ def concept_weights(
     none = w.sum(-1, keepdim=True) == 0
     w = torch.where(none & (torch.arange(c.shape[-1], device=c.device) == 0), 1.0, w)
     return c, w / w.sum(-1, keepdim=True)
+
+
+def embed_answers(
+    embed: nn.Embedding,
+    item_concepts: torch.Tensor,
+    item: torch.Tensor,
+    correct: torch.Tensor,
+    slots: int,
+) -> torch.Tensor:
+    """Answers ``[...]`` embedded as the mean over each item's concepts of the (concept,
+    correct) embedding, row ``concept + slots * correct`` of ``embed``: ``[..., E]``."""
+    c, w = concept_weights(item_concepts, item)
+    e = embed(c + slots * correct.long().unsqueeze(-1))  # [..., K, E]
+    return (e * w.unsqueeze(-1)).sum(-2)
+
+
+def concept_logits(
+    item_concepts: torch.Tensor, logits_all: torch.Tensor, items: torch.Tensor
+) -> torch.Tensor:
+    """Mean logit of each item's concepts: ``logits_all`` [..., C+1], ``items`` [..., M] ->
+    ``[..., M]``."""
+    c, w = concept_weights(item_concepts, items)
+    shape = c.shape
+    flat = c.reshape(*shape[:-2], shape[-2] * shape[-1])
+    g = torch.gather(logits_all, -1, flat).reshape(shape)
+    return (g * w).sum(-1)

@@ -119,20 +119,25 @@ class Sequences:
     def subset(self, user_idx: np.ndarray) -> Sequences:
         """The learners ``user_idx`` (in that order)."""
         user_idx = np.asarray(user_idx, dtype=np.int64)
-        lens = self.lengths()[user_idx]
         starts = self.offsets[:-1][user_idx]
-        new_offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        return self.pieces(user_idx, starts, self.lengths()[user_idx], dict(self.meta))
+
+    def pieces(
+        self, owner: np.ndarray, starts: np.ndarray, lens: np.ndarray, meta: dict[str, Any]
+    ) -> Sequences:
+        """New learners' rows, one per piece: rows ``starts[i] .. starts[i] + lens[i]`` of
+        learner ``owner[i]``, who lends the piece its id, split and fold."""
         rows = _ranges(starts, lens)
         return Sequences(
-            users=self.users[user_idx],
-            offsets=new_offsets,
+            users=self.users[owner],
+            offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
             item=self.item[rows],
             correct=self.correct[rows],
             time=self.time[rows],
-            split=self.split[user_idx],
-            fold=self.fold[user_idx],
+            split=self.split[owner],
+            fold=self.fold[owner],
             has_time=self.has_time,
-            meta=dict(self.meta),
+            meta=meta,
         )
 
 
@@ -152,19 +157,7 @@ def windows(seqs: Sequences, users: np.ndarray, max_len: int | None) -> Sequence
     k = np.arange(len(owner)) - np.repeat(np.cumsum(n_win) - n_win, n_win)
     starts = sub.offsets[:-1][owner] + k * max_len
     wl = np.minimum(max_len, sub.offsets[1:][owner] - starts)
-    offsets = np.concatenate([[0], np.cumsum(wl)]).astype(np.int64)
-    rows = _ranges(starts, wl)
-    return Sequences(
-        users=sub.users[owner],
-        offsets=offsets,
-        item=sub.item[rows],
-        correct=sub.correct[rows],
-        time=sub.time[rows],
-        split=sub.split[owner],
-        fold=sub.fold[owner],
-        has_time=sub.has_time,
-        meta={**sub.meta, "windows_of": max_len},
-    )
+    return sub.pieces(owner, starts, wl, {**sub.meta, "windows_of": max_len})
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -388,29 +381,10 @@ def make_batch(seqs: Sequences, users: np.ndarray, max_len: int | None = None) -
 
 
 def iter_batches(
-    seqs: Sequences,
-    users: np.ndarray,
-    *,
-    batch_tokens: int = 16384,
-    max_batch: int = 512,
-    shuffle: bool = False,
-    seed: int = 0,
-    max_len: int | None = None,
+    seqs: Sequences, users: np.ndarray, *, max_len: int | None = None, **plan: Any
 ) -> Iterator[Batch]:
-    """Length-bucketed batches: learners sorted by length share a batch, so padding is small.
-
-    A batch holds about ``batch_tokens`` padded positions (at most ``max_batch`` learners).
-    With ``shuffle`` the order of batches (not their content) is shuffled per ``seed``.
-    """
-    for group in plan_batches(
-        seqs,
-        users,
-        batch_tokens=batch_tokens,
-        max_batch=max_batch,
-        shuffle=shuffle,
-        seed=seed,
-        max_len=max_len,
-    ):
+    """The padded batches of :func:`plan_batches` (``plan``: its other options), in order."""
+    for group in plan_batches(seqs, users, max_len=max_len, **plan):
         yield make_batch(seqs, group, max_len=max_len)
 
 
@@ -424,6 +398,12 @@ def plan_batches(
     seed: int = 0,
     max_len: int | None = None,
 ) -> list[np.ndarray]:
+    """Length-bucketed batches of ``users`` (each an array of learner indices): learners
+    sorted by length share a batch, so padding is small.
+
+    A batch holds about ``batch_tokens`` padded positions (at most ``max_batch`` learners).
+    With ``shuffle`` the order of batches (not their content) is shuffled per ``seed``.
+    """
     users = np.asarray(users, dtype=np.int64)
     if len(users) == 0:
         return []

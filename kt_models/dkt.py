@@ -39,12 +39,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import KTModel, ModelConfig, register
-from .concepts import concept_weights
+from .concepts import concept_logits, embed_answers
 from .data import Batch, Vocab
 
 
 @dataclass
 class DKTConfig(ModelConfig):
+    """DKT's options; DKT+'s regulariser weights (``lambda_*``) are 0 here: off."""
+
     emb_dim: int = 128
     hidden: int = 192
     layers: int = 1
@@ -57,6 +59,8 @@ class DKTConfig(ModelConfig):
 
 @register
 class DKT(KTModel):
+    """DKT: an LSTM over (concept, correct) embeddings, one logit per concept."""
+
     name = "dkt"
     config_class = DKTConfig
     default_lr = 1e-3
@@ -76,20 +80,13 @@ class DKT(KTModel):
 
     # ----------------------------------------------------------------- shared pieces
     def _inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        corr = correct.long()
         if self.config.input_kind == "item":
-            return self.embed(item + self.n_in * corr)
-        c, w = concept_weights(self.item_concepts, item)
-        e = self.embed(c + self.n_in * corr.unsqueeze(-1))  # [..., K, E]
-        return (e * w.unsqueeze(-1)).sum(-2)
+            return self.embed(item + self.n_in * correct.long())
+        return embed_answers(self.embed, self.item_concepts, item, correct, self.n_in)
 
     def _gather(self, logits_all: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean logit of each item's concepts: logits_all [..., C+1], items [..., M]."""
-        c, w = concept_weights(self.item_concepts, items)
-        shape = c.shape
-        flat = c.reshape(*shape[:-2], shape[-2] * shape[-1])
-        g = torch.gather(logits_all, -1, flat).reshape(shape)
-        return (g * w).sum(-1)
+        return concept_logits(self.item_concepts, logits_all, items)
 
     # ----------------------------------------------------------------- training form
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -169,6 +166,8 @@ class DKT(KTModel):
 
 @dataclass
 class DKTPlusConfig(DKTConfig):
+    """DKT+: DKT's options with the paper's regulariser weights."""
+
     lambda_r: float = 0.1
     lambda_w1: float = 0.003
     lambda_w2: float = 3.0
@@ -176,5 +175,5 @@ class DKTPlusConfig(DKTConfig):
 
 @register
 class DKTPlus(DKT):
-    name = "dkt+"
     config_class = DKTPlusConfig
+    name = "dkt+"

@@ -1,4 +1,5 @@
-"""Evaluation: next-step and multi-step prediction on the test learners of a run.
+"""Evaluation: the numbers computed from a run's predictions (the predictions themselves come
+from :mod:`kt_models.predictions`).
 
 * **Next step**: every answer of a test learner after their first is predicted from the
   answers before it (the batch forward; equal to serving's step/predict to 1e-5).
@@ -7,6 +8,13 @@
   seeing them (``predict`` at each answer's own time, so models that forget decay), then the
   true answers are fed in and the next window follows. Computed through the serving form
   (``init_state``/``step``/``predict``), batched over learners.
+* **Comparison**: a paired bootstrap of the test AUC difference of two runs
+  (:func:`compare_runs`).
+* **Report numbers** (:func:`analyse_run`, what ``tutor report`` draws): calibration, AUC by
+  sequence position (a prediction's *position* is the number of the learner's earlier answers
+  it sees), DataShop-style learning curves (error rate by opportunity ``k``, the learner's
+  ``k``-th answer on the concept; an answer to a multi-concept item is an opportunity of each
+  of its concepts), the training history, and PSI-KT's prerequisite graph and learner traits.
 """
 
 from __future__ import annotations
@@ -19,47 +27,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
+
+from data_loaders.progress import Progress
 
 from .base import KTModel, load_checkpoint
-from .data import Sequences, load_sequences, make_batch, plan_batches, split_learners
+from .data import Sequences, load_sequences, split_learners
 from .metrics import calibration_table, metrics, paired_auc_bootstrap
-from .predictions import Answers, next_step_answers, predict_next_step
-from .train import pick_device
+from .predictions import (
+    TRAITS,
+    Answers,
+    final_traits,
+    next_step_answers,
+    predict_multi_step,
+    predict_next_step,
+)
+from .train import pick_device, progress_bars
 
-
-@torch.no_grad()
-def predict_multi_step(
-    model: KTModel,
-    seqs: Sequences,
-    users: np.ndarray,
-    n: int,
-    device: torch.device,
-    batch_tokens: int = 262144,
-    max_batch: int = 2048,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(answers, probabilities, steps ahead 1..n) for windows of ``n`` after each cut."""
-    model.eval()
-    ys, ps, ks = [], [], []
-    for group in plan_batches(seqs, users, batch_tokens=batch_tokens, max_batch=max_batch):
-        b = make_batch(seqs, group).to(device)
-        bsz, t_max = b.item.shape
-        state = model.init_state(bsz)
-        for cut in range(n, t_max, n):
-            # feed the answers of the previous window
-            for t in range(cut - n, cut):
-                state = model.step(state, b.item[:, t], b.correct[:, t], b.time[:, t])
-            hi = min(cut + n, t_max)
-            items = b.item[:, cut:hi]
-            times = b.time[:, cut:hi]
-            probs = model.predict(state, items, at_time=times)
-            m = b.mask[:, cut:hi]
-            ys.append(b.correct[:, cut:hi][m].cpu().numpy())
-            ps.append(probs[m].float().cpu().numpy())
-            k = torch.arange(1, hi - cut + 1, device=device).expand(bsz, -1)
-            ks.append(k[m].cpu().numpy())
-    if not ys:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    return np.concatenate(ys), np.concatenate(ps), np.concatenate(ks)
+POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
 
 
 @dataclass
@@ -190,3 +175,243 @@ def compare_runs(
         models = {"model_a": ra.record["model"], "model_b": rb.record["model"]}
         out.append({"a": str(run_a), "b": str(run_b), **models, **res})
     return out
+
+
+# ---------------------------------------------------------------------- AUC by position
+def position_buckets(max_position: int = 200) -> list[tuple[int, int | None]]:
+    """``(low, high)`` position ranges (inclusive; ``high`` None: open-ended)."""
+    edges = [e for e in POSITION_EDGES if e < max_position] + [max_position]
+    buckets: list[tuple[int, int | None]] = []
+    low = 1
+    for e in edges:
+        buckets.append((low, e))
+        low = e + 1
+    buckets.append((low, None))
+    return buckets
+
+
+def _bucket_label(low: int, high: int | None) -> str:
+    return f">{low - 1}" if high is None else f"{low}-{high}"
+
+
+def auc_by_position(
+    y: np.ndarray, p: np.ndarray, position: np.ndarray, max_position: int = 200
+) -> list[dict[str, Any]]:
+    """AUC per position bucket: ``label``, ``low``, ``high``, ``n`` and ``auc`` (None when the
+    bucket holds one answer class only, or nothing)."""
+    y, p, position = np.asarray(y), np.asarray(p), np.asarray(position)
+    rows = []
+    for low, high in position_buckets(max_position):
+        m = position >= low
+        if high is not None:
+            m &= position <= high
+        n = int(m.sum())
+        pos = int(y[m].sum()) if n else 0
+        auc = float(roc_auc_score(y[m], p[m])) if 0 < pos < n else None
+        rows.append(
+            {"label": _bucket_label(low, high), "low": low, "high": high, "n": n, "auc": auc}
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------- learning curves
+def opportunity_index(learner: np.ndarray, concept: np.ndarray) -> np.ndarray:
+    """1-based opportunity of every row: how many rows of the same (learner, concept) come
+    before it, plus one. Rows are taken to be in chronological order (vectorised: a stable
+    sort by (learner, concept, row) and the rank inside each run)."""
+    learner, concept = np.asarray(learner), np.asarray(concept)
+    n = len(learner)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((np.arange(n), concept, learner))
+    ls, cs = learner[order], concept[order]
+    new = np.r_[True, (ls[1:] != ls[:-1]) | (cs[1:] != cs[:-1])]
+    starts = np.flatnonzero(new)
+    rank = np.arange(n) - starts[np.cumsum(new) - 1] + 1
+    out = np.empty(n, dtype=np.int64)
+    out[order] = rank
+    return out
+
+
+def learning_curves(
+    answers: Answers,
+    item_concepts: np.ndarray,
+    concept_names: Sequence[str],
+    *,
+    n_concepts: int = 6,
+    max_opportunity: int = 20,
+    min_count: int = 5,
+) -> list[dict[str, Any]]:
+    """Error rate by opportunity, observed and predicted, of the most practised concepts.
+
+    Each answer counts once for each of its item's concepts. Opportunities are counted over
+    all answers; error rates over the scored ones; an opportunity with fewer than
+    ``min_count`` scored answers is left out.
+    """
+    q = np.asarray(item_concepts)[answers.item]  # [N, K]
+    row = np.repeat(np.arange(len(answers.item)), q.shape[1])
+    concept = q.reshape(-1)
+    keep = concept > 0
+    row, concept = row[keep], concept[keep]
+    if len(row) == 0:
+        return []
+    opp = opportunity_index(answers.learner[row], concept)
+    counts = np.bincount(concept, minlength=len(concept_names) + 1)
+    counts[0] = 0
+    top = [int(c) for c in np.argsort(-counts, kind="stable")[:n_concepts] if counts[c] > 0]
+    scored = answers.scored[row]
+    curves = []
+    for c in top:
+        m = (concept == c) & scored & (opp <= max_opportunity)
+        k = opp[m]
+        n = np.bincount(k, minlength=max_opportunity + 1)
+        err = np.bincount(k, weights=1.0 - answers.y[row[m]], minlength=max_opportunity + 1)
+        perr = np.bincount(k, weights=1.0 - answers.p[row[m]], minlength=max_opportunity + 1)
+        ok = np.flatnonzero(n >= min_count)
+        ok = ok[ok > 0]
+        curves.append(
+            {
+                "concept": str(concept_names[c - 1]),
+                "answers": int(counts[c]),
+                "opportunity": ok.tolist(),
+                "n": n[ok].tolist(),
+                "observed_error": (err[ok] / n[ok]).tolist(),
+                "predicted_error": (perr[ok] / n[ok]).tolist(),
+            }
+        )
+    return curves
+
+
+# ---------------------------------------------------------------------- PSI-KT pieces
+def has_interpretation(model: KTModel) -> bool:
+    """A learned prerequisite graph and learner traits to show (PSI-KT)."""
+    return model.has_traits and model.prerequisite_graph() is not None
+
+
+def trait_summary(traits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Median, mean, min and max of each trait over the learners that have it (nan: none)."""
+    summary = {}
+    for k in TRAITS:
+        v = traits[k][np.isfinite(traits[k])]
+        summary[k] = {
+            "median": float(np.median(v)) if len(v) else float("nan"),
+            "mean": float(v.mean()) if len(v) else float("nan"),
+            "min": float(v.min()) if len(v) else float("nan"),
+            "max": float(v.max()) if len(v) else float("nan"),
+        }
+    return summary
+
+
+# ---------------------------------------------------------------------- a run's report numbers
+@dataclass
+class RunAnalysis:
+    """What ``tutor report`` shows of a run: every next-step prediction of the reported
+    learners (computed once) and the numbers drawn from them."""
+
+    run: LoadedRun
+    answers: Answers
+    metrics: dict[str, Any]  # next-step metrics over the scored answers
+    calibration: list[dict[str, float]]  # metrics.calibration_table
+    auc_by_position: list[dict[str, Any]]
+    learning_curves: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # metrics.jsonl, one record per epoch
+    results: dict[str, Any] | None  # results.json, when computed on the same dataset
+    summary: dict[str, Any]  # the data and learners reported on
+    graph: np.ndarray | None = None  # [C, C] prerequisite probabilities (PSI-KT)
+    traits: dict[str, np.ndarray] | None = None  # per learner, after their last answer
+    trait_summary: dict[str, dict[str, float]] | None = None
+
+
+def analyse_run(
+    lr: LoadedRun,
+    device: torch.device,
+    *,
+    max_position: int = 200,
+    progress: bool | Progress = False,
+) -> RunAnalysis:
+    """The report numbers of a run opened by :func:`load_run` (its checkpoint, on the learners
+    it picked); ValueError when there is no learner to report on."""
+    model, seqs, users = lr.model, lr.seqs, lr.users
+    if len(users) == 0:
+        raise ValueError(f"{lr.data}: no learners to report on ({lr.subset})")
+    interp = has_interpretation(model)
+    bars = progress_bars(progress)
+    try:
+        bars.start("next-step predictions", len(users))
+        answers = next_step_answers(model, seqs, users, device, advance=bars.advance)
+        traits = None
+        if interp:
+            bars.start("learner traits", len(users))
+            traits = final_traits(model, seqs.subset(users), device, advance=bars.advance)
+    finally:
+        bars.finish()
+    s = answers.scored
+    y, p, pos = answers.y[s], answers.p[s], answers.position[s]
+    vocab = model.vocab
+    summary = {
+        "dataset": str(lr.data),
+        "subset": lr.subset,
+        "protocol": lr.protocol,
+        "learners in the dataset": seqs.n_users,
+        "learners reported": int(len(users)),
+        "answers of these learners": int(len(answers.y)),
+        "scored predictions": int(s.sum()),
+        "items": vocab.n_items,
+        "concepts": vocab.n_concepts,
+        "clock": "timestamps (days)" if seqs.has_time else "answer index",
+        "unknown items dropped": seqs.meta.get("unknown_items", 0),
+        "checkpoint epoch": lr.payload.get("extra", {}).get("epoch"),
+    }
+    graph = model.prerequisite_graph() if interp else None
+    return RunAnalysis(
+        run=lr,
+        answers=answers,
+        metrics=metrics(y, p),
+        calibration=calibration_table(y, p),
+        auc_by_position=auc_by_position(y, p, pos, max_position),
+        learning_curves=learning_curves(answers, vocab.item_concepts, vocab.concepts),
+        history=read_history(lr.dir / "metrics.jsonl"),
+        results=matching_results(lr.dir, lr.data),
+        summary=summary,
+        graph=graph.float().cpu().numpy() if graph is not None else None,
+        traits=traits,
+        trait_summary=trait_summary(traits) if traits is not None else None,
+    )
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """A run's ``metrics.jsonl``: one record per epoch ([] without the file)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def matching_results(run_dir: Path, data_path: Path) -> dict[str, Any] | None:
+    """The run's ``results.json`` when it was computed on ``data_path``, else None."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text())
+        if Path(res["data"]).resolve() != data_path.resolve():
+            return None
+        return res
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+__all__ = [
+    "LoadedRun",
+    "RunAnalysis",
+    "analyse_run",
+    "auc_by_position",
+    "compare_runs",
+    "evaluate_run",
+    "has_interpretation",
+    "learning_curves",
+    "load_run",
+    "opportunity_index",
+    "position_buckets",
+    "predict_multi_step",
+    "trait_summary",
+]

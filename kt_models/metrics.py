@@ -1,6 +1,10 @@
-"""Prediction metrics: AUC, accuracy, RMSE, log-loss, expected calibration error."""
+"""Prediction metrics: AUC, accuracy, RMSE, log-loss, expected calibration error; and
+:func:`json_safe`, metrics as JSON (their nan, as in an empty calibration bin, as null)."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -134,3 +138,17 @@ def paired_auc_bootstrap(
         "learners": n_learners,
         "answers": int(len(y)),
     }
+
+
+def json_safe(x: Any) -> Any:
+    """``x`` (dicts, lists, tuples, numbers) as strict JSON values: nan and infinities become
+    None (JSON, and PostgreSQL's JSON, have no such numbers), numpy scalars plain numbers."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return json_safe(x.item())
+    return x

@@ -1,9 +1,9 @@
 """Offline reports of a trained run: PNG plots and an HTML page (``tutor report``).
 
-:func:`write_report` evaluates a run's ``best.pt`` on the run's test learners (the protocol of
+:func:`write_report` draws the numbers :func:`kt_models.evaluate.analyse_run` computes of a
+run's ``best.pt`` on the run's test learners (the protocol of
 :func:`kt_models.evaluate.evaluate_run`: ``split_learners(seqs, seed=..., fold=...)``, or all
-learners of another dataset), computes every next-step prediction once (batched forward) and
-draws from them:
+learners of another dataset; every next-step prediction is computed once):
 
 * ``calibration.png``: reliability diagram: mean predicted vs observed success per probability
   bin (10 equal-width bins), the bins' answer counts as bars, the ECE in the title;
@@ -37,174 +37,25 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.metrics import roc_auc_score
 
-from .base import KTModel
-from .data import Sequences, make_batch, plan_batches
-from .evaluate import load_run
-from .metrics import calibration_table, metrics
-from .predictions import Answers, next_step_answers
+from data_loaders.progress import Progress
+
+from .evaluate import RunAnalysis, analyse_run, load_run
+from .metrics import json_safe
+from .predictions import TRAITS
 from .train import pick_device
 
-POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
 MAX_GRAPH_NODES = 40
 MAX_GRAPH_EDGES = 300
-TRAITS = ("alpha", "mu", "sigma", "gamma")
 
 
-# ---------------------------------------------------------------------- AUC by position
-def position_buckets(max_position: int = 200) -> list[tuple[int, int | None]]:
-    """``(low, high)`` position ranges (inclusive; ``high`` None: open-ended)."""
-    edges = [e for e in POSITION_EDGES if e < max_position] + [max_position]
-    buckets: list[tuple[int, int | None]] = []
-    low = 1
-    for e in edges:
-        buckets.append((low, e))
-        low = e + 1
-    buckets.append((low, None))
-    return buckets
-
-
-def _bucket_label(low: int, high: int | None) -> str:
-    return f">{low - 1}" if high is None else f"{low}-{high}"
-
-
-def auc_by_position(
-    y: np.ndarray, p: np.ndarray, position: np.ndarray, max_position: int = 200
-) -> list[dict[str, Any]]:
-    """AUC per position bucket: ``label``, ``low``, ``high``, ``n`` and ``auc`` (None when the
-    bucket holds one answer class only, or nothing)."""
-    y, p, position = np.asarray(y), np.asarray(p), np.asarray(position)
-    rows = []
-    for low, high in position_buckets(max_position):
-        m = position >= low
-        if high is not None:
-            m &= position <= high
-        n = int(m.sum())
-        pos = int(y[m].sum()) if n else 0
-        auc = float(roc_auc_score(y[m], p[m])) if 0 < pos < n else None
-        rows.append(
-            {"label": _bucket_label(low, high), "low": low, "high": high, "n": n, "auc": auc}
-        )
-    return rows
-
-
-# ---------------------------------------------------------------------- learning curves
-def opportunity_index(learner: np.ndarray, concept: np.ndarray) -> np.ndarray:
-    """1-based opportunity of every row: how many rows of the same (learner, concept) come
-    before it, plus one. Rows are taken to be in chronological order (vectorised: a stable
-    sort by (learner, concept, row) and the rank inside each run)."""
-    learner, concept = np.asarray(learner), np.asarray(concept)
-    n = len(learner)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((np.arange(n), concept, learner))
-    ls, cs = learner[order], concept[order]
-    new = np.r_[True, (ls[1:] != ls[:-1]) | (cs[1:] != cs[:-1])]
-    starts = np.flatnonzero(new)
-    rank = np.arange(n) - starts[np.cumsum(new) - 1] + 1
-    out = np.empty(n, dtype=np.int64)
-    out[order] = rank
-    return out
-
-
-def learning_curves(
-    answers: Answers,
-    item_concepts: np.ndarray,
-    concept_names: Sequence[str],
-    *,
-    n_concepts: int = 6,
-    max_opportunity: int = 20,
-    min_count: int = 5,
-) -> list[dict[str, Any]]:
-    """Error rate by opportunity, observed and predicted, of the most practised concepts.
-
-    Each answer counts once for each of its item's concepts. Opportunities are counted over
-    all answers; error rates over the scored ones; an opportunity with fewer than
-    ``min_count`` scored answers is left out.
-    """
-    q = np.asarray(item_concepts)[answers.item]  # [N, K]
-    row = np.repeat(np.arange(len(answers.item)), q.shape[1])
-    concept = q.reshape(-1)
-    keep = concept > 0
-    row, concept = row[keep], concept[keep]
-    if len(row) == 0:
-        return []
-    opp = opportunity_index(answers.learner[row], concept)
-    counts = np.bincount(concept, minlength=len(concept_names) + 1)
-    counts[0] = 0
-    top = [int(c) for c in np.argsort(-counts, kind="stable")[:n_concepts] if counts[c] > 0]
-    scored = answers.scored[row]
-    curves = []
-    for c in top:
-        m = (concept == c) & scored & (opp <= max_opportunity)
-        k = opp[m]
-        n = np.bincount(k, minlength=max_opportunity + 1)
-        err = np.bincount(k, weights=1.0 - answers.y[row[m]], minlength=max_opportunity + 1)
-        perr = np.bincount(k, weights=1.0 - answers.p[row[m]], minlength=max_opportunity + 1)
-        ok = np.flatnonzero(n >= min_count)
-        ok = ok[ok > 0]
-        curves.append(
-            {
-                "concept": str(concept_names[c - 1]),
-                "answers": int(counts[c]),
-                "opportunity": ok.tolist(),
-                "n": n[ok].tolist(),
-                "observed_error": (err[ok] / n[ok]).tolist(),
-                "predicted_error": (perr[ok] / n[ok]).tolist(),
-            }
-        )
-    return curves
-
-
-# ---------------------------------------------------------------------- PSI-KT pieces
-def has_interpretation(model: KTModel) -> bool:
-    """A learned prerequisite graph and learner traits to show (PSI-KT)."""
-    return model.has_traits and model.prerequisite_graph() is not None
-
-
-@torch.no_grad()
-def final_traits(
-    model: KTModel,
-    seqs: Sequences,
-    users: np.ndarray,
-    device: torch.device,
-    *,
-    batch_tokens: int = 65536,
-    max_batch: int = 1024,
-    advance: Callable[[int], None] | None = None,
-) -> dict[str, np.ndarray]:
-    """``learner_traits`` of each learner's state after their last answer (serving form,
-    batched over learners; a learner's traits are taken at their own last step)."""
-    model.eval()
-    sub = seqs.subset(np.asarray(users, dtype=np.int64))
-    out = {k: np.full(sub.n_users, np.nan) for k in TRAITS}
-    for group in plan_batches(
-        sub, np.arange(sub.n_users), batch_tokens=batch_tokens, max_batch=max_batch
-    ):
-        b = make_batch(sub, group).to(device)
-        last = (b.mask.sum(1) - 1).cpu().numpy()
-        state = model.init_state(len(group))
-        for t in range(b.item.shape[1]):
-            state = model.step(state, b.item[:, t], b.correct[:, t], b.time[:, t])
-            done = last == t
-            if done.any():
-                traits = model.learner_traits(state)  # type: ignore[attr-defined]
-                for k in TRAITS:
-                    out[k][group[done]] = traits[k].float().cpu().numpy()[done]
-        if advance is not None:
-            advance(len(group))
-    return out
-
-
+# ---------------------------------------------------------------------- graph layout
 def graph_layout(
     probs: np.ndarray, threshold: float = 0.5
 ) -> tuple[np.ndarray, list[tuple[int, int]], str]:
@@ -290,15 +141,13 @@ def _draw_calibration(
     ax.set_ylabel("observed success rate")
 
 
-def plot_calibration(y: np.ndarray, p: np.ndarray, path: Path) -> dict[str, Any]:
-    table = calibration_table(y, p)
-    m = metrics(y, p)
+def plot_calibration(table: list[dict[str, float]], m: dict[str, Any], path: Path) -> None:
+    """The reliability diagram of a calibration table; ``m``: the metrics (ECE, n)."""
     fig = _figure(6, 4.5)
     ax = fig.add_subplot()
     _draw_calibration(ax, table)
     ax.set_title(f"Calibration: ECE {m['ece']:.4f} ({m['n']:,} predictions)")
     save_figure(fig, path)
-    return {"ece": m.get("ece"), "bins": table}
 
 
 def plot_auc_by_position(rows: list[dict[str, Any]], overall: float | None, path: Path) -> None:
@@ -446,7 +295,10 @@ def plot_prerequisite_graph(probs: np.ndarray, names: Sequence[str], path: Path)
     }
 
 
-def plot_traits(traits: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+def plot_traits(
+    traits: dict[str, np.ndarray], summary: dict[str, dict[str, float]], path: Path
+) -> None:
+    """Histograms of the learner traits, each titled with its median (``summary``)."""
     fig = _figure(8, 6)
     axes = fig.subplots(2, 2).ravel()
     desc = {
@@ -455,22 +307,13 @@ def plot_traits(traits: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
         "sigma": "volatility sigma",
         "gamma": "transfer gamma",
     }
-    summary = {}
     for ax, k in zip(axes, TRAITS, strict=True):
         v = traits[k][np.isfinite(traits[k])]
         ax.hist(v, bins=max(5, min(30, len(v) // 3 or 5)), color="C2", alpha=0.8)
-        med = float(np.median(v)) if len(v) else float("nan")
-        ax.set_title(f"{desc[k]}: median {med:.3g}", fontsize=9)
+        ax.set_title(f"{desc[k]}: median {summary[k]['median']:.3g}", fontsize=9)
         ax.set_ylabel("learners")
-        summary[k] = {
-            "median": med,
-            "mean": float(v.mean()) if len(v) else float("nan"),
-            "min": float(v.min()) if len(v) else float("nan"),
-            "max": float(v.max()) if len(v) else float("nan"),
-        }
     fig.suptitle(f"Learner traits after the last answer ({len(traits['mu']):,} learners)")
     save_figure(fig, path)
-    return summary
 
 
 def plot_comparison(
@@ -533,44 +376,6 @@ def plot_comparison(
 
 
 # ---------------------------------------------------------------------- the report
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """``task(description, total)`` -> an ``advance(n)`` callback (rich bars on stderr)."""
-    if not enabled:
-        yield lambda _d, _t: lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    with bar:
-
-        def task(desc: str, total: int) -> Callable[[int], None]:
-            tid = bar.add_task(desc, total=total)
-            return lambda n: bar.advance(tid, n)
-
-        yield task
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe: nan/inf -> None."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        return _clean(x.item())
-    return x
-
-
 def write_report(
     run_dir: Path | str,
     out_dir: Path | str,
@@ -579,38 +384,45 @@ def write_report(
     device: str = "auto",
     max_position: int = 200,
     checkpoint: str = "best.pt",
-    progress: bool = False,
+    progress: bool | Progress = False,
 ) -> Path:
     """Write the plots, ``report.json`` and ``index.html`` of a run into ``out_dir``;
     returns the HTML's path. Raises FileNotFoundError for a missing run directory or
-    ``run.json`` and :class:`~kt_models.base.CheckpointError` for a missing/bad checkpoint."""
+    ``run.json``, :class:`~kt_models.base.CheckpointError` for a missing/bad checkpoint and
+    ValueError when there is no learner to report on. ``progress``: True for bars on stderr,
+    or a :class:`~data_loaders.progress.Progress`."""
     out_dir = Path(out_dir)
     dev = pick_device(device)
     lr = load_run(run_dir, data=data, device=dev, checkpoint=checkpoint)
-    run_dir, run, model, payload = lr.dir, lr.record, lr.model, lr.payload
-    data_path, seqs, users, subset, protocol = lr.data, lr.seqs, lr.users, lr.subset, lr.protocol
-    if len(users) == 0:
-        raise ValueError(f"{data_path}: no learners to report on ({subset})")
+    a = analyse_run(lr, dev, max_position=max_position, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
-    interp = has_interpretation(model)
+    figures, graph_drawn = _draw_figures(a, out_dir)
+    run = a.run.record
+    numbers: dict[str, Any] = {"model": run["model"], "run": str(a.run.dir), "metrics": a.metrics}
+    numbers["calibration"] = {"ece": a.metrics.get("ece"), "bins": a.calibration}
+    numbers["auc_by_position"] = a.auc_by_position
+    numbers["learning_curves"] = a.learning_curves
+    if graph_drawn is not None:
+        numbers["prerequisite_graph"] = graph_drawn
+    if a.trait_summary is not None:
+        numbers["traits"] = a.trait_summary
+    numbers["data"] = a.summary
+    text = json.dumps(json_safe(numbers), indent=2) + "\n"
+    _atomic_write(out_dir / "report.json", text.encode())
+    page = _html(run, a.run.dir, figures, a.metrics, a.results, numbers, a.summary)
+    _atomic_write(out_dir / "index.html", page.encode())
+    return out_dir / "index.html"
 
-    with _progress(progress) as task:
-        answers = next_step_answers(
-            model, seqs, users, dev, advance=task("next-step predictions", len(users))
-        )
-        traits = (
-            final_traits(model, seqs, users, dev, advance=task("learner traits", len(users)))
-            if interp
-            else None
-        )
-    s = answers.scored
-    y, p, pos = answers.y[s], answers.p[s], answers.position[s]
-    computed = metrics(y, p)
 
-    figures: list[tuple[str, str, str]] = []  # (file, title, caption)
-    numbers: dict[str, Any] = {"model": run["model"], "run": str(run_dir), "metrics": computed}
-    numbers["calibration"] = plot_calibration(y, p, out_dir / "calibration.png")
-    figures.append(
+def _draw_figures(
+    a: RunAnalysis, out_dir: Path
+) -> tuple[list[tuple[str, str, str]], dict[str, Any] | None]:
+    """Draw every figure of the report: (file, title, caption) of each in page order, and
+    what the prerequisite graph's drawing shows (None without a graph)."""
+    shown: list[tuple[str, str, str]] = []
+    graph_drawn = None
+    plot_calibration(a.calibration, a.metrics, out_dir / "calibration.png")
+    shown.append(
         (
             "calibration.png",
             "Calibration",
@@ -618,11 +430,8 @@ def write_report(
             "bars: answers per bin). ECE: answer-weighted mean gap.",
         )
     )
-    numbers["auc_by_position"] = auc_by_position(y, p, pos, max_position)
-    plot_auc_by_position(
-        numbers["auc_by_position"], computed.get("auc"), out_dir / "auc_by_position.png"
-    )
-    figures.append(
+    plot_auc_by_position(a.auc_by_position, a.metrics.get("auc"), out_dir / "auc_by_position.png")
+    shown.append(
         (
             "auc_by_position.png",
             "AUC by sequence position",
@@ -630,10 +439,8 @@ def write_report(
             "(n: predictions per bucket; buckets with one answer class are skipped).",
         )
     )
-    curves = learning_curves(answers, model.vocab.item_concepts, model.vocab.concepts)
-    numbers["learning_curves"] = curves
-    plot_learning_curves(curves, out_dir / "learning_curves.png")
-    figures.append(
+    plot_learning_curves(a.learning_curves, out_dir / "learning_curves.png")
+    shown.append(
         (
             "learning_curves.png",
             "Learning curves",
@@ -642,18 +449,16 @@ def write_report(
             "with fewer than 5 scored answers are left out.",
         )
     )
-    history = _read_history(run_dir / "metrics.jsonl")
-    if history:
-        plot_training(history, out_dir / "training.png")
-        figures.append(
+    if a.history:
+        plot_training(a.history, out_dir / "training.png")
+        shown.append(
             ("training.png", "Training history", "Training loss and validation AUC per epoch.")
         )
-    if interp:
-        graph = model.prerequisite_graph().float().cpu().numpy()  # type: ignore[attr-defined]
-        numbers["prerequisite_graph"] = plot_prerequisite_graph(
-            graph, model.vocab.concepts, out_dir / "prerequisite_graph.png"
-        )
-        figures.append(
+    if a.graph is not None:
+        names = a.run.model.vocab.concepts
+        path = out_dir / "prerequisite_graph.png"
+        graph_drawn = plot_prerequisite_graph(a.graph, names, path)
+        shown.append(
             (
                 "prerequisite_graph.png",
                 "Prerequisite graph",
@@ -661,55 +466,16 @@ def write_report(
                 "width by probability.",
             )
         )
-        assert traits is not None
-        numbers["traits"] = plot_traits(traits, out_dir / "traits.png")
-        figures.append(
+    if a.traits is not None and a.trait_summary is not None:
+        plot_traits(a.traits, a.trait_summary, out_dir / "traits.png")
+        shown.append(
             (
                 "traits.png",
                 "Learner traits",
                 "Posterior-mean traits of each reported learner after their last answer.",
             )
         )
-
-    results = _matching_results(run_dir, data_path)
-    summary = {
-        "dataset": str(data_path),
-        "subset": subset,
-        "protocol": protocol,
-        "learners in the dataset": seqs.n_users,
-        "learners reported": int(len(users)),
-        "answers of these learners": int(len(answers.y)),
-        "scored predictions": int(s.sum()),
-        "items": model.vocab.n_items,
-        "concepts": model.vocab.n_concepts,
-        "clock": "timestamps (days)" if seqs.has_time else "answer index",
-        "unknown items dropped": seqs.meta.get("unknown_items", 0),
-        "checkpoint epoch": payload.get("extra", {}).get("epoch"),
-    }
-    numbers["data"] = summary
-    _atomic_write(out_dir / "report.json", (json.dumps(_clean(numbers), indent=2) + "\n").encode())
-    page = _html(run, run_dir, figures, computed, results, numbers, summary)
-    _atomic_write(out_dir / "index.html", page.encode())
-    return out_dir / "index.html"
-
-
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _matching_results(run_dir: Path, data_path: Path) -> dict[str, Any] | None:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        res = json.loads(path.read_text())
-        if Path(res["data"]).resolve() != data_path.resolve():
-            return None
-        return res
-    except (ValueError, KeyError, TypeError):
-        return None
+    return shown, graph_drawn
 
 
 # ---------------------------------------------------------------------- HTML
@@ -807,13 +573,8 @@ def _html(
 
 
 __all__ = [
-    "Answers",
-    "auc_by_position",
-    "final_traits",
-    "learning_curves",
-    "next_step_answers",
-    "opportunity_index",
+    "graph_layout",
     "plot_comparison",
-    "position_buckets",
+    "plot_prerequisite_graph",
     "write_report",
 ]

@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,19 @@ import torch
 import torch.distributed as dist
 
 from data_loaders import Dataset
+from data_loaders.progress import NoProgress, Progress, RichProgress
 
 from .base import (
     CheckpointError,
     KTModel,
+    ModelConfig,
     build_model,
     make_config,
     prediction_mask,
     save_checkpoint,
 )
 from .data import (
+    Sequences,
     Split,
     load_sequences,
     make_batch,
@@ -110,6 +113,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def progress_bars(progress: bool | Progress) -> Progress:
+    """The :class:`~data_loaders.progress.Progress` a ``progress`` argument asks for: True, bars
+    on stderr that vanish when their task ends; False, none; a Progress, itself."""
+    if isinstance(progress, bool):
+        return RichProgress(transient=True) if progress else NoProgress()
+    return progress
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -122,20 +133,24 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def train(
-    model_name: str,
-    data: Path | str,
-    out: Path | str,
-    *,
-    model_overrides: dict[str, Any] | None = None,
-    config: TrainConfig | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Train ``model_name`` on the dataset ``data`` into the run directory ``out``."""
-    cfg = config or TrainConfig()
-    out = Path(out)
+# ---------------------------------------------------------------------- set-up
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the run: its rank among ``world`` processes and its device.
+    Rank 0 writes the run directory, logs and draws progress."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+
+def set_up_process(cfg: TrainConfig) -> Process:
+    """Join the process group under ``torchrun`` (NCCL on GPUs, gloo on CPUs), pick the
+    device, set the thread count and seed every generator."""
     rank, world = _distributed()
     device = pick_device(cfg.device)
     if world > 1 and not dist.is_initialized():
@@ -146,170 +161,345 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    return Process(rank, world, device)
 
-    seqs, vocab = load_sequences(data)
-    split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
-    if len(split.train) == 0 or len(split.valid) == 0:
-        raise ValueError(f"{data}: the split leaves no training or validation learners")
-    mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
-    model = build_model(model_name, vocab, mcfg).to(device)
+
+@dataclass
+class TrainingState:
+    """What a run carries from step to step and epoch to epoch (``last.pt`` saves it): the
+    weights, the optimiser, the weight average and the early-stopping counters."""
+
+    model: KTModel
+    opt: torch.optim.Optimizer
+    ema_model: KTModel | None = None
+    ema_steps: int = 0  # weight-average updates so far (its warm-up counter)
+    epoch: int = 0  # epochs done
+    best_auc: float = -1.0
+    bad_epochs: int = 0  # epochs since the best validation AUC
+
+    @property
+    def scored(self) -> KTModel:
+        """The weights that validation, the checkpoints and early stopping use: the average
+        when one is kept."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+
+def new_state(model: KTModel, cfg: TrainConfig) -> TrainingState:
+    """A fresh :class:`TrainingState` of ``model`` (already on its device): Adam
+    (:func:`make_optimizer`) and, with ``cfg.ema``, a copy of the weights to average."""
     opt = make_optimizer(model, cfg)
-
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
-    ema_model = copy.deepcopy(model) if cfg.ema else None
-    ema_steps = 0
+    return TrainingState(model, opt, copy.deepcopy(model) if cfg.ema else None)
 
-    start_epoch, best_auc, bad_epochs = 0, -1.0, 0
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    last = out / "last.pt"
-    if resume and last.is_file():
-        state = _read_last(last, device)
-        if state["model"] != model_name:
-            raise ValueError(f"{last}: was a {state['model']} run, not {model_name}")
-        try:
-            model.load_state_dict(state["state_dict"])
-            opt.load_state_dict(state["optimizer"])
-            if ema_model is not None:
-                ema_model.load_state_dict(state.get("ema_state_dict") or state["state_dict"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(
-                f"{last}: its weights do not fit this {model_name} model (trained with other "
-                f"model options or data?): {str(exc).splitlines()[0][:300]}; resume with the "
-                "first run's options, or remove it or train without --resume"
-            ) from exc
-        if ema_model is not None:
-            ema_steps = int(state.get("ema_steps") or 0)
-        start_epoch, best_auc, bad_epochs = state["epoch"], state["best_auc"], state["bad_epochs"]
-        log(f"resuming after epoch {start_epoch} (best valid AUC {best_auc:.4f})")
-    elif rank == 0 and (out / "metrics.jsonl").exists() and not resume:
-        (out / "metrics.jsonl").unlink()
 
-    ddp_model: torch.nn.Module = model
+def load_last(state: TrainingState, last: Path, model_name: str, device: torch.device) -> None:
+    """Load ``last.pt`` into ``state``: weights, optimiser, weight average and counters. A
+    :class:`CheckpointError` says what to do when it is unreadable or does not fit."""
+    saved = _read_last(last, device)
+    if saved["model"] != model_name:
+        raise ValueError(f"{last}: was a {saved['model']} run, not {model_name}")
+    try:
+        state.model.load_state_dict(saved["state_dict"])
+        state.opt.load_state_dict(saved["optimizer"])
+        if state.ema_model is not None:
+            state.ema_model.load_state_dict(saved.get("ema_state_dict") or saved["state_dict"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{last}: its weights do not fit this {model_name} model (trained with other "
+            f"model options or data?): {str(exc).splitlines()[0][:300]}; resume with the "
+            "first run's options, or remove it or train without --resume"
+        ) from exc
+    if state.ema_model is not None:
+        state.ema_steps = int(saved.get("ema_steps") or 0)
+    state.epoch, state.best_auc = saved["epoch"], saved["best_auc"]
+    state.bad_epochs = saved["bad_epochs"]
+
+
+# ---------------------------------------------------------------------- one epoch
+def epoch_plan(
+    seqs: Sequences, cfg: TrainConfig, seed: int, *, rank: int = 0, world: int = 1
+) -> list[np.ndarray]:
+    """One epoch's batches of every row of ``seqs`` (``cfg.batch_tokens``, ``cfg.max_batch``),
+    shuffled by ``seed``; under DDP this rank's share of the same plan (every ``world``-th
+    slice, so that every rank takes as many steps)."""
+    plan = plan_batches(
+        seqs,
+        np.arange(seqs.n_users),
+        batch_tokens=cfg.batch_tokens,
+        max_batch=cfg.max_batch,
+        shuffle=True,
+        seed=seed,
+    )
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        per = len(plan) // world
+        plan = plan[rank * per : (rank + 1) * per] if per else plan[:1]
+    return plan
 
-    manifest = Dataset.open(data).manifest  # the dataset's own reader (validated, cached)
-    run_info = {
+
+@dataclass
+class EpochResult:
+    """What an epoch of training steps did."""
+
+    loss: float  # mean training loss per predicted answer, over the steps taken
+    seconds: float
+    skipped: int  # steps skipped for a loss or gradient that was not finite
+
+
+def train_epoch(
+    state: TrainingState,
+    forward: torch.nn.Module,
+    seqs: Sequences,
+    plan: list[np.ndarray],
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    epoch: int,
+    advance: Callable[[int], None] | None = None,
+) -> EpochResult:
+    """The training steps of epoch ``epoch`` (counted from 1) over ``plan``
+    (:func:`optimizer_step` each), with ``forward`` the model or its DDP wrapper;
+    ``advance(1)`` after each step taken. Raises FloatingPointError when more than half the
+    steps (and more than 10) had a loss or gradient that was not finite."""
+    model = state.model
+    model.train()
+    t0 = time.perf_counter()
+    total_loss, total_tok, skipped = 0.0, 0, 0
+    for group in plan:
+        batch = make_batch(seqs, group).to(device)
+        logits = forward(batch)
+        loss = model.loss(batch, logits)
+        if not optimizer_step(model, state.opt, loss, cfg, state.ema_model, state.ema_steps):
+            skipped += 1
+            if skipped > max(10, len(plan) // 2):
+                raise FloatingPointError(
+                    f"{model.name}: loss or gradients not finite in {skipped} steps of epoch "
+                    f"{epoch}; lower the learning rate (--lr)"
+                )
+            continue
+        state.ema_steps += 1
+        n_tok = int(prediction_mask(batch).sum())
+        total_loss += float(loss.detach()) * n_tok
+        total_tok += n_tok
+        if advance is not None:
+            advance(1)
+    return EpochResult(total_loss / max(total_tok, 1), time.perf_counter() - t0, skipped)
+
+
+# ---------------------------------------------------------------------- validation
+def validate(
+    state: TrainingState, seqs: Sequences, users: np.ndarray, device: torch.device
+) -> dict[str, float]:
+    """Next-step metrics of the scored weights on the validation learners ``users``."""
+    y, p = predict_next_step(state.scored, seqs, users, device)
+    return metrics(y, p)
+
+
+def note_validation(state: TrainingState, cfg: TrainConfig, auc: float) -> bool:
+    """Early-stopping bookkeeping after an epoch's validation: whether ``auc`` is a new best;
+    otherwise one more bad epoch, and the learning rate decays by ``cfg.lr_decay``."""
+    if auc > state.best_auc:
+        state.best_auc, state.bad_epochs = auc, 0
+        return True
+    state.bad_epochs += 1
+    if cfg.lr_decay != 1.0:
+        for group in state.opt.param_groups:
+            group["lr"] *= cfg.lr_decay
+    return False
+
+
+# ---------------------------------------------------------------------- the run directory
+@dataclass
+class RunDirectory:
+    """The files of a run (``run.json``, ``metrics.jsonl``, ``best.pt``, ``last.pt``) and what
+    ``best.pt`` records beside the weights; only a writing process (rank 0) touches them."""
+
+    path: Path
+    writes: bool
+    manifest: dict[str, Any] = field(default_factory=dict)  # the training data's
+    info: dict[str, Any] = field(default_factory=dict)  # run.json's content
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    def open(self, resume: bool) -> bool:
+        """Create the directory; whether to resume (``resume`` and a ``last.pt`` there). A
+        fresh start removes an earlier run's ``metrics.jsonl``."""
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
+        if resume and self.last.is_file():
+            return True
+        if self.writes and (self.path / "metrics.jsonl").exists() and not resume:
+            (self.path / "metrics.jsonl").unlink()
+        return False
+
+    def write_info(self, info: dict[str, Any], manifest: dict[str, Any]) -> None:
+        self.info, self.manifest = info, manifest
+        if self.writes:
+            (self.path / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def checkpoint(
+        self, state: TrainingState, record: dict[str, Any], vm: dict[str, float], improved: bool
+    ) -> None:
+        """After an epoch: its line of ``metrics.jsonl``, ``best.pt`` when it ``improved``
+        and ``last.pt`` always."""
+        if not self.writes:
+            return
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if improved:
+            save_checkpoint(
+                state.scored,
+                self.path / "best.pt",
+                manifest=self.manifest,
+                extra={"run": self.info, "epoch": state.epoch, "valid": vm},
+            )
+        _save_last(self.last, self.info["model"], state)
+
+
+def run_info(
+    model_name: str,
+    mcfg: ModelConfig,
+    cfg: TrainConfig,
+    data: Path | str,
+    split: Split,
+    seqs: Sequences,
+    proc: Process,
+) -> dict[str, Any]:
+    """``run.json``: what was trained on what, with which protocol."""
+    return {
         "model": model_name,
         "model_config": asdict(mcfg),
         "train_config": asdict(cfg),
         "data": str(Path(data).resolve()),
         "split": split.to_dict(),
-        "world_size": world,
+        "world_size": proc.world,
         # what the model's time input means: days since the learner's first answer, or the
         # answer's position where the data has no clock (serving must feed the same)
         "time_unit": "days" if seqs.has_time else "answers",
-        "device": str(device),
+        "device": str(proc.device),
         "torch": torch.__version__,
     }
-    if rank == 0:
-        (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
 
-    history: list[dict[str, Any]] = []
-    train_seqs = windows(seqs, split.train, cfg.max_len)
-    n_train = train_seqs.n_interactions
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        plan = plan_batches(
-            train_seqs,
-            np.arange(train_seqs.n_users),
-            batch_tokens=cfg.batch_tokens,
-            max_batch=cfg.max_batch,
-            shuffle=True,
-            seed=cfg.seed * 1000 + epoch,
+
+# ---------------------------------------------------------------------- the loop
+def train(
+    model_name: str,
+    data: Path | str,
+    out: Path | str,
+    *,
+    model_overrides: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool | Progress = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``model_name`` on the dataset ``data`` into the run directory ``out``.
+
+    ``progress``: True for a bar per epoch on stderr (gone when the epoch ends), False for
+    none, or a :class:`~data_loaders.progress.Progress`; only rank 0 draws."""
+    cfg = config or TrainConfig()
+    proc = set_up_process(cfg)
+    seqs, vocab = load_sequences(data)
+    split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
+    if len(split.train) == 0 or len(split.valid) == 0:
+        raise ValueError(f"{data}: the split leaves no training or validation learners")
+    mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
+    state = new_state(build_model(model_name, vocab, mcfg).to(proc.device), cfg)
+    rundir = RunDirectory(Path(out), proc.writes)
+    if rundir.open(resume):
+        load_last(state, rundir.last, model_name, proc.device)
+        log(f"resuming after epoch {state.epoch} (best valid AUC {state.best_auc:.4f})")
+    forward: torch.nn.Module = state.model
+    if proc.world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None
         )
-        if world > 1:
-            per = len(plan) // world
-            plan = plan[rank * per : (rank + 1) * per] if per else plan[:1]
-        t0 = time.perf_counter()
-        total_loss, total_tok, skipped = 0.0, 0, 0
-        bar = _bar(len(plan), f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
-        for group in plan:
-            batch = make_batch(train_seqs, group).to(device)
-            logits = ddp_model(batch)
-            loss = model.loss(batch, logits)
-            if not optimizer_step(model, opt, loss, cfg, ema_model, ema_steps):
-                skipped += 1
-                if skipped > max(10, len(plan) // 2):
-                    raise FloatingPointError(
-                        f"{model_name}: loss or gradients not finite in {skipped} steps of epoch "
-                        f"{epoch + 1}; lower the learning rate (--lr)"
-                    )
-                continue
-            ema_steps += 1
-            n_tok = int(prediction_mask(batch).sum())
-            total_loss += float(loss.detach()) * n_tok
-            total_tok += n_tok
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{total_loss / max(total_tok, 1):.4f}")
-        train_secs = time.perf_counter() - t0
-        scored = ema_model if ema_model is not None else model
-        y, p = predict_next_step(scored, seqs, split.valid, device)
-        vm = metrics(y, p)
-        if bar is not None:
-            bar.set_postfix(loss=f"{total_loss / max(total_tok, 1):.4f}", auc=f"{vm['auc']:.4f}")
-            bar.close()
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": total_loss / max(total_tok, 1),
-            "train_seconds": round(train_secs, 3),
-            "skipped_steps": skipped,
-            "interactions_per_second": round(n_train / max(train_secs, 1e-9)),
-            **{f"valid_{k}": v for k, v in vm.items()},
-        }
-        history.append(record)
-        improved = vm["auc"] > best_auc
-        if improved:
-            best_auc, bad_epochs = vm["auc"], 0
-        else:
-            bad_epochs += 1
-            if cfg.lr_decay != 1.0:
-                for group in opt.param_groups:
-                    group["lr"] *= cfg.lr_decay
-        if rank == 0:
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if improved:
-                save_checkpoint(
-                    scored,
-                    out / "best.pt",
-                    manifest=manifest,
-                    extra={"run": run_info, "epoch": epoch + 1, "valid": vm},
-                )
-            _save_last(
-                out / "last.pt",
-                model_name,
-                model,
-                opt,
-                epoch + 1,
-                best_auc,
-                bad_epochs,
-                ema_model,
-                ema_steps,
-            )
-            log(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, valid AUC {vm['auc']:.4f}"
-                f" ({train_secs:.1f} s){' *' if improved else ''}"
-            )
-        if bad_epochs >= cfg.patience:
-            if rank == 0:
-                log(f"early stop: no validation AUC gain in {cfg.patience} epochs")
-            break
-    if world > 1:
+    rundir.write_info(
+        run_info(model_name, mcfg, cfg, data, split, seqs, proc),
+        Dataset.open(data).manifest,  # the dataset's own reader (validated, cached)
+    )
+    bars = progress_bars(progress) if proc.writes else NoProgress()
+    run = _Run(cfg, proc, seqs, split, state, forward, rundir, bars, log)
+    history = run.epochs()
+    if proc.world > 1:
         dist.barrier()
     return {
-        "best_valid_auc": best_auc,
+        "best_valid_auc": state.best_auc,
         "epochs": history,
         "split": split.to_dict(),
-        "model": ema_model if ema_model is not None else model,
-        "rank": rank,
-        "world_size": world,
+        "model": state.scored,
+        "rank": proc.rank,
+        "world_size": proc.world,
     }
+
+
+@dataclass
+class _Run:
+    """The pieces :func:`train` puts together, which its epochs use."""
+
+    cfg: TrainConfig
+    proc: Process
+    seqs: Sequences
+    split: Split
+    state: TrainingState
+    forward: torch.nn.Module  # the model, or its DDP wrapper
+    rundir: RunDirectory
+    bars: Progress
+    log: Callable[[str], None]
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The epochs after ``state.epoch`` up to ``cfg.epochs`` or the early stop; their
+        records."""
+        history: list[dict[str, Any]] = []
+        train_seqs = windows(self.seqs, self.split.train, self.cfg.max_len)
+        for epoch in range(self.state.epoch, self.cfg.epochs):
+            history.append(self.epoch(epoch + 1, train_seqs))
+            if self.state.bad_epochs >= self.cfg.patience:
+                if self.proc.writes:
+                    self.log(f"early stop: no validation AUC gain in {self.cfg.patience} epochs")
+                break
+        return history
+
+    def epoch(self, number: int, train_seqs: Sequences) -> dict[str, Any]:
+        """Epoch ``number`` (from 1): its training steps, validation, early-stopping
+        bookkeeping and checkpoints; its record (a line of ``metrics.jsonl``)."""
+        cfg, proc, state = self.cfg, self.proc, self.state
+        seed = cfg.seed * 1000 + number - 1
+        plan = epoch_plan(train_seqs, cfg, seed, rank=proc.rank, world=proc.world)
+        self.bars.start(f"epoch {number}/{cfg.epochs}", len(plan))
+        try:
+            done = train_epoch(
+                state,
+                self.forward,
+                train_seqs,
+                plan,
+                cfg,
+                proc.device,
+                epoch=number,
+                advance=self.bars.advance,
+            )
+            vm = validate(state, self.seqs, self.split.valid, proc.device)
+        finally:
+            self.bars.finish()
+        record = {
+            "epoch": number,
+            "train_loss": done.loss,
+            "train_seconds": round(done.seconds, 3),
+            "skipped_steps": done.skipped,
+            "interactions_per_second": round(train_seqs.n_interactions / max(done.seconds, 1e-9)),
+            **{f"valid_{k}": v for k, v in vm.items()},
+        }
+        improved = note_validation(state, cfg, vm["auc"])
+        state.epoch = number
+        self.rundir.checkpoint(state, record, vm, improved)
+        if proc.writes:
+            self.log(
+                f"epoch {number}: loss {done.loss:.4f}, valid AUC {vm['auc']:.4f}"
+                f" ({done.seconds:.1f} s){' *' if improved else ''}"
+            )
+        return record
 
 
 #: What ``last.pt`` holds beside tensors, with the type of each: plain data only, so that
@@ -357,29 +547,21 @@ def _read_last(path: Path, device: torch.device) -> dict[str, Any]:
     return state
 
 
-def _save_last(
-    path: Path,
-    name: str,
-    model: KTModel,
-    opt: torch.optim.Optimizer,
-    epoch: int,
-    best_auc: float,
-    bad_epochs: int,
-    ema_model: KTModel | None = None,
-    ema_steps: int = 0,
-) -> None:
+def _save_last(path: Path, name: str, state: TrainingState) -> None:
+    """``last.pt``, written atomically: plain numbers beside the tensors (see _LAST_FIELDS)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    ema = state.ema_model
     torch.save(
         {
             "model": name,
-            "state_dict": model.state_dict(),
-            "ema_state_dict": ema_model.state_dict() if ema_model is not None else None,
-            "ema_steps": int(ema_steps),
-            "optimizer": opt.state_dict(),
+            "state_dict": state.model.state_dict(),
+            "ema_state_dict": ema.state_dict() if ema is not None else None,
+            "ema_steps": int(state.ema_steps),
+            "optimizer": state.opt.state_dict(),
             # plain Python numbers (never numpy scalars): loadable with weights_only=True
-            "epoch": int(epoch),
-            "best_auc": float(best_auc),
-            "bad_epochs": int(bad_epochs),
+            "epoch": int(state.epoch),
+            "best_auc": float(state.best_auc),
+            "bad_epochs": int(state.bad_epochs),
         },
         tmp,
     )
@@ -438,12 +620,25 @@ def _ema_update(ema_model: KTModel, model: KTModel, decay: float) -> None:
         e.copy_(b)
 
 
-def _bar(total: int, desc: str, enabled: bool):  # noqa: ANN202 - tqdm or None
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-
-
-__all__ = ["TrainConfig", "Split", "train", "train_option", "predict_next_step", "pick_device"]
+__all__ = [
+    "EpochResult",
+    "Process",
+    "RunDirectory",
+    "Split",
+    "TrainConfig",
+    "TrainingState",
+    "epoch_plan",
+    "load_last",
+    "make_optimizer",
+    "new_state",
+    "note_validation",
+    "optimizer_step",
+    "pick_device",
+    "predict_next_step",
+    "progress_bars",
+    "set_up_process",
+    "train",
+    "train_epoch",
+    "train_option",
+    "validate",
+]

@@ -120,7 +120,7 @@ def test_unknown_model_and_option(skill_dataset, tmp_path):
 
 
 def test_train_with_progress_bars(skill_dataset, tmp_path):
-    """Without -q the epoch progress bar (tqdm) is drawn: its dependency must be installed."""
+    """Without -q the epoch progress bars (rich, data_loaders.progress) are drawn."""
     r = runner.invoke(
         app,
         [

@@ -13,17 +13,14 @@ from typer.testing import CliRunner
 
 from kt_models.base import load_checkpoint, prediction_mask
 from kt_models.data import load_sequences, make_batch, split_learners
-from kt_models.report import (
-    Answers,
+from kt_models.evaluate import (
     auc_by_position,
-    graph_layout,
     learning_curves,
-    next_step_answers,
     opportunity_index,
-    plot_prerequisite_graph,
     position_buckets,
-    write_report,
 )
+from kt_models.predictions import Answers, next_step_answers
+from kt_models.report import graph_layout, plot_prerequisite_graph, write_report
 from kt_models.train import TrainConfig, train
 from tutor.cli import app
 
