@@ -18,8 +18,8 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
-from tutor.policy_eval import EvalConfig
-from tutor.simulate import load_setting, make_world
+from tutor.experiments.policy_setup import EvalConfig
+from tutor.experiments.simulate import load_setting, make_world
 
 
 def coverage(workdir: Path, setting: str, train_learners: int = EvalConfig.train_learners) -> str:

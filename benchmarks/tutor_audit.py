@@ -102,11 +102,11 @@ class Audit:
 
         from kt_models.evaluate import load_run
         from tutor import operations as ops
-        from tutor import service
+        from tutor import service, states
+        from tutor.catalogue import clear_cache
         from tutor.db import Interaction, Item, Learner, create_db_engine, make_sessionmaker
         from tutor.db.migrate import upgrade
         from tutor.importer import import_dataset
-        from tutor.recommend import _CACHE
 
         self.key, self.model_name, self.args, self.log = key, model, args, log
         db = args.work / f"{key}-{model}.db"
@@ -121,7 +121,7 @@ class Audit:
         lr = load_run(run, device=torch.device("cpu"))
         held = [str(u) for u in np.asarray(lr.seqs.users)[lr.users]]
         service.MODELS.clear()
-        _CACHE.clear()
+        clear_cache()
         self.factory = make_sessionmaker(self.engine)
         self.held: dict[str, list[tuple[str, int, datetime]]] = {}
         with self.factory() as s, s.begin():
@@ -149,7 +149,7 @@ class Audit:
         log(f"held out {len(self.held):,} learners; model {model} registered")
         self.concepts_of = {}
         with self.factory() as s:
-            self.concepts_of = service.concepts_of_items(s, org_id=ops.get_org(s, ORG).id)
+            self.concepts_of = states.concepts_of_items(s, org_id=ops.get_org(s, ORG).id)
             self.names = {c.external_id: c.name or c.external_id for c in self._concepts(s)}
 
     def _concepts(self, s):  # noqa: ANN001, ANN202
@@ -191,7 +191,7 @@ class Audit:
     def mastery(self, ext: str, concepts: list[str] | None = None) -> dict[str, dict]:
         from sqlalchemy import select
 
-        from tutor import evidence, service
+        from tutor import evidence, service, states
         from tutor import operations as ops
         from tutor.db import Concept
 
@@ -199,7 +199,7 @@ class Audit:
             org = ops.get_org(s, ORG)
             learner = service.get_learner(s, org_id=org.id, external_id=ext)
             model = service.active_model(s, org=org)
-            state, row = service.current_state(s, learner=learner, model=model)
+            state, row = states.current_state(s, learner=learner, model=model)
             q = select(Concept).where(Concept.org_id == org.id)
             if concepts is not None:
                 q = q.where(Concept.external_id.in_(concepts))

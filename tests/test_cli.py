@@ -1,9 +1,11 @@
-"""The ``tutor`` command line: ingest and dataset info."""
+"""The ``tutor`` command line: its commands, ingest and dataset info."""
 
 from __future__ import annotations
 
 import json
 
+import click
+import typer
 from typer.testing import CliRunner
 
 from tests.conftest import FIXTURES
@@ -11,6 +13,16 @@ from tutor.cli import app
 
 runner = CliRunner()
 B = FIXTURES / "benchmark"
+
+
+def test_help_lists_the_commands_then_the_groups_in_order():
+    """tutor/cli/__init__.py assembles the groups' commands; ``tutor --help`` keeps its order."""
+    group = typer.main.get_command(app)
+    assert group.list_commands(click.Context(group)) == [
+        *("ingest", "formats", "train", "evaluate", "compare", "report", "demo", "import"),
+        *("serve", "policy-eval", "dataset", "db", "orgs", "models", "keys", "states"),
+        *("prerequisites", "simulate"),
+    ]
 
 
 def test_ingest_then_info_json(tmp_path):

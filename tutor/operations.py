@@ -1,20 +1,28 @@
 """Administrative operations shared by the CLI, the admin API, the demo and the tests:
-organisations, catalogue upserts, model registration and activation, state rebuilds.
+organisations and their recommendation settings, catalogue upserts, model registration,
+listing and activation, state rebuilds; and the helpers of the API's administration services
+(:mod:`tutor.catalogue_admin`, :mod:`tutor.learners_admin`): the organisation lock, lookups by
+external id, counts.
 
-Every function takes a session and leaves committing to the caller.
+Every function takes a session and leaves committing to the caller. The functions the CLI
+calls raise :class:`OperationError`; those written for the API raise :mod:`tutor.errors`'
+errors, which carry their HTTP status.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
+
+from kt_models.metrics import json_safe
 
 from .db import (
     Concept,
@@ -29,7 +37,11 @@ from .db import (
     Organisation,
     PrerequisiteEdge,
 )
+from .errors import Conflict, Invalid, NotFound
 from .runtime import LoadedModel, sha256
+from .settings import MASTERY_SCALES, POLICIES, Settings
+
+T = TypeVar("T")
 
 
 class OperationError(ValueError):
@@ -55,6 +67,43 @@ def create_org(session: Session, *, slug: str, name: str | None = None) -> Organ
 def ensure_org(session: Session, *, slug: str, name: str | None = None) -> Organisation:
     org = session.scalar(select(Organisation).where(Organisation.slug == slug))
     return org if org is not None else create_org(session, slug=slug, name=name)
+
+
+def lock_org(session: Session, org: Organisation) -> None:
+    """Serialise the organisation's catalogue and settings writers on its row, so that two
+    cannot bump the catalogue version to the same number (PostgreSQL; a no-op on SQLite,
+    whose writers are serialised anyway)."""
+    session.refresh(org, with_for_update=True)
+
+
+def lookup(session: Session, model: type[T], *, org: Organisation, external_id: str) -> T | None:
+    """The organisation's row of ``model`` (concept, item, learner, group) with this external
+    id, or None."""
+    return session.scalar(
+        select(model).where(model.org_id == org.id, model.external_id == external_id)
+    )
+
+
+def by_external_id(
+    session: Session, model: type[T], *, org: Organisation, external_ids: Iterable[str]
+) -> dict[str, T]:
+    """The organisation's rows of ``model`` with these external ids (those that exist), by
+    id."""
+    q = select(model).where(model.org_id == org.id, model.external_id.in_(list(external_ids)))
+    return {row.external_id: row for row in session.scalars(q)}
+
+
+def find(session: Session, model: type[T], *, org: Organisation, external_id: str) -> T:
+    """:func:`lookup`, with :class:`~tutor.errors.NotFound` naming the row for none."""
+    row = lookup(session, model, org=org, external_id=external_id)
+    if row is None:
+        raise NotFound(f"{model.__name__.lower()} {external_id!r} not found")
+    return row
+
+
+def count_rows(session: Session, q: Select) -> int:
+    """How many rows a query selects (a listing's total, before its page is cut)."""
+    return int(session.scalar(select(func.count()).select_from(q.subquery())) or 0)
 
 
 def upsert_concepts(
@@ -84,8 +133,6 @@ def set_concept_levels(
 ) -> None:
     """Set concepts' teaching levels (e.g. school grades; None clears one). Unknown concepts
     and non-finite levels are an :class:`OperationError`; nothing changes then."""
-    import math
-
     existing = {
         c.external_id: c for c in session.scalars(select(Concept).where(Concept.org_id == org.id))
     }
@@ -213,7 +260,7 @@ def register_model(
         if f.is_file():
             with contextlib.suppress(json.JSONDecodeError):
                 info[name.removesuffix(".json")] = json.loads(f.read_text())
-    info = _json_safe(info)
+    info = json_safe(info)  # PostgreSQL's JSON refuses NaN (empty calibration bins...)
     mv = ModelVersion(
         org_id=org.id,
         name=loaded.name,
@@ -241,19 +288,6 @@ def register_model(
     if activate:
         activate_model(session, org=org, model_id=mv.id)
     return mv
-
-
-def _json_safe(v: Any) -> Any:
-    """NaN and infinities (empty calibration bins...) as null: PostgreSQL's JSON refuses them."""
-    import math
-
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
 
 
 def read_mapping(path: Path | str) -> dict[str, dict[str, str]]:
@@ -414,7 +448,7 @@ def rebuild_states(
 
 
 def _histories(session: Session, learner_ids: list[int]) -> dict[int, list[tuple]]:
-    """Each learner's answers in event order, as ``service._history`` (one query)."""
+    """Each learner's answers in event order, as ``states.answers_in_order`` (one query)."""
     from .service import as_utc
 
     out: dict[int, list[tuple]] = {lid: [] for lid in learner_ids}
@@ -444,7 +478,8 @@ def _rebuild_states(
     progress: Any,
 ) -> int:
     from .evidence import dump as evidence_dump
-    from .service import MODELS, as_utc, concepts_of_items, db_scope, replay_histories
+    from .service import MODELS, as_utc, db_scope
+    from .states import concepts_of_items, replay_histories
 
     mid = model_id or org.active_model_id
     if mid is None:
@@ -490,3 +525,177 @@ def _rebuild_states(
         if progress is not None:
             progress(len(chunk))
     return done
+
+
+# ---------------------------------------------------------------------- model versions (API)
+def model_metrics(info: dict[str, Any] | None) -> dict[str, float | None] | None:
+    """The test metrics of the run's ``results.json`` kept with a version (None: it was not
+    evaluated); a non-finite metric is None."""
+    test = ((info or {}).get("results") or {}).get("test")
+    if not isinstance(test, dict):
+        return None
+    out: dict[str, float | None] = {}
+    for k, v in test.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = float(v) if math.isfinite(v) else None
+    return out
+
+
+def model_versions(
+    session: Session, *, org: Organisation, model_id: int | None = None
+) -> list[tuple[ModelVersion, int]]:
+    """The organisation's versions (or the one ``model_id``), oldest first, each with how
+    many learner states were built for it."""
+    n = (
+        select(LearnerState.model_id, func.count().label("n"))
+        .group_by(LearnerState.model_id)
+        .subquery()
+    )
+    q = (
+        select(ModelVersion, func.coalesce(n.c.n, 0))
+        .outerjoin(n, n.c.model_id == ModelVersion.id)
+        .where(ModelVersion.org_id == org.id)
+        .order_by(ModelVersion.id)
+    )
+    if model_id is not None:
+        q = q.where(ModelVersion.id == model_id)
+    return [(mv, int(k)) for mv, k in session.execute(q).all()]
+
+
+def model_version(
+    session: Session, *, org: Organisation, model_id: int
+) -> tuple[ModelVersion, int]:
+    """One version of the organisation with its state count; :class:`~tutor.errors.NotFound`
+    for an unknown id or another organisation's."""
+    rows = model_versions(session, org=org, model_id=model_id)
+    if not rows:
+        raise NotFound(f"model {model_id!r} not found")
+    return rows[0]
+
+
+def activate_version(
+    session: Session, *, org: Organisation, model_id: int
+) -> tuple[ModelVersion, int]:
+    """:func:`activate_model` for the API, under the organisation lock: an unknown version is
+    :class:`~tutor.errors.NotFound`, one that must not serve (:class:`ModelMismatch`) a
+    :class:`~tutor.errors.Conflict` naming why. Returns the version as
+    :func:`model_version` does."""
+    lock_org(session, org)
+    model_version(session, org=org, model_id=model_id)
+    try:
+        activate_model(session, org=org, model_id=model_id)
+    except ModelMismatch as exc:
+        raise Conflict(str(exc)) from None
+    return model_version(session, org=org, model_id=model_id)
+
+
+def rebuild_version_states(session: Session, *, org: Organisation, model_id: int) -> int:
+    """:func:`rebuild_states` for the API: an unknown version is
+    :class:`~tutor.errors.NotFound`, a refused rebuild :class:`~tutor.errors.Invalid`."""
+    model_version(session, org=org, model_id=model_id)
+    try:
+        return rebuild_states(session, org=org, model_id=model_id)
+    except OperationError as exc:
+        raise Invalid(str(exc)) from None
+
+
+# ---------------------------------------------------------------------- organisation settings
+#: the recommendation settings an organisation may override (PATCH /v1/organisation/settings)
+SETTING_KEYS = (
+    "default_policy",
+    "target_success",
+    "mastery_threshold",
+    "mastery_scale",
+    "mastery_min_answers",
+    "struggle_run",
+    "struggle_answers",
+    "concept_daily_cap",
+    "review_threshold",
+    "recent_exclusion",
+    "risk_low_mastery",
+    "risk_mastery_drop",
+    "risk_window_answers",
+    "risk_inactive_days",
+    "item_flag_min_attempts",
+    "item_flag_z",
+    "item_flag_min_learners",
+    "curve_min_learners",
+)
+MAX_RECENT_EXCLUSION = 10_000
+#: settings that are positive integers / positive numbers (the rest not named here are
+#: probabilities strictly between 0 and 1)
+INT_SETTINGS = {
+    "recent_exclusion",
+    "risk_window_answers",
+    "item_flag_min_attempts",
+    "item_flag_min_learners",
+    "curve_min_learners",
+    "mastery_min_answers",
+    "struggle_run",
+    "struggle_answers",
+    "concept_daily_cap",
+}
+#: integer settings where 0 means "off"
+ZERO_OK_SETTINGS = {"recent_exclusion", "concept_daily_cap"}
+POSITIVE_SETTINGS = {"risk_inactive_days", "item_flag_z"}
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """The value to store for one known setting; :class:`~tutor.errors.Invalid` naming the
+    key and the value otherwise."""
+
+    def bad(why: str) -> Invalid:
+        return Invalid(f"setting {key!r}: {why}, got {value!r}")
+
+    if key == "default_policy":
+        if value not in POLICIES:
+            raise bad(f"expected one of {', '.join(POLICIES)}")
+        return value
+    if key == "mastery_scale":
+        if value not in MASTERY_SCALES:
+            raise bad(f"expected one of {', '.join(MASTERY_SCALES)}")
+        return value
+    if key in INT_SETTINGS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("expected an integer")
+        low = 0 if key in ZERO_OK_SETTINGS else 1
+        if not low <= value <= MAX_RECENT_EXCLUSION:
+            raise bad(f"expected {low} <= value <= {MAX_RECENT_EXCLUSION}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad("expected a number")
+    if key in POSITIVE_SETTINGS:
+        if not (math.isfinite(value) and value > 0):
+            raise bad("expected a positive number")
+        return float(value)
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise bad("expected a number strictly between 0 and 1")
+    return float(value)
+
+
+def update_settings(session: Session, *, org: Organisation, changes: dict[str, Any]) -> None:
+    """Apply setting overrides under the organisation lock (``None`` removes one: the
+    service default applies again). Unknown keys and bad values are
+    :class:`~tutor.errors.Invalid` naming the key; nothing changes then."""
+    lock_org(session, org)
+    unknown = [k for k in changes if k not in SETTING_KEYS]
+    if unknown:
+        raise Invalid(
+            f"unknown setting(s) {', '.join(repr(k) for k in unknown)}; "
+            f"expected {', '.join(SETTING_KEYS)}"
+        )
+    new = dict(org.settings or {})
+    for k, v in changes.items():
+        if v is None:
+            new.pop(k, None)
+        else:
+            new[k] = check_setting(k, v)
+    org.settings = new  # a new dict: the JSON column sees the change
+    session.flush()
+
+
+def effective_settings(org: Organisation, settings: Settings) -> dict[str, Any]:
+    """Every overridable setting's value in effect: the organisation's override, else the
+    service default."""
+    own = org.settings or {}
+    return {k: own.get(k, getattr(settings, k)) for k in SETTING_KEYS}

@@ -70,6 +70,11 @@ class LoadedModel:
     _layout: list[tuple[tuple[int, ...], torch.dtype, int]]
     #: streak length -> (floor, ceiling) of concept mastery (see :meth:`mastery_reference`)
     _references: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: concept external id -> model concept index (c + 1), built with the model
+    _concept_pos: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._concept_pos = {c: i + 1 for i, c in enumerate(self.concept_ids)}
 
     @classmethod
     def from_bytes(
@@ -149,6 +154,11 @@ class LoadedModel:
         return self.encode(self.model.init_state(1))
 
     # --------------------------------------------------------------- inference
+    def concept_index(self, concept_ext: str) -> int | None:
+        """The model's index (1..C) of the organisation's concept ``concept_ext``; None for a
+        concept the model was not trained on."""
+        return self._concept_pos.get(concept_ext)
+
     def item_idx(self, external_ids: list[str]) -> np.ndarray:
         """Model indices of items (0 for items the model was not trained on)."""
         get = self.item_index.get

@@ -2,8 +2,8 @@
 
 Functions take keyword arguments and a SQLAlchemy session whose transaction the caller owns
 (the API commits once per request, so an answer is stored and applied together or not at
-all). Nothing here knows about HTTP; errors are :class:`ServiceError` subclasses that the API
-turns into 404 / 409 / 422.
+all). Nothing here knows about HTTP; errors are :class:`~tutor.errors.ServiceError`
+subclasses (:mod:`tutor.errors`) that the API turns into 404 / 409 / 413 / 422.
 
 Learner states are updated incrementally: an answer later than everything the state holds
 (in event order: timestamp, then event id) costs one ``step``. An answer that arrives late
@@ -14,70 +14,44 @@ history in event order, so the result never depends on arrival order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import torch
-from sqlalchemy import URL, func, insert, inspect, select, update
+from sqlalchemy import func, insert, inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import evidence as evidence_mod
+from .answer import Answer
+from .catalogue import ConceptRef, ItemRef, item_refs
+from .clock import as_utc, utcnow
 from .db import (
     Concept,
     Interaction,
     Item,
-    ItemConcept,
     Learner,
     LearnerState,
     ModelVersion,
     Organisation,
+    db_scope,
 )
+from .errors import Conflict, Invalid, NotFound, TooLarge
+from .errors import ServiceError as ServiceError  # the errors' base, for this module's callers
 from .evidence import Evidence, EvidenceRule
 from .runtime import LoadedModel, ModelCache
+from .states import (
+    LOADED_STATES,
+    current_state,
+    first_answer_priors,
+    rebuild_state,
+    remember_state,
+)
 
 #: the times answers may carry (as the API's schemas: tutor.api.schemas.TIME_MIN/MAX)
 TIME_MIN = datetime(1970, 1, 1, tzinfo=UTC)
 TIME_MAX = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-class ServiceError(Exception):
-    status = 400
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class NotFound(ServiceError):
-    status = 404
-
-
-class Conflict(ServiceError):
-    status = 409
-
-
-class Invalid(ServiceError):
-    status = 422
-
-
-class TooLarge(ServiceError):
-    status = 413
-
-
-def as_utc(dt: datetime | None) -> datetime | None:
-    """Datetimes read back from SQLite are naive; all of ours are UTC."""
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 MODELS = ModelCache()
@@ -119,343 +93,13 @@ def active_model(session: Session, *, org: Organisation) -> LoadedModel | None:
     return MODELS.get(mid, load, scope=db_scope(session))
 
 
-def db_scope(session: Session) -> str:
-    """The database a session talks to, as a cache scope."""
-    return _url_scope(session.get_bind().url)
-
-
-@lru_cache(maxsize=64)
-def _url_scope(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-# ---------------------------------------------------------------------- states
-def _history(session: Session, learner_id: int) -> list[tuple[str, int, datetime, str]]:
-    rows = session.execute(
-        select(Item.external_id, Interaction.correct, Interaction.timestamp, Interaction.event_id)
-        .join(Item, Item.id == Interaction.item_id)
-        .where(Interaction.learner_id == learner_id)
-        .order_by(Interaction.timestamp, Interaction.event_id)
-    ).all()
-    return [(r[0], int(r[1]), as_utc(r[2]), r[3]) for r in rows]
-
-
-def concepts_of_items(
-    session: Session, *, org_id: int, item_ext: list[str] | None = None
-) -> dict[str, tuple[str, ...]]:
-    """Item external id -> its concepts' external ids (sorted by concept id), for the items
-    named (every item of the organisation when ``item_ext`` is None)."""
-    out: dict[str, list[str]] = {}
-    q = (
-        select(Item.external_id, Concept.external_id)
-        .join(ItemConcept, ItemConcept.item_id == Item.id)
-        .join(Concept, Concept.id == ItemConcept.concept_id)
-        .where(Item.org_id == org_id)
-        .order_by(Item.external_id, Concept.id)
-    )
-    if item_ext is None:
-        chunks: list[list[str] | None] = [None]
-    else:
-        uniq = sorted(set(item_ext))
-        chunks = [uniq[k : k + 5000] for k in range(0, len(uniq), 5000)]
-    for chunk in chunks:
-        qq = q if chunk is None else q.where(Item.external_id.in_(chunk))
-        for it, c in session.execute(qq):
-            out.setdefault(it, []).append(c)
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def replay_histories(
-    model: LoadedModel,
-    hists: list[list[tuple[str, int, datetime, str]]],
-    firsts: list[datetime | None],
-    concepts_of: dict[str, tuple[str, ...]],
-    after_step: Callable[[int, Any, list[Evidence]], None] | None = None,
-) -> list[tuple[Any, Evidence]]:
-    """The one replay of stored histories (event order) through the model's serving form:
-    each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
-    started at a concept's first own answer from the model's estimate just before it (as
-    ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories
-    are stepped together, one ``step`` per position; ``after_step(t, state, evidence)`` sees
-    the batched state and every learner's evidence after position ``t`` (the analytics'
-    timelines read them as they go; the evidence is updated in place afterwards)."""
-    n = len(hists)
-    lens = np.array([len(h) for h in hists], dtype=np.int64)
-    t_max = int(lens.max()) if n else 0
-    items = np.zeros((n, max(t_max, 1)), dtype=np.int64)
-    correct = np.zeros((n, max(t_max, 1)), dtype=np.float32)
-    times = np.zeros((n, max(t_max, 1)), dtype=np.float32)
-    for k, h in enumerate(hists):
-        if not h:
-            continue
-        items[k, : len(h)] = model.item_idx([x[0] for x in h])
-        correct[k, : len(h)] = [x[1] for x in h]
-        times[k, : len(h)] = [model.time_value(x[2], firsts[k], j) for j, x in enumerate(h)]
-    evs: list[Evidence] = [{} for _ in range(n)]
-    state = model.model.init_state(n)
-    finals: list[Any] = [None] * n
-    for t in range(t_max):
-        active = np.flatnonzero(lens > t)
-        need: dict[int, list[str]] = {}
-        for k in active:
-            miss = evidence_mod.needs_prior(evs[k], concepts_of.get(hists[k][t][0], ()))
-            if miss:
-                need[int(k)] = miss
-        priors: dict[int, dict[str, float]] = {}
-        shown: dict[int, dict[str, tuple[float, float]]] = {}
-        if need:
-            ks = np.array(sorted(need), dtype=np.int64)
-            cset = sorted({c for v in need.values() for c in v})
-            col = {c: j for j, c in enumerate(cset)}
-            cidx = np.array([_model_concept_index(model, c) or 0 for c in cset], dtype=np.int64)
-            sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
-            est = model.estimates(sub, cidx)
-            raw = model.estimates(sub, cidx, scale="success")
-            for r, k in enumerate(ks.tolist()):
-                priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
-                shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}
-        for k in active:
-            h = hists[k][t]
-            evidence_mod.fold(
-                evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k), shown.get(k)
-            )
-        state = model.model.step(
-            state,
-            torch.from_numpy(items[:, t]),
-            torch.from_numpy(correct[:, t]),
-            torch.from_numpy(times[:, t]),
-        )
-        if after_step is not None:
-            after_step(t, state, evs)
-        for k in np.flatnonzero(lens == t + 1):
-            finals[k] = state if n == 1 else model.model.state_select(state, torch.tensor([k]))
-    return [
-        (finals[k] if finals[k] is not None else model.model.init_state(1), evs[k])
-        for k in range(n)
-    ]
-
-
-def _both(reachable: float, success: float) -> tuple[float, float]:
-    """(low, high) of a concept's estimate on the two mastery scales (nan-safe)."""
-    vals = [float(x) for x in (reachable, success) if x == x]
-    return (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
-
-
-def _first_answer_priors(
-    model: LoadedModel, state: Any, concepts: list[str]
-) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    """For a learner's first own answers on ``concepts``: the evidence filter's prior (the
-    reachable estimate) and the range ``GET /mastery`` could have shown on either scale."""
-    cidx = np.array([_model_concept_index(model, c) or 0 for c in concepts], dtype=np.int64)
-    est = model.estimates(state, cidx)[0]
-    raw = model.estimates(state, cidx, scale="success")[0]
-    priors = {c: float(est[k]) for k, c in enumerate(concepts)}
-    shown = {c: _both(est[k], raw[k]) for k, c in enumerate(concepts)}
-    return priors, shown
-
-
-def rebuild_state(
-    session: Session,
-    *,
-    learner: Learner,
-    model: LoadedModel,
-    watch: dict[str, Any] | None = None,
-) -> tuple[Any, LearnerState]:
-    """Replay the learner's whole history through the model (rare path, see module doc).
-    ``watch`` (event id -> None) receives, for each of its event ids, the state and a copy of
-    the evidence right after that answer."""
-    hist = _history(session, learner.id)
-    first = as_utc(learner.first_seen)
-    if hist and (first is None or hist[0][2] < first):
-        first = learner.first_seen = hist[0][2]
-    concepts_of = concepts_of_items(session, org_id=learner.org_id, item_ext=[h[0] for h in hist])
-    after_step = None
-    if watch:
-        at = {k: h[3] for k, h in enumerate(hist) if h[3] in watch}
-
-        def after_step(t: int, st: Any, evs: list[Evidence]) -> None:
-            if t in at:
-                watch[at[t]] = (st, evidence_mod.load(evidence_mod.dump(evs[0])))
-
-    with torch.no_grad():
-        state, ev = replay_histories(model, [hist], [first], concepts_of, after_step)[0]
-    row = session.get(LearnerState, (learner.id, model.model_id))
-    if row is None:
-        row = LearnerState(learner_id=learner.id, model_id=model.model_id, state=b"")
-        session.add(row)
-    row.state = model.encode(state)
-    row.evidence = evidence_mod.dump(ev)
-    row.n_applied = len(hist)
-    row.last_timestamp = hist[-1][2] if hist else None
-    row.last_event_id = hist[-1][3] if hist else None
-    learner.n_answers = len(hist)
-    session.info.setdefault("rebuilt", []).append(row)
-    remember_state(session, learner.id, model.model_id, row)
-    return state, row
-
-
-def keep_rebuilt_states(session: Session) -> None:
-    """End a read request: keep the states it had to rebuild.
-
-    With nothing rebuilt the session is closed (the read transaction ends in the route's
-    thread). On PostgreSQL the request's transaction simply commits. A SQLite read runs in a read
-    transaction (it never waits for writers) that cannot write, so the rebuilt states are
-    written afterwards in a short write transaction of their own, each only if the learner
-    has not answered meanwhile; if the database is busy they are rebuilt again next time.
-    """
-    rebuilt = session.info.pop("rebuilt", [])
-    session.info.pop(LOADED_STATES, None)
-    if not rebuilt:
-        # nothing to keep: end the read transaction here, in the route's thread (closing keeps
-        # the loaded attributes readable, where a rollback would expire them all)
-        session.close()
-        return
-    if session.get_bind().dialect.name != "sqlite":
-        session.commit()
-        return
-    snap = [
-        (
-            r.learner_id,
-            r.model_id,
-            r.state,
-            r.evidence,
-            r.n_applied,
-            r.last_timestamp,
-            r.last_event_id,
-        )
-        for r in rebuilt
-    ]
-    session.rollback()
-    factory = session.info.get("write_factory")
-    if factory is None:
-        return
-    from sqlalchemy.exc import OperationalError
-
-    try:
-        with factory() as w, w.begin():
-            for lid, mid, blob, evid, n, ts, ev in snap:
-                learner = w.get(Learner, lid)
-                if learner is None or learner.n_answers != n:
-                    continue
-                row = w.get(LearnerState, (lid, mid))
-                if row is None:
-                    row = LearnerState(learner_id=lid, model_id=mid, state=blob)
-                    w.add(row)
-                row.state, row.evidence, row.n_applied = blob, evid, n
-                row.last_timestamp, row.last_event_id = ts, ev
-    except OperationalError:
-        pass
-
-
-#: ``session.info`` key: {(learner id, model id): the LearnerState row or None (no row)} of
-#: states read together with their learners (the session's identity map holds its objects
-#: weakly: this keeps them, so that :func:`current_state` needs no second query)
-LOADED_STATES = "loaded_states"
-
-
-def remember_state(
-    session: Session, learner_id: int, model_id: int, row: LearnerState | None
-) -> None:
-    session.info.setdefault(LOADED_STATES, {})[(learner_id, model_id)] = row
-
-
-def current_state(
-    session: Session, *, learner: Learner, model: LoadedModel
-) -> tuple[Any, LearnerState]:
-    """The learner's up-to-date state for ``model`` (rebuilt if missing or stale)."""
-    key = (learner.id, model.model_id)
-    known = session.info.get(LOADED_STATES)
-    row = known[key] if known and key in known else session.get(LearnerState, key)
-    if row is None or row.n_applied != learner.n_answers or row.evidence is None:
-        return rebuild_state(session, learner=learner, model=model)
-    return model.decode(row.state), row
-
-
 # ---------------------------------------------------------------------- answers
 @dataclass
-class AnswerIn:
-    event_id: str
-    learner_id: str
-    item_id: str
-    correct: int
-    timestamp: datetime | None = None
-    elapsed_ms: int | None = None
+class AnswerIn(Answer):
+    """An answer as the answer path takes it: with the attempt and the way it came in."""
+
     attempt: int | None = None
     source: str = "api"
-
-
-@dataclass(frozen=True)
-class ConceptRef:
-    external_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class ItemRef:
-    """What the answer path needs of an item (from the cached catalogue when it is current,
-    so that an answer costs no catalogue query)."""
-
-    id: int
-    external_id: str
-    concepts: tuple[ConceptRef, ...]
-
-
-def _item_ref(item: Item) -> ItemRef:
-    cs = sorted(item.concepts, key=lambda c: c.id)
-    return ItemRef(item.id, item.external_id, tuple(ConceptRef(c.external_id, c.name) for c in cs))
-
-
-def _items(
-    session: Session, *, org: Organisation, external_ids: list[str], auto_create: bool
-) -> dict[str, ItemRef]:
-    """The items of ``external_ids``: active ones from the organisation's cached catalogue
-    (no query while it is current), the rest (inactive, unknown, or all of them when the
-    catalogue must be rebuilt) in one query; unknown ones are created (``auto_create``) or
-    NotFound."""
-    from .recommend import catalogue  # recommend imports this module
-
-    out: dict[str, ItemRef] = {}
-    missing = list(external_ids)
-    cat = catalogue(session, org) if not (session.new or session.dirty) else None
-    if cat is not None:
-        pos = cat.item_pos
-        missing = []
-        for ext in external_ids:
-            k = pos.get(ext)
-            if k is None:
-                missing.append(ext)
-                continue
-            out[ext] = ItemRef(
-                int(cat.item_db[k]),
-                ext,
-                tuple(
-                    ConceptRef(cat.concept_ext[c], cat.concept_name[c])
-                    for c in cat.item_concepts[k]
-                ),
-            )
-    if missing:
-        found = {
-            i.external_id: i
-            for i in session.scalars(
-                select(Item).where(Item.org_id == org.id, Item.external_id.in_(missing))
-            )
-        }
-        created = False
-        for ext in missing:
-            item = found.get(ext)
-            if item is None:
-                if not auto_create:
-                    raise NotFound(f"item {ext!r} not found")
-                item = Item(org_id=org.id, external_id=ext, meta={}, concepts=[])
-                session.add(item)
-                org.bump_catalogue()
-                created = True
-            found[ext] = item
-        if created:
-            session.flush()
-        for ext in missing:
-            out[ext] = _item_ref(found[ext])
-    return out
 
 
 def mastery_of(
@@ -473,9 +117,7 @@ def mastery_of(
     mastery where the learner has answered the concept, the model's estimate (labelled so)
     where not; with the model's estimate and mean predicted success beside it. Predicts only
     the items of ``concepts``."""
-    cidx = np.array(
-        [_model_concept_index(model, c.external_id) or 0 for c in concepts], dtype=np.int64
-    )
+    cidx = np.array([model.concept_index(c.external_id) or 0 for c in concepts], dtype=np.int64)
     at = None if at_time is None else np.array([at_time])
     success = model.estimates(state, cidx, at, scale="success")[0]
     est = success
@@ -504,14 +146,6 @@ def mastery_of(
             }
         )
     return out
-
-
-def _model_concept_index(model: LoadedModel, concept_ext: str) -> int | None:
-    idx = getattr(model, "_concept_pos", None)
-    if idx is None:
-        idx = {c: i + 1 for i, c in enumerate(model.concept_ids)}
-        model._concept_pos = idx  # type: ignore[attr-defined]
-    return idx.get(concept_ext)
 
 
 def _same(inter: Interaction, ans: AnswerIn, learner_ext: str, item_ext: str) -> bool:
@@ -619,7 +253,7 @@ def record_answers(
 
     # 2. items (the cached catalogue), then the learners, locked, with their states (one
     # query), then learner by learner in event order
-    items = _items(
+    items = item_refs(
         session,
         org=org,
         external_ids=sorted({a.item_id for group in fresh.values() for _, a in group}),
@@ -628,6 +262,7 @@ def record_answers(
     learners = _lock_learners(session, org=org, external_ids=sorted(fresh), model=model)
     writes = _Writes()
     writes.replay_budget = max_replay_answers
+    batch = _Batch(org, items, model, rule or EvidenceRule(), scale, results, writes)
     now = utcnow()
     for learner_ext in sorted(fresh):
         group = fresh[learner_ext]
@@ -643,18 +278,7 @@ def record_answers(
                 a.timestamp = now
             a.timestamp = as_utc(a.timestamp)
         group.sort(key=lambda ka: (ka[1].timestamp, ka[1].event_id))
-        _apply_learner(
-            session,
-            org=org,
-            learner=learner,
-            group=group,
-            items=items,
-            model=model,
-            results=results,
-            writes=writes,
-            rule=rule or EvidenceRule(),
-            scale=scale,
-        )
+        _apply_learner(session, batch, learner, group)
     writes.apply(session)
     session.flush()
     return results  # type: ignore[return-value]
@@ -730,19 +354,41 @@ class _Writes:
         self.responses = []
 
 
+@dataclass
+class _Batch:
+    """What every learner's group of one request's answers is applied with: the request's
+    items, active model, mastery criterion and scale, its results (in the input order) and
+    its writes."""
+
+    org: Organisation
+    items: dict[str, ItemRef]
+    model: LoadedModel | None
+    rule: EvidenceRule
+    scale: str
+    results: list[dict[str, Any] | None]
+    writes: _Writes
+
+    def mastery(
+        self, model: LoadedModel, state: Any, item: ItemRef, ev: Evidence
+    ) -> list[dict[str, Any]]:
+        """The answered item's concepts as the answer's response reports them."""
+        return mastery_of(
+            model,
+            state,
+            item.concepts,
+            evidence=ev,
+            rule=self.rule,
+            any_answers=True,
+            scale=self.scale,
+        )
+
+
 def _apply_learner(
-    session: Session,
-    *,
-    org: Organisation,
-    learner: Learner,
-    group: list[tuple[int, AnswerIn]],
-    items: dict[str, ItemRef],
-    model: LoadedModel | None,
-    results: list[dict[str, Any] | None],
-    writes: _Writes,
-    rule: EvidenceRule,
-    scale: str,
+    session: Session, batch: _Batch, learner: Learner, group: list[tuple[int, AnswerIn]]
 ) -> None:
+    """Apply one learner's new answers (sorted in event order): one ``step`` each, or the
+    late path (:func:`_apply_late`) where one is late or the learner's state is stale."""
+    org, items, model, writes = batch.org, batch.items, batch.model, batch.writes
     state, row = (None, None)
     ev: Evidence = {}
     if model is not None:
@@ -755,19 +401,7 @@ def _apply_learner(
         if stale or late:
             # one replay serves both: a stale state (after a model swap or an import) is
             # rebuilt by the same replay that folds these answers
-            _apply_late(
-                session,
-                org=org,
-                learner=learner,
-                group=group,
-                items=items,
-                model=model,
-                results=results,
-                writes=writes,
-                rule=rule,
-                scale=scale,
-                bounded=late,
-            )
+            _apply_late(session, batch, model, learner, group, bounded=late)
             return
     for k, a in group:
         item = items[a.item_id]
@@ -788,7 +422,7 @@ def _apply_learner(
             shown: dict[str, tuple[float, float]] = {}
             if need:  # the model's estimate just before the first own answer
                 # (as GET /mastery reports it: at the learner's previous answer)
-                priors, shown = _first_answer_priors(model, state, need)
+                priors, shown = first_answer_priors(model, state, need)
             evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors, shown)
             idx = model.item_idx([a.item_id]).tolist()
             state = model.step_many(state, idx, [int(a.correct)], [t])
@@ -797,15 +431,13 @@ def _apply_learner(
             writes.set(row, "n_applied", learner.n_answers)
             writes.set(row, "last_timestamp", a.timestamp)
             writes.set(row, "last_event_id", a.event_id)
-            mastery = mastery_of(
-                model, state, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
-            )
+            mastery = batch.mastery(model, state, item, ev)
         response = _answer_response(learner, item, a, model, mastery)
         if writes.interactions and writes.interactions[-1] is inter:
             inter["response"] = response  # not inserted yet
         else:
             writes.responses.append((learner.id, a.event_id, response))
-        results[k] = response
+        batch.results[k] = response
 
 
 def _interaction_row(
@@ -873,23 +505,19 @@ def _any_late(
 
 def _apply_late(
     session: Session,
-    *,
-    org: Organisation,
+    batch: _Batch,
+    model: LoadedModel,
     learner: Learner,
     group: list[tuple[int, AnswerIn]],
-    items: dict[str, ItemRef],
-    model: LoadedModel,
-    results: list[dict[str, Any] | None],
-    writes: _Writes,
-    rule: EvidenceRule,
-    scale: str,
+    *,
     bounded: bool = True,
 ) -> None:
     """A group with late answers (or a learner whose state is stale): every answer is
     stored, then the learner's history is
     replayed **once** (not once per late answer), each answer's response read at its place
     in the replay. The cost is one replay of the learner's history per request, whatever
-    the number of late answers in it."""
+    the number of late answers in it. ``model`` is the batch's (never None here)."""
+    items, writes = batch.items, batch.writes
     if bounded and writes.replay_budget is not None:
         writes.replay_budget -= learner.n_answers + len(group)
         if writes.replay_budget < 0:
@@ -900,7 +528,7 @@ def _apply_late(
             )
     for _, a in group:
         item = items[a.item_id]
-        writes.interactions.append(_interaction_row(org, learner, item, a))
+        writes.interactions.append(_interaction_row(batch.org, learner, item, a))
         writes.set(learner, "n_answers", learner.n_answers + 1)
         first = as_utc(learner.first_seen)
         if first is None or a.timestamp < first:
@@ -912,12 +540,10 @@ def _apply_late(
     for k, a in group:
         item = items[a.item_id]
         st, ev = watch[a.event_id]
-        mastery = mastery_of(
-            model, st, item.concepts, evidence=ev, rule=rule, any_answers=True, scale=scale
-        )
+        mastery = batch.mastery(model, st, item, ev)
         response = _answer_response(learner, item, a, model, mastery)
         writes.responses.append((learner.id, a.event_id, response))
-        results[k] = response
+        batch.results[k] = response
 
 
 # ---------------------------------------------------------------------- reading

@@ -43,6 +43,8 @@ from data_loaders.xapi import (
     verb_name,
 )
 
+from .answer import Answer
+
 #: the version this service speaks (``X-Experience-API-Version`` of every response)
 VERSION = "1.0.3"
 #: the file loader's default answer verbs (last path segment of the verb IRI)
@@ -73,15 +75,9 @@ class StatementError(ValueError):
 
 
 @dataclass
-class XAPIAnswer:
+class XAPIAnswer(Answer):
     """What an answer statement says, in the terms of :class:`tutor.service.AnswerIn`."""
 
-    event_id: str
-    learner_id: str
-    item_id: str
-    correct: int
-    timestamp: datetime | None = None
-    elapsed_ms: int | None = None
     concept_ids: list[str] = field(default_factory=list)
 
 

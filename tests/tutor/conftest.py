@@ -166,11 +166,11 @@ def build_world(url: str, run: Path, *, prerequisites: bool = True) -> World:
 
 @pytest.fixture
 def world(db_url: str, dkt_run: Path) -> World:
-    from tutor.recommend import _CACHE
+    from tutor.catalogue import clear_cache
     from tutor.service import MODELS
 
     MODELS.clear()
-    _CACHE.clear()
+    clear_cache()
     return build_world(db_url, dkt_run)
 
 

@@ -328,11 +328,11 @@ def _int_cells(row) -> list[int]:
 def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
     from selenium.webdriver.common.by import By
 
-    from tutor.recommend import _CACHE
+    from tutor.catalogue import clear_cache
     from tutor.service import MODELS
 
     MODELS.clear()
-    _CACHE.clear()
+    clear_cache()
     url = f"sqlite:///{tmp_path / 'tutor.db'}"
     reset_schema(url)
     world = build_world(url, dkt_run)

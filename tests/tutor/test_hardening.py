@@ -358,19 +358,19 @@ def test_every_response_says_nosniff(client, world):
 def test_a_batch_of_late_answers_replays_the_history_once(client, world, monkeypatch):
     """Late answers (before what the state folded) cost one replay of the learner's history
     per request, not one per answer: the bound on how long a batch holds the write lock."""
-    from tutor import service
+    from tutor import states
 
     h = world.headers("ingest")
     r = client.post("/v1/answers", json=answer("now", timestamp="2024-06-01T10:00:00Z"), headers=h)
     assert r.status_code == 201
     calls = []
-    real = service.replay_histories
+    real = states.replay_histories
 
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(len(args[1][0]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(service, "replay_histories", counting)
+    monkeypatch.setattr(states, "replay_histories", counting)
     batch = [
         answer(
             f"late{k}",

@@ -27,7 +27,8 @@ from tutor.db import (
     make_sessionmaker,
 )
 from tutor.runtime import SECONDS_PER_DAY, _leaves
-from tutor.service import MODELS, _history, as_utc, current_state
+from tutor.service import MODELS, as_utc
+from tutor.states import answers_in_order, current_state
 
 
 def _count(s, model, org_id: int) -> int:  # noqa: ANN001
@@ -88,7 +89,7 @@ def test_import_counts_learners_and_idempotence(db_url: str, skill_data: Path) -
                 assert as_utc(lr.first_seen) == first
             # the service's order is the dataset's order (seq)
             u0 = s.scalar(select(Learner).where(Learner.external_id == "u0"))
-            hist = _history(s, u0.id)
+            hist = answers_in_order(s, u0.id)
             assert [h[3] for h in hist] == [f"import:u0:{k:010d}" for k in range(len(hist))]
 
         again = importer.import_dataset(engine, org_slug="acme", dataset_dir=skill_data)
@@ -197,17 +198,17 @@ def test_missing_timestamps_and_ties(tmp_path: Path) -> None:
         with make_sessionmaker(engine)() as s:
             for ext in ("u1", "u2"):
                 lr = s.scalar(select(Learner).where(Learner.external_id == ext))
-                hist = _history(s, lr.id)
+                hist = answers_in_order(s, lr.id)
                 assert [h[3] for h in hist] == [f"import:{ext}:{k:010d}" for k in range(12)]
                 times = [h[2] for h in hist]
                 assert times == sorted(times)
                 assert lr.n_answers == 12 and as_utc(lr.first_seen) == times[0]
             u1 = s.scalar(select(Learner).where(Learner.external_id == "u1"))
-            t1 = [h[2] for h in _history(s, u1.id)]
+            t1 = [h[2] for h in answers_in_order(s, u1.id)]
             epoch = importer.SYNTHETIC_EPOCH
             assert t1 == [epoch + timedelta(seconds=k) for k in range(12)]
             u2 = s.scalar(select(Learner).where(Learner.external_id == "u2"))
-            t2 = [h[2] for h in _history(s, u2.id)]
+            t2 = [h[2] for h in answers_in_order(s, u2.id)]
             assert t2[0] == t2[1]  # leading gap: the first known time
             assert t2[5] == t2[4]  # a gap: the previous time
             assert t2[9] == t2[10] == t2[11]  # ties keep seq order (event ids)

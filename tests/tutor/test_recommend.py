@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tutor import evidence as ev
-from tutor.recommend import POLICIES, Catalogue, LearnerView, recommend
+from tutor.catalogue import Catalogue
+from tutor.recommend import POLICIES, LearnerView, recommend
 from tutor.settings import POLICIES as SETTING_POLICIES
 
 CONCEPTS = ["a", "b", "c", "d"]

@@ -205,7 +205,7 @@ def test_suggested_groups_small_class_is_one_group(taught, world):
 def test_clustering_separates_clear_groups():
     """Two kinds of students (four have mastered concepts 0-2, four struggle with them) and
     two outliers too few for a group of their own: two groups, each one kind."""
-    from tutor.teaching import MIN_GROUP_STUDENTS, TARGET_GROUP_SIZE, _cluster
+    from tutor.analytics.teaching import MIN_GROUP_STUDENTS, TARGET_GROUP_SIZE, _cluster
 
     strong = [0.95, 0.9, 0.92, 0.2]
     weak = [0.1, 0.15, 0.05, 0.2]
@@ -444,7 +444,7 @@ def test_ready_to_learn_puts_opened_concepts_before_untouched_ones(taught, world
 def test_group_fingerprint_tells_rosters_with_equal_sums_apart():
     """Cached group results are reused only for the same members with the same answer
     counts: {10: 5 answers, 13: 0} and {11: 5, 12: 0} have equal counts and sums."""
-    from tutor.analytics import _Members
+    from tutor.analytics.context import _Members
 
     def members(ids, n):
         return _Members(

@@ -3,26 +3,24 @@ curves, item statistics, learners at risk, model card.
 
 Roles: admin (any group or learner of its organisation), teacher (its groups and their
 learners); a learner key reads only its own timeline; what a key may not see is 404. The
-computations are in :mod:`tutor.analytics`.
+computations are in :mod:`tutor.analytics`; the JSON or CSV answers are built by
+:mod:`tutor.api.tables`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from .. import analytics, service, teaching
+from .. import states
+from ..analytics import card, curves, grid, items, risk, teaching, timeline
 from ..db import Group
 from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
 from .schemas import MAX_OFFSET, ModelRef, Time
+from .tables import FormatQuery, LimitQuery, page_size, respond, rows_at, table_route, wants_csv
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
@@ -305,101 +303,13 @@ def _concept_list(raw: str | None) -> list[str] | None:
     return [c.strip() for c in raw.split(",") if c.strip()]
 
 
-FormatQuery = Annotated[
-    Literal["json", "csv"] | None,
-    Query(description="json (default) or csv; ``Accept: text/csv`` also asks for CSV"),
-]
-#: the page size of JSON answers when no ``limit`` is given (CSV: every row)
-PAGE = 100
-EVERYTHING = 10**9
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _wants_csv(request: Request, fmt: str | None) -> bool:
-    if fmt is not None:
-        return fmt == "csv"
-    accept = request.headers.get("accept", "")
-    return "text/csv" in accept and "application/json" not in accept
-
-
-def _page(csv_out: bool, limit: int | None, default: int = PAGE) -> int:
-    if limit is not None:
-        return limit
-    return EVERYTHING if csv_out else default
-
-
-def _cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list | tuple):
-        v = "; ".join(str(_cell(x)) for x in v)
-    if isinstance(v, dict):
-        v = v.get("name") or v.get("label") or ", ".join(f"{k}={x}" for k, x in v.items())
-    if isinstance(v, str) and v.startswith(FORMULA_START):
-        return "'" + v
-    return v
-
-
-def csv_response(rows: Iterable[dict[str, Any]], columns: list[str], filename: str) -> Response:
-    """A table as a CSV attachment (see the module doc). The file name is given twice, in
-    ASCII and in UTF-8 (RFC 6266's ``filename*``), so that ids in any script survive."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([_cell(r.get(c)) for c in columns])
-    plain = _slug(filename, ascii_only=True) or "export.csv"
-    disposition = f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(_slug(filename))}"
-    return Response(
-        buf.getvalue(),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": disposition, "Vary": "Accept"},
-    )
-
-
-def _slug(text: str, ascii_only: bool = False) -> str:
-    """A file name from ids: letters, digits, ``-``, ``_`` and ``.`` kept (only ASCII ones
-    with ``ascii_only``), anything else a ``-``; at most 80 characters."""
-
-    def ok(ch: str) -> bool:
-        return (ch.isalnum() and (ch.isascii() or not ascii_only)) or ch in "-_."
-
-    return "".join(ch if ok(ch) else "-" for ch in text).strip("-.")[:80]
-
-
-def _respond(
-    request: Request,
-    fmt: str | None,
-    model: type[BaseModel],
-    body: dict[str, Any],
-    table: Callable[[dict[str, Any]], tuple[list[dict[str, Any]], list[str]]],
-    name: str,
-) -> Any:
-    if _wants_csv(request, fmt):
-        rows, columns = table(body)
-        return csv_response(rows, columns, f"{name}.csv")
-    # the representation depends on Accept: caches must key on it
-    out = model.model_validate(body).model_dump(mode="json")
-    return JSONResponse(out, headers={"Vary": "Accept"})
-
-
-CSV_DESCRIPTION = (
-    "CSV with `format=csv` or `Accept: text/csv` (the whole table unless `limit` is given)."
-)
-CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
-}
-
-
-# ---------------------------------------------------------------------- routes
-LimitQuery = Annotated[int | None, Query(ge=1, le=100_000, description="default 100; CSV: all")]
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
-def _students_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    cols = [
+# ---------------------------------------------------------------------- teacher's views
+_students_table = rows_at(
+    "students",
+    [
         "learner_id",
         "name",
         "label",
@@ -412,16 +322,11 @@ def _students_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[st
         "days_inactive",
         "struggling_on",
         "ready_to_learn",
-    ]
-    return body["students"], cols
-
-
-@router.get(
-    "/groups/{group_id}/students",
-    response_model=ClassOverview,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
+    ],
 )
+
+
+@table_route(router, "/groups/{group_id}/students", ClassOverview)
 def class_overview(
     group_id: str,
     request: Request,
@@ -439,22 +344,22 @@ def class_overview(
     own answers, last activity (answers with real times), the concepts struggled with and
     the next ones to learn in the designed curriculum."""
     group = _visible_group(session, principal, org, group_id)
-    csv_out = _wants_csv(request, format)
     body = teaching.class_overview(
         session,
         org=org,
         group=group,
         settings=settings,
         sort=sort,
-        limit=_page(csv_out, limit),
+        limit=page_size(request, format, limit),
         offset=offset,
     )
-    service.keep_rebuilt_states(session)
-    return _respond(request, format, ClassOverview, body, _students_table, f"{group_id}-students")
+    states.keep_rebuilt_states(session)
+    return respond(request, format, ClassOverview, body, _students_table, f"{group_id}-students")
 
 
-def _reteach_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    cols = [
+_reteach_table = rows_at(
+    "concepts",
+    [
         "concept_id",
         "name",
         "curriculum_position",
@@ -467,16 +372,11 @@ def _reteach_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str
         "success_rate",
         "mean_mastery",
         "struggling_students",
-    ]
-    return body["concepts"], cols
-
-
-@router.get(
-    "/groups/{group_id}/reteach",
-    response_model=Reteach,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
+    ],
 )
+
+
+@table_route(router, "/groups/{group_id}/reteach", Reteach)
 def reteach(
     group_id: str,
     request: Request,
@@ -491,18 +391,17 @@ def reteach(
     """What to reteach: per concept the group has practised, how many students struggle,
     are learning, have mastered it or not started, most struggling first."""
     group = _visible_group(session, principal, org, group_id)
-    csv_out = _wants_csv(request, format)
     body = teaching.reteach(
         session,
         org=org,
         group=group,
         settings=settings,
-        limit=_page(csv_out, limit),
+        limit=page_size(request, format, limit),
         offset=offset,
-        names=None if csv_out else teaching.RETEACH_NAMES,
+        names=None if wants_csv(request, format) else teaching.RETEACH_NAMES,
     )
-    service.keep_rebuilt_states(session)
-    return _respond(request, format, Reteach, body, _reteach_table, f"{group_id}-reteach")
+    states.keep_rebuilt_states(session)
+    return respond(request, format, Reteach, body, _reteach_table, f"{group_id}-reteach")
 
 
 def _groups_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -525,12 +424,7 @@ def _groups_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
     return rows, ["group", "summary", "learner_id", "label", "needs", "ready_to_learn"]
 
 
-@router.get(
-    "/groups/{group_id}/suggested-groups",
-    response_model=SuggestedGroups,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
-)
+@table_route(router, "/groups/{group_id}/suggested-groups", SuggestedGroups)
 def suggested_groups(
     group_id: str,
     request: Request,
@@ -548,10 +442,11 @@ def suggested_groups(
     body = teaching.suggested_groups(
         session, org=org, group=group, settings=settings, max_groups=max_groups
     )
-    service.keep_rebuilt_states(session)
-    return _respond(request, format, SuggestedGroups, body, _groups_table, f"{group_id}-groups")
+    states.keep_rebuilt_states(session)
+    return respond(request, format, SuggestedGroups, body, _groups_table, f"{group_id}-groups")
 
 
+# ---------------------------------------------------------------------- analytics
 def _grid_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     rows = []
     for lr in body["learners"]:
@@ -573,11 +468,8 @@ def _grid_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, cols
 
 
-@router.get(
-    "/groups/{group_id}/mastery",
-    response_model=MasteryGrid,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION + " One CSV row per (learner, concept).",
+@table_route(
+    router, "/groups/{group_id}/mastery", MasteryGrid, " One CSV row per (learner, concept)."
 )
 def group_mastery(
     group_id: str,
@@ -599,18 +491,17 @@ def group_mastery(
     evidence where the learner answered the concept, the model's estimate where not); a
     page of learners; ``concept_means`` and ``concept_counts`` cover every member."""
     group = _visible_group(session, principal, org, group_id)
-    csv_out = _wants_csv(request, format)
-    out = analytics.group_mastery(
+    out = grid.group_mastery(
         session,
         org=org,
         group=group,
         at=at,
-        limit=EVERYTHING if csv_out and limit is None else (limit or PAGE),
+        limit=page_size(request, format, limit),
         offset=offset,
         settings=settings,
     )
-    service.keep_rebuilt_states(session)
-    return _respond(request, format, MasteryGrid, out, _grid_table, f"{group_id}-mastery")
+    states.keep_rebuilt_states(session)
+    return respond(request, format, MasteryGrid, out, _grid_table, f"{group_id}-mastery")
 
 
 def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -631,12 +522,7 @@ def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[st
     return rows, cols + [f for trio in fields for f in trio]
 
 
-@router.get(
-    "/learners/{learner_id}/timeline",
-    response_model=Timeline,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
-)
+@table_route(router, "/learners/{learner_id}/timeline", Timeline)
 def learner_timeline(
     learner_id: str,
     request: Request,
@@ -656,7 +542,7 @@ def learner_timeline(
     ``max_points`` evenly spaced points (the last answer always among them). ``timed``
     false: the answers were imported without a clock (their times are not dates)."""
     learner = visible_learner(session, principal, learner_id)
-    out = analytics.learner_timeline(
+    out = timeline.learner_timeline(
         session,
         org=org,
         learner=learner,
@@ -664,7 +550,7 @@ def learner_timeline(
         max_points=max_points,
         settings=settings,
     )
-    return _respond(request, format, Timeline, out, _timeline_table, f"{learner_id}-timeline")
+    return respond(request, format, Timeline, out, _timeline_table, f"{learner_id}-timeline")
 
 
 def _curves_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -686,12 +572,7 @@ def _curves_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
     return rows, cols
 
 
-@router.get(
-    "/groups/{group_id}/learning-curves",
-    response_model=LearningCurves,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
-)
+@table_route(router, "/groups/{group_id}/learning-curves", LearningCurves)
 def learning_curves(
     group_id: str,
     request: Request,
@@ -711,7 +592,7 @@ def learning_curves(
     interval, and predicted by the model before each answer, with the number of learners;
     points with fewer than the ``curve_min_learners`` setting are left out."""
     group = _visible_group(session, principal, org, group_id)
-    out = analytics.learning_curves(
+    out = curves.learning_curves(
         session,
         org=org,
         group=group,
@@ -719,11 +600,12 @@ def learning_curves(
         max_opportunity=max_opportunity,
         settings=settings,
     )
-    return _respond(request, format, LearningCurves, out, _curves_table, f"{group_id}-curves")
+    return respond(request, format, LearningCurves, out, _curves_table, f"{group_id}-curves")
 
 
-def _items_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    cols = [
+_items_table = rows_at(
+    "items",
+    [
         "item_id",
         "concepts",
         "concept_names",
@@ -738,16 +620,11 @@ def _items_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]
         "enough_data",
         "flagged",
         "flag_reason",
-    ]
-    return body["items"], cols
-
-
-@router.get(
-    "/groups/{group_id}/items",
-    response_model=ItemStats,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
+    ],
 )
+
+
+@table_route(router, "/groups/{group_id}/items", ItemStats)
 def item_statistics(
     group_id: str,
     request: Request,
@@ -756,7 +633,7 @@ def item_statistics(
     org: OrgDep,
     settings: SettingsDep,
     sort: Annotated[
-        str, Query(description=f"One of {', '.join(analytics.ITEM_SORTS)} (gap: |obs - pred|)")
+        str, Query(description=f"One of {', '.join(items.ITEM_SORTS)} (gap: |obs - pred|)")
     ] = "attempts",
     desc: bool = True,
     limit: Annotated[int | None, Query(ge=1, le=1000, description="default 50; CSV: all")] = None,
@@ -768,22 +645,22 @@ def item_statistics(
     parameter), and a flag where the observed success disagrees strongly with the model
     over enough attempts and learners (organisation settings)."""
     group = _visible_group(session, principal, org, group_id)
-    csv_out = _wants_csv(request, format)
-    out = analytics.item_statistics(
+    out = items.item_statistics(
         session,
         org=org,
         group=group,
         sort=sort,
         desc=desc,
-        limit=_page(csv_out, limit, 50),
+        limit=page_size(request, format, limit, 50),
         offset=offset,
         settings=settings,
     )
-    return _respond(request, format, ItemStats, out, _items_table, f"{group_id}-items")
+    return respond(request, format, ItemStats, out, _items_table, f"{group_id}-items")
 
 
-def _risk_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    cols = [
+_risk_table = rows_at(
+    "learners",
+    [
         "learner_id",
         "name",
         "severity",
@@ -792,16 +669,11 @@ def _risk_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         "mastery_change",
         "days_inactive",
         "last_activity",
-    ]
-    return body["learners"], cols
-
-
-@router.get(
-    "/groups/{group_id}/at-risk",
-    response_model=AtRisk,
-    responses=CSV_RESPONSES,
-    description=CSV_DESCRIPTION,
+    ],
 )
+
+
+@table_route(router, "/groups/{group_id}/at-risk", AtRisk)
 def at_risk(
     group_id: str,
     request: Request,
@@ -818,17 +690,16 @@ def at_risk(
     answers, inactivity against the group's own clock (thresholds:
     organisation settings)."""
     group = _visible_group(session, principal, org, group_id)
-    csv_out = _wants_csv(request, format)
-    out = analytics.at_risk(
+    out = risk.at_risk(
         session,
         org=org,
         group=group,
         settings=settings,
-        limit=_page(csv_out, limit),
+        limit=page_size(request, format, limit),
         offset=offset,
     )
-    service.keep_rebuilt_states(session)
-    return _respond(request, format, AtRisk, out, _risk_table, f"{group_id}-at-risk")
+    states.keep_rebuilt_states(session)
+    return respond(request, format, AtRisk, out, _risk_table, f"{group_id}-at-risk")
 
 
 @router.get("/model-card", response_model=ModelCard)
@@ -837,4 +708,4 @@ def model_card(session: SessionDep, principal: PrincipalDep, org: OrgDep) -> Mod
     PSI-KT the learned prerequisite graph (edges with probability > 0.5) and a summary of
     the learners' traits."""
     require_roles(principal, "admin", "teacher")
-    return ModelCard.model_validate(analytics.model_card(session, org=org))
+    return ModelCard.model_validate(card.model_card(session, org=org))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Response, status
 from sqlalchemy import select
 
 from .. import service
@@ -14,6 +14,7 @@ from .deps import (
     SessionDep,
     SettingsDep,
     commit_with_retries,
+    limit_batch,
     require_roles,
 )
 from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
@@ -48,11 +49,7 @@ def post_answers(
     require_roles(principal, "admin", "ingest", "learner")
     single = isinstance(body, AnswerIn)
     answers = [body] if single else body.answers
-    if len(answers) > settings.max_batch_answers:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            f"{len(answers)} answers in one request; the limit is {settings.max_batch_answers}",
-        )
+    limit_batch(len(answers), "answers", settings)
     allowed = None
     if principal.role == "learner":
         allowed = session.scalar(

@@ -28,6 +28,7 @@ from ..db.session import is_sqlite
 from ..security import AuthCache
 from ..service import ServiceError
 from ..settings import Settings, get_settings
+from .deps import detail_response, validation_errors
 
 log = logging.getLogger("tutor.api")
 
@@ -215,15 +216,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return detail_response(exc.status, exc.detail)
 
     @app.exception_handler(OperationalError)
     async def _db_busy(request: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
-        return JSONResponse(
-            {"detail": "the database is busy or unreachable; retry"},
-            status_code=503,
-            headers={"Retry-After": "1"},
+        return detail_response(
+            503, "the database is busy or unreachable; retry", headers={"Retry-After": "1"}
         )
 
     @app.exception_handler(ObjectDeletedError)
@@ -231,10 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if "Organisation" in str(exc):
             # the organisation of a key remembered by the auth cache was deleted meanwhile
             app.state.auth_cache.clear()
-            return JSONResponse(
-                {"detail": "invalid or revoked API key"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
+            return detail_response(
+                401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
             )
         raise exc
 
@@ -243,19 +240,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # a stored model that does not load (corrupt bytes): the service cannot answer with
         # it; /ready says the same
         log.error("model failed to load on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {
-                "detail": "the organisation's active model cannot be loaded (corrupt or "
-                "incompatible checkpoint); an administrator must activate another model"
-            },
-            status_code=503,
+        return detail_response(
+            503,
+            "the organisation's active model cannot be loaded (corrupt or incompatible "
+            "checkpoint); an administrator must activate another model",
         )
 
     @app.exception_handler(RecursionError)
     async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
         # parsing a request nested too deeply; logged, in case it came from our own code
         log.warning("recursion limit on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "the request's JSON is nested too deeply"}, status_code=422)
+        return detail_response(422, "the request's JSON is nested too deeply")
 
     @app.exception_handler(DataError)
     async def _not_storable(request: Request, exc: DataError) -> JSONResponse:
@@ -264,31 +259,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.warning(
             "value refused by the database on %s %s: %s", request.method, request.url.path, exc.orig
         )
-        return JSONResponse(
-            {
-                "detail": "a value of the request cannot be stored (out of range, or text with a "
-                "NUL character)"
-            },
-            status_code=422,
+        return detail_response(
+            422,
+            "a value of the request cannot be stored (out of range, or text with a NUL character)",
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         # Starlette runs this outside the other middlewares: the header is set here
-        return JSONResponse(
-            {"detail": "internal error"},
-            status_code=500,
-            headers={"X-Content-Type-Options": "nosniff"},
-        )
+        return detail_response(500, "internal error", headers={"X-Content-Type-Options": "nosniff"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return detail_response(422, validation_errors(exc))
 
     def openapi() -> dict:
         """FastAPI's schema, with the 422 body as this service sends it: ``detail`` is the
@@ -313,13 +297,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    from . import admin, analytics, answers, health, learners, xapi
+    from . import (
+        analytics,
+        answers,
+        concepts,
+        groups,
+        health,
+        items,
+        learners,
+        models,
+        organisation,
+        prerequisites,
+        xapi,
+    )
 
     app.include_router(health.router)
-    app.include_router(answers.router, prefix="/v1")
-    app.include_router(learners.router, prefix="/v1")
-    app.include_router(admin.router, prefix="/v1")
-    app.include_router(analytics.router, prefix="/v1")
+    # one router per resource; no two of their paths overlap, so this order decides nothing
+    # but the order of the OpenAPI document
+    for resource in (
+        answers,
+        learners,
+        groups,
+        concepts,
+        prerequisites,
+        items,
+        models,
+        organisation,
+        analytics,
+    ):
+        app.include_router(resource.router, prefix="/v1")
     app.include_router(xapi.router)
     app.include_router(dashboard_router)
     return app

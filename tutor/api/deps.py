@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -14,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from ..db import GroupMembership, Learner, LearnerState, Organisation
 from ..runtime import LoadedModel
 from ..security import AuthCache, Principal, authenticate, hash_key
-from ..service import remember_state
 from ..settings import Settings
+from ..states import remember_state
 
 T = TypeVar("T")
 
@@ -127,12 +130,22 @@ def forget_keys(request: Request) -> None:
     request.app.state.auth_cache.clear()
 
 
+#: the keys that read the catalogue (concepts, prerequisites, items)
+CATALOGUE_READERS = ("admin", "teacher")
+
+
 def require_roles(principal: Principal, *roles: str) -> None:
     if principal.role not in roles:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"a {principal.role} key may not do this (needs: {', '.join(roles)})",
         )
+
+
+def visible_groups(principal: Principal) -> frozenset[int] | None:
+    """The groups (and their learners) a key may see: a teacher key's own; None (every
+    group) for the others."""
+    return principal.group_ids if principal.role == "teacher" else None
 
 
 def visible_learner(
@@ -146,7 +159,7 @@ def visible_learner(
     """The learner, if the caller may see them; 404 otherwise (never 403, so ids of other
     organisations or learners cannot be probed). ``state_of``: also load the learner's state
     for that model into the session in the same statement (then
-    :func:`tutor.service.current_state` needs no query)."""
+    :func:`tutor.states.current_state` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
     q = select(Learner)
     if state_of is not None:
@@ -203,3 +216,57 @@ def commit_with_retries(session: Session, work: Callable[[int], T]) -> T:
             session.rollback()
             raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def write_transaction(session: Session) -> Iterator[None]:
+    """One write of an administration route: commit at the end; roll back on any error (a
+    unique-key race is a 409, not retried: the caller sees what won)."""
+    try:
+        yield
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, "a concurrent request wrote the same rows; retry"
+        ) from None
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def org_setting(org: Organisation, settings: Settings, name: str) -> Any:
+    """A recommendation setting in effect for the organisation: its override, else the
+    service default."""
+    return (org.settings or {}).get(name, getattr(settings, name))
+
+
+def limit_batch(n: int, what: str, settings: Settings) -> None:
+    """413 for a request carrying more than ``max_batch_answers`` answers (or statements)."""
+    if n > settings.max_batch_answers:
+        raise HTTPException(
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            f"{n} {what} in one request; the limit is {settings.max_batch_answers}",
+        )
+
+
+def created_or(updated: str, more: dict[int, str] | None = None) -> dict[int | str, Any]:
+    """The documented answers of a ``PUT`` that creates (201) or updates (200, described as
+    ``updated``), with ``more`` statuses and their descriptions."""
+    out: dict[int | str, Any] = {201: {"description": "Created"}, 200: {"description": updated}}
+    out.update({code: {"description": text} for code, text in (more or {}).items()})
+    return out
+
+
+def detail_response(code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error as this service answers it: ``{"detail": ...}`` with the status."""
+    return JSONResponse({"detail": detail}, status_code=code, headers=headers)
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """A request's validation errors as the ``detail`` of a 422 (or an xAPI 400): where, what,
+    and the error's type (the input is not echoed back)."""
+    return [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()
+    ]

@@ -1,32 +1,54 @@
-"""Learner routes: mastery, next items, history, curricula (learner and group)."""
+"""Learner routes: ``/v1/learners``, the organisation's learners.
+
+Tag ``learners``: a learner's mastery, next items, history and curriculum, for admin keys, the
+teacher keys of the learner's groups and the learner's own key. Tag ``admin``: the learner
+list (admin keys: all; teacher keys: the learners of their groups), one learner (as the
+learner routes), and creation, renaming and deletion (admin keys only, in one transaction,
+through :mod:`tutor.learners_admin`). A learner a key may not see answers 404, never 403.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
-from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import select
+from fastapi import APIRouter, Query, Request, Response, status
 
-from .. import recommend, service
-from ..db import Group, GroupMembership, Learner
+from .. import learners_admin, recommend, service, states
+from ..db import Learner
 from ..settings import POLICIES, evidence_rule
-from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
-from .schemas import MAX_OFFSET, CurriculumOut, History, Mastery, NextItems, Time
+from .deps import (
+    OrgDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    created_or,
+    forget_keys,
+    org_setting,
+    require_roles,
+    visible_groups,
+    visible_learner,
+    write_transaction,
+)
+from .schemas import (
+    MAX_OFFSET,
+    CurriculumOut,
+    ExtId,
+    History,
+    LearnerIn,
+    LearnerOut,
+    LearnerPage,
+    Limit,
+    Mastery,
+    NextItems,
+    Offset,
+    Time,
+)
 
-router = APIRouter(tags=["learners"])
+router = APIRouter()
 
 
-def _org_setting(org, settings, name: str):  # noqa: ANN001, ANN202
-    return (org.settings or {}).get(name, getattr(settings, name))
-
-
-def _persist(session) -> None:  # noqa: ANN001
-    """Keep any learner state rebuilt while answering (see service.keep_rebuilt_states)."""
-    service.keep_rebuilt_states(session)
-
-
-@router.get("/learners/{learner_id}/mastery", response_model=Mastery)
+# ---------------------------------------------------------------------- teaching
+@router.get("/learners/{learner_id}/mastery", response_model=Mastery, tags=["learners"])
 def get_mastery(
     learner_id: str,
     session: SessionDep,
@@ -49,13 +71,13 @@ def get_mastery(
         learner=learner,
         at=at,
         rule=evidence_rule(org.settings, settings),
-        scale=_org_setting(org, settings, "mastery_scale"),
+        scale=org_setting(org, settings, "mastery_scale"),
     )
-    _persist(session)
+    states.keep_rebuilt_states(session)
     return Mastery.model_validate(out)
 
 
-@router.get("/learners/{learner_id}/next-items", response_model=NextItems)
+@router.get("/learners/{learner_id}/next-items", response_model=NextItems, tags=["learners"])
 def next_items(
     learner_id: str,
     session: SessionDep,
@@ -81,26 +103,28 @@ def next_items(
         session,
         org=org,
         learner=learner,
-        recent_exclusion=int(_org_setting(org, settings, "recent_exclusion")),
+        recent_exclusion=int(org_setting(org, settings, "recent_exclusion")),
         at=at,
-        scale=_org_setting(org, settings, "mastery_scale"),
+        scale=org_setting(org, settings, "mastery_scale"),
         rule=evidence_rule(org.settings, settings),
     )
     out = recommend.recommend(
         lv,
         n=n,
-        policy=policy or _org_setting(org, settings, "default_policy"),
+        policy=policy or org_setting(org, settings, "default_policy"),
         target=target
         if target is not None
-        else float(_org_setting(org, settings, "target_success")),
-        review_threshold=float(_org_setting(org, settings, "review_threshold")),
+        else float(org_setting(org, settings, "target_success")),
+        review_threshold=float(org_setting(org, settings, "review_threshold")),
         seed=learner.id * 100_003 + learner.n_answers,
     )
-    _persist(session)  # (may end the transaction: nothing of the session is read after it)
+    # keep any state rebuilt while answering (may end the transaction: nothing of the
+    # session is read after it)
+    states.keep_rebuilt_states(session)
     return NextItems.model_validate({"learner_id": learner_ext, **out})
 
 
-@router.get("/learners/{learner_id}/history", response_model=History)
+@router.get("/learners/{learner_id}/history", response_model=History, tags=["learners"])
 def history(
     learner_id: str,
     session: SessionDep,
@@ -115,7 +139,7 @@ def history(
     )
 
 
-@router.get("/learners/{learner_id}/curriculum", response_model=CurriculumOut)
+@router.get("/learners/{learner_id}/curriculum", response_model=CurriculumOut, tags=["learners"])
 def learner_curriculum(
     learner_id: str,
     session: SessionDep,
@@ -132,54 +156,87 @@ def learner_curriculum(
         org=org,
         learner=learner,
         recent_exclusion=0,
-        scale=_org_setting(org, settings, "mastery_scale"),
+        scale=org_setting(org, settings, "mastery_scale"),
         rule=evidence_rule(org.settings, settings),
     )
     statuses = [lv.status(c) for c in range(len(lv.cat.concept_ext))]
     out = recommend.curriculum_for(lv.view, lv.cat, lv.mastery, lv.mastered, statuses)
-    _persist(session)
+    states.keep_rebuilt_states(session)
     return CurriculumOut.model_validate({"scope": f"learner {learner_ext}", **out})
 
 
-@router.get("/groups/{group_id}/curriculum", response_model=CurriculumOut)
-def group_curriculum(
-    group_id: str,
+# ---------------------------------------------------------------------- administration
+def _out(lr: Learner) -> LearnerOut:
+    return LearnerOut(
+        id=lr.external_id,
+        name=lr.name or "",
+        n_answers=lr.n_answers or 0,
+        first_seen=service.as_utc(lr.first_seen),
+        created_at=service.as_utc(lr.created_at),
+    )
+
+
+@router.get("/learners", response_model=LearnerPage, tags=["admin"])
+def list_learners(
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
-    settings: SettingsDep,
-) -> CurriculumOut:
-    """The designed concept order with the group's mean mastery per concept."""
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> LearnerPage:
+    """Learners by id, a page at a time: all of them for an admin key, the learners of its
+    groups for a teacher key."""
     require_roles(principal, "admin", "teacher")
-    group = session.scalar(
-        select(Group).where(Group.org_id == org.id, Group.external_id == group_id)
+    total, rows = learners_admin.learners_page(
+        session,
+        org=org,
+        limit=limit,
+        offset=offset,
+        groups=visible_groups(principal),
     )
-    if group is None or (principal.role == "teacher" and group.id not in principal.group_ids):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"group {group_id!r} not found")
-    learners = session.scalars(
-        select(Learner)
-        .join(GroupMembership, GroupMembership.learner_id == Learner.id)
-        .where(GroupMembership.group_id == group.id)
-    ).all()
-    model = service.active_model(session, org=org)
-    if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no active model for this organisation")
-    rule = evidence_rule(org.settings, settings)
-    scale = _org_setting(org, settings, "mastery_scale")
-    views = [
-        recommend.learner_view(
-            session, org=org, learner=lr, recent_exclusion=0, scale=scale, rule=rule
+    return LearnerPage(total=total, limit=limit, offset=offset, learners=[_out(r) for r in rows])
+
+
+@router.get("/learners/{learner_id}", response_model=LearnerOut, tags=["admin"])
+def get_learner(learner_id: ExtId, session: SessionDep, principal: PrincipalDep) -> LearnerOut:
+    """One learner (admin: any; teacher: the learners of its groups; learner: itself)."""
+    return _out(visible_learner(session, principal, learner_id))
+
+
+@router.put(
+    "/learners/{learner_id}",
+    response_model=LearnerOut,
+    responses=created_or("Renamed"),
+    tags=["admin"],
+)
+def put_learner(
+    learner_id: ExtId,
+    body: LearnerIn,
+    response: Response,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+) -> LearnerOut:
+    """Create a learner or set its name (201 when created, 200 when updated)."""
+    require_roles(principal, "admin")
+    with write_transaction(session):
+        learner, created = learners_admin.upsert_learner(
+            session, org=org, external_id=learner_id, name=body.name
         )
-        for lr in learners
-    ]
-    cat = recommend.catalogue(session, org)
-    view = recommend._model_view(cat, model)
-    mean = all_mastered = None
-    if views:
-        mean = np.mean([lv.mastery for lv in views], axis=0)
-        all_mastered = np.all([lv.mastered for lv in views], axis=0)
-    out = recommend.curriculum_for(view, cat, mean, all_mastered)
-    _persist(session)
-    return CurriculumOut.model_validate(
-        {"scope": f"group {group.external_id} ({len(learners)} learners)", **out}
-    )
+        out = _out(learner)
+    if created:
+        response.status_code = status.HTTP_201_CREATED
+    return out
+
+
+@router.delete("/learners/{learner_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
+def delete_learner(
+    learner_id: ExtId, request: Request, session: SessionDep, principal: PrincipalDep, org: OrgDep
+) -> Response:
+    """Delete a learner with everything of theirs: answers, model states, group memberships
+    and their learner API keys (xAPI statements are kept, unlinked)."""
+    require_roles(principal, "admin")
+    with write_transaction(session):
+        learners_admin.delete_learner(session, org=org, external_id=learner_id)
+    forget_keys(request)  # the learner's keys are gone: no cached principal may outlive them
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

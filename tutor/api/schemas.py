@@ -1,11 +1,13 @@
-"""Request and response bodies (pydantic)."""
+"""Request and response bodies (pydantic) of every route but the xAPI ones, and the types of
+the parameters several routes share (ids, pages, times)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from fastapi import Path, Query
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 #: ids (learners, items, concepts, groups, events): 1-200 characters, no control characters
 #: (a NUL cannot be stored by PostgreSQL; none belongs in an id)
@@ -35,25 +37,43 @@ def bounded_time(v: datetime | None) -> datetime | None:
 
 Time = Annotated[datetime, AfterValidator(bounded_time)]
 
+# ---------------------------------------------------------------------- route parameters
+#: an external id in a path (``/concepts/{concept_id}``...)
+ExtId = Annotated[
+    str, Path(min_length=1, max_length=200, pattern=ID_PATTERN, description="External id")
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip")]
 
-def storable_json(v: Any) -> Any:
-    """Free JSON (item metadata...) whose keys and strings every database can store: no NUL,
-    no lone UTF-16 surrogate (``"\\ud800"`` parses, but cannot be written as UTF-8)."""
-    stack = [v]
+
+def unstorable_text(doc: Any) -> str | None:
+    """What keeps a parsed JSON document out of a database, in words (None: nothing): a key or
+    string with a NUL character, or with a lone UTF-16 surrogate (``"\\ud800"`` parses, but
+    cannot be written as UTF-8)."""
+    stack = [doc]
     while stack:
         x = stack.pop()
         if isinstance(x, str):
             if "\x00" in x:
-                raise ValueError("a string holds a NUL character")
+                return "a string holds a NUL character"
             try:
                 x.encode("utf-8")
             except UnicodeEncodeError:
-                raise ValueError("a string holds a lone UTF-16 surrogate") from None
+                return "a string holds a lone UTF-16 surrogate"
         elif isinstance(x, dict):
             stack.extend(x.keys())
             stack.extend(x.values())
         elif isinstance(x, list):
             stack.extend(x)
+    return None
+
+
+def storable_json(v: Any) -> Any:
+    """Free JSON (item metadata...) whose keys and strings every database can store
+    (:func:`unstorable_text`)."""
+    why = unstorable_text(v)
+    if why is not None:
+        raise ValueError(why)
     return v
 
 
@@ -208,3 +228,131 @@ class CurriculumOut(BaseModel):
         0, description="Concept pairs ordered by the order most learners met them in the logs"
     )
     steps: list[CurriculumStepOut]
+
+
+# ---------------------------------------------------------------------- administration
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Page(BaseModel):
+    # the head of a page of a listing; its rows follow, under the resource's name (no
+    # docstring: pydantic would give it to the pages' schemas as their description)
+    total: int
+    limit: int
+    offset: int
+
+
+class ConceptIn(_In):
+    name: str = Field("", max_length=500)
+    level: float | None = Field(
+        None,
+        ge=-1000,
+        le=1000,
+        description="Teaching level, e.g. the school grade (lower is taught earlier): the "
+        "curriculum designer orders by it",
+    )
+
+
+class ConceptOut(BaseModel):
+    id: str
+    name: str
+    level: float | None = None
+    items: int = Field(description="Items (active or not) linked to the concept")
+
+
+class ConceptPage(_Page):
+    concepts: list[ConceptOut]
+
+
+class PrerequisiteIO(_In):
+    prerequisite: str = Field(min_length=1, max_length=200, description="Mastered first")
+    concept: str = Field(min_length=1, max_length=200)
+
+
+class ItemIn(_In):
+    concepts: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list
+    )
+    metadata: Annotated[dict[str, Any], AfterValidator(storable_json)] = Field(
+        default_factory=dict, description="Replaces the stored one"
+    )
+    active: bool = True
+
+
+class ItemOut(BaseModel):
+    id: str
+    concepts: list[str]
+    metadata: dict[str, Any]
+    active: bool
+
+
+class ItemPage(_Page):
+    items: list[ItemOut]
+
+
+class LearnerIn(_In):
+    #: the display name teachers read in the dashboard and analytics (optional: without one
+    #: they read the learner's id); ``display_name`` is accepted for it too
+    name: str = Field("", max_length=200, validation_alias=AliasChoices("name", "display_name"))
+
+
+class LearnerOut(BaseModel):
+    id: str
+    name: str
+    n_answers: int
+    first_seen: datetime | None
+    created_at: datetime
+
+
+class LearnerPage(_Page):
+    learners: list[LearnerOut]
+
+
+class GroupIn(_In):
+    name: str = Field("", max_length=200)
+
+
+class GroupOut(BaseModel):
+    id: str
+    name: str
+    n_members: int
+    created_at: datetime
+
+
+class GroupDetail(GroupOut):
+    members: list[str] = Field(description="Learner ids, sorted")
+
+
+class GroupPage(_Page):
+    groups: list[GroupOut]
+
+
+class ModelOut(BaseModel):
+    id: int
+    name: str
+    label: str
+    sha256: str
+    created_at: datetime
+    active: bool
+    time_unit: str | None = None
+    metrics: dict[str, float | None] | None = Field(
+        None, description="Test metrics of the run's results.json, where it was evaluated"
+    )
+    states: int = Field(description="Learner states built for this version")
+
+
+class RebuildOut(BaseModel):
+    model_id: int
+    learners: int = Field(description="Learner states rebuilt")
+
+
+class OrganisationOut(BaseModel):
+    id: int
+    slug: str
+    name: str
+    active_model_id: int | None
+    catalogue_version: int
+    created_at: datetime
+    settings: dict[str, Any] = Field(description="The organisation's overrides")
+    effective_settings: dict[str, Any] = Field(description="Overrides over service defaults")

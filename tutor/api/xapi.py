@@ -45,8 +45,12 @@ from .deps import (
     SessionDep,
     SettingsDep,
     commit_with_retries,
+    detail_response,
+    limit_batch,
     require_roles,
+    validation_errors,
 )
+from .schemas import unstorable_text
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -56,10 +60,6 @@ _VERSION_RE = re.compile(r"^1\.0(\.\d+)?$")
 
 def _now_iso() -> str:
     return service.utcnow().isoformat().replace("+00:00", "Z")
-
-
-def _error(code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=code, headers=headers)
 
 
 class XAPIRoute(APIRoute):
@@ -73,26 +73,22 @@ class XAPIRoute(APIRoute):
         async def route(request: Request) -> Response:
             version = request.headers.get(VERSION_HEADER)
             if version is None:
-                response: Response = _error(
+                response: Response = detail_response(
                     400, f"the {VERSION_HEADER} header is required (1.0.x; this LRS is 1.0.3)"
                 )
             elif not _VERSION_RE.match(version.strip()):
-                response = _error(
+                response = detail_response(
                     400, f"{VERSION_HEADER} {version!r} is not supported (1.0.x; this LRS is 1.0.3)"
                 )
             else:
                 try:
                     response = await handler(request)
                 except HTTPException as exc:
-                    response = _error(exc.status_code, exc.detail, exc.headers)
+                    response = detail_response(exc.status_code, exc.detail, exc.headers)
                 except service.ServiceError as exc:
-                    response = _error(400 if exc.status == 422 else exc.status, exc.detail)
+                    response = detail_response(400 if exc.status == 422 else exc.status, exc.detail)
                 except RequestValidationError as exc:
-                    errors = [
-                        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                        for e in exc.errors()
-                    ]
-                    response = _error(400, errors)
+                    response = detail_response(400, validation_errors(exc))
             response.headers[VERSION_HEADER] = mapping.VERSION
             response.headers["X-Experience-API-Consistent-Through"] = _now_iso()
             return response
@@ -107,38 +103,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (RFC 8259)")
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): no database stores it
-        return False
-    return True
-
-
-def _has_nul(doc: Any) -> bool:
-    """Whether any key or string of a parsed JSON document holds a NUL or a lone UTF-16
-    surrogate (no IRI, id or text of a statement may; no database can store either)."""
-    stack = [doc]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, str):
-            if "\x00" in x or not _encodable(x):
-                return True
-        elif isinstance(x, dict):
-            stack.extend(x.keys())
-            stack.extend(x.values())
-        elif isinstance(x, list):
-            stack.extend(x)
-    return False
-
-
 def strict_json(raw: str | bytes, what: str) -> Any:
     """JSON as RFC 8259 defines it: ``NaN`` and ``Infinity`` refused (a score of NaN would be
     stored and break every later read), nesting bounded by the parser (a RecursionError is a
-    400 too), and no NUL character in any string. HTTP 400 naming ``what`` otherwise."""
+    400 too), and no NUL character or lone UTF-16 surrogate in any key or string (no IRI, id
+    or text of a statement may hold one; no database can store either). HTTP 400 naming
+    ``what`` otherwise."""
     try:
         doc = json.loads(raw, parse_constant=_reject_constant)
-        if _has_nul(doc):
+        if unstorable_text(doc) is not None:
             raise ValueError("a string holds a NUL character or a lone UTF-16 surrogate")
         return doc
     except RecursionError:
@@ -341,11 +314,7 @@ def post_statements(
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, "expected a statement or an array of statements"
         )
-    if len(raw) > settings.max_batch_answers:
-        raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            f"{len(raw)} statements in one request; the limit is {settings.max_batch_answers}",
-        )
+    limit_batch(len(raw), "statements", settings)
     prepared = _prepare(raw)
     _store(session, org_id=org.id, settings=settings, prepared=prepared)
     return JSONResponse([st["id"] for st, _ in prepared])

@@ -17,7 +17,7 @@ from .models import (
     PrerequisiteEdge,
     XAPIStatement,
 )
-from .session import create_db_engine, make_sessionmaker, session_scope
+from .session import create_db_engine, db_scope, make_sessionmaker, session_scope
 
 __all__ = [
     "ApiKey",
@@ -36,6 +36,7 @@ __all__ = [
     "PrerequisiteEdge",
     "XAPIStatement",
     "create_db_engine",
+    "db_scope",
     "make_sessionmaker",
     "session_scope",
 ]

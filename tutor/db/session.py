@@ -1,4 +1,5 @@
-"""Engine and session factory. SQLite runs in WAL mode with foreign keys on, and every
+"""Engine and session factory, and :func:`db_scope` (the database a session talks to, the
+scope of the per-process caches). SQLite runs in WAL mode with foreign keys on, and every
 transaction takes the write lock up front (``BEGIN IMMEDIATE``) so two writers never
 interleave a read-modify-write of the same learner's state."""
 
@@ -6,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -61,3 +63,13 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def db_scope(session: Session) -> str:
+    """The database a session talks to, as a cache scope."""
+    return _url_scope(session.get_bind().url)
+
+
+@lru_cache(maxsize=64)
+def _url_scope(url: URL) -> str:
+    return url.render_as_string(hide_password=True)

@@ -1,15 +1,19 @@
 """``tutor simulate`` and ``tutor policy-eval``: the simulator and the policy evaluation on
-the command line (registered in :mod:`tutor.cli`)."""
+the command line (:data:`simulate_app` and :func:`policy_eval_cmd`, registered in
+:mod:`tutor.cli`)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+
+from data_loaders.progress import RichProgress
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -21,17 +25,27 @@ simulate_app = typer.Typer(
 
 REAL_DEFAULT = Path("../shared/data/assist2009/akt_assist2009_pid")
 JUNYI_DEFAULT = Path("../shared/data/junyi/junyi_Exercise_table.csv")
+_N = TypeVar("_N", int, float)
+TUNE_GRID_ERROR = "--tune-mastery and --tune-target must be comma-separated numbers"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(code=2)
 
 
-def _tqdm(desc: str, total: int, enabled: bool = True):  # noqa: ANN202 - a tqdm bar
-    from tqdm import tqdm
+def _numbers(text: str, kind: Callable[[str], _N], message: str) -> tuple[_N, ...]:
+    """The comma-separated numbers of an option; anything else ends the command with
+    ``message``."""
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(message)
 
-    return tqdm(total=total, desc=desc, unit="q", disable=not enabled, file=sys.stderr)
+
+def _names(text: str) -> tuple[str, ...]:
+    """The comma-separated names of an option, blanks dropped."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 @simulate_app.command("settings")
@@ -74,7 +88,6 @@ def simulate_generate(
         st = simulated_stats(world, log)
     except (SimulationError, IngestError, DatasetError) as exc:
         _fail(str(exc))
-        return
     out.print(
         f"{counts['interactions']:,} answers of {learners:,} learners ({s.name}) -> {out_dir}\n"
         f"correct rate {st.correct_rate:.3f}; answers per learner median "
@@ -117,24 +130,26 @@ def simulate_calibrate(
 
     if not data.exists():
         _fail(f"{data}: real dataset not found (give --data)")
+    bar = RichProgress(enabled=not quiet, console=console)
     try:
         real = real_stats(data)
-        bar = _tqdm("calibrating", trials + refine, not quiet)
+        bar.start("calibrating", trials + refine)
         setting, sim, loss = calibrate(
             real,
             learners=learners,
             trials=trials,
             refine=refine,
             seed=seed,
-            progress=lambda k, n: bar.update(1),
+            progress=lambda k, n: bar.advance(1),
         )
-        bar.close()
+        bar.finish()
         default = simulated_stats(make_world(SETTINGS["default"], learners=learners, seed=seed))
         jstats = junyi_graph_stats(junyi) if junyi is not None and junyi.exists() else None
         gstats = world_graph_stats(make_world(setting, learners=2, seed=seed))
     except SimulationError as exc:
         _fail(str(exc))
-        return
+    finally:
+        bar.finish()
     table = comparison_table(real, sim, default, jstats, gstats if jstats else None)
     fitted = {
         "guess": setting.params.guess,
@@ -150,7 +165,8 @@ def simulate_calibrate(
         + ", ".join(
             f"{k} = {v:.3f}" if isinstance(v, float) else f"{k} = {v}" for k, v in fitted.items()
         )
-        + ".\n\nCommand: `tutor simulate calibrate` (tutor/simulate.py: `calibrate`).\n\n"
+        + ".\n\nCommand: `tutor simulate calibrate` (tutor/experiments/simulate.py: "
+        "`calibrate`).\n\n"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "calibration.md").write_text(head + table + "\n")
@@ -228,15 +244,9 @@ def policy_eval_cmd(
     and write OUT/<setting>/table.md, results.json and mastery.png, then OUT/summary.md."""
     import torch
 
-    from .policy_eval import (
-        DEFAULT_POLICIES,
-        EvalConfig,
-        PolicyEvalError,
-        evaluate_setting,
-        results_table,
-        write_outputs,
-        write_summary,
-    )
+    from .policy_eval import evaluate_setting
+    from .policy_report import results_table, write_outputs, write_summary
+    from .policy_setup import DEFAULT_POLICIES, EvalConfig, PolicyEvalError
     from .simulate import SimulationError, load_setting
 
     if summary_only:
@@ -246,32 +256,18 @@ def policy_eval_cmd(
             _fail(str(exc))
         return
     torch.set_num_threads(1)
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        _fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-        return
-    try:
-        grid_m = tuple(float(x) for x in tune_mastery.split(",") if x.strip())
-        grid_t = tuple(float(x) for x in tune_target.split(",") if x.strip())
-    except ValueError:
-        _fail("--tune-mastery and --tune-target must be comma-separated numbers")
-        return
-    pols = (
-        tuple(p.strip() for p in policies.split(",") if p.strip()) if policies else DEFAULT_POLICIES
-    )
     cfg = EvalConfig(
-        policies=pols,
+        policies=_names(policies) if policies else DEFAULT_POLICIES,
         learners=learners,
-        seeds=seed_list,
+        seeds=_numbers(seeds, int, f"--seeds must be comma-separated integers, got {seeds!r}"),
         questions=questions,
         session_length=session_length,
         session_gap_days=session_gap_days,
+        tune_mastery=_numbers(tune_mastery, float, TUNE_GRID_ERROR),
+        tune_target=_numbers(tune_target, float, TUNE_GRID_ERROR),
         train_learners=train_learners,
         epochs=epochs,
-        tune=tuple(m.strip() for m in tune.split(",") if m.strip()),
-        tune_mastery=grid_m,
-        tune_target=grid_t,
+        tune=_names(tune),
         tune_learners=tune_learners,
         mastery_scale=mastery_scale,
     )
@@ -281,7 +277,6 @@ def policy_eval_cmd(
         settings = [load_setting(n, calibration) for n in names]
     except (PolicyEvalError, SimulationError) as exc:
         _fail(str(exc))
-        return
     for s in settings:
         wd = workdir / s.name if workdir is not None else None
         try:
@@ -290,12 +285,11 @@ def policy_eval_cmd(
                 cfg,
                 wd,
                 log=lambda m: console.print(m, highlight=False),
-                bar=lambda d, n: _tqdm(d, n, not quiet),
+                progress=RichProgress(enabled=not quiet, console=console),
                 http_learners=http_learners,
             )
         except (PolicyEvalError, SimulationError) as exc:
             _fail(str(exc))
-            return
         paths = write_outputs(res, out_dir)
         out.print(results_table(res), highlight=False)
         console.print(f"wrote {paths['table']}, {paths['json']} and {paths['plot']}")

@@ -1,5 +1,6 @@
-"""Policy evaluation (tutor/policy_eval.py) on a tiny world with tiny models: the service
-path, the baselines' rules, the HTTP path, outcomes and their intervals, the CLI."""
+"""Policy evaluation (tutor/experiments: policy_setup, policy_eval, policy_report) on a tiny world
+with tiny models: the service path, the baselines' rules, the HTTP path, outcomes and their
+intervals, the CLI."""
 
 from __future__ import annotations
 
@@ -12,27 +13,26 @@ import pytest
 from typer.testing import CliRunner
 
 from tutor.cli import app
-from tutor.policy_eval import (
+from tutor.experiments.policy_eval import build_service, evaluate_setting, http_check, train_models
+from tutor.experiments.policy_report import (
+    mean_ci,
+    paired_difference,
+    share_ci,
+    write_outputs,
+    write_summary,
+)
+from tutor.experiments.policy_setup import (
     EvalConfig,
     PolicyEvalError,
     ServicePolicy,
     StepContext,
     TextbookPolicy,
-    build_service,
-    evaluate_setting,
-    http_check,
     make_cohort,
     make_policy,
-    mean_ci,
-    paired_difference,
     parse_policy,
     policy_overrides,
-    share_ci,
-    train_models,
-    write_outputs,
-    write_summary,
 )
-from tutor.simulate import SETTINGS, WorldSetting, make_world
+from tutor.experiments.simulate import SETTINGS, WorldSetting, make_world
 
 TINY = EvalConfig(
     policies=("hardest:dkt", "dkt:target"),
@@ -60,8 +60,36 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return train_models(world, ["bkt", "dkt", "psikt"], work, TINY, log=lambda m: None)
 
 
+class Recorded:
+    """A :class:`data_loaders.progress.Progress` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, description: str, total: int | None) -> None:
+        self.calls.append(("start", description, total))
+
+    def advance(self, n: int) -> None:
+        self.calls.append(("advance", n))
+
+    def finish(self) -> None:
+        self.calls.append(("finish",))
+
+
 def test_hardest_item_does_worse_than_target(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
-    res = evaluate_setting(tiny_setting(), TINY, tmp_path, runs=tiny_runs, log=lambda m: None)
+    bar = Recorded()
+    res = evaluate_setting(
+        tiny_setting(), TINY, tmp_path, runs=tiny_runs, log=lambda m: None, progress=bar
+    )
+    # one task counting every question asked, finished
+    total = len(TINY.policies) * TINY.learners * TINY.questions
+    assert bar.calls[0] == (
+        "start",
+        "prerequisites-zpd: policies x seeds x learners x questions",
+        total,
+    )
+    assert sum(c[1] for c in bar.calls if c[0] == "advance") == total
+    assert bar.calls[-1] == ("finish",)
     hard, target = res.summaries["hardest:dkt"], res.summaries["dkt:target"]
     assert target.final[0] > hard.final[0]
     diff = paired_difference(res.runs["dkt:target"], res.runs["hardest:dkt"])
@@ -176,6 +204,15 @@ def test_policy_names() -> None:
     ):
         with pytest.raises(PolicyEvalError, match=msg):
             parse_policy(bad)
+    # the models are the registry's (kt_models.registry): an unknown one names the known ones
+    assert parse_policy("logistic:target") == ("service", "logistic", "target")
+    assert parse_policy("hardest:bkt") == ("hardest", "bkt", None)
+    with pytest.raises(PolicyEvalError, match="unknown model 'rnn'; expected one of bkt, cakt"):
+        parse_policy("hardest:rnn")
+    with pytest.raises(PolicyEvalError, match="MODEL in bkt, cakt, dkt"):
+        parse_policy("rnn:target")
+    with pytest.raises(PolicyEvalError, match="cannot tune: unknown model 'rnn'; expected one of"):
+        replace(TINY, tune=("rnn",)).validate()
     with pytest.raises(PolicyEvalError, match="questions"):
         replace(TINY, questions=0).validate()
     with pytest.raises(PolicyEvalError, match="tuning seed"):

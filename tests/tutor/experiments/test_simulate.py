@@ -1,4 +1,4 @@
-"""The policy-evaluation simulator (tutor/simulate.py): learners learn, forget, respect
+"""The policy-evaluation simulator (tutor/experiments/simulate.py): learners learn, forget, respect
 prerequisites; settings, cohorts, statistics and calibration."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from data_loaders import open_dataset
 from data_loaders.simulate import SimulatedPopulation, SimulationParams
-from tutor.simulate import (
+from tutor.experiments.simulate import (
     SETTINGS,
     SimLearner,
     SimulationError,
@@ -27,7 +27,7 @@ from tutor.simulate import (
     write_dataset,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / "tutor" / "sample" / "assist2009_pid"
 JUNYI = ROOT / "tests" / "fixtures" / "junyi" / "junyi_Exercise_table.csv"
 DAY = 86_400_000

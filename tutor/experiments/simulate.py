@@ -73,12 +73,17 @@ class SimulationError(ValueError):
 
 @dataclass(frozen=True)
 class WorldExtras:
-    """The knobs :class:`SimWorld` adds to :class:`SimulationParams` (see the module doc)."""
+    """The knobs :class:`SimWorld` adds to :class:`SimulationParams` (see the module doc); the
+    defaults are the base world's, so ``WorldExtras()`` changes nothing."""
 
+    #: share of learning that happens while the prerequisites are not mastered (0: none)
     prereq_floor: float = 0.2
+    #: added to every learner's prior-mastery logit
     prior_shift: float = 0.0
+    #: the items' difficulty range (the base world's U(0.1, 0.75) rescaled)
     difficulty_low: float = 0.1
     difficulty_high: float = 0.75
+    #: how far beyond the learner's mastery an item still teaches fully (None: off)
     item_reach: float | None = None
 
     def validate(self) -> None:
@@ -173,7 +178,9 @@ class SimWorld(SimulatedPopulation):
             new.prior = 1.0 / (1.0 + np.exp(-(logit + self.extras.prior_shift)))
         return new
 
-    def true_mastery(self, state: LearnerState, learners: np.ndarray, at_ms: np.ndarray):
+    def true_mastery(
+        self, state: LearnerState, learners: np.ndarray, at_ms: np.ndarray
+    ) -> np.ndarray:
         """Mastery of every concept of ``learners`` at ``at_ms`` (forgetting applied to a copy;
         the state does not change). Shape ``(len(learners), C)``."""
         learners = np.asarray(learners, dtype=np.int64)
@@ -348,7 +355,7 @@ def write_dataset(
         loader_options={"seed": world.seed, **world.params.to_dict()},
         overwrite=overwrite,
     ) as writer:
-        write_simulation(writer, world, log, model="SimWorld (tutor/simulate.py)")
+        write_simulation(writer, world, log, model="SimWorld (tutor/experiments/simulate.py)")
         writer.note("simulation_extras", asdict(world.extras))
         writer.progress.finish()
         manifest = writer.close()

@@ -1,0 +1,1 @@
+"""Tests of the research harness (tutor/experiments): the simulator and policy evaluation."""

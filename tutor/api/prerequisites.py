@@ -1,0 +1,54 @@
+"""Prerequisite routes (tag ``admin``): ``/v1/prerequisites``, the organisation's
+prerequisite graph between concepts, read and replaced whole.
+
+Readable by admin and teacher keys; replaced by admin keys only, in one transaction, through
+:mod:`tutor.catalogue_admin` (the change bumps the organisation's catalogue version).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from .. import catalogue_admin as catalogue
+from .deps import (
+    CATALOGUE_READERS,
+    OrgDep,
+    PrincipalDep,
+    SessionDep,
+    require_roles,
+    write_transaction,
+)
+from .schemas import PrerequisiteIO
+
+router = APIRouter(tags=["admin"])
+
+
+def _out(edges: list[tuple[str, str]]) -> list[PrerequisiteIO]:
+    return [PrerequisiteIO(prerequisite=a, concept=b) for a, b in edges]
+
+
+@router.get("/prerequisites", response_model=list[PrerequisiteIO])
+def get_prerequisites(
+    session: SessionDep, principal: PrincipalDep, org: OrgDep
+) -> list[PrerequisiteIO]:
+    """The organisation's prerequisite graph: one edge per (prerequisite, concept) pair."""
+    require_roles(principal, *CATALOGUE_READERS)
+    return _out(catalogue.prerequisite_edges(session, org=org))
+
+
+@router.put(
+    "/prerequisites",
+    response_model=list[PrerequisiteIO],
+    responses={422: {"description": "Unknown concept or a cycle (named); nothing changed"}},
+)
+def put_prerequisites(
+    body: list[PrerequisiteIO], session: SessionDep, principal: PrincipalDep, org: OrgDep
+) -> list[PrerequisiteIO]:
+    """Replace the whole prerequisite graph (an empty list removes it). An unknown concept or
+    a cycle is a 422 naming it, and the graph stays as it was."""
+    require_roles(principal, "admin")
+    with write_transaction(session):
+        edges = catalogue.replace_prerequisites(
+            session, org=org, edges=[(e.prerequisite, e.concept) for e in body]
+        )
+    return _out(edges)

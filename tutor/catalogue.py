@@ -1,0 +1,352 @@
+"""The item catalogue: an organisation's items, concepts and prerequisites as arrays
+(:class:`Catalogue`), built from the database once per catalogue version and cached per
+process (:func:`catalogue`, :func:`clear_cache`).
+
+Built with it, from the organisation's answers: each item's difficulty against its concepts'
+(a logit shift, shrunk towards the concept's success rate: :data:`ITEM_SHRINKAGE`), and the
+data's precedence (which concepts learners met before which, and where each usually comes),
+from which :func:`data_precedence_edges` reads the pairs that order the curriculum.
+
+And the answer path's item lookup (:func:`item_refs`): what it needs of the items answered, from
+the cached catalogue while it is current, so that an answer costs no catalogue query.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .db import (
+    Concept,
+    Interaction,
+    Item,
+    ItemConcept,
+    Learner,
+    Organisation,
+    PrerequisiteEdge,
+    db_scope,
+)
+from .errors import NotFound
+
+#: item difficulty: pseudo-answers at the concept's success rate added to an item's own
+#: (empirical-Bayes shrinkage: an item seen 10 times sits halfway to its concept's rate)
+ITEM_SHRINKAGE = 10.0
+#: data precedence: learners sampled (most recent first) and the support and agreement a pair
+#: of concepts needs before "a is met before b" orders the curriculum
+PRECEDENCE_LEARNERS = 5000
+PRECEDENCE_MIN_LEARNERS = 20
+PRECEDENCE_AGREEMENT = 0.7
+#: a concept's mean first-meeting position is shrunk towards the middle (0.5) with this many
+#: pseudo-learners, so that a concept a handful of learners met first does not lead the order
+PRECEDENCE_SHRINKAGE = 20.0
+
+
+@dataclass
+class Catalogue:
+    """An organisation's items, concepts and prerequisites as arrays (cached per version)."""
+
+    version: int
+    item_db: np.ndarray  # [I]
+    item_ext: list[str]
+    item_concepts: list[np.ndarray]  # concept positions (into concept arrays) per item
+    concept_db: np.ndarray  # [C]
+    concept_ext: list[str]
+    concept_name: list[str]
+    prerequisites: list[tuple[int, int]]  # (prerequisite pos, concept pos)
+    #: the item -> concept links as two flat arrays (item position, concept position)
+    link_item: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    link_concept: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: item external id -> position, and database id -> position
+    item_pos: dict[str, int] = field(default_factory=dict)
+    item_db_pos: dict[int, int] = field(default_factory=dict)
+    #: [I] logit shift of each item against its concept's success rate (shrunk; 0: no data)
+    item_offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: [C, C] learners who met concept a (row) before concept b (column) in their logs
+    met_before: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    #: [C] mean position (0 first .. 1 last) at which learners met each concept, shrunk
+    #: towards 0.5 (PRECEDENCE_SHRINKAGE); 0.5 for a concept nobody met
+    met_position: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: [C] the organisation's teaching level of each concept (nan: not given)
+    concept_level: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: [C] share of correct answers on each concept (Laplace-smoothed; 0.5 without answers)
+    concept_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def name(self, pos: int) -> str:
+        """A concept's name for a teacher ("concept <id>" where it has none)."""
+        return self.concept_name[pos] or f"concept {self.concept_ext[pos]}"
+
+
+#: the per-process cache: (database scope, organisation id) -> its catalogue (the latest
+#: version built; a catalogue_version bump makes the next request rebuild it)
+_CACHE: dict[tuple[str, int], Catalogue] = {}
+_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every cached catalogue (tests and the policy evaluation start afresh)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def catalogue(session: Session, org: Organisation) -> Catalogue:
+    """The organisation's catalogue: the cached one while its version is the organisation's
+    ``catalogue_version``, else rebuilt from the database (and cached)."""
+    key = (db_scope(session), org.id)
+    cat = _CACHE.get(key)
+    if cat is not None and cat.version == org.catalogue_version:
+        return cat
+    concepts = session.execute(
+        select(Concept.id, Concept.external_id, Concept.name, Concept.level)
+        .where(Concept.org_id == org.id)
+        .order_by(Concept.id)
+    ).all()
+    cpos = {c[0]: k for k, c in enumerate(concepts)}
+    items = session.execute(
+        select(Item.id, Item.external_id)
+        .where(Item.org_id == org.id, Item.active.is_(True))
+        .order_by(Item.id)
+    ).all()
+    links: dict[int, list[int]] = {}
+    for iid, cid in session.execute(
+        select(ItemConcept.item_id, ItemConcept.concept_id)
+        .join(Item, Item.id == ItemConcept.item_id)
+        .where(Item.org_id == org.id)
+    ):
+        links.setdefault(iid, []).append(cpos[cid])
+    edges = [
+        (cpos[p], cpos[c])
+        for p, c in session.execute(
+            select(PrerequisiteEdge.prerequisite_id, PrerequisiteEdge.concept_id).where(
+                PrerequisiteEdge.org_id == org.id
+            )
+        )
+    ]
+    cat = Catalogue(
+        version=org.catalogue_version,
+        item_db=np.array([i[0] for i in items], dtype=np.int64),
+        item_ext=[i[1] for i in items],
+        item_concepts=[np.array(sorted(links.get(i[0], [])), dtype=np.int64) for i in items],
+        concept_db=np.array([c[0] for c in concepts], dtype=np.int64),
+        concept_ext=[c[1] for c in concepts],
+        concept_name=[c[2] for c in concepts],
+        prerequisites=edges,
+        concept_level=np.array(
+            [np.nan if c[3] is None else float(c[3]) for c in concepts], dtype=np.float64
+        ),
+    )
+    lens = np.array([len(cs) for cs in cat.item_concepts], dtype=np.int64)
+    cat.link_item = np.repeat(np.arange(len(cat.item_concepts), dtype=np.int64), lens)
+    cat.link_concept = (
+        np.concatenate(cat.item_concepts) if len(cat.item_concepts) else np.zeros(0, np.int64)
+    ).astype(np.int64)
+    cat.item_pos = {ext: k for k, ext in enumerate(cat.item_ext)}
+    cat.item_db_pos = {int(d): k for k, d in enumerate(cat.item_db.tolist())}
+    cat.item_offset, cat.concept_rate = _item_offsets(session, org, cat)
+    cat.met_before, cat.met_position = _precedence(session, org, cat)
+    with _LOCK:
+        _CACHE[key] = cat
+    return cat
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """The log-odds of probabilities (clipped to [1e-4, 1 - 1e-4])."""
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def _item_offsets(
+    session: Session, org: Organisation, cat: Catalogue
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's difficulty against its concepts' as a logit shift, from the organisation's
+    answers: ``logit((k_i + a r_c) / (n_i + a)) - logit(r_c)`` with ``a = ITEM_SHRINKAGE`` and
+    ``r_c`` the success rate of the item's concepts (pooled); and the concepts' rates."""
+    n_i = np.zeros(len(cat.item_ext))
+    k_i = np.zeros(len(cat.item_ext))
+    pos = {int(d): k for k, d in enumerate(cat.item_db.tolist())}
+    rows = session.execute(
+        select(Interaction.item_id, func.count(), func.sum(Interaction.correct))
+        .where(Interaction.org_id == org.id)
+        .group_by(Interaction.item_id)
+    )
+    for iid, n, k in rows:
+        p = pos.get(int(iid))
+        if p is not None:
+            n_i[p], k_i[p] = float(n), float(k or 0)
+    if not len(cat.link_item):
+        return np.zeros(len(cat.item_ext)), np.full(len(cat.concept_ext), 0.5)
+    n_c = np.bincount(cat.link_concept, weights=n_i[cat.link_item], minlength=len(cat.concept_ext))
+    k_c = np.bincount(cat.link_concept, weights=k_i[cat.link_item], minlength=len(cat.concept_ext))
+    rate_c = (k_c + 1.0) / (n_c + 2.0)  # Laplace: a concept without answers sits at 0.5
+    per_item = np.bincount(
+        cat.link_item, weights=rate_c[cat.link_concept], minlength=len(cat.item_ext)
+    )
+    links = np.bincount(cat.link_item, minlength=len(cat.item_ext))
+    base = np.where(links > 0, per_item / np.maximum(links, 1), 0.5)
+    shrunk = (k_i + ITEM_SHRINKAGE * base) / (n_i + ITEM_SHRINKAGE)
+    return logit(shrunk) - logit(base), rate_c
+
+
+def _precedence(
+    session: Session, org: Organisation, cat: Catalogue
+) -> tuple[np.ndarray, np.ndarray]:
+    """From the organisation's logs (up to PRECEDENCE_LEARNERS learners): how many learners
+    met concept a before concept b, and each concept's mean relative first-meeting position."""
+    c = len(cat.concept_ext)
+    before = np.zeros((c, c))
+    pos_sum, pos_n = np.zeros(c), np.zeros(c)
+    if c == 0:
+        return before, np.zeros(0)
+    cpos = {int(d): k for k, d in enumerate(cat.concept_db.tolist())}
+    sample = (
+        select(Learner.id)
+        .where(Learner.org_id == org.id, Learner.n_answers > 0)
+        .order_by(Learner.id.desc())
+        .limit(PRECEDENCE_LEARNERS)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Interaction.learner_id, ItemConcept.concept_id, func.min(Interaction.timestamp))
+        .join(ItemConcept, ItemConcept.item_id == Interaction.item_id)
+        .where(Interaction.org_id == org.id, Interaction.learner_id.in_(sample))
+        .group_by(Interaction.learner_id, ItemConcept.concept_id)
+        .order_by(Interaction.learner_id, func.min(Interaction.timestamp))
+    ).all()
+    k = 0
+    while k < len(rows):
+        j = k
+        while j < len(rows) and rows[j][0] == rows[k][0]:
+            j += 1
+        seq = [cpos[int(r[1])] for r in rows[k:j] if int(r[1]) in cpos]
+        if len(seq) > 1:
+            idx = np.array(seq)
+            upper = np.triu(np.ones((len(idx), len(idx)), dtype=bool), 1)
+            a, b = np.nonzero(upper)
+            np.add.at(before, (idx[a], idx[b]), 1.0)
+            np.add.at(pos_sum, idx, np.arange(len(idx)) / (len(idx) - 1))
+            np.add.at(pos_n, idx, 1.0)
+        k = j
+    position = (pos_sum + PRECEDENCE_SHRINKAGE * 0.5) / (pos_n + PRECEDENCE_SHRINKAGE)
+    return before, position
+
+
+def data_precedence_edges(
+    cat: Catalogue, fixed: list[tuple[int, int]]
+) -> list[tuple[int, int, float, int]]:
+    """Concept pairs that most learners met in one order (at least PRECEDENCE_AGREEMENT of
+    at least PRECEDENCE_MIN_LEARNERS who met both), as ``(a, b, share, learners)``, strongest
+    first, skipping any that would close a cycle with ``fixed`` or a stronger pair, and any
+    that puts a concept before one the organisation teaches at a lower level."""
+    m = cat.met_before
+    both = m + m.T
+    share = np.divide(m, both, out=np.zeros_like(m), where=both > 0)
+    cand = np.argwhere((both >= PRECEDENCE_MIN_LEARNERS) & (share >= PRECEDENCE_AGREEMENT))
+    cand = sorted(
+        ((int(a), int(b)) for a, b in cand), key=lambda e: (-share[e], -both[e], e[0], e[1])
+    )
+    children: dict[int, set[int]] = {}
+    for a, b in fixed:
+        children.setdefault(a, set()).add(b)
+
+    def reaches(src: int, dst: int) -> bool:
+        stack, seen = [src], {src}
+        while stack:
+            x = stack.pop()
+            if x == dst:
+                return True
+            for y in children.get(x, ()):
+                if y not in seen:
+                    seen.add(y)
+                    stack.append(y)
+        return False
+
+    level = cat.concept_level if len(cat.concept_level) == len(m) else np.full(len(m), np.nan)
+    out = []
+    for a, b in cand:
+        if reaches(b, a) or reaches(a, b):
+            continue  # would close a cycle, or already implied
+        if level[a] > level[b]:
+            continue  # the organisation teaches b at a lower level
+        children.setdefault(a, set()).add(b)
+        out.append((a, b, float(share[a, b]), int(both[a, b])))
+    return out
+
+
+# ---------------------------------------------------------------------- item lookup
+@dataclass(frozen=True)
+class ConceptRef:
+    """A concept of an answered item, as the answer's response names it."""
+
+    external_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What the answer path needs of an item (from the cached catalogue when it is current,
+    so that an answer costs no catalogue query)."""
+
+    id: int
+    external_id: str
+    concepts: tuple[ConceptRef, ...]
+
+
+def _item_ref(item: Item) -> ItemRef:
+    cs = sorted(item.concepts, key=lambda c: c.id)
+    return ItemRef(item.id, item.external_id, tuple(ConceptRef(c.external_id, c.name) for c in cs))
+
+
+def item_refs(
+    session: Session, *, org: Organisation, external_ids: list[str], auto_create: bool
+) -> dict[str, ItemRef]:
+    """The items of ``external_ids``: active ones from the organisation's cached catalogue
+    (no query while it is current), the rest (inactive, unknown, or all of them when the
+    catalogue must be rebuilt) in one query; unknown ones are created (``auto_create``) or
+    NotFound."""
+    out: dict[str, ItemRef] = {}
+    missing = list(external_ids)
+    cat = catalogue(session, org) if not (session.new or session.dirty) else None
+    if cat is not None:
+        pos = cat.item_pos
+        missing = []
+        for ext in external_ids:
+            k = pos.get(ext)
+            if k is None:
+                missing.append(ext)
+                continue
+            out[ext] = ItemRef(
+                int(cat.item_db[k]),
+                ext,
+                tuple(
+                    ConceptRef(cat.concept_ext[c], cat.concept_name[c])
+                    for c in cat.item_concepts[k]
+                ),
+            )
+    if missing:
+        found = {
+            i.external_id: i
+            for i in session.scalars(
+                select(Item).where(Item.org_id == org.id, Item.external_id.in_(missing))
+            )
+        }
+        created = False
+        for ext in missing:
+            item = found.get(ext)
+            if item is None:
+                if not auto_create:
+                    raise NotFound(f"item {ext!r} not found")
+                item = Item(org_id=org.id, external_id=ext, meta={}, concepts=[])
+                session.add(item)
+                org.bump_catalogue()
+                created = True
+            found[ext] = item
+        if created:
+            session.flush()
+        for ext in missing:
+            out[ext] = _item_ref(found[ext])
+    return out

@@ -1,0 +1,5 @@
+"""``python -m tutor.cli``: the ``tutor`` command line."""
+
+from . import main
+
+main()

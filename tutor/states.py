@@ -1,0 +1,267 @@
+"""Learner states: the one replay of a learner's answers through a model, and the states kept.
+
+A learner's state for a model is rebuilt by replaying the stored answers in event order
+(timestamp, then event id) with :func:`replay_histories`, the one loop that steps models over
+histories: :func:`current_state` (a missing or stale state), ``tutor.operations`` (rebuilding
+every state after a model swap) and the analytics' timeline and status views all use it.
+States rebuilt during a read request are written back at its end by
+:func:`keep_rebuilt_states`, in a transaction of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import evidence as evidence_mod
+from .clock import as_utc
+from .db import Concept, Interaction, Item, ItemConcept, Learner, LearnerState
+from .evidence import Evidence
+from .runtime import LoadedModel
+
+
+def answers_in_order(session: Session, learner_id: int) -> list[tuple[str, int, datetime, str]]:
+    rows = session.execute(
+        select(Item.external_id, Interaction.correct, Interaction.timestamp, Interaction.event_id)
+        .join(Item, Item.id == Interaction.item_id)
+        .where(Interaction.learner_id == learner_id)
+        .order_by(Interaction.timestamp, Interaction.event_id)
+    ).all()
+    return [(r[0], int(r[1]), as_utc(r[2]), r[3]) for r in rows]
+
+
+def concepts_of_items(
+    session: Session, *, org_id: int, item_ext: list[str] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Item external id -> its concepts' external ids (sorted by concept id), for the items
+    named (every item of the organisation when ``item_ext`` is None)."""
+    out: dict[str, list[str]] = {}
+    q = (
+        select(Item.external_id, Concept.external_id)
+        .join(ItemConcept, ItemConcept.item_id == Item.id)
+        .join(Concept, Concept.id == ItemConcept.concept_id)
+        .where(Item.org_id == org_id)
+        .order_by(Item.external_id, Concept.id)
+    )
+    if item_ext is None:
+        chunks: list[list[str] | None] = [None]
+    else:
+        uniq = sorted(set(item_ext))
+        chunks = [uniq[k : k + 5000] for k in range(0, len(uniq), 5000)]
+    for chunk in chunks:
+        qq = q if chunk is None else q.where(Item.external_id.in_(chunk))
+        for it, c in session.execute(qq):
+            out.setdefault(it, []).append(c)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def replay_histories(
+    model: LoadedModel,
+    hists: list[list[tuple[str, int, datetime, str]]],
+    firsts: list[datetime | None],
+    concepts_of: dict[str, tuple[str, ...]],
+    after_step: Callable[[int, Any, list[Evidence]], None] | None = None,
+) -> list[tuple[Any, Evidence]]:
+    """The one replay of stored histories (event order) through the model's serving form:
+    each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
+    started at a concept's first own answer from the model's estimate just before it (as
+    ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories
+    are stepped together, one ``step`` per position; ``after_step(t, state, evidence)`` sees
+    the batched state and every learner's evidence after position ``t`` (the analytics'
+    timelines read them as they go; the evidence is updated in place afterwards)."""
+    n = len(hists)
+    lens = np.array([len(h) for h in hists], dtype=np.int64)
+    t_max = int(lens.max()) if n else 0
+    items = np.zeros((n, max(t_max, 1)), dtype=np.int64)
+    correct = np.zeros((n, max(t_max, 1)), dtype=np.float32)
+    times = np.zeros((n, max(t_max, 1)), dtype=np.float32)
+    for k, h in enumerate(hists):
+        if not h:
+            continue
+        items[k, : len(h)] = model.item_idx([x[0] for x in h])
+        correct[k, : len(h)] = [x[1] for x in h]
+        times[k, : len(h)] = [model.time_value(x[2], firsts[k], j) for j, x in enumerate(h)]
+    evs: list[Evidence] = [{} for _ in range(n)]
+    state = model.model.init_state(n)
+    finals: list[Any] = [None] * n
+    for t in range(t_max):
+        active = np.flatnonzero(lens > t)
+        need: dict[int, list[str]] = {}
+        for k in active:
+            miss = evidence_mod.needs_prior(evs[k], concepts_of.get(hists[k][t][0], ()))
+            if miss:
+                need[int(k)] = miss
+        priors: dict[int, dict[str, float]] = {}
+        shown: dict[int, dict[str, tuple[float, float]]] = {}
+        if need:
+            ks = np.array(sorted(need), dtype=np.int64)
+            cset = sorted({c for v in need.values() for c in v})
+            col = {c: j for j, c in enumerate(cset)}
+            cidx = np.array([model.concept_index(c) or 0 for c in cset], dtype=np.int64)
+            sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
+            est = model.estimates(sub, cidx)
+            raw = model.estimates(sub, cidx, scale="success")
+            for r, k in enumerate(ks.tolist()):
+                priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
+                shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}
+        for k in active:
+            h = hists[k][t]
+            evidence_mod.fold(
+                evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k), shown.get(k)
+            )
+        state = model.model.step(
+            state,
+            torch.from_numpy(items[:, t]),
+            torch.from_numpy(correct[:, t]),
+            torch.from_numpy(times[:, t]),
+        )
+        if after_step is not None:
+            after_step(t, state, evs)
+        for k in np.flatnonzero(lens == t + 1):
+            finals[k] = state if n == 1 else model.model.state_select(state, torch.tensor([k]))
+    return [
+        (finals[k] if finals[k] is not None else model.model.init_state(1), evs[k])
+        for k in range(n)
+    ]
+
+
+def _both(reachable: float, success: float) -> tuple[float, float]:
+    """(low, high) of a concept's estimate on the two mastery scales (nan-safe)."""
+    vals = [float(x) for x in (reachable, success) if x == x]
+    return (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
+
+
+def first_answer_priors(
+    model: LoadedModel, state: Any, concepts: list[str]
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """For a learner's first own answers on ``concepts``: the evidence filter's prior (the
+    reachable estimate) and the range ``GET /mastery`` could have shown on either scale."""
+    cidx = np.array([model.concept_index(c) or 0 for c in concepts], dtype=np.int64)
+    est = model.estimates(state, cidx)[0]
+    raw = model.estimates(state, cidx, scale="success")[0]
+    priors = {c: float(est[k]) for k, c in enumerate(concepts)}
+    shown = {c: _both(est[k], raw[k]) for k, c in enumerate(concepts)}
+    return priors, shown
+
+
+def rebuild_state(
+    session: Session,
+    *,
+    learner: Learner,
+    model: LoadedModel,
+    watch: dict[str, Any] | None = None,
+) -> tuple[Any, LearnerState]:
+    """Replay the learner's whole history through the model (rare path, see module doc).
+    ``watch`` (event id -> None) receives, for each of its event ids, the state and a copy of
+    the evidence right after that answer."""
+    hist = answers_in_order(session, learner.id)
+    first = as_utc(learner.first_seen)
+    if hist and (first is None or hist[0][2] < first):
+        first = learner.first_seen = hist[0][2]
+    concepts_of = concepts_of_items(session, org_id=learner.org_id, item_ext=[h[0] for h in hist])
+    after_step = None
+    if watch:
+        at = {k: h[3] for k, h in enumerate(hist) if h[3] in watch}
+
+        def after_step(t: int, st: Any, evs: list[Evidence]) -> None:
+            if t in at:
+                watch[at[t]] = (st, evidence_mod.load(evidence_mod.dump(evs[0])))
+
+    with torch.no_grad():
+        state, ev = replay_histories(model, [hist], [first], concepts_of, after_step)[0]
+    row = session.get(LearnerState, (learner.id, model.model_id))
+    if row is None:
+        row = LearnerState(learner_id=learner.id, model_id=model.model_id, state=b"")
+        session.add(row)
+    row.state = model.encode(state)
+    row.evidence = evidence_mod.dump(ev)
+    row.n_applied = len(hist)
+    row.last_timestamp = hist[-1][2] if hist else None
+    row.last_event_id = hist[-1][3] if hist else None
+    learner.n_answers = len(hist)
+    session.info.setdefault("rebuilt", []).append(row)
+    remember_state(session, learner.id, model.model_id, row)
+    return state, row
+
+
+def keep_rebuilt_states(session: Session) -> None:
+    """End a read request: keep the states it had to rebuild.
+
+    With nothing rebuilt the session is closed (the read transaction ends in the route's
+    thread). On PostgreSQL the request's transaction simply commits. A SQLite read runs in a read
+    transaction (it never waits for writers) that cannot write, so the rebuilt states are
+    written afterwards in a short write transaction of their own, each only if the learner
+    has not answered meanwhile; if the database is busy they are rebuilt again next time.
+    """
+    rebuilt = session.info.pop("rebuilt", [])
+    session.info.pop(LOADED_STATES, None)
+    if not rebuilt:
+        # nothing to keep: end the read transaction here, in the route's thread (closing keeps
+        # the loaded attributes readable, where a rollback would expire them all)
+        session.close()
+        return
+    if session.get_bind().dialect.name != "sqlite":
+        session.commit()
+        return
+    snap = [
+        (
+            r.learner_id,
+            r.model_id,
+            r.state,
+            r.evidence,
+            r.n_applied,
+            r.last_timestamp,
+            r.last_event_id,
+        )
+        for r in rebuilt
+    ]
+    session.rollback()
+    factory = session.info.get("write_factory")
+    if factory is None:
+        return
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        with factory() as w, w.begin():
+            for lid, mid, blob, evid, n, ts, ev in snap:
+                learner = w.get(Learner, lid)
+                if learner is None or learner.n_answers != n:
+                    continue
+                row = w.get(LearnerState, (lid, mid))
+                if row is None:
+                    row = LearnerState(learner_id=lid, model_id=mid, state=blob)
+                    w.add(row)
+                row.state, row.evidence, row.n_applied = blob, evid, n
+                row.last_timestamp, row.last_event_id = ts, ev
+    except OperationalError:
+        pass
+
+
+#: ``session.info`` key: {(learner id, model id): the LearnerState row or None (no row)} of
+#: states read together with their learners (the session's identity map holds its objects
+#: weakly: this keeps them, so that :func:`current_state` needs no second query)
+LOADED_STATES = "loaded_states"
+
+
+def remember_state(
+    session: Session, learner_id: int, model_id: int, row: LearnerState | None
+) -> None:
+    session.info.setdefault(LOADED_STATES, {})[(learner_id, model_id)] = row
+
+
+def current_state(
+    session: Session, *, learner: Learner, model: LoadedModel
+) -> tuple[Any, LearnerState]:
+    """The learner's up-to-date state for ``model`` (rebuilt if missing or stale)."""
+    key = (learner.id, model.model_id)
+    known = session.info.get(LOADED_STATES)
+    row = known[key] if known and key in known else session.get(LearnerState, key)
+    if row is None or row.n_applied != learner.n_answers or row.evidence is None:
+        return rebuild_state(session, learner=learner, model=model)
+    return model.decode(row.state), row
