@@ -44,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_world import DatabaseUnavailable, World, scratch_database  # noqa: E402 - after the path set-up
+
 PG_URL = os.environ.get("TUTOR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = ROOT / "runs" / "analytics_speed"
 ORG = "bench"
@@ -56,56 +58,6 @@ START = "2025-09-01"
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-# ---------------------------------------------------------------------- data and model
-def prepare_dataset(learners: int, answers: int, seed: int = SEED) -> Path:
-    from data_loaders import ingest
-
-    out = WORK / f"data-{learners}x{answers}-c{CONCEPTS}x{ITEMS_PER_CONCEPT}-s{seed}"
-    if (out / "manifest.json").is_file():
-        return out
-    t0 = time.perf_counter()
-    m = ingest(
-        "simulate",
-        "-",
-        out,
-        options={
-            "learners": str(learners),
-            "answers": str(answers),
-            "concepts": str(CONCEPTS),
-            "items_per_concept": str(ITEMS_PER_CONCEPT),
-            "seed": str(seed),
-            "start": START,
-        },
-        overwrite=True,
-    )
-    log(
-        f"dataset: {m.counts['interactions']:,} answers of {m.counts['learners']:,} learners "
-        f"({time.perf_counter() - t0:.1f} s) -> {out}"
-    )
-    return out
-
-
-def prepare_model() -> Path:
-    from kt_models.train import TrainConfig, train
-
-    run = WORK / f"model-dkt-c{CONCEPTS}x{ITEMS_PER_CONCEPT}-s{SEED}"
-    if (run / "best.pt").is_file():
-        return run
-    sample = prepare_dataset(400, 100, seed=SEED)  # same world (seed), other learners
-    t0 = time.perf_counter()
-    train(
-        "dkt",
-        sample,
-        run,
-        config=TrainConfig(epochs=2, patience=2, threads=2, seed=1),
-        model_overrides={"hidden": 64, "emb_dim": 32},
-        progress=False,
-        log=lambda m: None,
-    )
-    log(f"model: DKT (hidden 64) trained in {time.perf_counter() - t0:.1f} s -> {run}")
-    return run
 
 
 # ---------------------------------------------------------------------- databases
@@ -243,32 +195,6 @@ def measure(url: str, key: str, repeat: int) -> list[tuple[str, float, float, fl
     return rows
 
 
-def _pg_create(server: str) -> tuple[Any, str, str]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"kt_analytics_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    return admin, name, make_url(server).set(database=name).render_as_string(hide_password=False)
-
-
-def _pg_drop(admin: Any, name: str) -> None:
-    from sqlalchemy import text
-
-    with admin.connect() as c:
-        c.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :n AND pid <> pg_backend_pid()"
-            ),
-            {"n": name},
-        )
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--learners", type=int, default=500)
@@ -284,8 +210,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
-    dataset = prepare_dataset(args.learners, args.answers)
-    run = prepare_model()
+    world = World(WORK, CONCEPTS, ITEMS_PER_CONCEPT, SEED, START)
+    dataset = world.dataset(args.learners, args.answers, log)
+    run = world.model(400, 100, log)  # same world (seed), other learners
     lines = [
         f"analytics_speed ({datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}, "
@@ -294,30 +221,21 @@ def main() -> None:
         "",
     ]
     for db in [d.strip() for d in args.db.split(",") if d.strip()]:
-        admin = name = None
-        if db == "sqlite":
-            path = WORK / "bench.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            url = f"sqlite:///{path}"
-        else:
-            try:
-                admin, name, url = _pg_create(args.pg)
-            except Exception as exc:  # noqa: BLE001 - report and skip
-                log(f"PostgreSQL skipped: {exc}")
-                continue
         try:
-            key, t = build(url, dataset, run)
-            head = (
-                f"{db}: {args.learners} learners in one group, {int(t['interactions']):,} "
-                f"answers (import {t['import']:.1f} s, states rebuilt in "
-                f"{t['rebuild_states']:.1f} s)"
-            )
-            log(head)
-            rows = measure(url, key, args.repeat)
-        finally:
-            if admin is not None:
-                _pg_drop(admin, name)
+            with scratch_database(
+                db, pg=args.pg, folder=WORK / "sqlite", prefix="kt_analytics_bench"
+            ) as url:
+                key, t = build(url, dataset, run)
+                head = (
+                    f"{db}: {args.learners} learners in one group, {int(t['interactions']):,} "
+                    f"answers (import {t['import']:.1f} s, states rebuilt in "
+                    f"{t['rebuild_states']:.1f} s)"
+                )
+                log(head)
+                rows = measure(url, key, args.repeat)
+        except DatabaseUnavailable as exc:  # report and skip
+            log(f"{db} skipped: {exc}")
+            continue
         lines += [
             head,
             "",

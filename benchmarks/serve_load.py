@@ -61,6 +61,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_world import World  # noqa: E402 - after the path set-up
+
 PG_URL = os.environ.get("TUTOR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = ROOT / "runs" / "serve_load"
 PG_DB = "kt_serve_load"
@@ -73,65 +75,6 @@ START = "2025-09-01"
 SAMPLE_LEARNERS = 600  # x ~85 answers: the DKT's training sample
 ENDPOINTS = ("POST /v1/answers", "GET /v1/learners/{id}/next-items")
 CLK = os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------------- data and model
-def _answers_per_learner(learners: int, interactions: int) -> int:
-    return max(1, round(interactions / learners))
-
-
-def prepare_dataset(learners: int, interactions: int, log) -> Path:  # noqa: ANN001
-    from data_loaders import ingest
-
-    answers = _answers_per_learner(learners, interactions)
-    out = WORK / f"data-{learners}x{answers}-c{CONCEPTS}x{ITEMS_PER_CONCEPT}-s{SEED}"
-    if (out / "manifest.json").is_file():
-        return out
-    t0 = time.perf_counter()
-    manifest = ingest(
-        "simulate",
-        "-",
-        out,
-        options={
-            "learners": str(learners),
-            "answers": str(answers),
-            "concepts": str(CONCEPTS),
-            "items_per_concept": str(ITEMS_PER_CONCEPT),
-            "seed": str(SEED),
-            "start": START,
-        },
-        overwrite=True,
-    )
-    log(
-        f"dataset: {manifest.counts['interactions']:,} answers of "
-        f"{manifest.counts['learners']:,} learners in {time.perf_counter() - t0:.1f} s -> {out}"
-    )
-    return out
-
-
-def prepare_model(log) -> Path:  # noqa: ANN001
-    """A small DKT trained on a sample of the same simulated world (same seed: same concepts,
-    items and prerequisites; other learners)."""
-    from kt_models.train import TrainConfig, train
-
-    run = WORK / f"model-dkt-c{CONCEPTS}x{ITEMS_PER_CONCEPT}-s{SEED}"
-    if (run / "best.pt").is_file():
-        return run
-    sample = prepare_dataset(SAMPLE_LEARNERS, SAMPLE_LEARNERS * 85, log)
-    t0 = time.perf_counter()
-    cfg = TrainConfig(epochs=2, patience=2, threads=2, seed=1)
-    res = train(
-        "dkt",
-        sample,
-        run,
-        config=cfg,
-        model_overrides={"hidden": 64, "emb_dim": 32},
-        progress=False,
-        log=lambda m: None,
-    )
-    auc = (res.get("test") or res.get("valid") or {}).get("auc")
-    log(f"model: DKT trained in {time.perf_counter() - t0:.1f} s (AUC {auc}) -> {run}")
-    return run
 
 
 # ---------------------------------------------------------------------- databases
@@ -627,8 +570,10 @@ def main() -> None:
         err.log(msg)
 
     WORK.mkdir(parents=True, exist_ok=True)
-    dataset = prepare_dataset(args.learners, args.interactions, log)
-    run = prepare_model(log)
+    world = World(WORK, CONCEPTS, ITEMS_PER_CONCEPT, SEED, START)
+    dataset = world.dataset(args.learners, max(1, round(args.interactions / args.learners)), log)
+    # a small DKT trained on a sample of the same world (same catalogue, other learners)
+    run = world.model(SAMPLE_LEARNERS, 85, log)
     cpu_name = next(
         (
             line.split(":", 1)[1].strip()

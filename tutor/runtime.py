@@ -72,6 +72,8 @@ class LoadedModel:
     _references: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     #: concept external id -> model concept index (c + 1), built with the model
     _concept_pos: dict[str, int] = field(default_factory=dict)
+    #: per state leaf, the axis indexing learners (see :func:`batch_axes`; found on first use)
+    _batch_axes: list[int | None] | None = None
 
     def __post_init__(self) -> None:
         self._concept_pos = {c: i + 1 for i, c in enumerate(self.concept_ids)}
@@ -363,14 +365,14 @@ class ModelCache:
 
 def batch_axes(model: LoadedModel) -> list[int | None]:
     """Per state leaf (in :func:`_leaves` order), the axis indexing learners (None: shared)."""
-    axes = getattr(model, "_batch_axes", None)
+    axes = model._batch_axes
     if axes is None:
         one, two = _leaves(model.model.init_state(1)), _leaves(model.model.init_state(2))
         axes = []
         for a, b in zip(one, two, strict=True):
             diff = [k for k, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]
             axes.append(diff[0] if diff else None)
-        model._batch_axes = axes  # type: ignore[attr-defined]
+        model._batch_axes = axes
     return axes
 
 
