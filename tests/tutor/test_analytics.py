@@ -645,6 +645,40 @@ def test_access_rules(posted, world):
     assert r.status_code == 404 and "model" in r.json()["detail"]
 
 
+def test_an_invalid_parameter_is_a_422_before_the_group_or_role_check(posted, world):
+    """Query parameters are validated before the route looks up the group or learner and
+    the key's role: a bad parameter is a 422 whatever the key may see (and a 404 or 403
+    only once the parameters are valid)."""
+    bad = [
+        "/v1/analytics/groups/{g}/students?limit=0",
+        "/v1/analytics/groups/{g}/reteach?offset=-1",
+        "/v1/analytics/groups/{g}/suggested-groups?max_groups=0",
+        "/v1/analytics/groups/{g}/mastery?at=yesterday",
+        "/v1/analytics/groups/{g}/learning-curves?max_opportunity=0",
+        "/v1/analytics/groups/{g}/items?desc=maybe",
+        "/v1/analytics/groups/{g}/at-risk?format=xml",
+        "/v1/analytics/learners/{u}/timeline?max_points=1",
+        "/v1/learners/{u}/mastery?at=2024-01-01T00:00:00",
+        "/v1/learners/{u}/next-items?n=0",
+        "/v1/groups?limit=0",
+    ]
+    cases = [
+        ("admin", "nope", "nope", 404),
+        ("teacher", "g2", "u2", 404),
+        ("other_admin", "g1", "u0", 404),
+        ("ingest", "g1", "u0", 403),
+    ]
+    for route in bad:
+        for who, g, u, code in cases:
+            url = route.format(g=g, u=u)
+            r = posted.get(url, headers=world.headers(who))
+            assert r.status_code == 422, (who, url, r.text)
+            if "/groups?" not in url:
+                r = posted.get(url.partition("?")[0], headers=world.headers(who))
+                assert r.status_code == code, (who, url, r.text)
+    assert posted.get("/v1/analytics/groups/nope/items?desc=maybe").status_code == 401
+
+
 def test_caches_follow_new_answers_and_empty_groups(posted, world):
     h = world.headers("admin")
     curves = "/v1/analytics/groups/g1/learning-curves?concepts=c0"

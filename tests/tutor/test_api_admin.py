@@ -197,6 +197,24 @@ def test_non_admin_keys_may_not_write(client, world):
     assert client.get("/v1/groups/g1", headers=h).json()["members"] == ["u0", "u1"]
 
 
+def test_an_invalid_request_is_a_422_before_the_role_check(client, world):
+    """The body and parameters are validated before the route looks at the key's role or
+    at what it may see: an invalid write is a 422 for any key, a 403 only once valid."""
+    writes = [
+        ("PUT", "/v1/concepts/c0", {"title": "x"}),
+        ("PUT", "/v1/items/i0?create_concepts=maybe", {"concepts": ["c0"]}),
+        ("PUT", "/v1/learners/u0", {"name": "x", "extra": 1}),
+        ("PUT", "/v1/groups/g1", {"name": ["x"]}),
+        ("PUT", "/v1/groups/g9/members", [""]),
+        ("DELETE", "/v1/learners/%01", None),
+    ]
+    for who in ("admin", "teacher", "learner", "other_admin"):
+        for method, path, body in writes:
+            r = client.request(method, path, json=body, headers=world.headers(who))
+            assert r.status_code == 422, (who, method, path, r.text)
+    assert client.put("/v1/groups/g1", json={"name": ["x"]}).status_code == 401
+
+
 def test_other_organisations_ids_are_404(client, world):
     oa, h = world.headers("other_admin"), world.headers("admin")
     mid = world.model_id

@@ -9,18 +9,29 @@ computations are in :mod:`tutor.analytics`; the JSON or CSV answers are built by
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from .. import states
 from ..analytics import card, curves, grid, items, risk, teaching, timeline
 from ..db import Group
-from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, visible_learner
-from .schemas import MAX_OFFSET, ModelRef, Time
-from .tables import FormatQuery, LimitQuery, page_size, respond, rows_at, table_route, wants_csv
+from .deps import View, ViewDep, require_roles, visible_learner
+from .schemas import MAX_OFFSET, AtQuery, ModelRef
+from .tables import (
+    FormatQuery,
+    LimitQuery,
+    TableFn,
+    page_size,
+    respond,
+    rows_at,
+    table_route,
+    wants_csv,
+)
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 
@@ -286,15 +297,36 @@ class ModelCard(BaseModel):
 
 
 # ---------------------------------------------------------------------- helpers
-def _visible_group(session, principal, org, group_id: str) -> Group:  # noqa: ANN001
+def _visible_group(view: View, group_id: str) -> Group:
     """The group, if an admin or one of the teacher's groups; 404 otherwise."""
+    principal = view.principal
     require_roles(principal, "admin", "teacher")
-    group = session.scalar(
-        select(Group).where(Group.org_id == org.id, Group.external_id == group_id)
+    group = view.session.scalar(
+        select(Group).where(Group.org_id == view.org.id, Group.external_id == group_id)
     )
     if group is None or (principal.role == "teacher" and group.id not in principal.group_ids):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"group {group_id!r} not found")
     return group
+
+
+def _group_answer(
+    view: View,
+    group_id: str,
+    fmt: str | None,
+    compute: Callable[..., dict[str, Any]],
+    model: type[BaseModel],
+    table: TableFn,
+    name: str,
+) -> Any:
+    """The answer of a route over a group: the group (404 unless the key may see it; looked
+    up here, in the route, so that a bad query parameter stays a 422),
+    ``compute(session, org=, group=, settings=)``, the model states it rebuilt kept (the
+    read transaction ends), then the body as ``model`` or its ``table`` as
+    ``{group_id}-{name}.csv``."""
+    group = _visible_group(view, group_id)
+    body = compute(view.session, org=view.org, group=group, settings=view.settings)
+    states.keep_rebuilt_states(view.session)
+    return respond(view.request, fmt, model, body, table, f"{group_id}-{name}")
 
 
 def _concept_list(raw: str | None) -> list[str] | None:
@@ -304,36 +336,33 @@ def _concept_list(raw: str | None) -> list[str] | None:
 
 
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+#: the page size of the mastery grid and the at-risk list
+PageQuery = Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")]
 
 
 # ---------------------------------------------------------------------- teacher's views
-_students_table = rows_at(
-    "students",
-    [
-        "learner_id",
-        "name",
-        "label",
-        "mastered",
-        "learning",
-        "struggling",
-        "not_started",
-        "answers",
-        "last_activity",
-        "days_inactive",
-        "struggling_on",
-        "ready_to_learn",
-    ],
-)
+#: the columns of the class overview's CSV (one row per student)
+STUDENT_COLUMNS = [
+    "learner_id",
+    "name",
+    "label",
+    "mastered",
+    "learning",
+    "struggling",
+    "not_started",
+    "answers",
+    "last_activity",
+    "days_inactive",
+    "struggling_on",
+    "ready_to_learn",
+]
+_students_table = rows_at("students", STUDENT_COLUMNS)
 
 
 @table_route(router, "/groups/{group_id}/students", ClassOverview)
 def class_overview(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     sort: Annotated[str, Query(description=f"One of {', '.join(teaching.STUDENT_SORTS)}")] = "name",
     limit: LimitQuery = None,
     offset: OffsetQuery = 0,
@@ -343,18 +372,11 @@ def class_overview(
     struggling and not started (the evidence statuses of ``/v1/learners/{id}/mastery``),
     own answers, last activity (answers with real times), the concepts struggled with and
     the next ones to learn in the designed curriculum."""
-    group = _visible_group(session, principal, org, group_id)
-    body = teaching.class_overview(
-        session,
-        org=org,
-        group=group,
-        settings=settings,
-        sort=sort,
-        limit=page_size(request, format, limit),
-        offset=offset,
+    page = page_size(view.request, format, limit)
+    compute = partial(teaching.class_overview, sort=sort, limit=page, offset=offset)
+    return _group_answer(
+        view, group_id, format, compute, ClassOverview, _students_table, "students"
     )
-    states.keep_rebuilt_states(session)
-    return respond(request, format, ClassOverview, body, _students_table, f"{group_id}-students")
 
 
 _reteach_table = rows_at(
@@ -379,29 +401,17 @@ _reteach_table = rows_at(
 @table_route(router, "/groups/{group_id}/reteach", Reteach)
 def reteach(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     limit: LimitQuery = None,
     offset: OffsetQuery = 0,
     format: FormatQuery = None,
 ) -> Any:
     """What to reteach: per concept the group has practised, how many students struggle,
     are learning, have mastered it or not started, most struggling first."""
-    group = _visible_group(session, principal, org, group_id)
-    body = teaching.reteach(
-        session,
-        org=org,
-        group=group,
-        settings=settings,
-        limit=page_size(request, format, limit),
-        offset=offset,
-        names=None if wants_csv(request, format) else teaching.RETEACH_NAMES,
-    )
-    states.keep_rebuilt_states(session)
-    return respond(request, format, Reteach, body, _reteach_table, f"{group_id}-reteach")
+    names = None if wants_csv(view.request, format) else teaching.RETEACH_NAMES
+    page = page_size(view.request, format, limit)
+    compute = partial(teaching.reteach, limit=page, offset=offset, names=names)
+    return _group_answer(view, group_id, format, compute, Reteach, _reteach_table, "reteach")
 
 
 def _groups_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -427,23 +437,15 @@ def _groups_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
 @table_route(router, "/groups/{group_id}/suggested-groups", SuggestedGroups)
 def suggested_groups(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     max_groups: Annotated[int, Query(ge=1, le=10)] = teaching.MAX_GROUPS,
     format: FormatQuery = None,
 ) -> Any:
     """Suggested small groups: students with similar mastery on what the class practised
     (k-means, about 8 a group, none below 3), each group with the concepts it needs and what
     most of it is ready for next."""
-    group = _visible_group(session, principal, org, group_id)
-    body = teaching.suggested_groups(
-        session, org=org, group=group, settings=settings, max_groups=max_groups
-    )
-    states.keep_rebuilt_states(session)
-    return respond(request, format, SuggestedGroups, body, _groups_table, f"{group_id}-groups")
+    compute = partial(teaching.suggested_groups, max_groups=max_groups)
+    return _group_answer(view, group_id, format, compute, SuggestedGroups, _groups_table, "groups")
 
 
 # ---------------------------------------------------------------------- analytics
@@ -473,16 +475,9 @@ def _grid_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
 )
 def group_mastery(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-    at: Annotated[
-        Time | None,
-        Query(description="Estimates at this time, for models that forget (ISO 8601)"),
-    ] = None,
-    limit: Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")] = None,
+    view: ViewDep,
+    at: AtQuery = None,
+    limit: PageQuery = None,
     offset: OffsetQuery = 0,
     format: FormatQuery = None,
 ) -> Any:
@@ -490,18 +485,9 @@ def group_mastery(
     reported mastery and own answers, as ``/v1/learners/{id}/mastery`` gives them (own
     evidence where the learner answered the concept, the model's estimate where not); a
     page of learners; ``concept_means`` and ``concept_counts`` cover every member."""
-    group = _visible_group(session, principal, org, group_id)
-    out = grid.group_mastery(
-        session,
-        org=org,
-        group=group,
-        at=at,
-        limit=page_size(request, format, limit),
-        offset=offset,
-        settings=settings,
-    )
-    states.keep_rebuilt_states(session)
-    return respond(request, format, MasteryGrid, out, _grid_table, f"{group_id}-mastery")
+    page = page_size(view.request, format, limit)
+    compute = partial(grid.group_mastery, at=at, limit=page, offset=offset)
+    return _group_answer(view, group_id, format, compute, MasteryGrid, _grid_table, "mastery")
 
 
 def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -525,11 +511,7 @@ def _timeline_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[st
 @table_route(router, "/learners/{learner_id}/timeline", Timeline)
 def learner_timeline(
     learner_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     concepts: Annotated[
         str | None,
         Query(description="Comma-separated concept ids (default: the most practised, up to 8)"),
@@ -541,16 +523,16 @@ def learner_timeline(
     model's estimate of the chosen concepts after each; long histories are thinned to
     ``max_points`` evenly spaced points (the last answer always among them). ``timed``
     false: the answers were imported without a clock (their times are not dates)."""
-    learner = visible_learner(session, principal, learner_id)
+    learner = visible_learner(view.session, view.principal, learner_id)
     out = timeline.learner_timeline(
-        session,
-        org=org,
+        view.session,
+        org=view.org,
         learner=learner,
         concepts=_concept_list(concepts),
         max_points=max_points,
-        settings=settings,
+        settings=view.settings,
     )
-    return respond(request, format, Timeline, out, _timeline_table, f"{learner_id}-timeline")
+    return respond(view.request, format, Timeline, out, _timeline_table, f"{learner_id}-timeline")
 
 
 def _curves_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -575,11 +557,7 @@ def _curves_table(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]
 @table_route(router, "/groups/{group_id}/learning-curves", LearningCurves)
 def learning_curves(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     concepts: Annotated[
         str | None,
         Query(description="Comma-separated concept ids (default: every concept practised)"),
@@ -591,16 +569,10 @@ def learning_curves(
     learner on an item of the concept, in event order): observed with its 95% Wilson
     interval, and predicted by the model before each answer, with the number of learners;
     points with fewer than the ``curve_min_learners`` setting are left out."""
-    group = _visible_group(session, principal, org, group_id)
-    out = curves.learning_curves(
-        session,
-        org=org,
-        group=group,
-        concepts=_concept_list(concepts),
-        max_opportunity=max_opportunity,
-        settings=settings,
+    compute = partial(
+        curves.learning_curves, concepts=_concept_list(concepts), max_opportunity=max_opportunity
     )
-    return respond(request, format, LearningCurves, out, _curves_table, f"{group_id}-curves")
+    return _group_answer(view, group_id, format, compute, LearningCurves, _curves_table, "curves")
 
 
 _items_table = rows_at(
@@ -627,11 +599,7 @@ _items_table = rows_at(
 @table_route(router, "/groups/{group_id}/items", ItemStats)
 def item_statistics(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     sort: Annotated[
         str, Query(description=f"One of {', '.join(items.ITEM_SORTS)} (gap: |obs - pred|)")
     ] = "attempts",
@@ -644,18 +612,9 @@ def item_statistics(
     interval) and predicted success, difficulty, discrimination (where the model has such a
     parameter), and a flag where the observed success disagrees strongly with the model
     over enough attempts and learners (organisation settings)."""
-    group = _visible_group(session, principal, org, group_id)
-    out = items.item_statistics(
-        session,
-        org=org,
-        group=group,
-        sort=sort,
-        desc=desc,
-        limit=page_size(request, format, limit, 50),
-        offset=offset,
-        settings=settings,
-    )
-    return respond(request, format, ItemStats, out, _items_table, f"{group_id}-items")
+    page = page_size(view.request, format, limit, 50)
+    compute = partial(items.item_statistics, sort=sort, desc=desc, limit=page, offset=offset)
+    return _group_answer(view, group_id, format, compute, ItemStats, _items_table, "items")
 
 
 _risk_table = rows_at(
@@ -676,12 +635,8 @@ _risk_table = rows_at(
 @table_route(router, "/groups/{group_id}/at-risk", AtRisk)
 def at_risk(
     group_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-    limit: Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")] = None,
+    view: ViewDep,
+    limit: PageQuery = None,
     offset: OffsetQuery = 0,
     format: FormatQuery = None,
 ) -> Any:
@@ -689,23 +644,15 @@ def at_risk(
     concepts struggled with, low mastery on the concepts practised, falling estimates, no
     answers, inactivity against the group's own clock (thresholds:
     organisation settings)."""
-    group = _visible_group(session, principal, org, group_id)
-    out = risk.at_risk(
-        session,
-        org=org,
-        group=group,
-        settings=settings,
-        limit=page_size(request, format, limit),
-        offset=offset,
-    )
-    states.keep_rebuilt_states(session)
-    return respond(request, format, AtRisk, out, _risk_table, f"{group_id}-at-risk")
+    page = page_size(view.request, format, limit)
+    compute = partial(risk.at_risk, limit=page, offset=offset)
+    return _group_answer(view, group_id, format, compute, AtRisk, _risk_table, "at-risk")
 
 
 @router.get("/model-card", response_model=ModelCard)
-def model_card(session: SessionDep, principal: PrincipalDep, org: OrgDep) -> ModelCard:
+def model_card(view: ViewDep) -> ModelCard:
     """The active model: training data and run, test metrics, calibration table, and for
     PSI-KT the learned prerequisite graph (edges with probability > 0.5) and a summary of
     the learners' traits."""
-    require_roles(principal, "admin", "teacher")
-    return ModelCard.model_validate(card.model_card(session, org=org))
+    require_roles(view.principal, "admin", "teacher")
+    return ModelCard.model_validate(card.model_card(view.session, org=view.org))

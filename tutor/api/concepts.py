@@ -14,12 +14,11 @@ from .. import catalogue_admin as catalogue
 from ..db import Concept
 from .deps import (
     CATALOGUE_READERS,
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
+    ViewDep,
+    admin_write,
     created_or,
+    mark_created,
     require_roles,
-    write_transaction,
 )
 from .schemas import ConceptIn, ConceptOut, ConceptPage, ExtId, Limit, Offset
 
@@ -31,46 +30,32 @@ def _out(concept: Concept, n_items: int) -> ConceptOut:
 
 
 @router.get("/concepts", response_model=ConceptPage)
-def list_concepts(
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    limit: Limit = 100,
-    offset: Offset = 0,
-) -> ConceptPage:
+def list_concepts(view: ViewDep, limit: Limit = 100, offset: Offset = 0) -> ConceptPage:
     """The organisation's concepts by id, a page at a time, with how many items use each."""
-    require_roles(principal, *CATALOGUE_READERS)
-    total, page = catalogue.concepts_page(session, org=org, limit=limit, offset=offset)
+    require_roles(view.principal, *CATALOGUE_READERS)
+    total, page = catalogue.concepts_page(view.session, org=view.org, limit=limit, offset=offset)
     return ConceptPage(
         total=total, limit=limit, offset=offset, concepts=[_out(c, k) for c, k in page]
     )
 
 
 @router.get("/concepts/{concept_id}", response_model=ConceptOut)
-def get_concept(
-    concept_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> ConceptOut:
+def get_concept(concept_id: ExtId, view: ViewDep) -> ConceptOut:
     """One concept."""
-    require_roles(principal, *CATALOGUE_READERS)
-    return _out(*catalogue.concept(session, org=org, external_id=concept_id))
+    require_roles(view.principal, *CATALOGUE_READERS)
+    return _out(*catalogue.concept(view.session, org=view.org, external_id=concept_id))
 
 
 @router.put("/concepts/{concept_id}", response_model=ConceptOut, responses=created_or("Updated"))
 def put_concept(
-    concept_id: ExtId,
-    body: ConceptIn,
-    response: Response,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
+    concept_id: ExtId, body: ConceptIn, response: Response, view: ViewDep
 ) -> ConceptOut:
     """Create a concept or set its name and teaching level (201 when created, 200 when
     updated)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
+    with admin_write(view) as session:
         concept, n_items, created = catalogue.put_concept(
             session,
-            org=org,
+            org=view.org,
             external_id=concept_id,
             name=body.name,
             level=body.level,
@@ -78,8 +63,7 @@ def put_concept(
             keep_level="level" not in body.model_fields_set,
         )
         out = _out(concept, n_items)
-    if created:
-        response.status_code = status.HTTP_201_CREATED
+    mark_created(response, created)
     return out
 
 
@@ -88,12 +72,9 @@ def put_concept(
     status_code=status.HTTP_204_NO_CONTENT,
     responses={409: {"description": "Items still use the concept"}},
 )
-def delete_concept(
-    concept_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> Response:
+def delete_concept(concept_id: ExtId, view: ViewDep) -> Response:
     """Delete a concept and its prerequisite edges; 409 while any item (active or not) is
     still linked to it."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        catalogue.delete_concept(session, org=org, external_id=concept_id)
+    with admin_write(view) as session:
+        catalogue.delete_concept(session, org=view.org, external_id=concept_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

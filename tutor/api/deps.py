@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
@@ -123,6 +124,34 @@ async def get_org(session: SessionDep, principal: PrincipalDep) -> Organisation:
 OrgDep = Annotated[Organisation, Depends(get_org)]
 
 
+@dataclass(frozen=True, slots=True)
+class View:
+    """What a route works with, as one parameter: the request, its session, the caller, the
+    caller's organisation and the service settings. It only bundles the dependencies above
+    (resolved in that order, as when a route names them one by one); it checks nothing, so
+    that a route's own checks (roles, a group or learner it may see) still come after the
+    validation of its parameters."""
+
+    request: Request
+    session: Session
+    principal: Principal
+    org: Organisation
+    settings: Settings
+
+
+async def get_view(
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    org: OrgDep,
+    settings: SettingsDep,
+) -> View:
+    return View(request, session, principal, org, settings)
+
+
+ViewDep = Annotated[View, Depends(get_view)]
+
+
 def forget_keys(request: Request) -> None:
     """Forget this process's authenticated keys (after a change that revokes or narrows
     keys: a learner or a group deleted); other processes forget them within the cache's
@@ -233,6 +262,23 @@ def write_transaction(session: Session) -> Iterator[None]:
     except BaseException:
         session.rollback()
         raise
+
+
+@contextmanager
+def admin_write(view: View) -> Iterator[Session]:
+    """An administration write: admin keys only (403 for the others, checked here, in the
+    route, after its parameters and body validated), then one transaction
+    (:func:`write_transaction`) on the request's session, which it gives."""
+    require_roles(view.principal, "admin")
+    with write_transaction(view.session):
+        yield view.session
+
+
+def mark_created(response: Response, created: bool) -> None:
+    """The status of a ``PUT`` that creates or updates (see :func:`created_or`): 201 when it
+    created the row, else the route's 200."""
+    if created:
+        response.status_code = status.HTTP_201_CREATED
 
 
 def org_setting(org: Organisation, settings: Settings, name: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request, Response, status
+from fastapi import APIRouter, Body, Response, status
 from pydantic import Field
 from sqlalchemy.orm import Session
 
@@ -18,20 +18,28 @@ from .. import learners_admin, service, states
 from ..db import Group
 from ..settings import evidence_rule
 from .deps import (
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
-    SettingsDep,
+    View,
+    ViewDep,
+    admin_write,
     created_or,
     forget_keys,
+    mark_created,
     org_setting,
     require_roles,
     visible_groups,
-    write_transaction,
 )
 from .schemas import CurriculumOut, ExtId, GroupDetail, GroupIn, GroupOut, GroupPage, Limit, Offset
 
 router = APIRouter()
+
+
+def _visible_group(view: View, group_id: str) -> Group:
+    """The group, for an admin key or a teacher key of the group (404 otherwise; 403 for
+    the other keys)."""
+    require_roles(view.principal, "admin", "teacher")
+    return learners_admin.get_group(
+        view.session, org=view.org, external_id=group_id, groups=visible_groups(view.principal)
+    )
 
 
 def _detail(session: Session, group: Group) -> GroupDetail:
@@ -46,17 +54,15 @@ def _detail(session: Session, group: Group) -> GroupDetail:
 
 
 @router.get("/groups", response_model=GroupPage, tags=["admin"])
-def list_groups(
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    limit: Limit = 100,
-    offset: Offset = 0,
-) -> GroupPage:
+def list_groups(view: ViewDep, limit: Limit = 100, offset: Offset = 0) -> GroupPage:
     """Groups by id with their sizes: all of them for an admin key, its own for a teacher."""
-    require_roles(principal, "admin", "teacher")
+    require_roles(view.principal, "admin", "teacher")
     total, rows = learners_admin.groups_page(
-        session, org=org, limit=limit, offset=offset, groups=visible_groups(principal)
+        view.session,
+        org=view.org,
+        limit=limit,
+        offset=offset,
+        groups=visible_groups(view.principal),
     )
     groups = [
         GroupOut(
@@ -71,15 +77,9 @@ def list_groups(
 
 
 @router.get("/groups/{group_id}", response_model=GroupDetail, tags=["admin"])
-def get_group(
-    group_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> GroupDetail:
+def get_group(group_id: ExtId, view: ViewDep) -> GroupDetail:
     """One group with its member ids (a teacher key sees its own groups only)."""
-    require_roles(principal, "admin", "teacher")
-    group = learners_admin.get_group(
-        session, org=org, external_id=group_id, groups=visible_groups(principal)
-    )
-    return _detail(session, group)
+    return _detail(view.session, _visible_group(view, group_id))
 
 
 @router.put(
@@ -88,23 +88,14 @@ def get_group(
     responses=created_or("Renamed"),
     tags=["admin"],
 )
-def put_group(
-    group_id: ExtId,
-    body: GroupIn,
-    response: Response,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-) -> GroupDetail:
+def put_group(group_id: ExtId, body: GroupIn, response: Response, view: ViewDep) -> GroupDetail:
     """Create a group or set its name (201 when created, 200 when updated)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
+    with admin_write(view) as session:
         group, created = learners_admin.upsert_group(
-            session, org=org, external_id=group_id, name=body.name
+            session, org=view.org, external_id=group_id, name=body.name
         )
         out = _detail(session, group)
-    if created:
-        response.status_code = status.HTTP_201_CREATED
+    mark_created(response, created)
     return out
 
 
@@ -117,51 +108,37 @@ def put_group(
 def put_members(
     group_id: ExtId,
     body: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Body()],
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
+    view: ViewDep,
 ) -> GroupDetail:
     """Replace the group's members by this list of learner ids."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        group = learners_admin.get_group(session, org=org, external_id=group_id)
-        learners_admin.set_members(session, org=org, group=group, learner_ids=body)
+    with admin_write(view) as session:
+        group = learners_admin.get_group(session, org=view.org, external_id=group_id)
+        learners_admin.set_members(session, org=view.org, group=group, learner_ids=body)
         out = _detail(session, group)
     return out
 
 
 @router.delete("/groups/{group_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
-def delete_group(
-    group_id: ExtId, request: Request, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> Response:
+def delete_group(group_id: ExtId, view: ViewDep) -> Response:
     """Delete a group (its learners stay; teacher keys lose access to it)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        learners_admin.delete_group(session, org=org, external_id=group_id)
-    forget_keys(request)  # teacher keys of the group lose it (cached principals hold its id)
+    with admin_write(view) as session:
+        learners_admin.delete_group(session, org=view.org, external_id=group_id)
+    forget_keys(view.request)  # teacher keys of the group lose it (cached principals hold its id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/groups/{group_id}/curriculum", response_model=CurriculumOut, tags=["learners"])
-def group_curriculum(
-    group_id: str,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-) -> CurriculumOut:
+def group_curriculum(group_id: str, view: ViewDep) -> CurriculumOut:
     """The designed concept order with the group's mean mastery per concept."""
-    require_roles(principal, "admin", "teacher")
-    group = learners_admin.get_group(
-        session, org=org, external_id=group_id, groups=visible_groups(principal)
-    )
+    group = _visible_group(view, group_id)
     scope = group.external_id
+    org, settings = view.org, view.settings
     n_learners, out = learners_admin.group_curriculum(
-        session,
+        view.session,
         org=org,
         group=group,
         rule=evidence_rule(org.settings, settings),
         scale=org_setting(org, settings, "mastery_scale"),
     )
-    states.keep_rebuilt_states(session)
+    states.keep_rebuilt_states(view.session)
     return CurriculumOut.model_validate({"scope": f"group {scope} ({n_learners} learners)", **out})

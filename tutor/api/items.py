@@ -10,19 +10,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Response
 
 from .. import catalogue_admin as catalogue
 from .. import operations as ops
 from ..db import Item
 from .deps import (
     CATALOGUE_READERS,
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
+    ViewDep,
+    admin_write,
     created_or,
+    mark_created,
     require_roles,
-    write_transaction,
 )
 from .schemas import ExtId, ItemIn, ItemOut, ItemPage, Limit, Offset
 
@@ -40,27 +39,25 @@ def _out(item: Item) -> ItemOut:
 
 @router.get("/items", response_model=ItemPage)
 def list_items(
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
+    view: ViewDep,
     limit: Limit = 100,
     offset: Offset = 0,
     concept: Annotated[str | None, Query(description="Only items linked to this concept")] = None,
     active: Annotated[bool | None, Query(description="Only active (or inactive) items")] = None,
 ) -> ItemPage:
     """The organisation's items by id, a page at a time."""
-    require_roles(principal, *CATALOGUE_READERS)
+    require_roles(view.principal, *CATALOGUE_READERS)
     total, rows = catalogue.items_page(
-        session, org=org, limit=limit, offset=offset, concept=concept, active=active
+        view.session, org=view.org, limit=limit, offset=offset, concept=concept, active=active
     )
     return ItemPage(total=total, limit=limit, offset=offset, items=[_out(i) for i in rows])
 
 
 @router.get("/items/{item_id}", response_model=ItemOut)
-def get_item(item_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep) -> ItemOut:
+def get_item(item_id: ExtId, view: ViewDep) -> ItemOut:
     """One item with its concepts and metadata."""
-    require_roles(principal, *CATALOGUE_READERS)
-    return _out(ops.find(session, Item, org=org, external_id=item_id))
+    require_roles(view.principal, *CATALOGUE_READERS)
+    return _out(ops.find(view.session, Item, org=view.org, external_id=item_id))
 
 
 @router.put(
@@ -72,19 +69,16 @@ def put_item(
     item_id: ExtId,
     body: ItemIn,
     response: Response,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
+    view: ViewDep,
     create_concepts: Annotated[
         bool, Query(description="Create the concepts that do not exist yet")
     ] = False,
 ) -> ItemOut:
     """Create or replace an item: its concepts, metadata and active flag are set as given."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
+    with admin_write(view) as session:
         item, created = catalogue.upsert_item(
             session,
-            org=org,
+            org=view.org,
             external_id=item_id,
             concepts=body.concepts,
             metadata=body.metadata,
@@ -92,18 +86,14 @@ def put_item(
             create_concepts=create_concepts,
         )
         out = _out(item)
-    if created:
-        response.status_code = status.HTTP_201_CREATED
+    mark_created(response, created)
     return out
 
 
 @router.delete("/items/{item_id}", response_model=ItemOut)
-def delete_item(
-    item_id: ExtId, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> ItemOut:
+def delete_item(item_id: ExtId, view: ViewDep) -> ItemOut:
     """Deactivate an item (soft delete): it is no longer recommended, and the answers that
     reference it stay valid. ``PUT`` it with ``active: true`` to bring it back."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        out = _out(catalogue.deactivate_item(session, org=org, external_id=item_id))
+    with admin_write(view) as session:
+        out = _out(catalogue.deactivate_item(session, org=view.org, external_id=item_id))
     return out

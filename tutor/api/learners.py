@@ -11,26 +11,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from .. import learners_admin, recommend, service, states
 from ..db import Learner
 from ..settings import POLICIES, evidence_rule
 from .deps import (
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
-    SettingsDep,
+    ViewDep,
+    admin_write,
     created_or,
     forget_keys,
+    mark_created,
     org_setting,
     require_roles,
     visible_groups,
     visible_learner,
-    write_transaction,
 )
 from .schemas import (
     MAX_OFFSET,
+    AtQuery,
     CurriculumOut,
     ExtId,
     History,
@@ -49,22 +48,13 @@ router = APIRouter()
 
 # ---------------------------------------------------------------------- teaching
 @router.get("/learners/{learner_id}/mastery", response_model=Mastery, tags=["learners"])
-def get_mastery(
-    learner_id: str,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-    at: Annotated[
-        Time | None,
-        Query(description="Mastery at this (future) time, for models that forget (ISO 8601)"),
-    ] = None,
-) -> Mastery:
+def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Mastery:
     """Every concept of the organisation with its status (not started, estimated from other
     concepts, learning, mastered, struggling), the learner's own answer count and the
     reported mastery: from own answers where there are any, else the model's estimate."""
+    session, org, settings = view.session, view.org, view.settings
     model = service.active_model(session, org=org)
-    learner = visible_learner(session, principal, learner_id, state_of=model)
+    learner = visible_learner(session, view.principal, learner_id, state_of=model)
     out = service.learner_mastery(
         session,
         org=org,
@@ -80,10 +70,7 @@ def get_mastery(
 @router.get("/learners/{learner_id}/next-items", response_model=NextItems, tags=["learners"])
 def next_items(
     learner_id: str,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     n: Annotated[int, Query(ge=1, le=100)] = 5,
     policy: Annotated[str | None, Query(description=f"One of {', '.join(POLICIES)}")] = None,
     target: Annotated[float | None, Query(gt=0, lt=1)] = None,
@@ -96,8 +83,9 @@ def next_items(
     ] = None,
 ) -> NextItems:
     """The next items for the learner, each with its predicted success and the reason."""
+    session, org, settings = view.session, view.org, view.settings
     model = service.active_model(session, org=org)
-    learner = visible_learner(session, principal, learner_id, state_of=model)
+    learner = visible_learner(session, view.principal, learner_id, state_of=model)
     learner_ext = learner.external_id
     lv = recommend.learner_view(
         session,
@@ -127,29 +115,23 @@ def next_items(
 @router.get("/learners/{learner_id}/history", response_model=History, tags=["learners"])
 def history(
     learner_id: str,
-    session: SessionDep,
-    principal: PrincipalDep,
+    view: ViewDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> History:
     """The learner's answers in event order, a page at a time."""
-    learner = visible_learner(session, principal, learner_id)
+    learner = visible_learner(view.session, view.principal, learner_id)
     return History.model_validate(
-        service.learner_history(session, learner=learner, limit=limit, offset=offset)
+        service.learner_history(view.session, learner=learner, limit=limit, offset=offset)
     )
 
 
 @router.get("/learners/{learner_id}/curriculum", response_model=CurriculumOut, tags=["learners"])
-def learner_curriculum(
-    learner_id: str,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-) -> CurriculumOut:
+def learner_curriculum(learner_id: str, view: ViewDep) -> CurriculumOut:
     """The designed concept order (prerequisites first) with this learner's mastery; the
     concepts already mastered are marked."""
-    learner = visible_learner(session, principal, learner_id)
+    session, org, settings = view.session, view.org, view.settings
+    learner = visible_learner(session, view.principal, learner_id)
     learner_ext = learner.external_id
     lv = recommend.learner_view(
         session,
@@ -177,30 +159,24 @@ def _out(lr: Learner) -> LearnerOut:
 
 
 @router.get("/learners", response_model=LearnerPage, tags=["admin"])
-def list_learners(
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    limit: Limit = 100,
-    offset: Offset = 0,
-) -> LearnerPage:
+def list_learners(view: ViewDep, limit: Limit = 100, offset: Offset = 0) -> LearnerPage:
     """Learners by id, a page at a time: all of them for an admin key, the learners of its
     groups for a teacher key."""
-    require_roles(principal, "admin", "teacher")
+    require_roles(view.principal, "admin", "teacher")
     total, rows = learners_admin.learners_page(
-        session,
-        org=org,
+        view.session,
+        org=view.org,
         limit=limit,
         offset=offset,
-        groups=visible_groups(principal),
+        groups=visible_groups(view.principal),
     )
     return LearnerPage(total=total, limit=limit, offset=offset, learners=[_out(r) for r in rows])
 
 
 @router.get("/learners/{learner_id}", response_model=LearnerOut, tags=["admin"])
-def get_learner(learner_id: ExtId, session: SessionDep, principal: PrincipalDep) -> LearnerOut:
+def get_learner(learner_id: ExtId, view: ViewDep) -> LearnerOut:
     """One learner (admin: any; teacher: the learners of its groups; learner: itself)."""
-    return _out(visible_learner(session, principal, learner_id))
+    return _out(visible_learner(view.session, view.principal, learner_id))
 
 
 @router.put(
@@ -210,33 +186,23 @@ def get_learner(learner_id: ExtId, session: SessionDep, principal: PrincipalDep)
     tags=["admin"],
 )
 def put_learner(
-    learner_id: ExtId,
-    body: LearnerIn,
-    response: Response,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
+    learner_id: ExtId, body: LearnerIn, response: Response, view: ViewDep
 ) -> LearnerOut:
     """Create a learner or set its name (201 when created, 200 when updated)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
+    with admin_write(view) as session:
         learner, created = learners_admin.upsert_learner(
-            session, org=org, external_id=learner_id, name=body.name
+            session, org=view.org, external_id=learner_id, name=body.name
         )
         out = _out(learner)
-    if created:
-        response.status_code = status.HTTP_201_CREATED
+    mark_created(response, created)
     return out
 
 
 @router.delete("/learners/{learner_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["admin"])
-def delete_learner(
-    learner_id: ExtId, request: Request, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> Response:
+def delete_learner(learner_id: ExtId, view: ViewDep) -> Response:
     """Delete a learner with everything of theirs: answers, model states, group memberships
     and their learner API keys (xAPI statements are kept, unlinked)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        learners_admin.delete_learner(session, org=org, external_id=learner_id)
-    forget_keys(request)  # the learner's keys are gone: no cached principal may outlive them
+    with admin_write(view) as session:
+        learners_admin.delete_learner(session, org=view.org, external_id=learner_id)
+    forget_keys(view.request)  # the learner's keys are gone: no cached principal may outlive them
     return Response(status_code=status.HTTP_204_NO_CONTENT)

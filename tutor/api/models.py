@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
 from .. import operations as ops
 from ..db import ModelVersion, Organisation
 from ..service import as_utc
-from .deps import OrgDep, PrincipalDep, SessionDep, require_roles, write_transaction
+from .deps import ViewDep, admin_write, require_roles
 from .schemas import ModelOut, RebuildOut
 
 router = APIRouter(tags=["admin"])
@@ -38,47 +38,39 @@ def _out(org: Organisation, mv: ModelVersion, states: int) -> ModelOut:
 
 
 @router.get("/models", response_model=list[ModelOut])
-def list_models(session: SessionDep, principal: PrincipalDep, org: OrgDep) -> list[ModelOut]:
+def list_models(view: ViewDep) -> list[ModelOut]:
     """The organisation's registered model versions, oldest first; ``active`` marks the one
     that serves. New versions are registered on the command line (checkpoint files)."""
-    require_roles(principal, "admin")
-    return [_out(org, mv, k) for mv, k in ops.model_versions(session, org=org)]
+    require_roles(view.principal, "admin")
+    return [_out(view.org, mv, k) for mv, k in ops.model_versions(view.session, org=view.org)]
 
 
 @router.get("/models/{model_id}", response_model=ModelOut)
-def get_model(
-    model_id: ModelId, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> ModelOut:
+def get_model(model_id: ModelId, view: ViewDep) -> ModelOut:
     """One model version."""
-    require_roles(principal, "admin")
-    return _out(org, *ops.model_version(session, org=org, model_id=model_id))
+    require_roles(view.principal, "admin")
+    return _out(view.org, *ops.model_version(view.session, org=view.org, model_id=model_id))
 
 
 @router.post("/models/{model_id}/activate", response_model=ModelOut)
-def activate_model(
-    model_id: ModelId, session: SessionDep, principal: PrincipalDep, org: OrgDep, request: Request
-) -> ModelOut:
+def activate_model(model_id: ModelId, view: ViewDep) -> ModelOut:
     """Make this version the active one (hot swap), once its checkpoint loads, matches its
     checksum and fits the organisation's catalogue (409 naming the differences otherwise).
     Learner states for it are rebuilt lazily,
     on each learner's next request, or eagerly with ``rebuild-states``; the analytics caches
     for it are filled in the background (``TUTOR_ANALYTICS_WARMUP_GROUPS``)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        out = _out(org, *ops.activate_version(session, org=org, model_id=model_id))
-    warmer = getattr(request.app.state, "analytics_warmer", None)
+    with admin_write(view) as session:
+        out = _out(view.org, *ops.activate_version(session, org=view.org, model_id=model_id))
+    warmer = getattr(view.request.app.state, "analytics_warmer", None)
     if warmer is not None:
         warmer.kick()
     return out
 
 
 @router.post("/models/{model_id}/rebuild-states", response_model=RebuildOut)
-def rebuild_states(
-    model_id: ModelId, session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> RebuildOut:
+def rebuild_states(model_id: ModelId, view: ViewDep) -> RebuildOut:
     """Rebuild every learner's state for this version now (replaying their histories), e.g.
     before activating it so that the swap costs learners nothing. Runs within the request."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        n = ops.rebuild_version_states(session, org=org, model_id=model_id)
+    with admin_write(view) as session:
+        n = ops.rebuild_version_states(session, org=view.org, model_id=model_id)
     return RebuildOut(model_id=model_id, learners=n)

@@ -15,7 +15,7 @@ from .. import operations as ops
 from ..db import Organisation
 from ..service import as_utc
 from ..settings import Settings
-from .deps import OrgDep, PrincipalDep, SessionDep, SettingsDep, require_roles, write_transaction
+from .deps import ViewDep, admin_write, require_roles
 from .schemas import OrganisationOut
 
 router = APIRouter(tags=["admin"])
@@ -35,13 +35,11 @@ def _out(org: Organisation, settings: Settings) -> OrganisationOut:
 
 
 @router.get("/organisation", response_model=OrganisationOut)
-def get_organisation(
-    principal: PrincipalDep, org: OrgDep, settings: SettingsDep
-) -> OrganisationOut:
+def get_organisation(view: ViewDep) -> OrganisationOut:
     """The caller's organisation: active model, catalogue version, recommendation settings
     (its overrides, and the values in effect)."""
-    require_roles(principal, "admin")
-    return _out(org, settings)
+    require_roles(view.principal, "admin")
+    return _out(view.org, view.settings)
 
 
 @router.patch(
@@ -57,14 +55,10 @@ def patch_settings(
             description=f"Any of {', '.join(ops.SETTING_KEYS)}; null restores the default",
         ),
     ],
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
 ) -> OrganisationOut:
     """Change some recommendation settings of the organisation (the others stay)."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
-        ops.update_settings(session, org=org, changes=body)
-        out = _out(org, settings)
+    with admin_write(view) as session:
+        ops.update_settings(session, org=view.org, changes=body)
+        out = _out(view.org, view.settings)
     return out

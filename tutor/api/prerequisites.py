@@ -10,14 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from .. import catalogue_admin as catalogue
-from .deps import (
-    CATALOGUE_READERS,
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
-    require_roles,
-    write_transaction,
-)
+from .deps import CATALOGUE_READERS, ViewDep, admin_write, require_roles
 from .schemas import PrerequisiteIO
 
 router = APIRouter(tags=["admin"])
@@ -28,12 +21,10 @@ def _out(edges: list[tuple[str, str]]) -> list[PrerequisiteIO]:
 
 
 @router.get("/prerequisites", response_model=list[PrerequisiteIO])
-def get_prerequisites(
-    session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> list[PrerequisiteIO]:
+def get_prerequisites(view: ViewDep) -> list[PrerequisiteIO]:
     """The organisation's prerequisite graph: one edge per (prerequisite, concept) pair."""
-    require_roles(principal, *CATALOGUE_READERS)
-    return _out(catalogue.prerequisite_edges(session, org=org))
+    require_roles(view.principal, *CATALOGUE_READERS)
+    return _out(catalogue.prerequisite_edges(view.session, org=view.org))
 
 
 @router.put(
@@ -41,14 +32,11 @@ def get_prerequisites(
     response_model=list[PrerequisiteIO],
     responses={422: {"description": "Unknown concept or a cycle (named); nothing changed"}},
 )
-def put_prerequisites(
-    body: list[PrerequisiteIO], session: SessionDep, principal: PrincipalDep, org: OrgDep
-) -> list[PrerequisiteIO]:
+def put_prerequisites(body: list[PrerequisiteIO], view: ViewDep) -> list[PrerequisiteIO]:
     """Replace the whole prerequisite graph (an empty list removes it). An unknown concept or
     a cycle is a 422 naming it, and the graph stays as it was."""
-    require_roles(principal, "admin")
-    with write_transaction(session):
+    with admin_write(view) as session:
         edges = catalogue.replace_prerequisites(
-            session, org=org, edges=[(e.prerequisite, e.concept) for e in body]
+            session, org=view.org, edges=[(e.prerequisite, e.concept) for e in body]
         )
     return _out(edges)

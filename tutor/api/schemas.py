@@ -44,6 +44,11 @@ ExtId = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Rows to skip")]
+#: ``at``: the time of the estimates (models that forget move them with time)
+AtQuery = Annotated[
+    Time | None,
+    Query(description="Mastery at this (future) time, for models that forget (ISO 8601)"),
+]
 
 
 def unstorable_text(doc: Any) -> str | None:

@@ -40,10 +40,8 @@ from ..db import GroupMembership, Interaction, Learner, Organisation, XAPIStatem
 from ..security import Principal
 from ..settings import Settings, evidence_rule
 from .deps import (
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
-    SettingsDep,
+    View,
+    ViewDep,
     commit_with_retries,
     detail_response,
     limit_batch,
@@ -166,14 +164,9 @@ def _prepare(raw: list[Any]) -> list[tuple[dict[str, Any], mapping.XAPIAnswer | 
     return out
 
 
-def _store(
-    session: Session,
-    *,
-    org_id: int,
-    settings: Settings,
-    prepared: list[tuple[dict[str, Any], mapping.XAPIAnswer | None]],
-) -> None:
+def _store(view: View, prepared: list[tuple[dict[str, Any], mapping.XAPIAnswer | None]]) -> None:
     """Store the statements and record their answers in one transaction (committed here)."""
+    session, org_id = view.session, view.org.id
     # a concurrent request that stored the same statement (or answer, or learner) first is
     # seen by the next attempt's comparison with what is stored
     commit_with_retries(
@@ -181,7 +174,7 @@ def _store(
         lambda _: _store_once(
             session,
             org=session.get(Organisation, org_id),
-            settings=settings,
+            settings=view.settings,
             prepared=prepared,
         ),
     )
@@ -288,13 +281,7 @@ def _store_once(
     },
     openapi_extra=_body_doc("One statement or an array of statements"),
 )
-def post_statements(
-    body: JsonBody,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-) -> JSONResponse:
+def post_statements(body: JsonBody, view: ViewDep) -> JSONResponse:
     """Store one statement or an array of them (xAPI 1.0.3 Communication §2.1.2 POST
     Statements); returns the array of their ids, in order.
 
@@ -305,7 +292,7 @@ def post_statements(
     id), unknown learners and items as the settings ``auto_create_learners`` /
     ``auto_create_items`` say (404 otherwise).
     """
-    require_roles(principal, "admin", "ingest")
+    require_roles(view.principal, "admin", "ingest")
     if isinstance(body, dict):
         raw = [body]
     elif isinstance(body, list):
@@ -314,9 +301,9 @@ def post_statements(
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, "expected a statement or an array of statements"
         )
-    limit_batch(len(raw), "statements", settings)
+    limit_batch(len(raw), "statements", view.settings)
     prepared = _prepare(raw)
-    _store(session, org_id=org.id, settings=settings, prepared=prepared)
+    _store(view, prepared)
     return JSONResponse([st["id"] for st, _ in prepared])
 
 
@@ -332,15 +319,12 @@ def post_statements(
 )
 def put_statement(
     body: JsonBody,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
     statement_id: Annotated[str, Query(alias="statementId")],
 ) -> Response:
     """Store one statement under ``statementId`` (xAPI 1.0.3 Communication §2.1.1 PUT
     Statements): 204; the same replay and conflict rules as POST."""
-    require_roles(principal, "admin", "ingest")
+    require_roles(view.principal, "admin", "ingest")
     if not mapping.is_uuid(statement_id):
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"statementId {statement_id!r}: not a UUID"
@@ -355,8 +339,7 @@ def put_statement(
             status.HTTP_400_BAD_REQUEST,
             f"statement 0: id: {body_id!r} is not the statementId {statement_id!r}",
         )
-    prepared = _prepare([{**body, "id": statement_id}])
-    _store(session, org_id=org.id, settings=settings, prepared=prepared)
+    _store(view, _prepare([{**body, "id": statement_id}]))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -431,10 +414,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     },
 )
 def get_statements(
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
+    view: ViewDep,
     statement_id: Annotated[str | None, Query(alias="statementId")] = None,
     voided_statement_id: Annotated[str | None, Query(alias="voidedStatementId")] = None,
     agent: Annotated[str | None, Query(description="Agent JSON; matched on the actor")] = None,
@@ -458,6 +438,7 @@ def get_statements(
     as actor only, not as object), ``verb`` (the IRI), ``since`` (stored after, exclusive) and
     ``until`` (stored at or before), at most ``limit`` (default 100, at most 500).
     """
+    request, session, principal, org = view.request, view.session, view.principal, view.org
     require_roles(principal, "admin", "teacher", "learner")
     params = request.query_params
     if statement_id is not None or voided_statement_id is not None:
