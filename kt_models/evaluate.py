@@ -233,6 +233,53 @@ def opportunity_index(learner: np.ndarray, concept: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class CurveCounts:
+    """Per (concept, opportunity ``k``): ``n[c, k - 1]`` answers, ``wrong`` of them wrong,
+    ``n_pred`` with a prediction and ``pred_wrong`` their summed predicted error."""
+
+    n: np.ndarray  # [C, K]
+    wrong: np.ndarray  # [C, K]
+    n_pred: np.ndarray  # [C, K]
+    pred_wrong: np.ndarray  # [C, K]
+
+
+def curve_counts(
+    concept: np.ndarray,
+    opportunity: np.ndarray,
+    correct: np.ndarray,
+    p: np.ndarray,
+    *,
+    n_concepts: int,
+    max_opportunity: int,
+) -> CurveCounts:
+    """The counts behind DataShop-style learning curves, the one computation the report and
+    the service's analytics share. Rows are (answer, concept of its item) pairs:
+    ``concept`` in ``0..n_concepts-1``, 1-based ``opportunity`` (see
+    :func:`opportunity_index`), ``correct`` 0/1 and ``p`` the predicted success (nan: no
+    prediction, e.g. a learner's first answer in the evaluation protocol). The observed error
+    counts every answer; the predicted error the answers with a prediction. Opportunities
+    beyond ``max_opportunity`` are left out."""
+    concept, opportunity = np.asarray(concept, np.int64), np.asarray(opportunity, np.int64)
+    p = np.asarray(p, np.float64)
+    keep = (opportunity >= 1) & (opportunity <= max_opportunity)
+    key = concept[keep] * max_opportunity + opportunity[keep] - 1
+    size = n_concepts * max_opportunity
+    wrong = 1.0 - np.asarray(correct, np.float64)[keep]
+    pk = p[keep]
+    known = ~np.isnan(pk)
+
+    def count(k: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(k, weights=w, minlength=size).reshape(n_concepts, max_opportunity)
+
+    return CurveCounts(
+        n=count(key),
+        wrong=count(key, wrong),
+        n_pred=count(key[known]),
+        pred_wrong=count(key[known], 1.0 - pk[known]),
+    )
+
+
 def learning_curves(
     answers: Answers,
     item_concepts: np.ndarray,
@@ -242,11 +289,12 @@ def learning_curves(
     max_opportunity: int = 20,
     min_count: int = 5,
 ) -> list[dict[str, Any]]:
-    """Error rate by opportunity, observed and predicted, of the most practised concepts.
+    """Error rate by opportunity, observed and predicted, of the most practised concepts
+    (:func:`curve_counts`).
 
-    Each answer counts once for each of its item's concepts. Opportunities are counted over
-    all answers; error rates over the scored ones; an opportunity with fewer than
-    ``min_count`` scored answers is left out.
+    Each answer counts once for each of its item's concepts. The observed error counts every
+    answer, the predicted error the scored ones; an opportunity with fewer than
+    ``min_count`` answers is left out.
     """
     q = np.asarray(item_concepts)[answers.item]  # [N, K]
     row = np.repeat(np.arange(len(answers.item)), q.shape[1])
@@ -259,24 +307,26 @@ def learning_curves(
     counts = np.bincount(concept, minlength=len(concept_names) + 1)
     counts[0] = 0
     top = [int(c) for c in np.argsort(-counts, kind="stable")[:n_concepts] if counts[c] > 0]
-    scored = answers.scored[row]
+    cc = curve_counts(
+        concept,
+        opp,
+        answers.y[row],
+        answers.p[row],
+        n_concepts=len(concept_names) + 1,
+        max_opportunity=max_opportunity,
+    )
     curves = []
     for c in top:
-        m = (concept == c) & scored & (opp <= max_opportunity)
-        k = opp[m]
-        n = np.bincount(k, minlength=max_opportunity + 1)
-        err = np.bincount(k, weights=1.0 - answers.y[row[m]], minlength=max_opportunity + 1)
-        perr = np.bincount(k, weights=1.0 - answers.p[row[m]], minlength=max_opportunity + 1)
-        ok = np.flatnonzero(n >= min_count)
-        ok = ok[ok > 0]
+        n, n_pred = cc.n[c], cc.n_pred[c]
+        ok = np.flatnonzero((n >= min_count) & (n_pred > 0))
         curves.append(
             {
                 "concept": str(concept_names[c - 1]),
                 "answers": int(counts[c]),
-                "opportunity": ok.tolist(),
-                "n": n[ok].tolist(),
-                "observed_error": (err[ok] / n[ok]).tolist(),
-                "predicted_error": (perr[ok] / n[ok]).tolist(),
+                "opportunity": (ok + 1).tolist(),
+                "n": n[ok].astype(np.int64).tolist(),
+                "observed_error": (cc.wrong[c][ok] / n[ok]).tolist(),
+                "predicted_error": (cc.pred_wrong[c][ok] / n_pred[ok]).tolist(),
             }
         )
     return curves

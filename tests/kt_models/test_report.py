@@ -15,6 +15,7 @@ from kt_models.base import load_checkpoint, prediction_mask
 from kt_models.data import load_sequences, make_batch, split_learners
 from kt_models.evaluate import (
     auc_by_position,
+    curve_counts,
     learning_curves,
     opportunity_index,
     position_buckets,
@@ -146,12 +147,31 @@ def test_learning_curves_count_multi_concept_answers():
         p=np.array([np.nan, 0.6, 0.8, np.nan, 0.5]),
     )
     curves = {c["concept"]: c for c in learning_curves(a, q, ["A", "B"], min_count=1)}
-    # concept A: learner 0 opportunities 1, 2, 3; learner 1: 1, 2 (first answers unscored)
+    # concept A: learner 0 opportunities 1, 2, 3; learner 1: 1, 2 (first answers unscored:
+    # opportunity 1 has no prediction, so no point)
     assert curves["A"]["answers"] == 5
     assert curves["A"]["opportunity"] == [2, 3]
     assert curves["A"]["observed_error"] == [0.0, 0.0]
     assert curves["A"]["predicted_error"] == pytest.approx([(0.4 + 0.5) / 2, 0.2])
-    assert curves["B"]["opportunity"] == [1] and curves["B"]["n"] == [1]
+    # concept B, opportunity 1: both learners' answers observed, one of them predicted
+    assert curves["B"]["opportunity"] == [1] and curves["B"]["n"] == [2]
+    assert curves["B"]["observed_error"] == [0.5]
+    assert curves["B"]["predicted_error"] == pytest.approx([0.4])
+
+
+def test_curve_counts_observed_over_all_answers_predicted_over_the_scored():
+    cc = curve_counts(
+        np.array([0, 0, 1, 0]),
+        np.array([1, 2, 1, 3]),
+        np.array([0, 1, 1, 1]),
+        np.array([np.nan, 0.75, 0.5, 0.9]),
+        n_concepts=2,
+        max_opportunity=2,
+    )
+    assert cc.n.tolist() == [[1, 1], [1, 0]]  # opportunity 3 is beyond the maximum
+    assert cc.wrong.tolist() == [[1, 0], [0, 0]]
+    assert cc.n_pred.tolist() == [[0, 1], [1, 0]]
+    assert cc.pred_wrong == pytest.approx(np.array([[0.0, 0.25], [0.5, 0.0]]))
 
 
 def test_next_step_answers_align_with_rows(runs):

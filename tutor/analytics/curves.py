@@ -1,6 +1,7 @@
 """Learning curves (:func:`learning_curves`): per concept, the error rate by practice
 opportunity, observed (with its Wilson interval) and predicted by the model before each
-answer, from the group's replay (:mod:`tutor.analytics.replay`)."""
+answer, from the group's replay (:mod:`tutor.analytics.replay`); the counts are
+:func:`kt_models.evaluate.curve_counts`, the ones ``tutor report`` draws."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
+
+from kt_models.evaluate import curve_counts
 
 from ..db import Group, Organisation
 from .cache import setting
@@ -41,35 +44,34 @@ def learning_curves(
         positions = [int(p) for p in rank if practised[p]]
     else:
         positions = _concept_positions(ctx, concepts)
-    sel = st.e_opp <= max_opportunity
-    c, o, r = st.e_concept[sel], st.e_opp[sel] - 1, st.e_row[sel]
-    key = c * max_opportunity + o
-    size = n_c * max_opportunity
-    n = np.bincount(key, minlength=size)
-    ok = np.bincount(key, weights=rep.correct[r], minlength=size)
-    p = rep.p[r]
-    known = ~np.isnan(p)
-    pn = np.bincount(key[known], minlength=size)
-    ps = np.bincount(key[known], weights=p[known].astype(np.float64), minlength=size)
+    cc = curve_counts(
+        st.e_concept,
+        st.e_opp,
+        rep.correct[st.e_row],
+        rep.p[st.e_row],
+        n_concepts=n_c,
+        max_opportunity=max_opportunity,
+    )
     curves = []
     for pos in positions:
         pts, hidden = [], 0
+        n, wrong = cc.n[pos], cc.wrong[pos]
         for k in range(max_opportunity):
-            i = pos * max_opportunity + k
-            if n[i] == 0:
+            if n[k] == 0:
                 continue
-            if n[i] < min_learners:
+            if n[k] < min_learners:
                 hidden += 1
                 continue
-            lo, hi = wilson(n[i] - ok[i], n[i])
+            lo, hi = wilson(wrong[k], n[k])
+            pred = cc.pred_wrong[pos, k] / cc.n_pred[pos, k] if cc.n_pred[pos, k] else None
             pts.append(
                 {
                     "opportunity": k + 1,
-                    "learners": int(n[i]),
-                    "observed_error": _rnd(1.0 - ok[i] / n[i]),
+                    "learners": int(n[k]),
+                    "observed_error": _rnd(wrong[k] / n[k]),
                     "observed_low": _rnd(lo),
                     "observed_high": _rnd(hi),
-                    "predicted_error": _rnd(1.0 - ps[i] / pn[i]) if pn[i] else None,
+                    "predicted_error": _rnd(pred),
                 }
             )
         curves.append(
