@@ -71,6 +71,16 @@ def _serve(model, batch: Batch) -> torch.Tensor:
     return out
 
 
+def _fit(model, batch: Batch, lr: float, steps: int) -> None:
+    """Full-batch Adam on the model's own loss (the recovery tests)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model.loss(batch, model(batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 # ---------------------------------------------------------------------------- BKT
 def test_bkt_filter_matches_hand_computation():
     # items 1, 2: concept 1; item 3: concepts 1 and 2
@@ -189,13 +199,7 @@ def test_bkt_recovers_simulated_parameters():
     answers = _simulate_bkt(rng, 400, 25, **truth)
     vocab = _vocab([[1]], 1)
     model = build_model("bkt", vocab, make_config("bkt", {"item_params": False}))
-    batch = _batch([[1] * 25] * 400, answers.tolist())
-    opt = torch.optim.Adam(model.parameters(), lr=0.15)
-    for _ in range(60):
-        loss = model.loss(batch, model(batch))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, _batch([[1] * 25] * 400, answers.tolist()), lr=0.15, steps=60)
     got = {k: float(v[1].detach()) for k, v in model.probs().items()}
     for k in ("learn", "guess", "slip"):
         assert abs(got[k] - truth[k]) < 0.1, (k, got)
@@ -278,13 +282,7 @@ def test_logistic_recovers_item_difficulty_order():
     answers = (rng.random(p.shape) < p).astype(int)
     vocab = _vocab([[1]] * n_items, 1)
     model = build_model("logistic", vocab)
-    batch = _batch((items + 1).tolist(), answers.tolist())
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(200):
-        loss = model.loss(batch, model(batch))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, _batch((items + 1).tolist(), answers.tolist()), lr=0.05, steps=200)
     got = model.difficulty.detach()[1:].numpy()
     rank = np.argsort(np.argsort(got))
     assert np.corrcoef(rank, np.arange(n_items))[0, 1] > 0.95, got

@@ -13,8 +13,14 @@ from tutor.cli import app
 runner = CliRunner()
 
 
+def _train(model: str, data, out, *options: str):
+    """``tutor train -m MODEL -d DATA -O OUT OPTIONS...`` through the CLI runner."""
+    return runner.invoke(app, ["train", "-m", model, "-d", str(data), "-O", str(out), *options])
+
+
 def test_train_then_evaluate_writes_results(skill_dataset, tmp_path):
     run = tmp_path / "run"
+    # the long option names, on purpose: the other tests use the short ones through _train
     r = runner.invoke(
         app,
         [
@@ -51,20 +57,9 @@ def test_train_then_evaluate_writes_results(skill_dataset, tmp_path):
 
 def test_resume_continues_the_epoch_count(skill_dataset, tmp_path):
     run = tmp_path / "run"
-    base = [
-        "train",
-        "-m",
-        "logistic",
-        "-d",
-        str(skill_dataset),
-        "-O",
-        str(run),
-        "-q",
-        "--patience",
-        "10",
-    ]
-    assert runner.invoke(app, [*base, "--epochs", "2"]).exit_code == 0
-    r = runner.invoke(app, [*base, "--epochs", "3", "--resume"])
+    base = ("logistic", skill_dataset, run, "-q", "--patience", "10")
+    assert _train(*base, "--epochs", "2").exit_code == 0
+    r = _train(*base, "--epochs", "3", "--resume")
     assert r.exit_code == 0, r.output
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
@@ -72,84 +67,38 @@ def test_resume_continues_the_epoch_count(skill_dataset, tmp_path):
 
 def test_early_stopping(skill_dataset, tmp_path):
     run = tmp_path / "run"
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "-m",
-            "logistic",
-            "-d",
-            str(skill_dataset),
-            "-O",
-            str(run),
-            "-q",
-            "--epochs",
-            "10",
-            "--patience",
-            "1",
-            "--lr",
-            "0",
-        ],
-    )
+    options = ["-q", "--epochs", "10", "--patience", "1", "--lr", "0"]
+    r = _train("logistic", skill_dataset, run, *options)
     assert r.exit_code == 0, r.output
     # with a zero learning rate the validation AUC never improves after epoch 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_unknown_model_and_option(skill_dataset, tmp_path):
-    r = runner.invoke(
-        app, ["train", "-m", "nope", "-d", str(skill_dataset), "-O", str(tmp_path / "r"), "-q"]
-    )
+    r = _train("nope", skill_dataset, tmp_path / "r", "-q")
     assert r.exit_code == 2 and "unknown model 'nope'" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "-m",
-            "dkt",
-            "-d",
-            str(skill_dataset),
-            "-O",
-            str(tmp_path / "r"),
-            "-q",
-            "--set",
-            "colour=red",
-        ],
-    )
+    r = _train("dkt", skill_dataset, tmp_path / "r", "-q", "--set", "colour=red")
     assert r.exit_code == 2 and "no option 'colour'" in r.output
 
 
 def test_train_with_progress_bars(skill_dataset, tmp_path):
     """Without -q the epoch progress bars (rich, data_loaders.progress) are drawn."""
-    r = runner.invoke(
-        app,
-        [
-            "train",
-            "-m",
-            "dkt",
-            "-d",
-            str(skill_dataset),
-            "-O",
-            str(tmp_path / "r"),
-            "--epochs",
-            "1",
-        ],
-    )
+    r = _train("dkt", skill_dataset, tmp_path / "r", "--epochs", "1")
     assert r.exit_code == 0, r.output
     assert "best validation AUC" in r.output
 
 
 def test_resume_from_truncated_last_pt_is_a_clear_error(skill_dataset, tmp_path):
     run = tmp_path / "run"
-    base = ["train", "-m", "logistic", "-d", str(skill_dataset), "-O", str(run), "-q"]
-    assert runner.invoke(app, [*base, "--epochs", "1"]).exit_code == 0
+    base = ("logistic", skill_dataset, run, "-q")
+    assert _train(*base, "--epochs", "1").exit_code == 0
     last = run / "last.pt"
     # what --resume reads is plain data: it loads without unpickling objects
     state = torch.load(last, weights_only=True)
     assert state["epoch"] == 1 and isinstance(state["best_auc"], float)
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
-    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    r = _train(*base, "--epochs", "2", "--resume")
     assert r.exit_code == 2, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
     out = " ".join(r.output.split())  # the console wraps long lines
@@ -158,21 +107,21 @@ def test_resume_from_truncated_last_pt_is_a_clear_error(skill_dataset, tmp_path)
     assert "Traceback" not in r.output
     # not a checkpoint at all: the same kind of message
     torch.save({"model": "logistic"}, last)
-    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    r = _train(*base, "--epochs", "2", "--resume")
     assert r.exit_code == 2 and "not a training checkpoint" in " ".join(r.output.split())
     # an object that unpickling would have to build (weights_only refuses it): named, no code run
     torch.save({**state, "best_auc": np.float64(0.5)}, last)
-    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    r = _train(*base, "--epochs", "2", "--resume")
     assert r.exit_code == 2 and "run code to build" in " ".join(r.output.split())
     # without --resume the run starts over and replaces it
-    assert runner.invoke(app, [*base, "--epochs", "1"]).exit_code == 0
+    assert _train(*base, "--epochs", "1").exit_code == 0
     assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
 def test_resume_with_other_model_options_is_a_clear_error(skill_dataset, tmp_path):
     run = tmp_path / "run"
-    base = ["train", "-m", "dkt", "-d", str(skill_dataset), "-O", str(run), "-q"]
-    assert runner.invoke(app, [*base, "--epochs", "1", "--set", "hidden=16"]).exit_code == 0
-    r = runner.invoke(app, [*base, "--epochs", "2", "--set", "hidden=32", "--resume"])
+    base = ("dkt", skill_dataset, run, "-q")
+    assert _train(*base, "--epochs", "1", "--set", "hidden=16").exit_code == 0
+    r = _train(*base, "--epochs", "2", "--set", "hidden=32", "--resume")
     assert r.exit_code == 2, r.output
     assert "do not fit this dkt model" in " ".join(r.output.split())

@@ -35,13 +35,22 @@ ANSWERS = [
 ]
 ITEM_CONCEPTS = {"i0": ["c0", "c1"], "i1": ["c0"], "i5": ["c1", "c2"], "i6": ["c1"]}
 
+# who may read a group's routes: (key, group) -> status (test_teaching.py uses it too)
+GROUP_ACCESS = {
+    ("admin", "g1"): 200,
+    ("admin", "g2"): 200,
+    ("teacher", "g1"): 200,
+    ("teacher", "g2"): 404,  # not its group
+    ("admin", "nope"): 404,
+    ("learner", "g1"): 403,
+    ("ingest", "g1"): 403,
+    ("other_admin", "g1"): 404,  # another organisation
+}
 
-@pytest.fixture
-def posted(client, world):
-    from tutor.analytics import clear_caches
 
-    clear_caches()
-    batch = [
+def answer_batch(answers) -> list[dict]:
+    """The ``/v1/answers`` batch of ``(event, learner, item, correct, "HH:MM")`` rows."""
+    return [
         {
             "event_id": e,
             "learner_id": u,
@@ -49,8 +58,16 @@ def posted(client, world):
             "correct": c,
             "timestamp": f"2024-03-01T{t}:00Z",
         }
-        for e, u, i, c, t in ANSWERS
+        for e, u, i, c, t in answers
     ]
+
+
+@pytest.fixture
+def posted(client, world):
+    from tutor.analytics import clear_caches
+
+    clear_caches()
+    batch = answer_batch(ANSWERS)
     # out of order on purpose: the service orders by timestamp
     r = client.post("/v1/answers", json={"answers": batch[::-1]}, headers=world.headers("ingest"))
     assert r.status_code == 201, r.text
@@ -545,22 +562,10 @@ def test_model_card_psikt_with_results(client, world, psikt_run, tmp_path):
         org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
         ops.register_model(s, org=org, run_dir=run, activate=True)
     engine.dispose()
-    batch = [
-        {
-            "event_id": e,
-            "learner_id": u,
-            "item_id": i,
-            "correct": c,
-            "timestamp": f"2024-03-01T{t}:00Z",
-        }
-        for e, u, i, c, t in ANSWERS
-    ]
-    assert (
-        client.post(
-            "/v1/answers", json={"answers": batch}, headers=world.headers("ingest")
-        ).status_code
-        == 201
+    r = client.post(
+        "/v1/answers", json={"answers": answer_batch(ANSWERS)}, headers=world.headers("ingest")
     )
+    assert r.status_code == 201, r.text
     h = world.headers("admin")
     card = client.get("/v1/analytics/model-card", headers=h).json()
     assert card["model"]["name"] == "psikt" and card["model"]["forgets"] is True
@@ -608,18 +613,8 @@ def test_access_rules(posted, world):
         "/v1/analytics/groups/{g}/items",
         "/v1/analytics/groups/{g}/at-risk",
     ]
-    expect = {
-        ("admin", "g1"): 200,
-        ("admin", "g2"): 200,
-        ("teacher", "g1"): 200,
-        ("teacher", "g2"): 404,  # not its group
-        ("admin", "nope"): 404,
-        ("learner", "g1"): 403,
-        ("ingest", "g1"): 403,
-        ("other_admin", "g1"): 404,  # another organisation
-    }
     for route in group_routes:
-        for (who, g), code in expect.items():
+        for (who, g), code in GROUP_ACCESS.items():
             r = posted.get(route.format(g=g), headers=world.headers(who))
             assert r.status_code == code, (route, who, g, r.text)
     timeline = "/v1/analytics/learners/{u}/timeline"

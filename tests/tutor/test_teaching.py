@@ -30,7 +30,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.tutor.test_analytics import _set_org_settings
+from tests.tutor.test_analytics import GROUP_ACCESS, _set_org_settings, answer_batch
 
 ANSWERS = [
     ("a1", "u0", "i0", 1, "10:00"),
@@ -58,11 +58,7 @@ def taught(client, world):
     # the organisation's display name (``display_name`` is the same field as ``name``)
     r = client.put("/v1/learners/u0", json={"display_name": "Ada"}, headers=h)
     assert r.status_code == 200 and r.json()["name"] == "Ada", r.text
-    batch = [
-        {"event_id": e, "learner_id": u, "item_id": i, "correct": c}
-        | {"timestamp": f"2024-03-01T{t}:00Z"}
-        for e, u, i, c, t in ANSWERS
-    ]
+    batch = answer_batch(ANSWERS)
     r = client.post("/v1/answers", json={"answers": batch}, headers=world.headers("ingest"))
     assert r.status_code == 201, r.text
     return client
@@ -315,18 +311,8 @@ def test_small_numbers_are_hidden_by_default(taught, world):
 
 def test_teacher_routes_access_rules(taught, world):
     routes = ["students", "reteach", "suggested-groups"]
-    expect = {
-        ("admin", "g1"): 200,
-        ("admin", "g2"): 200,
-        ("teacher", "g1"): 200,
-        ("teacher", "g2"): 404,  # not its group
-        ("admin", "nope"): 404,
-        ("learner", "g1"): 403,
-        ("ingest", "g1"): 403,
-        ("other_admin", "g1"): 404,  # another organisation
-    }
     for route in routes:
-        for (who, g), code in expect.items():
+        for (who, g), code in GROUP_ACCESS.items():
             for fmt in ("", "?format=csv"):
                 url = f"/v1/analytics/groups/{g}/{route}{fmt}"
                 r = taught.get(url, headers=world.headers(who))
