@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 Log = Callable[[str], None]
 
@@ -121,16 +122,24 @@ def scratch_database(kind: str, *, pg: str, folder: Path, prefix: str) -> Iterat
     try:
         yield make_url(pg).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as c:
-            c.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :n AND pid <> pg_backend_pid()"
-                ),
-                {"n": name},
-            )
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        drop_postgres_database(admin, name)
         admin.dispose()
 
 
-__all__ = ["DatabaseUnavailable", "World", "scratch_database"]
+def drop_postgres_database(admin: Any, name: str) -> None:
+    """End the connections to database ``name`` and drop it (``admin``: an AUTOCOMMIT
+    engine on the server)."""
+    from sqlalchemy import text
+
+    with admin.connect() as c:
+        c.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
+            {"n": name},
+        )
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+__all__ = ["DatabaseUnavailable", "World", "drop_postgres_database", "scratch_database"]

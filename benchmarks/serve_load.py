@@ -61,7 +61,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_world import World  # noqa: E402 - after the path set-up
+from bench_world import World, drop_postgres_database  # noqa: E402 - after the path set-up
 
 PG_URL = os.environ.get("TUTOR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = ROOT / "runs" / "serve_load"
@@ -84,20 +84,6 @@ def _pg_admin(pg: str):  # noqa: ANN202
     return create_engine(pg, isolation_level="AUTOCOMMIT")
 
 
-def _pg_drop(admin, name: str) -> None:  # noqa: ANN001
-    from sqlalchemy import text
-
-    with admin.connect() as c:
-        c.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :n AND pid <> pg_backend_pid()"
-            ),
-            {"n": name},
-        )
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-
-
 def create_database(db: str, pg: str) -> str:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
@@ -109,7 +95,7 @@ def create_database(db: str, pg: str) -> str:
         return f"sqlite:///{folder / 'tutor.db'}"
     admin = _pg_admin(pg)
     try:
-        _pg_drop(admin, PG_DB)
+        drop_postgres_database(admin, PG_DB)
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{PG_DB}"'))
     finally:
@@ -123,7 +109,7 @@ def drop_database(db: str, pg: str) -> None:
         return
     admin = _pg_admin(pg)
     try:
-        _pg_drop(admin, PG_DB)
+        drop_postgres_database(admin, PG_DB)
     finally:
         admin.dispose()
 
