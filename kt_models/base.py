@@ -56,6 +56,11 @@ class KTModel(nn.Module):
     #: whether predictions tell apart the items of one concept (an item-level model); for a
     #: concept-level model the service adds item difficulty estimated from the data
     item_aware: ClassVar[bool] = False
+    #: whether predictions depend on an item only through its set of concepts (no item
+    #: term at all): the service then predicts once per distinct concept set instead of once
+    #: per item (``tutor.runtime.ConceptSets``); a model with any per-item parameter (PSI-KT's
+    #: and BKT's difficulties, the logistic model) leaves it False
+    concept_level: ClassVar[bool] = False
     #: the Adam learning rate ``tutor train`` uses unless told otherwise
     default_lr: ClassVar[float] = 2e-3
     #: the Adam L2 weight decay ``tutor train`` uses unless told otherwise

@@ -170,6 +170,7 @@ class _Block3D(nn.Module):
 @register
 class CAKT(KTModel):
     name = "cakt"
+    concept_level = True  # the readout is per concept; an item is its concepts
     config_class = CAKTConfig
     #: L2 weight decay of its Adam (the paper is silent; DKT's default is the same): CAKT
     #: overfits ASSIST2015 from the 4th epoch without it; 1e-5 moves the best validation AUC

@@ -62,6 +62,7 @@ class DKT(KTModel):
     """DKT: an LSTM over (concept, correct) embeddings, one logit per concept."""
 
     name = "dkt"
+    concept_level = True  # the readout is per concept; an item is its concepts
     config_class = DKTConfig
     default_lr = 1e-3
     default_weight_decay = 1e-5

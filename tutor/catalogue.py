@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,12 @@ class Catalogue:
     def name(self, pos: int) -> str:
         """A concept's name for a teacher ("concept <id>" where it has none)."""
         return self.concept_name[pos] or f"concept {self.concept_ext[pos]}"
+
+    @cached_property
+    def concepts_by_id(self) -> tuple[ConceptRef, ...]:
+        """Every concept, ordered by external id (how ``/mastery`` lists them)."""
+        order = sorted(range(len(self.concept_ext)), key=self.concept_ext.__getitem__)
+        return tuple(ConceptRef(self.concept_ext[k], self.concept_name[k]) for k in order)
 
 
 #: the per-process cache: (database scope, organisation id) -> its catalogue (the latest

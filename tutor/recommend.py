@@ -133,6 +133,7 @@ def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     view = {
         "edges": np.array(gates, dtype=np.int64).reshape(-1, 2),
         "item_idx": item_idx,
+        "item_sig": model.sets.item_sig[item_idx],
         "concept_idx": concept_idx,
         "curriculum": curriculum,
         "curriculum_pos": cur_pos,
@@ -180,13 +181,14 @@ def learner_view(
     now = as_utc(at) or utcnow()
     first = as_utc(learner.first_seen)
     t_now = model.time_value(now, first, learner.n_answers) if model.forgets and first else None
-    # one prediction over every item the model knows (index 0: items it was not trained on),
-    # read both per catalogue item and as concept estimates
-    p_all = model.predict_all(state, t_now)
-    p_items = p_all[view["item_idx"]] if len(cat.item_ext) else np.zeros(0)
+    # one prediction per concept set the model knows (per item for an item-aware model;
+    # set 0 holds the items it was not trained on), read both per catalogue item and as
+    # concept estimates
+    p_sets = model.predict_sets(state, t_now)
+    p_items = p_sets[view["item_sig"]] if len(cat.item_ext) else np.zeros(0)
     if len(p_items) and not view["item_aware"]:
         p_items = _shifted(p_items, cat.item_offset)
-    full = model.mastery_from(p_all)
+    full = model.mastery_from(p_sets)
     if scale == "reachable":
         full = model.scaled_mastery(full)
     cidx = view["concept_idx"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from kt_models.base import CheckpointError, KTModel, load_checkpoint
 
@@ -28,6 +29,86 @@ SECONDS_PER_DAY = 86400.0
 #: has just answered this many in a row correctly (ASSISTments' skill-builder mastery
 #: criterion) has mastery 1
 REFERENCE_STREAK = 3
+
+
+@dataclass(frozen=True)
+class ConceptSets:
+    """How a model's items read as concepts, built once per model version, sparse so that no
+    read grows with the catalogue's items x concepts.
+
+    A concept-level model (``KTModel.concept_level``) predicts the same for every item with
+    the same set of concepts, so predictions are made once per distinct concept set (its
+    *signature*; the catalogue's 50,000 items over 500 single concepts are 500 signatures) and
+    read per item through ``item_sig``. For any other model every item is its own
+    signature. A concept's mastery is the mean predicted success over its items:
+    ``weights @ p_sig``, ``weights`` ``[C + 1, S]`` sparse (the share of the concept's items
+    that carry each signature).
+    """
+
+    #: [S] a model item index of each signature (its first item)
+    sig_item: np.ndarray
+    #: [n_items + 1] the signature of each model item (item 0: the model's unknown item)
+    item_sig: np.ndarray
+    #: [C + 1, S] sparse (scipy CSR), float32: concept mastery = weights @ p_sig
+    weights: sparse.csr_matrix
+    #: concept c's model items: ``concept_item[concept_start[c]:concept_start[c + 1]]``
+    concept_start: np.ndarray
+    concept_item: np.ndarray
+
+    @classmethod
+    def build(cls, item_concepts: np.ndarray, per_set: bool) -> ConceptSets:
+        """From the vocabulary's ``[n_items + 1, K]`` concept table (0: none); ``per_set``:
+        one signature per distinct concept set (a concept-level model), else one per item."""
+        q = np.asarray(item_concepts, dtype=np.int64)
+        n_items1, n_c1 = q.shape[0], int(q.max(initial=0)) + 1
+        # the signature: the item's concept entries, sorted (a model reads them in any order)
+        qs = np.sort(np.where(q > 0, q, 0), axis=1)
+        if per_set:
+            _, sig_item, item_sig = np.unique(qs, axis=0, return_index=True, return_inverse=True)
+            item_sig = item_sig.reshape(-1).astype(np.int64)
+        else:
+            item_sig = np.arange(n_items1, dtype=np.int64)
+            sig_item = item_sig.copy()
+        # the item -> concept links, a concept listed twice for one item once
+        dup = np.zeros_like(qs, dtype=bool)
+        dup[:, 1:] = qs[:, 1:] == qs[:, :-1]
+        qs = np.where(dup, 0, qs)
+        rows, cols = np.nonzero(qs[1:] > 0)
+        link_item = rows + 1  # model items 1..n (item 0 is no concept's)
+        link_concept = qs[1:][rows, cols]
+        order = np.lexsort((link_item, link_concept))
+        link_item, link_concept = link_item[order], link_concept[order]
+        size = np.bincount(link_concept, minlength=n_c1)
+        start = np.zeros(n_c1 + 1, dtype=np.int64)
+        np.cumsum(size, out=start[1:])
+        # weights[c, s] = (items of concept c with signature s) / (items of concept c)
+        key = link_concept * len(sig_item) + item_sig[link_item]
+        uniq, count = np.unique(key, return_counts=True)
+        wc, ws = uniq // len(sig_item), uniq % len(sig_item)
+        values = count / np.maximum(size[wc], 1)
+        weights = sparse.csr_matrix(
+            (values.astype(np.float32), (wc, ws)), shape=(n_c1, len(sig_item))
+        )
+        return cls(sig_item.astype(np.int64), item_sig, weights, start, link_item)
+
+    def items_of(self, concept: int) -> np.ndarray:
+        """The model items (1..n) of model concept ``concept``."""
+        return self.concept_item[self.concept_start[concept] : self.concept_start[concept + 1]]
+
+    def rows(self, concepts: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """The signatures that hold an item of ``concepts`` and the ``[len(concepts),
+        len(signatures)]`` weights that turn their predictions into those concepts' mastery:
+        what a read of a few concepts needs, instead of every concept set."""
+        part = self.weights[np.asarray(concepts, dtype=np.int64)]
+        cols = np.unique(part.indices)
+        return cols, torch.from_numpy(part[:, cols].toarray())
+
+    def mastery(self, p_sig: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Concept mastery ``[..., C + 1]`` from predictions per signature ``[..., S]``."""
+        p = np.asarray(p_sig, dtype=np.float32)
+        flat = p.reshape(-1, p.shape[-1])
+        m = np.asarray(self.weights @ flat.T).T  # [n, C + 1]
+        return m.reshape(*p.shape[:-1], m.shape[-1]).astype(np.float32)
 
 
 def _leaves(state: Any) -> list[torch.Tensor]:
@@ -64,8 +145,8 @@ class LoadedModel:
     time_unit: str  # 'days' or 'answers'
     item_index: dict[str, int]
     concept_ids: list[str]  # model concept index c + 1 <-> concept_ids[c]
-    #: [n_concepts + 1, n_items + 1] float32: row c averages the items of concept c
-    concept_item_weights: torch.Tensor
+    #: the items as concept sets (sparse; predictions once per distinct set)
+    sets: ConceptSets
     _template: Any
     _layout: list[tuple[tuple[int, ...], torch.dtype, int]]
     #: streak length -> (floor, ceiling) of concept mastery (see :meth:`mastery_reference`)
@@ -91,14 +172,6 @@ class LoadedModel:
         run = payload.get("extra", {}).get("run", {})
         time_unit = run.get("time_unit", "days")
         vocab = model.vocab
-        n_items, n_concepts = vocab.n_items, vocab.n_concepts
-        w = torch.zeros(n_concepts + 1, n_items + 1)
-        ic = torch.as_tensor(vocab.item_concepts, dtype=torch.long)
-        rows = ic[1:]  # [n_items, K]
-        items = torch.arange(1, n_items + 1).unsqueeze(1).expand_as(rows)
-        valid = rows > 0
-        w[rows[valid], items[valid]] = 1.0
-        w = w / w.sum(1, keepdim=True).clamp(min=1.0)
         items_map = (mapping or {}).get("items") or {}
         concepts_map = (mapping or {}).get("concepts") or {}
         for kind, ids, table in (
@@ -121,7 +194,7 @@ class LoadedModel:
             time_unit=time_unit,
             item_index={items_map.get(it, it): i + 1 for i, it in enumerate(vocab.items)},
             concept_ids=[concepts_map.get(c, c) for c in vocab.concepts],
-            concept_item_weights=w,
+            sets=ConceptSets.build(np.asarray(vocab.item_concepts), bool(model.concept_level)),
             _template=template,
             _layout=layout,
         )
@@ -197,17 +270,20 @@ class LoadedModel:
         return self.model.predict(state, it, at_time=tt)[0].numpy()
 
     @torch.no_grad()
+    def predict_sets(self, state: Any, at_time: float | None = None) -> np.ndarray:
+        """Success probabilities per concept set ``[S]`` (:class:`ConceptSets`): one
+        prediction per distinct set, the same as every item of the set gets."""
+        return self.predict(state, self.sets.sig_item, at_time)
+
     def predict_all(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Success probabilities of every model item ``[n_items + 1]``, index 0 included (the
-        prediction for an item the model was not trained on), in one ``predict``."""
-        n_items = self.concept_item_weights.shape[1] - 1
-        return self.predict(state, np.arange(0, n_items + 1), at_time)
+        prediction for an item the model was not trained on), from :meth:`predict_sets`."""
+        return self.predict_sets(state, at_time)[self.sets.item_sig]
 
-    def mastery_from(self, p_all: np.ndarray) -> np.ndarray:
-        """Concept mastery ``[C + 1]`` from :meth:`predict_all`'s probabilities."""
-        full = torch.from_numpy(np.asarray(p_all, dtype=np.float32)).clone()
-        full[0] = 0.0
-        return (self.concept_item_weights @ full).numpy()
+    def mastery_from(self, p_sets: np.ndarray) -> np.ndarray:
+        """Concept mastery ``[C + 1]`` (the mean predicted success over each concept's items;
+        entry 0 unused) from :meth:`predict_sets`' probabilities."""
+        return self.sets.mastery(p_sets)
 
     @torch.no_grad()
     def mastery_reference(self, streak: int = REFERENCE_STREAK) -> tuple[np.ndarray, np.ndarray]:
@@ -228,15 +304,14 @@ class LoadedModel:
         ref = self._references.get(streak)
         if ref is not None:
             return ref
-        w = self.concept_item_weights
-        n_c = w.shape[0] - 1
+        n_c = len(self.concept_ids)
         dt = 45.0 / SECONDS_PER_DAY if self.time_unit == "days" else 1.0
         t0 = 0.0 if self.forgets else None
         floor = self.concept_mastery(self.model.init_state(1), t0).astype(np.float64)
         ceiling = floor.copy()
-        concepts = [c for c in range(1, n_c + 1) if bool((w[c, 1:] > 0).any())]
+        concepts = [c for c in range(1, n_c + 1) if len(self.sets.items_of(c))]
         if concepts:
-            own = [torch.nonzero(w[c, 1:] > 0).flatten() + 1 for c in concepts]
+            own = [torch.as_tensor(self.sets.items_of(c)) for c in concepts]
             state = self.model.init_state(len(concepts))
             ones = torch.ones(len(concepts))
             for k in range(streak):
@@ -262,14 +337,6 @@ class LoadedModel:
         scaled = np.clip((m - lo) / np.where(ok, span, 1.0), 0.0, 1.0)
         return np.where(ok, scaled, m)
 
-    def concept_items(self, concepts: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """The model items of ``concepts`` (model concept indices, 1..C) and the
-        ``[len(concepts), len(items)]`` averaging weights that turn their predictions into
-        concept mastery: what a read of a few concepts needs, instead of every item."""
-        w = self.concept_item_weights[torch.as_tensor(np.asarray(concepts, dtype=np.int64))]
-        cols = torch.nonzero(w.sum(0) > 0).flatten()
-        return cols.numpy(), w[:, cols]
-
     @torch.no_grad()
     def estimates(
         self,
@@ -287,10 +354,10 @@ class LoadedModel:
         known = np.flatnonzero(concepts > 0)
         if not len(known):
             return out
-        items, w = self.concept_items(concepts[known])
-        if not len(items):
+        cols, w = self.sets.rows(concepts[known])
+        if not len(cols):
             return out
-        p = torch.from_numpy(predict_many(self, state, items, at_times))
+        p = torch.from_numpy(predict_many(self, state, self.sets.sig_item[cols], at_times))
         m = (p @ w.T).numpy().astype(np.float64)  # [n, k]
         if scale == "reachable":
             lo, hi = self.mastery_reference()
@@ -304,11 +371,7 @@ class LoadedModel:
     def concept_mastery(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Mastery of every model concept (index 1..C): the mean predicted success over its
         items. Returns ``[C + 1]`` (entry 0 unused)."""
-        n_items = self.concept_item_weights.shape[1] - 1
-        p = self.predict(state, np.arange(1, n_items + 1), at_time)
-        full = torch.zeros(n_items + 1)
-        full[1:] = torch.from_numpy(p)
-        return (self.concept_item_weights @ full).numpy()
+        return self.mastery_from(self.predict_sets(state, at_time))
 
 
 def _np_dtype(dtype: torch.dtype) -> np.dtype:
@@ -444,20 +507,16 @@ def concept_mastery_many(
 ) -> np.ndarray:
     """:meth:`LoadedModel.concept_mastery` of ``n`` learners at once: ``[n, C + 1]``."""
     n = state_batch_size(model, state)
-    w = model.concept_item_weights
-    n_items = w.shape[1] - 1
-    items = np.arange(1, n_items + 1)
-    step = max(1, chunk_cells // max(n_items, 1))
+    sig_item = model.sets.sig_item
+    step = max(1, chunk_cells // max(len(sig_item), 1))
     out = []
     for s in range(0, n, step):
         idx = torch.arange(s, min(s + step, n))
         part = state if (s == 0 and step >= n) else model.model.state_select(state, idx)
         at = None if at_times is None else np.asarray(at_times)[s : s + step]
-        p = predict_many(model, part, items, at)
-        full = torch.zeros(p.shape[0], n_items + 1)
-        full[:, 1:] = torch.from_numpy(p)
-        out.append((full @ w.T).numpy())
-    return np.concatenate(out) if out else np.zeros((0, w.shape[0]), dtype=np.float32)
+        out.append(model.sets.mastery(predict_many(model, part, sig_item, at)))
+    n_c1 = model.sets.weights.shape[0]
+    return np.concatenate(out) if out else np.zeros((0, n_c1), dtype=np.float32)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from . import evidence as evidence_mod
 from .answer import Answer
-from .catalogue import ConceptRef, ItemRef, item_refs
+from .catalogue import ConceptRef, ItemRef, catalogue, item_refs
 from .clock import as_utc, utcnow
 from .db import (
     Concept,
@@ -557,13 +557,9 @@ def learner_mastery(
     scale: str = "reachable",
 ) -> dict[str, Any]:
     model = active_model(session, org=org)
-    concepts = list(
-        session.scalars(
-            select(Concept).where(Concept.org_id == org.id).order_by(Concept.external_id)
-        )
-    )
     if model is None:
         raise NotFound("no active model for this organisation")
+    concepts = catalogue(session, org).concepts_by_id  # cached per catalogue version
     state, row = current_state(session, learner=learner, model=model)
     at_time = None
     if at is not None and model.forgets and learner.first_seen is not None:

@@ -43,6 +43,33 @@ def test_incremental_equals_batch_forward(name, skill_dataset):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_a_concept_level_model_predicts_alike_for_items_of_one_concept_set(name, skill_dataset):
+    """``concept_level`` (the service predicts once per concept set) is true to the model:
+    after some answers, items with the same concepts get the same prediction."""
+    torch.manual_seed(0)
+    seqs, vocab = load_sequences(skill_dataset)
+    model = build_model(name, vocab, make_config(name)).eval()
+    for p in model.parameters():  # random weights: no term may hide at its initial value
+        torch.nn.init.normal_(p, std=0.3)
+    batch = make_batch(seqs, np.arange(4))
+    state = model.init_state(4)
+    with torch.no_grad():
+        for t in range(6):
+            state = model.step(state, batch.item[:, t], batch.correct[:, t], batch.time[:, t])
+        items = torch.arange(vocab.n_items + 1).unsqueeze(0).expand(4, -1)
+        p = model.predict_logits(state, items, at_time=batch.time[:, 6:7].expand_as(items))
+    q = np.sort(np.asarray(vocab.item_concepts), axis=1)
+    spread = max(
+        float((p[:, idx].max(1).values - p[:, idx].min(1).values).max())
+        for idx in (np.flatnonzero((q == key).all(1)) for key in np.unique(q, axis=0))
+    )
+    if model.concept_level:
+        assert spread < 1e-5
+    else:  # declared per item: it does tell some items of one concept set apart
+        assert spread > 1e-4, f"{name} predicts per concept set: declare concept_level"
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_overfits_tiny_dataset(name, tiny_dataset):
     seqs, vocab = load_sequences(tiny_dataset)
     torch.manual_seed(0)

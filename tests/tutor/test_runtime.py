@@ -1,4 +1,5 @@
-"""tutor.runtime: the reachable range of concept mastery and mastery measured on it."""
+"""tutor.runtime: concept sets (predictions once per distinct set of concepts), the reachable
+range of concept mastery and mastery measured on it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tutor.runtime import SECONDS_PER_DAY, LoadedModel
+from tutor.runtime import SECONDS_PER_DAY, ConceptSets, LoadedModel, concept_mastery_many
 
 
 def _load(run: Path) -> LoadedModel:
@@ -24,9 +25,8 @@ def test_reference_is_a_new_learner_and_a_learner_after_a_streak(which, request)
     new = model.concept_mastery(model.model.init_state(1), t0)
     np.testing.assert_allclose(floor, new, atol=1e-6)
     dt = 45.0 / SECONDS_PER_DAY if model.time_unit == "days" else 1.0
-    w = model.concept_item_weights.numpy()
     for c in range(1, n_c + 1):
-        own = np.flatnonzero(w[c, 1:] > 0) + 1
+        own = model.sets.items_of(c)
         items = [int(own[k % len(own)]) for k in range(streak)]
         # one learner, answer by answer, through the serving path
         state = model.step_many(
@@ -59,3 +59,68 @@ def test_scaled_mastery_places_mastery_on_the_reachable_range(dkt_run):
     assert model.scaled_mastery(m)[1:] == pytest.approx(0.42)
     with pytest.raises(ValueError, match="streak"):
         model.mastery_reference(0)
+
+
+# items 1..7: 1, 2 -> {1}; 3 -> {2}; 4 -> {1, 2}; 5 -> {2, 1} (same set); 6 -> none;
+# 7 -> {2} listed twice (a concept counts once for the item)
+Q = np.array([[0, 0], [1, 0], [1, 0], [2, 0], [1, 2], [2, 1], [0, 0], [2, 2]])
+
+
+def _dense_mastery(q: np.ndarray, p_items: np.ndarray) -> np.ndarray:
+    """The definition: concept c's mastery is the mean prediction over its items."""
+    out = np.zeros(q.max() + 1)
+    for c in range(1, q.max() + 1):
+        own = [i for i in range(1, len(q)) if c in q[i]]
+        out[c] = np.mean(p_items[own])
+    return out
+
+
+def test_concept_sets_group_items_by_their_concepts():
+    sets = ConceptSets.build(Q, per_set=True)
+    sig = sets.item_sig
+    assert sig[1] == sig[2] and sig[4] == sig[5] and sig[0] == sig[6]
+    assert len({sig[1], sig[3], sig[4], sig[6], sig[7]}) == 5  # {2, 2} is not {2}
+    assert len(sets.sig_item) == 5 and (sig[sets.sig_item] == np.arange(5)).all()
+    assert sets.items_of(1).tolist() == [1, 2, 4, 5] and sets.items_of(2).tolist() == [3, 4, 5, 7]
+    # a concept-level model predicts per set: mastery from the sets equals the definition
+    p_sets = np.array([0.1, 0.2, 0.3, 0.4, 0.5])[: len(sets.sig_item)]
+    np.testing.assert_allclose(sets.mastery(p_sets), _dense_mastery(Q, p_sets[sig]), rtol=1e-6)
+    batch = np.stack([p_sets, 1 - p_sets])
+    np.testing.assert_allclose(
+        sets.mastery(batch)[1], _dense_mastery(Q, (1 - p_sets)[sig]), rtol=1e-6
+    )
+    cols, w = sets.rows(np.array([2]))
+    np.testing.assert_allclose(w.numpy() @ p_sets[cols], _dense_mastery(Q, p_sets[sig])[2:3])
+
+
+def test_sets_of_a_model_with_item_terms_are_the_items():
+    sets = ConceptSets.build(Q, per_set=False)
+    assert sets.item_sig.tolist() == list(range(len(Q)))
+    p = np.linspace(0.1, 0.8, len(Q))
+    np.testing.assert_allclose(sets.mastery(p), _dense_mastery(Q, p), rtol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["dkt_run", "psikt_run"])
+def test_predictions_per_concept_set_equal_predictions_per_item(which, request):
+    """The invariant concept sets rest on: a concept-level model (DKT) predicts the same for
+    every item with the same concepts, so predicting once per set loses nothing; a model with
+    item terms (PSI-KT's difficulties) is read per item."""
+    model = _load(request.getfixturevalue(which))
+    assert model.model.concept_level == (which == "dkt_run")
+    n_sets = len(model.sets.sig_item)
+    assert (
+        n_sets < len(model.sets.item_sig)
+        if which == "dkt_run"
+        else n_sets == len(model.sets.item_sig)
+    )
+    state = model.step_many(model.model.init_state(1), [1, 2, 3], [1, 0, 1], [0.0, 0.1, 0.2])
+    n_items = len(model.sets.item_sig) - 1
+    t = 0.5 if model.forgets else None
+    per_item = model.predict(state, np.arange(n_items + 1), t)
+    np.testing.assert_allclose(model.predict_all(state, t), per_item, atol=1e-6)
+    q = np.asarray(model.model.vocab.item_concepts)
+    np.testing.assert_allclose(
+        model.concept_mastery(state, t)[1:], _dense_mastery(q, per_item)[1:], atol=1e-6
+    )
+    many = concept_mastery_many(model, model.model.init_state(2))
+    np.testing.assert_allclose(many[0], model.concept_mastery(model.model.init_state(1)), atol=1e-6)
