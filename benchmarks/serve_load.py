@@ -1,52 +1,43 @@
-"""Serving load: the HTTP API under a mixed load of answers and next-item requests.
+"""Serving load: the HTTP API under ``wrk`` (a C load generator) at three catalogue sizes.
 
-For each database (``--db sqlite,postgresql``):
+For each catalogue (``--catalogues``, default ``100x10,107x125,500x100``: 1,000 items, the
+demo's 13,400 items over 107 concepts, and 50,000 items over 500 concepts) and database
+(``--db sqlite,postgresql``):
 
-1. a synthetic canonical dataset (``tutor ingest simulate``, vectorised: ``--learners``
-   learners, about ``--interactions`` answers over 100 concepts x 10 items, with a
-   prerequisite graph, learning and forgetting behind every answer) and a small DKT trained
-   on a 50k-answer sample of the same world (same catalogue, other learners) are generated
-   once and cached under ``runs/serve_load/``;
-2. a fresh database (SQLite: a file under ``runs/serve_load/``; PostgreSQL: a database
-   ``kt_serve_load`` created through ``--pg`` and dropped at the end) gets the schema
-   (Alembic), the dataset (``tutor.importer.import_dataset``, timed), the model (registered
-   and activated), an ingest key and an admin key, and every learner's state
-   (``operations.rebuild_states`` with one torch thread, timed), then ``ANALYZE``;
-3. uvicorn serves it (``--workers``, default 2 on PostgreSQL and 1 on SQLite, whose writers
-   are serialised anyway; a comma list runs one load per worker count; ``--balance
-   reuseport`` runs W single-process servers on SO_REUSEPORT sockets instead of uvicorn's
-   ``--workers``, whose shared accept socket can hand every keep-alive connection of a burst
-   to one worker), and a load generator
-   in another process (asyncio + httpx, ``--concurrency`` virtual clients on keep-alive
-   connections) runs ``--warmup`` seconds unmeasured, then ``--seconds`` measured: each
-   virtual client picks a random learner, posts a new answer for them (unique event id,
-   current time) and asks for their next 5 items, again and again.
+1. a simulated dataset of that catalogue (``tutor ingest simulate``: ``--learners`` learners,
+   about ``--interactions`` answers, prerequisites, learning and forgetting behind every
+   answer) and a small DKT trained on a sample of the same world (other learners) are built
+   once and cached under ``runs/serve_load/`` (``benchmarks/bench_world.py``);
+2. a fresh database gets the schema (Alembic), the dataset, the model, keys and every
+   learner's state, then ``ANALYZE``;
+3. uvicorn serves it (``--workers``: a comma list runs each count; default 1,2 on PostgreSQL,
+   1 on SQLite, whose writers are serialised anyway) and ``wrk`` (``--connections``,
+   ``--threads``) drives three loads of ``--seconds`` each after ``--warmup`` unmeasured
+   seconds: **mixed** (an answer of a random learner, then that learner's next 5 items, again
+   and again), **next-items** only and **mastery** only.
 
-Printed per run: requests, req/s, p50/p95/p99/max latency (ms) and non-2xx responses per
-endpoint, the total req/s, and the CPU the server, PostgreSQL and the load generator used
-during the measured window, with the rest of the machine's (the load generator shares the
-machine's cores with the server; other processes' CPU is shown because it skews the numbers).
-The tables are also written to ``--out`` (default ``docs/benchmarks/serve_load.txt``).
+Printed per load: requests a second, latency p50/p90/p99/max (wrk's, all requests of the
+load), non-2xx responses, and the CPU the server, PostgreSQL and wrk used while measured,
+with the server + database CPU per request. The goal (issue 17): mixed >= 500 req/s with p99 <
+50 ms on PostgreSQL with 2 workers at every catalogue size, <= 2 ms of server + database CPU
+a request. The table is written to ``--out`` (default ``docs/benchmarks/serve_load.txt``) and
+the numbers as JSON beside it.
 
-    python benchmarks/serve_load.py                                     # full size
-    python benchmarks/serve_load.py --learners 500 --interactions 50000 --seconds 10
-    python benchmarks/serve_load.py --db postgresql --workers 1,2,3
-    python benchmarks/serve_load.py --workers 1,2 --balance uvicorn,reuseport
-    python benchmarks/serve_load.py --db postgresql --py-spy /path/to/py-spy  # profile
+``wrk`` is a Debian package (``apt-get install wrk``); the script installs it where apt-get
+can run, else says how. ``--py-spy PATH`` records the workers during the mixed load (raw
+collapsed stacks under ``runs/serve_load/``; the sampler takes CPU, so that run's numbers are
+not the benchmark's).
 
-``--py-spy`` records the server's workers during the measured window (``--gil``: the Python
-CPU; collapsed stacks under ``runs/serve_load/``); the sampler takes CPU too, so its run's
-numbers are not the benchmark's.
+    python benchmarks/serve_load.py                                   # the full benchmark
+    python benchmarks/serve_load.py --catalogues 500x100 --db postgresql --workers 2
+    python benchmarks/serve_load.py --learners 1000 --interactions 50000 --seconds 5
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing as mp
 import os
 import platform
-import random
 import shutil
 import signal
 import socket
@@ -67,13 +58,11 @@ PG_URL = os.environ.get("TUTOR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.
 WORK = ROOT / "runs" / "serve_load"
 PG_DB = "kt_serve_load"
 ORG = "bench"
-CONCEPTS = 100
-ITEMS_PER_CONCEPT = 10
 SEED = 7
 #: first day of the simulated history (the load's answers, stamped now, come after it)
 START = "2025-09-01"
 SAMPLE_LEARNERS = 600  # x ~85 answers: the DKT's training sample
-ENDPOINTS = ("POST /v1/answers", "GET /v1/learners/{id}/next-items")
+LOADS = ("mixed", "next-items", "mastery")
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -327,188 +316,192 @@ def _delta(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
 
 
 # ---------------------------------------------------------------------- the load generator
-def loadgen(cfg: dict[str, Any], started: Any, finished: Any, queue: Any) -> None:
-    """Runs in its own process: ``cfg['concurrency']`` virtual clients for ``warmup`` +
-    ``seconds``; puts {endpoint: {"lat": [s], "status": {code: n}}, "cpu_s": ...} on
-    ``queue``."""
-    asyncio.run(_loadgen(cfg, started, finished, queue))
+#: the wrk script: ``{load}``, keys, counts and a run tag are filled in per run. Threads get an
+#: id in ``setup`` (event ids stay unique across threads and runs); ``done`` prints one JSON
+#: line with the summary and the latency percentiles (microseconds)
+_WRK_LUA = """
+local mode, tag = "{load}", "{tag}"
+local ingest, admin = "Bearer {ingest_key}", "Bearer {admin_key}"
+local learners, items = {learners}, {items}
+local threads = {{}}
+local counter, learner = 0, "u1"
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads)
+end
+
+function init(args)
+  math.randomseed(id * 7919 + os.time())
+end
+
+local function get(path)
+  return wrk.format("GET", path, {{Authorization = admin}})
+end
+
+function request()
+  counter = counter + 1
+  if mode == "mastery" then
+    return get("/v1/learners/u" .. math.random(learners) .. "/mastery")
+  elseif mode == "next-items" then
+    return get("/v1/learners/u" .. math.random(learners) .. "/next-items?n=5")
+  elseif counter % 2 == 1 then
+    learner = "u" .. math.random(learners)
+    local body = string.format(
+      '{{"event_id":"w%s-%d-%d","learner_id":"%s","item_id":"q%d","correct":%d,' ..
+      '"elapsed_ms":%d}}', tag, id, counter, learner, math.random(items),
+      math.random() < 0.65 and 1 or 0, math.random(5000, 60000))
+    return wrk.format("POST", "/v1/answers",
+      {{Authorization = ingest, ["Content-Type"] = "application/json"}}, body)
+  end
+  return get("/v1/learners/" .. learner .. "/next-items?n=5")
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50":%d,"p90":%d,"p99":%d,"max":%d}}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
 
 
-async def _loadgen(cfg: dict[str, Any], started: Any, finished: Any, queue: Any) -> None:
-    import httpx
+def ensure_wrk() -> str:
+    """The wrk binary: on PATH, else installed from Debian's packages where apt-get can run
+    (as root or with password-less sudo), else an error that says how."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk not found: install it (Debian: apt-get install wrk)")
+    return found
 
-    lat: dict[str, list[float]] = {e: [] for e in ENDPOINTS}
-    status: dict[str, dict[int, int]] = {e: {} for e in ENDPOINTS}
-    conc = cfg["concurrency"]
-    ing = {"Authorization": f"Bearer {cfg['ingest_key']}"}
-    adm = {"Authorization": f"Bearer {cfg['admin_key']}"}
-    tag = uuid.uuid4().hex[:8]
-    t_start = time.perf_counter()
-    t_measure = t_start + cfg["warmup"]
-    t_end = t_measure + cfg["seconds"]
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
 
-    async def call(endpoint: str, coro) -> None:  # noqa: ANN001
-        t0 = time.perf_counter()
-        try:
-            r = await coro
-            code = r.status_code
-        except httpx.HTTPError:
-            code = 0  # transport error / timeout
-        t1 = time.perf_counter()
-        if t0 >= t_measure:
-            lat[endpoint].append(t1 - t0)
-            status[endpoint][code] = status[endpoint].get(code, 0) + 1
+def run_wrk(
+    wrk: str, server: Server, setup: dict[str, Any], load: str, seconds: float, args
+) -> dict[str, Any]:  # noqa: ANN001
+    """One wrk run of ``load`` for ``seconds``: its summary, and the CPU (seconds) of the
+    server, PostgreSQL and wrk itself over the run."""
+    import json
 
-    async def client(cid: int, http: httpx.AsyncClient) -> None:
-        rng = random.Random(f"{tag}-{cid}")
-        k = 0
-        while time.perf_counter() < t_end:
-            learner = f"u{rng.randint(1, cfg['learners'])}"
-            body = {
-                "event_id": f"load-{tag}-{cid}-{k}",
-                "learner_id": learner,
-                "item_id": f"q{rng.randint(1, cfg['items'])}",
-                "correct": int(rng.random() < 0.65),
-                "timestamp": datetime.now(UTC).isoformat(),
-                "elapsed_ms": rng.randint(5_000, 60_000),
-            }
-            k += 1
-            await call(ENDPOINTS[0], http.post("/v1/answers", json=body, headers=ing))
-            await call(
-                ENDPOINTS[1],
-                http.get(f"/v1/learners/{learner}/next-items", params={"n": 5}, headers=adm),
-            )
-
-    async def clock() -> None:
-        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
-        started.set()
-        clock.cpu0 = time.process_time()  # type: ignore[attr-defined]
-        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
-        finished.set()
-        clock.cpu1 = time.process_time()  # type: ignore[attr-defined]
-
-    async with httpx.AsyncClient(base_url=cfg["base"], timeout=30, limits=limits) as http:
-        await asyncio.gather(clock(), *(client(c, http) for c in range(conc)))
-    queue.put(
-        {
-            "lat": lat,
-            "status": status,
-            "window_s": cfg["seconds"],
-            "cpu_s": clock.cpu1 - clock.cpu0,  # type: ignore[attr-defined]
-        }
+    script = WORK / f"wrk-{load}.lua"
+    script.write_text(
+        _WRK_LUA.format(
+            load=load,
+            tag=uuid.uuid4().hex[:8],
+            ingest_key=setup["ingest_key"],
+            admin_key=setup["admin_key"],
+            learners=setup["learners"],
+            items=setup["items"],
+        )
     )
-
-
-def run_load(server: Server, setup: dict[str, Any], args, py_spy: str = "") -> dict:  # noqa: ANN001
-    ctx = mp.get_context("spawn")
-    started, finished, queue = ctx.Event(), ctx.Event(), ctx.Queue()
-    cfg = {
-        "base": server.base,
-        "concurrency": args.concurrency,
-        "warmup": args.warmup,
-        "seconds": args.seconds,
-        "learners": setup["learners"],
-        "items": setup["items"],
-        "ingest_key": setup["ingest_key"],
-        "admin_key": setup["admin_key"],
-    }
-    proc = ctx.Process(target=loadgen, args=(cfg, started, finished, queue), daemon=True)
-    proc.start()
-    started.wait(args.warmup + 60)
+    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s"]
+    cmd += ["--timeout", "10s", "-s", str(script), server.base]
     cpu0, t0 = cpu_snapshot(server), time.perf_counter()
-    workers = server.workers()
-    spies = []
-    for k, pid in enumerate(workers if py_spy else []):
-        out = setup["profile_prefix"].with_name(f"{setup['profile_prefix'].name}-w{k}.txt")
-        cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds))]
-        cmd += ["--rate", "100", "--gil", "--format", "raw", "--nonblocking", "--output", str(out)]
-        spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    finished.wait(args.seconds + 60)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
     cpu1, t1 = cpu_snapshot(server), time.perf_counter()
-    res = queue.get(timeout=120)
-    proc.join(30)
-    for s in spies:
-        s.wait(60)
+    line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)
+    if status != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({status}):\n{out[-2000:]}")
+    res = json.loads(line[4:])
     wall = t1 - t0
     srv = _delta(cpu0["server"], cpu1["server"])
-    cpu = {
+    res["seconds"] = res["duration_us"] / 1e6
+    res["cpu"] = {
         "server": sum(srv.values()) / wall,
-        "workers": [srv.get(pid, 0.0) / wall for pid in workers],
+        "workers": [srv.get(pid, 0.0) / wall for pid in server.workers()],
         "postgres": sum(_delta(cpu0["postgres"], cpu1["postgres"]).values()) / wall,
-        "loadgen": res["cpu_s"] / wall,
+        "wrk": (usage.ru_utime + usage.ru_stime) / wall,
+        "machine": (cpu1["machine"] - cpu0["machine"]) / wall,
     }
-    ours = cpu["server"] + cpu["postgres"] + cpu["loadgen"]
-    cpu["others"] = max(0.0, (cpu1["machine"] - cpu0["machine"]) / wall - ours)
-    res["cpu"] = cpu
     return res
 
 
+def measure(wrk: str, server: Server, setup: dict[str, Any], args) -> dict[str, Any]:  # noqa: ANN001
+    """Each load after a warm-up run (unmeasured); ``--profile-load`` under py-spy if asked."""
+    out = {}
+    for load in LOADS:
+        if args.warmup > 0:
+            run_wrk(wrk, server, setup, load, args.warmup, args)
+        spies = []
+        if args.py_spy and load == args.profile_load:
+            prefix = setup["profile_prefix"]
+            for k, pid in enumerate(server.workers()):
+                path = prefix.with_name(f"{prefix.name}-w{k}.txt")
+                cmd = [args.py_spy, "record", "--pid", str(pid), "--rate", "100", "--gil"]
+                cmd += ["--duration", str(int(args.seconds)), "--format", "raw"]
+                cmd += ["--nonblocking", "--output", str(path)]
+                spies.append(
+                    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+        out[load] = run_wrk(wrk, server, setup, load, args.seconds, args)
+        for spy in spies:
+            spy.wait(60)
+    return out
+
+
 # ---------------------------------------------------------------------- report
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s))) - 1))]
+def per_request_ms(res: dict[str, Any]) -> float:
+    """Server + database CPU milliseconds per request."""
+    cpu = res["cpu"]
+    busy = (cpu["server"] + cpu["postgres"]) * res["seconds"]
+    return busy / max(res["requests"], 1) * 1000
 
 
-def render(console, db: str, workers: int, balance: str, setup: dict, res: dict, args) -> None:  # noqa: ANN001
+def render(console, rows: list[dict[str, Any]], args) -> None:  # noqa: ANN001
     from rich.table import Table
 
-    title = (
-        f"{'PostgreSQL' if db == 'postgresql' else 'SQLite'}: {setup['interactions']:,} answers "
-        f"of {setup['learners']:,} learners, {workers} worker(s)"
-        + (" (SO_REUSEPORT)" if balance == "reuseport" and workers > 1 else "")
-        + f", {args.concurrency} clients, {args.seconds:g} s"
+    t = Table(
+        title=f"wrk -t{args.threads} -c{args.connections}, {args.seconds:g} s a load "
+        f"(after {args.warmup:g} s unmeasured); latency in ms over all requests of the load",
+        title_justify="left",
     )
-    t = Table(title=title, title_justify="left")
-    for col in ("endpoint", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"):
-        t.add_column(col, justify="left" if col == "endpoint" else "right")
-    t.add_column("errors (non-2xx)", justify="right")
-    total, worst_p99 = 0, 0.0
-    for e in ENDPOINTS:
-        lat = [x * 1000 for x in res["lat"][e]]
-        n = len(lat)
-        total += n
-        bad = {c: k for c, k in res["status"][e].items() if not 200 <= c < 300}
-        errs = sum(bad.values())
-        worst_p99 = max(worst_p99, _pct(lat, 99))
-        err_txt = f"{errs:,}" + (
-            " (" + ", ".join(f"{c or 'conn'}: {k}" for c, k in sorted(bad.items())) + ")"
-            if bad
-            else ""
-        )
-        t.add_row(
-            e,
-            f"{n:,}",
-            f"{n / res['window_s']:,.0f}",
-            f"{_pct(lat, 50):.1f}",
-            f"{_pct(lat, 95):.1f}",
-            f"{_pct(lat, 99):.1f}",
-            f"{max(lat, default=float('nan')):.1f}",
-            err_txt,
-        )
-    rps = total / res["window_s"]
-    t.add_section()
-    t.add_row("total", f"{total:,}", f"{rps:,.0f}", "", "", "", "", "")
+    cols = ["catalogue", "database", "workers", "load", "req/s", "p50", "p90", "p99", "max"]
+    cols += ["non-2xx", "CPU server", "CPU db", "CPU wrk", "ms CPU/req"]
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("catalogue", "database", "load") else "right")
+    for row in rows:
+        for load in LOADS:
+            r = row["loads"][load]
+            bad = r["status"] + r["connect"] + r["read"] + r["write"] + r["timeout"]
+            t.add_row(
+                row["catalogue"] if load == LOADS[0] else "",
+                row["db"] if load == LOADS[0] else "",
+                str(row["workers"]) if load == LOADS[0] else "",
+                load,
+                f"{r['requests'] / r['seconds']:,.0f}",
+                f"{r['p50'] / 1000:.1f}",
+                f"{r['p90'] / 1000:.1f}",
+                f"{r['p99'] / 1000:.1f}",
+                f"{r['max'] / 1000:.0f}",
+                f"{bad:,}",
+                f"{r['cpu']['server']:.2f}",
+                f"{r['cpu']['postgres']:.2f}" if row["db"] == "postgresql" else "-",
+                f"{r['cpu']['wrk']:.2f}",
+                f"{per_request_ms(r):.2f}",
+            )
+        t.add_section()
     console.print(t)
-    cpu = res["cpu"]
-    pg = f", PostgreSQL {cpu['postgres']:.2f}" if db == "postgresql" else ""
-    per_req = (cpu["server"] + cpu["postgres"]) * res["window_s"] / max(total, 1) * 1000
-    split = (
-        " (per worker: " + ", ".join(f"{v:.2f}" for v in cpu["workers"]) + ")"
-        if len(cpu["workers"]) > 1
-        else ""
-    )
-    met = rps >= 500 and worst_p99 < 50
-    console.print(
-        f"setup: import {setup['import_s']:.1f} s, rebuild_states {setup['rebuild_s']:.1f} s, "
-        f"ANALYZE {setup['analyze_s']:.1f} s\n"
-        f"CPU cores busy while measured: server {cpu['server']:.2f}{split}{pg}, load generator "
-        f"{cpu['loadgen']:.2f}, other processes {cpu['others']:.2f} (of {os.cpu_count()}); "
-        f"server + database CPU per request {per_req:.1f} ms\n"
-        f"goal (>= 500 req/s, p99 < 50 ms): {'met' if met else 'not met'}\n"
-    )
+    for row in rows:
+        if row["db"] != "postgresql" or row["workers"] != 2:
+            continue
+        r = row["loads"]["mixed"]
+        ok = r["requests"] / r["seconds"] >= 500 and r["p99"] / 1000 < 50
+        ok_cpu = per_request_ms(r) <= 2.0
+        console.print(
+            f"goal at {row['catalogue']} (PostgreSQL, 2 workers, mixed): >= 500 req/s with p99 < "
+            f"50 ms {'met' if ok else 'not met'}; <= 2 ms CPU a request "
+            f"{'met' if ok_cpu else 'not met'}"
+        )
 
 
 # ---------------------------------------------------------------------- main
@@ -522,44 +515,46 @@ def _uvicorn_stack() -> str:
     return f"{loop}, {http}"
 
 
+def _catalogues(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        concepts, _, per = part.strip().partition("x")
+        if not (concepts.isdigit() and per.isdigit()):
+            raise SystemExit(f"--catalogues: {part!r} is not CONCEPTSxITEMS_PER_CONCEPT")
+        out.append((int(concepts), int(per)))
+    return out
+
+
 def main() -> None:
+    import json
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--catalogues", default="100x10,107x125,500x100", help="CONCEPTSxITEMS each")
     ap.add_argument("--db", default="sqlite,postgresql", help="comma list: sqlite,postgresql")
     ap.add_argument("--learners", type=int, default=10_000)
     ap.add_argument("--interactions", type=int, default=1_000_000)
-    ap.add_argument("--concurrency", type=int, default=32, help="virtual clients")
-    ap.add_argument("--seconds", type=float, default=30.0, help="measured seconds")
-    ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
-    ap.add_argument(
-        "--workers",
-        default="",
-        help="uvicorn workers, a comma list runs each (default: 2 PostgreSQL, 1 SQLite)",
-    )
-    ap.add_argument(
-        "--balance",
-        default="uvicorn",
-        help="uvicorn (--workers W) or reuseport (W servers on SO_REUSEPORT sockets); a comma "
-        "list runs each",
-    )
+    ap.add_argument("--connections", type=int, default=32, help="wrk connections")
+    ap.add_argument("--threads", type=int, default=2, help="wrk threads")
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds a load")
+    ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each")
+    ap.add_argument("--workers", default="", help="uvicorn workers, a comma list runs each")
     ap.add_argument("--pg", default=PG_URL, help="PostgreSQL server URL")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "serve_load.txt")
-    ap.add_argument("--py-spy", default="", help="py-spy binary: profile the server's workers")
-    ap.add_argument("--keep", action="store_true", help="keep the databases")
+    ap.add_argument("--py-spy", default="", help="py-spy binary: profile one load")
+    ap.add_argument("--profile-load", default="mixed", choices=LOADS, help="py-spy records it")
+    ap.add_argument("--keep", action="store_true", help="keep the last databases")
     args = ap.parse_args()
 
     from rich.console import Console
 
-    console = Console(record=True, width=130)
+    console = Console(record=True, width=150)
     err = Console(stderr=True)
 
     def log(msg: str) -> None:
         err.log(msg)
 
+    wrk = ensure_wrk()
     WORK.mkdir(parents=True, exist_ok=True)
-    world = World(WORK, CONCEPTS, ITEMS_PER_CONCEPT, SEED, START)
-    dataset = world.dataset(args.learners, max(1, round(args.interactions / args.learners)), log)
-    # a small DKT trained on a sample of the same world (same catalogue, other learners)
-    run = world.model(SAMPLE_LEARNERS, 85, log)
     cpu_name = next(
         (
             line.split(":", 1)[1].strip()
@@ -568,43 +563,61 @@ def main() -> None:
         ),
         platform.processor(),
     )
+    version = subprocess.run([wrk, "--version"], capture_output=True, text=True).stdout
     console.print(
         f"serve_load: {os.cpu_count()} cores ({cpu_name}), Python {platform.python_version()}, "
-        f"uvicorn ({_uvicorn_stack()}), load generator on the same machine; "
-        f"{datetime.now(UTC):%Y-%m-%d}\n"
+        f"uvicorn ({_uvicorn_stack()}), {version.splitlines()[0] if version else 'wrk'} on the "
+        f"same machine; {datetime.now(UTC):%Y-%m-%d}\n"
         f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\n"
     )
-    for db in [d.strip() for d in args.db.split(",") if d.strip()]:
-        if db not in ("sqlite", "postgresql"):
-            ap.error(f"unknown database {db!r}")
-        log(f"{db}: loading")
-        url = create_database(db, args.pg)
-        try:
-            setup = load_database(url, dataset, run, log)
-            counts = args.workers or ("2" if db == "postgresql" else "1")
-            runs = [
-                (int(w), b.strip())
-                for b in args.balance.split(",")
-                for w in counts.split(",")
-                if b.strip() in ("uvicorn", "reuseport") and (b.strip() == "uvicorn" or int(w) > 1)
-            ]
-            if not runs:
-                ap.error(f"nothing to run for --workers {counts} --balance {args.balance}")
-            for workers, balance in runs:
-                log(f"{db}: serving with {workers} worker(s), balance {balance}")
-                setup["profile_prefix"] = WORK / f"pyspy-{db}-{balance}{workers}"
-                server = Server(url, workers, balance, WORK / f"server-{db}.log")
-                try:
-                    res = run_load(server, setup, args, py_spy=args.py_spy)
-                finally:
-                    server.stop()
-                render(console, db, workers, balance, setup, res, args)
-        finally:
-            if not args.keep:
-                drop_database(db, args.pg)
+    rows: list[dict[str, Any]] = []
+    for concepts, per in _catalogues(args.catalogues):
+        world = World(WORK, concepts, per, SEED, START)
+        answers = max(1, round(args.interactions / args.learners))
+        dataset = world.dataset(args.learners, answers, log)
+        run = world.model(SAMPLE_LEARNERS, 85, log)
+        name = f"{concepts * per:,} items / {concepts} concepts"
+        for db in [d.strip() for d in args.db.split(",") if d.strip()]:
+            if db not in ("sqlite", "postgresql"):
+                ap.error(f"unknown database {db!r}")
+            log(f"{name}, {db}: loading")
+            url = create_database(db, args.pg)
+            try:
+                setup = load_database(url, dataset, run, log)
+                counts = args.workers or ("1,2" if db == "postgresql" else "1")
+                for workers in (int(w) for w in counts.split(",")):
+                    log(f"{name}, {db}: {workers} worker(s)")
+                    setup["profile_prefix"] = WORK / f"pyspy-{concepts}x{per}-{db}-{workers}"
+                    server = Server(url, workers, "uvicorn", WORK / f"server-{db}.log")
+                    try:
+                        loads = measure(wrk, server, setup, args)
+                    finally:
+                        server.stop()
+                    rows.append(
+                        {
+                            "catalogue": name,
+                            "items": setup["items"],
+                            "db": db,
+                            "workers": workers,
+                            "learners": setup["learners"],
+                            "interactions": setup["interactions"],
+                            "setup_s": {k: setup[k] for k in ("import_s", "rebuild_s")},
+                            "loads": loads,
+                        }
+                    )
+                    r = loads["mixed"]
+                    log(
+                        f"  mixed {r['requests'] / r['seconds']:,.0f} req/s, p99 "
+                        f"{r['p99'] / 1000:.1f} ms, {per_request_ms(r):.2f} ms CPU/request"
+                    )
+            finally:
+                if not args.keep:
+                    drop_database(db, args.pg)
+    render(console, rows, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(console.export_text())
-    log(f"written: {args.out}")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    log(f"written: {args.out} and {args.out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,19 @@ class Catalogue:
         return self.concept_name[pos] or f"concept {self.concept_ext[pos]}"
 
     @cached_property
+    def _concept_links(self) -> tuple[np.ndarray, np.ndarray]:
+        """Items grouped by concept (CSR): offsets ``[C + 1]`` and item positions."""
+        order = np.argsort(self.link_concept, kind="stable")
+        start = np.zeros(len(self.concept_ext) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.link_concept, minlength=len(self.concept_ext)), out=start[1:])
+        return start, self.link_item[order]
+
+    def items_of(self, concept: int) -> np.ndarray:
+        """The item positions of concept position ``concept`` (a slice: no scan)."""
+        start, items = self._concept_links
+        return items[start[concept] : start[concept + 1]]
+
+    @cached_property
     def concepts_by_id(self) -> tuple[ConceptRef, ...]:
         """Every concept, ordered by external id (how ``/mastery`` lists them)."""
         order = sorted(range(len(self.concept_ext)), key=self.concept_ext.__getitem__)

@@ -120,8 +120,7 @@ class Picker:
         return self.n - len(self.picked)
 
     def items_of(self, concept: int) -> np.ndarray:
-        cat = self.lv.cat
-        return cat.link_item[cat.link_concept == concept]
+        return self.lv.cat.items_of(concept)
 
     def has_open_items(self, concept: int) -> bool:
         """Whether the concept has items (it is open itself: see :meth:`take_concept`)."""

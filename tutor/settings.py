@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(4, ge=1)
     #: SQLite busy timeout (seconds) while another writer holds the lock
     sqlite_timeout: float = 30.0
+    #: requests a worker process runs at once (its thread pool; the rest wait their turn). A
+    #: request is CPU work in Python under one lock (the GIL): more threads than a few only
+    #: add switching, and the latency of all of them grows together
+    request_threads: int = Field(2, ge=1, le=256)
     #: database connections per process (PostgreSQL; as many again may overflow under bursts)
     pool_size: int = Field(10, ge=1)
     #: test each pooled connection with a round trip before use (PostgreSQL). Off: a

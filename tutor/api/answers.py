@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Response
 from sqlalchemy import select
 
 from .. import service
@@ -15,6 +15,7 @@ from .deps import (
     SettingsDep,
     commit_with_retries,
     limit_batch,
+    model_response,
     require_roles,
 )
 from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
@@ -34,12 +35,11 @@ router = APIRouter(tags=["answers"])
 )
 def post_answers(
     body: AnswerIn | AnswerBatch,
-    response: Response,
     session: SessionDep,
     principal: PrincipalDep,
     org: OrgDep,
     settings: SettingsDep,
-) -> AnswerResult | AnswerBatchResult:
+) -> Response:
     """Store answers and fold them into each learner's state, all in one transaction.
 
     A repeated event id with the same content returns the original result (``replayed``:
@@ -74,8 +74,7 @@ def post_answers(
         )
 
     results = commit_with_retries(session, record)
-    if any(not r["replayed"] for r in results):
-        response.status_code = status.HTTP_201_CREATED
+    code = 201 if any(not r["replayed"] for r in results) else 200
     if single:
-        return AnswerResult.model_validate(results[0])
-    return AnswerBatchResult(results=[AnswerResult.model_validate(r) for r in results])
+        return model_response(AnswerResult, results[0], status_code=code)
+    return model_response(AnswerBatchResult, {"results": results}, status_code=code)

@@ -10,6 +10,7 @@ from collections import defaultdict
 from contextlib import asynccontextmanager
 from urllib.parse import unquote_plus
 
+import anyio
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -165,6 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):  # noqa: ANN202
         # one request = a few small tensor ops: intra-op threads only add overhead
         torch.set_num_threads(1)
+        # the thread pool that runs the (synchronous) routes: a few threads, see the setting
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         warmer = None
         if settings.analytics_warmup_groups:
             from ..analytics import Warmer

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -302,6 +303,16 @@ def created_or(updated: str, more: dict[int, str] | None = None) -> dict[int | s
     out: dict[int | str, Any] = {201: {"description": "Created"}, 200: {"description": updated}}
     out.update({code: {"description": text} for code, text in (more or {}).items()})
     return out
+
+
+def model_response(model: type[BaseModel], data: Any, *, status_code: int = 200) -> Response:
+    """``data`` validated as ``model`` and written as JSON by pydantic's serializer. FastAPI
+    hands a returned :class:`Response` on as it is, so the route's ``response_model`` still
+    documents the body (OpenAPI) while the body is validated once (not again by FastAPI) and
+    not encoded a second time through ``jsonable_encoder`` and ``json.dumps``: the hot paths'
+    way to answer (a mastery of 500 concepts cost several milliseconds that way)."""
+    body = data if isinstance(data, model) else model.model_validate(data)
+    return Response(body.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def detail_response(code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:

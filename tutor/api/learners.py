@@ -22,6 +22,7 @@ from .deps import (
     created_or,
     forget_keys,
     mark_created,
+    model_response,
     org_setting,
     require_roles,
     visible_groups,
@@ -48,7 +49,7 @@ router = APIRouter()
 
 # ---------------------------------------------------------------------- teaching
 @router.get("/learners/{learner_id}/mastery", response_model=Mastery, tags=["learners"])
-def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Mastery:
+def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Response:
     """Every concept of the organisation with its status (not started, estimated from other
     concepts, learning, mastered, struggling), the learner's own answer count and the
     reported mastery: from own answers where there are any, else the model's estimate."""
@@ -64,7 +65,7 @@ def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Mastery:
         scale=org_setting(org, settings, "mastery_scale"),
     )
     states.keep_rebuilt_states(session)
-    return Mastery.model_validate(out)
+    return model_response(Mastery, out)
 
 
 @router.get("/learners/{learner_id}/next-items", response_model=NextItems, tags=["learners"])
@@ -81,7 +82,7 @@ def next_items(
             "predict mastery and review needs at that time, e.g. for the start of a session"
         ),
     ] = None,
-) -> NextItems:
+) -> Response:
     """The next items for the learner, each with its predicted success and the reason."""
     session, org, settings = view.session, view.org, view.settings
     model = service.active_model(session, org=org)
@@ -109,7 +110,7 @@ def next_items(
     # keep any state rebuilt while answering (may end the transaction: nothing of the
     # session is read after it)
     states.keep_rebuilt_states(session)
-    return NextItems.model_validate({"learner_id": learner_ext, **out})
+    return model_response(NextItems, {"learner_id": learner_ext, **out})
 
 
 @router.get("/learners/{learner_id}/history", response_model=History, tags=["learners"])
