@@ -10,6 +10,7 @@ swap needs no restart: the next request of the organisation uses the newly activ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import threading
@@ -29,6 +30,8 @@ SECONDS_PER_DAY = 86400.0
 #: has just answered this many in a row correctly (ASSISTments' skill-builder mastery
 #: criterion) has mastery 1
 REFERENCE_STREAK = 3
+#: concept lists whose weights :meth:`ConceptSets.rows` keeps (then it starts again)
+ROWS_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class ConceptSets:
     #: concept c's model items: ``concept_item[concept_start[c]:concept_start[c + 1]]``
     concept_start: np.ndarray
     concept_item: np.ndarray
+    _rows: dict[tuple[int, ...], tuple[np.ndarray, torch.Tensor]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(cls, item_concepts: np.ndarray, per_set: bool) -> ConceptSets:
@@ -98,10 +104,19 @@ class ConceptSets:
     def rows(self, concepts: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """The signatures that hold an item of ``concepts`` and the ``[len(concepts),
         len(signatures)]`` weights that turn their predictions into those concepts' mastery:
-        what a read of a few concepts needs, instead of every concept set."""
-        part = self.weights[np.asarray(concepts, dtype=np.int64)]
-        cols = np.unique(part.indices)
-        return cols, torch.from_numpy(part[:, cols].toarray())
+        what a read of a few concepts needs, instead of every concept set. Kept per concept
+        list (an answered item's concepts come back again and again; at most
+        :data:`ROWS_CACHE` lists)."""
+        key = tuple(int(c) for c in concepts)
+        hit = self._rows.get(key)
+        if hit is None:
+            part = self.weights[np.asarray(key, dtype=np.int64)]
+            cols = np.unique(part.indices)
+            hit = (cols, torch.from_numpy(part[:, cols].toarray()))
+            if len(self._rows) >= ROWS_CACHE:
+                self._rows.clear()
+            self._rows[key] = hit
+        return hit
 
     def mastery(self, p_sig: np.ndarray | torch.Tensor) -> np.ndarray:
         """Concept mastery ``[..., C + 1]`` from predictions per signature ``[..., S]``."""
@@ -360,12 +375,19 @@ class LoadedModel:
         p = torch.from_numpy(predict_many(self, state, self.sets.sig_item[cols], at_times))
         m = (p @ w.T).numpy().astype(np.float64)  # [n, k]
         if scale == "reachable":
-            lo, hi = self.mastery_reference()
-            full = np.zeros((n, len(lo)))
-            full[:, concepts[known]] = m
-            m = self.scaled_mastery(full)[:, concepts[known]]
+            m = self.scaled_at(m, concepts[known])
         out[:, known] = m
         return out
+
+    def scaled_at(self, mastery: np.ndarray, concepts: np.ndarray) -> np.ndarray:
+        """:meth:`scaled_mastery` of ``mastery`` ``[..., len(concepts)]``, the mastery of the
+        model concepts ``concepts`` only (the same numbers, without a full-width array)."""
+        lo, hi = self.mastery_reference()
+        lo, span = lo[concepts], hi[concepts] - lo[concepts]
+        ok = span >= 0.02
+        m = np.asarray(mastery, dtype=np.float64)
+        scaled = np.clip((m - lo) / np.where(ok, span, 1.0), 0.0, 1.0)
+        return np.where(ok, scaled, m)
 
     @torch.no_grad()
     def concept_mastery(self, state: Any, at_time: float | None = None) -> np.ndarray:
@@ -374,10 +396,12 @@ class LoadedModel:
         return self.mastery_from(self.predict_sets(state, at_time))
 
 
+@functools.cache
 def _np_dtype(dtype: torch.dtype) -> np.dtype:
     return torch.empty(0, dtype=dtype).numpy().dtype
 
 
+@functools.cache
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 

@@ -122,10 +122,7 @@ def mastery_of(
     success = model.estimates(state, cidx, at, scale="success")[0]
     est = success
     if scale == "reachable" and len(cidx):
-        lo, _ = model.mastery_reference()
-        full = np.zeros(len(lo))
-        full[cidx] = np.nan_to_num(success)
-        est = np.where(cidx > 0, model.scaled_mastery(full)[cidx], np.nan)
+        est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(success), cidx), np.nan)
     out = []
     for k, c in enumerate(concepts):
         e = evidence.get(c.external_id)

@@ -143,8 +143,8 @@ def first_answer_priors(
     """For a learner's first own answers on ``concepts``: the evidence filter's prior (the
     reachable estimate) and the range ``GET /mastery`` could have shown on either scale."""
     cidx = np.array([model.concept_index(c) or 0 for c in concepts], dtype=np.int64)
-    est = model.estimates(state, cidx)[0]
     raw = model.estimates(state, cidx, scale="success")[0]
+    est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(raw), cidx), np.nan)
     priors = {c: float(est[k]) for k, c in enumerate(concepts)}
     shown = {c: _both(est[k], raw[k]) for k, c in enumerate(concepts)}
     return priors, shown
