@@ -18,9 +18,11 @@ from tutor.db import ApiKey, create_db_engine
 
 #: statements per request once warm (the key cached, the model and catalogue loaded), not
 #: counting SQLite's BEGIN: answer = organisation, replay check, learner + state (locked),
-#: insert, two updates; next-items = organisation, learner + state, recent items
+#: insert, two updates; next-items = organisation, learner + state, recent items; mastery =
+#: organisation, learner + state (the concepts come from the cached catalogue)
 MAX_ANSWER_STATEMENTS = 6
 MAX_NEXT_ITEMS_STATEMENTS = 3
+MAX_MASTERY_STATEMENTS = 2
 
 
 @contextmanager
@@ -61,7 +63,11 @@ def test_answer_and_next_items_statement_budget(client, world):
         r = client.get("/v1/learners/u1/next-items", headers=adm)
     assert r.status_code == 200, r.text
     assert len(nxt) <= MAX_NEXT_ITEMS_STATEMENTS, _show(nxt)
-    for stmt in answer + nxt:  # authentication came from the cache
+    with statements(client.app) as mastery:
+        r = client.get("/v1/learners/u1/mastery", headers=adm)
+    assert r.status_code == 200, r.text
+    assert len(mastery) <= MAX_MASTERY_STATEMENTS, _show(mastery)
+    for stmt in answer + nxt + mastery:  # authentication came from the cache
         assert "api_keys" not in stmt, stmt
     # a replay: the stored result, no write
     with statements(client.app) as replay:
