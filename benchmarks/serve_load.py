@@ -17,11 +17,12 @@ demo's 13,400 items over 107 concepts, and 50,000 items over 500 concepts) and d
    and again), **next-items** only and **mastery** only.
 
 Printed per load: requests a second, latency p50/p90/p99/max (wrk's, all requests of the
-load), non-2xx responses, and the CPU the server, PostgreSQL and wrk used while measured,
-with the server + database CPU per request. The goal (issue 17): mixed >= 500 req/s with p99 <
-50 ms on PostgreSQL with 2 workers at every catalogue size, <= 2 ms of server + database CPU
-a request. The table is written to ``--out`` (default ``docs/benchmarks/serve_load.txt``) and
-the numbers as JSON beside it.
+load), non-2xx responses, the CPU the server, PostgreSQL and wrk used while measured, with
+the server + database CPU per request, and the latency of one request alone (one
+connection, ``--alone-seconds``; for the mixed load, half answers, half next-items). The
+goal (issue 17): mixed >= 500 req/s with p99 < 50 ms on PostgreSQL with 2 workers at every
+catalogue size, <= 2 ms of server + database CPU a request. The table is written to
+``--out`` (default ``docs/benchmarks/serve_load.txt``) and the numbers as JSON beside it.
 
 ``wrk`` is a Debian package (``apt-get install wrk``); the script installs it where apt-get
 can run, else says how. ``--py-spy PATH`` records the workers during the mixed load (raw
@@ -385,10 +386,16 @@ def ensure_wrk() -> str:
 
 
 def run_wrk(
-    wrk: str, server: Server, setup: dict[str, Any], load: str, seconds: float, args
-) -> dict[str, Any]:  # noqa: ANN001
-    """One wrk run of ``load`` for ``seconds``: its summary, and the CPU (seconds) of the
-    server, PostgreSQL and wrk itself over the run."""
+    wrk: str,
+    server: Server,
+    setup: dict[str, Any],
+    load: str,
+    seconds: float,
+    args,  # noqa: ANN001
+    connections: int | None = None,
+) -> dict[str, Any]:
+    """One wrk run of ``load`` for ``seconds`` (``connections``: default ``--connections``):
+    its summary, and the CPU (seconds) of the server, PostgreSQL and wrk itself over it."""
     import json
 
     script = WORK / f"wrk-{load}.lua"
@@ -402,7 +409,8 @@ def run_wrk(
             items=setup["items"],
         )
     )
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s"]
+    conns = connections or args.connections
+    cmd = [wrk, f"-t{min(args.threads, conns)}", f"-c{conns}", f"-d{seconds:g}s"]
     cmd += ["--timeout", "10s", "-s", str(script), server.base]
     cpu0, t0 = cpu_snapshot(server), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -446,6 +454,10 @@ def measure(wrk: str, server: Server, setup: dict[str, Any], args) -> dict[str, 
         out[load] = run_wrk(wrk, server, setup, load, args.seconds, args)
         for spy in spies:
             spy.wait(60)
+    # one request alone: one connection, one request at a time (latency without queueing)
+    for load in LOADS:
+        alone = run_wrk(wrk, server, setup, load, args.alone_seconds, args, connections=1)
+        out[load]["alone_p50"], out[load]["alone_p90"] = alone["p50"], alone["p90"]
     return out
 
 
@@ -466,7 +478,7 @@ def render(console, rows: list[dict[str, Any]], args) -> None:  # noqa: ANN001
         title_justify="left",
     )
     cols = ["catalogue", "database", "workers", "load", "req/s", "p50", "p90", "p99", "max"]
-    cols += ["non-2xx", "CPU server", "CPU db", "CPU wrk", "ms CPU/req"]
+    cols += ["non-2xx", "CPU server", "CPU db", "CPU wrk", "ms CPU/req", "alone p50"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("catalogue", "database", "load") else "right")
     for row in rows:
@@ -488,6 +500,7 @@ def render(console, rows: list[dict[str, Any]], args) -> None:  # noqa: ANN001
                 f"{r['cpu']['postgres']:.2f}" if row["db"] == "postgresql" else "-",
                 f"{r['cpu']['wrk']:.2f}",
                 f"{per_request_ms(r):.2f}",
+                f"{r['alone_p50'] / 1000:.1f}" if "alone_p50" in r else "-",
             )
         t.add_section()
     console.print(t)
@@ -537,6 +550,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds a load")
     ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each")
+    ap.add_argument(
+        "--alone-seconds", type=float, default=5.0, help="seconds of one request at a time"
+    )
     ap.add_argument("--workers", default="", help="uvicorn workers, a comma list runs each")
     ap.add_argument("--pg", default=PG_URL, help="PostgreSQL server URL")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "serve_load.txt")
