@@ -17,11 +17,12 @@ prerequisite gates (and says so). An empty list comes with a ``note`` that says 
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from . import evidence as ev_mod
@@ -152,6 +153,18 @@ def _shifted(p: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(logit(np.asarray(p, dtype=np.float64)) + offset)))
 
 
+@functools.lru_cache(maxsize=64)
+def _recent_items_query(keep: int) -> Select:
+    """The items of a learner's (bound ``learner``) last ``keep`` answers: built once per
+    ``keep``, bound per request."""
+    return (
+        select(Interaction.item_id)
+        .where(Interaction.learner_id == bindparam("learner"))
+        .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
+        .limit(keep)
+    )
+
+
 def learner_view(
     session: Session,
     *,
@@ -194,12 +207,7 @@ def learner_view(
     cidx = view["concept_idx"]
     estimate = np.where(cidx > 0, full[cidx], np.nan)
     keep = max(int(recent_exclusion), 1)
-    ids = session.scalars(
-        select(Interaction.item_id)
-        .where(Interaction.learner_id == learner.id)
-        .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
-        .limit(keep)
-    ).all()
+    ids = session.scalars(_recent_items_query(keep), {"learner": learner.id}).all()
     # the catalogue's item positions by database id (built once per catalogue version)
     recent = [cat.item_db_pos[int(i)] for i in ids if int(i) in cat.item_db_pos]
     return LearnerView(

@@ -14,12 +14,13 @@ history in event order, so the result never depends on arrival order.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, inspect, select, update
+from sqlalchemy import Select, Table, Update, bindparam, func, insert, inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -214,14 +215,8 @@ def record_answers(
     stored = {
         (r[1], r.Interaction.event_id): r
         for r in session.execute(
-            select(Interaction, Learner.external_id, Item.external_id)
-            .join(Learner, Learner.id == Interaction.learner_id)
-            .join(Item, Item.id == Interaction.item_id)
-            .where(
-                Learner.org_id == org.id,
-                Learner.external_id.in_({a.learner_id for a in answers}),
-                Interaction.event_id.in_(ids),
-            )
+            _stored_answers_query(),
+            {"org": org.id, "learners": sorted({a.learner_id for a in answers}), "ids": ids},
         )
     }
     fresh: dict[str, list[tuple[int, AnswerIn]]] = {}
@@ -281,6 +276,42 @@ def record_answers(
     return results  # type: ignore[return-value]
 
 
+@functools.cache
+def _stored_answers_query() -> Select:
+    """Stored answers of some learners (bound ``learners``) with some event ids (``ids``):
+    built once, bound per request."""
+    return (
+        select(Interaction, Learner.external_id, Item.external_id)
+        .join(Learner, Learner.id == Interaction.learner_id)
+        .join(Item, Item.id == Interaction.item_id)
+        .where(
+            Learner.org_id == bindparam("org"),
+            Learner.external_id.in_(bindparam("learners", expanding=True)),
+            Interaction.event_id.in_(bindparam("ids", expanding=True)),
+        )
+    )
+
+
+@functools.cache
+def _lock_query(with_state: bool) -> Select:
+    """Learners by external id (bound ``ext``, a list), locked, with their states for a model
+    (bound ``model``) when asked: built once, bound per request."""
+    q = select(Learner)
+    if with_state:
+        q = select(Learner, LearnerState).outerjoin(
+            LearnerState,
+            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == bindparam("model")),
+        )
+    return (
+        q.where(
+            Learner.org_id == bindparam("org"),
+            Learner.external_id.in_(bindparam("ext", expanding=True)),
+        )
+        .order_by(Learner.external_id)
+        .with_for_update(of=Learner)
+    )
+
+
 def _lock_learners(
     session: Session, *, org: Organisation, external_ids: list[str], model: LoadedModel | None
 ) -> dict[str, Learner]:
@@ -288,24 +319,35 @@ def _lock_learners(
     external id order so that two requests never wait on each other crosswise; SQLite holds
     the database lock since ``BEGIN IMMEDIATE``), with their states for ``model`` loaded
     into the session (so :func:`current_state` needs no query): one statement."""
-    if model is None:
-        q = select(Learner)
-    else:
-        q = select(Learner, LearnerState).outerjoin(
-            LearnerState,
-            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == model.model_id),
-        )
-    q = (
-        q.where(Learner.org_id == org.id, Learner.external_id.in_(external_ids))
-        .order_by(Learner.external_id)
-        .with_for_update(of=Learner)
-    )
+    params = {"org": org.id, "ext": list(external_ids)}
+    if model is not None:
+        params["model"] = model.model_id
+    q = _lock_query(model is not None)
     out = {}
-    for row in session.execute(q):
+    for row in session.execute(q, params):
         out[row[0].external_id] = row[0]
         if model is not None:
             remember_state(session, row[0].id, model.model_id, row[1])
     return out
+
+
+@functools.cache
+def _update_query(table: Table, columns: tuple[str, ...]) -> Update:
+    """``UPDATE table SET columns WHERE primary key``, values bound by column name and the
+    key by ``pk_<column>``: built once per (table, columns)."""
+    cond = [c == bindparam(f"pk_{c.key}") for c in table.primary_key.columns]
+    return update(table).where(*cond).values({c: bindparam(c) for c in columns})
+
+
+@functools.cache
+def _response_query() -> Update:
+    """An answer's stored response by (learner, event id): built once."""
+    t = Interaction.__table__
+    return (
+        update(t)
+        .where(t.c.learner_id == bindparam("pk_learner"), t.c.event_id == bindparam("pk_event"))
+        .values(response=bindparam("response"))
+    )
 
 
 class _Writes:
@@ -337,16 +379,13 @@ class _Writes:
             session.execute(insert(Interaction.__table__), self.interactions)
             self.interactions = []
         for (table, ident), values in self.updates.items():
-            pk = table.primary_key.columns
-            cond = [c == v for c, v in zip(pk, ident, strict=True)]
-            session.execute(update(table).where(*cond).values(**values))
+            pk = {f"pk_{c.key}": v for c, v in zip(table.primary_key.columns, ident, strict=True)}
+            session.execute(_update_query(table, tuple(values)), {**pk, **values})
         self.updates = {}
-        t = Interaction.__table__
         for learner_id, event_id, response in self.responses:
             session.execute(
-                update(t)
-                .where(t.c.learner_id == learner_id, t.c.event_id == event_id)
-                .values(response=response)
+                _response_query(),
+                {"pk_learner": learner_id, "pk_event": event_id, "response": response},
             )
         self.responses = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
@@ -178,6 +179,21 @@ def visible_groups(principal: Principal) -> frozenset[int] | None:
     return principal.group_ids if principal.role == "teacher" else None
 
 
+@functools.cache
+def _learner_query(with_state: bool, lock: bool) -> Select:
+    """The learner by (organisation, external id), with its state for a model (bound
+    ``model``) when asked: built once per variant, so a request only binds its values (a
+    statement built per call costs more than running it)."""
+    q = select(Learner)
+    if with_state:
+        q = select(Learner, LearnerState).outerjoin(
+            LearnerState,
+            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == bindparam("model")),
+        )
+    q = q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
+    return q.with_for_update(of=Learner) if lock else q
+
+
 def visible_learner(
     session: Session,
     principal: Principal,
@@ -191,16 +207,10 @@ def visible_learner(
     for that model into the session in the same statement (then
     :func:`tutor.states.current_state` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
-    q = select(Learner)
+    params = {"org": principal.org_id, "ext": external_id}
     if state_of is not None:
-        q = select(Learner, LearnerState).outerjoin(
-            LearnerState,
-            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == state_of.model_id),
-        )
-    q = q.where(Learner.org_id == principal.org_id, Learner.external_id == external_id)
-    if lock:
-        q = q.with_for_update(of=Learner)
-    row = session.execute(q).first()
+        params["model"] = state_of.model_id
+    row = session.execute(_learner_query(state_of is not None, lock), params).first()
     learner = None if row is None else row[0]
     if learner is not None and state_of is not None:
         remember_state(session, learner.id, state_of.model_id, row[1])
