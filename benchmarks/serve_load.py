@@ -454,6 +454,10 @@ def measure(wrk: str, server: Server, setup: dict[str, Any], args) -> dict[str, 
         out[load] = run_wrk(wrk, server, setup, load, args.seconds, args)
         for spy in spies:
             spy.wait(60)
+        if spies:
+            prefix = setup["profile_prefix"]
+            paths = [prefix.with_name(f"{prefix.name}-w{k}.txt") for k in range(len(spies))]
+            out[load]["profile"] = summarise_profile(paths)
     # one request alone: one connection, one request at a time (latency without queueing)
     for load in LOADS:
         alone = run_wrk(wrk, server, setup, load, args.alone_seconds, args, connections=1)
@@ -462,6 +466,47 @@ def measure(wrk: str, server: Server, setup: dict[str, Any], args) -> dict[str, 
 
 
 # ---------------------------------------------------------------------- report
+#: frames of the profile summary: (label, how a frame of it is named in py-spy's raw output)
+PROFILE_PARTS = (
+    ("route functions (all)", "_run_sync_endpoint"),
+    ("  POST /v1/answers", "post_answers (tutor/api/answers.py"),
+    ("    record_answers", "record_answers (tutor/service.py"),
+    ("    the model step and concept estimates", "_apply_learner (tutor/service.py"),
+    ("  GET next-items", "next_items (tutor/api/learners.py"),
+    ("    learner view (state, predictions)", "learner_view (tutor/recommend.py"),
+    ("    the policy", "recommend (tutor/recommend.py"),
+    ("  GET mastery", "get_mastery (tutor/api/learners.py"),
+    ("SQLAlchemy Session.execute (anywhere)", "Session.execute (sqlalchemy/orm/session.py"),
+    ("psycopg (anywhere)", "(psycopg/"),
+    ("torch model calls (anywhere)", "predict_logits ("),
+    ("pydantic JSON out", "model_dump_json"),
+    ("FastAPI dependencies", "solve_dependencies"),
+)
+
+
+def summarise_profile(paths: list[Path]) -> str:
+    """Inclusive share of GIL samples per part of the request path (PROFILE_PARTS) over the
+    workers' raw py-spy stacks; the rest is the event loop, uvicorn and the middleware."""
+    total, hits = 0, dict.fromkeys([label for label, _ in PROFILE_PARTS], 0)
+    for path in paths:
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            total += int(count)
+            for label, needle in PROFILE_PARTS:
+                if needle in stack:
+                    hits[label] += int(count)
+    if not total:
+        return "py-spy: no samples"
+    rows = [f"  {label:<44} {100 * n / total:5.1f}%" for label, n in hits.items()]
+    return f"py-spy, {total:,} GIL samples (share of the samples that hold each part):\n" + (
+        "\n".join(rows)
+    )
+
+
 def per_request_ms(res: dict[str, Any]) -> float:
     """Server + database CPU milliseconds per request."""
     cpu = res["cpu"]
@@ -504,6 +549,12 @@ def render(console, rows: list[dict[str, Any]], args) -> None:  # noqa: ANN001
             )
         t.add_section()
     console.print(t)
+    for row in rows:
+        for load, r in row["loads"].items():
+            if "profile" in r:
+                where = f"{row['catalogue']}, {row['db']}, {row['workers']} worker(s)"
+                console.print(f"{where}, {load}:")
+                console.print(r["profile"], highlight=False)
     for row in rows:
         if row["db"] != "postgresql" or row["workers"] != 2:
             continue
