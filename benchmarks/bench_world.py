@@ -97,10 +97,13 @@ class World:
 
 
 @contextmanager
-def scratch_database(kind: str, *, pg: str, folder: Path, prefix: str) -> Iterator[str]:
+def scratch_database(
+    kind: str, *, pg: str, folder: Path, prefix: str, keep: bool = False
+) -> Iterator[str]:
     """A fresh, empty database URL for one run: ``kind`` ``sqlite`` (``folder/tutor.db``,
     its old files removed) or ``postgresql`` (a database ``<prefix>_<random>`` created on
-    the server ``pg`` and dropped, its connections ended, when the block ends)."""
+    the server ``pg`` and dropped, its connections ended, when the block ends unless
+    ``keep``)."""
     if kind == "sqlite":
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "tutor.db"
@@ -122,7 +125,8 @@ def scratch_database(kind: str, *, pg: str, folder: Path, prefix: str) -> Iterat
     try:
         yield make_url(pg).set(database=name).render_as_string(hide_password=False)
     finally:
-        drop_postgres_database(admin, name)
+        if not keep:
+            drop_postgres_database(admin, name)
         admin.dispose()
 
 

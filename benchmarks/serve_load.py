@@ -13,7 +13,8 @@ demo's 13,400 items over 107 concepts, and 50,000 items over 500 concepts) and d
 3. uvicorn serves it (``--workers``: a comma list runs each count; default 1,2 on PostgreSQL,
    1 on SQLite, whose writers are serialised anyway) and ``wrk`` (``--connections``,
    ``--threads``) drives three loads of ``--seconds`` each after ``--warmup`` unmeasured
-   seconds: **mixed** (an answer of a random learner, then that learner's next 5 items, again
+   seconds: **mixed** (an answer of a random learner, then the next 5 items of the learner
+   that wrk thread answered for last (per thread, not per connection), again
    and again), **next-items** only and **mastery** only.
 
 Printed per load: requests a second, latency p50/p90/p99/max (wrk's, all requests of the
@@ -53,11 +54,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_world import World, drop_postgres_database  # noqa: E402 - after the path set-up
+from bench_world import World, scratch_database  # noqa: E402 - after the path set-up
 
 PG_URL = os.environ.get("TUTOR_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = ROOT / "runs" / "serve_load"
-PG_DB = "kt_serve_load"
 ORG = "bench"
 SEED = 7
 #: first day of the simulated history (the load's answers, stamped now, come after it)
@@ -68,42 +68,6 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- databases
-def _pg_admin(pg: str):  # noqa: ANN202
-    from sqlalchemy import create_engine
-
-    return create_engine(pg, isolation_level="AUTOCOMMIT")
-
-
-def create_database(db: str, pg: str) -> str:
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    if db == "sqlite":
-        folder = WORK / "sqlite"
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        return f"sqlite:///{folder / 'tutor.db'}"
-    admin = _pg_admin(pg)
-    try:
-        drop_postgres_database(admin, PG_DB)
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{PG_DB}"'))
-    finally:
-        admin.dispose()
-    return make_url(pg).set(database=PG_DB).render_as_string(hide_password=False)
-
-
-def drop_database(db: str, pg: str) -> None:
-    if db == "sqlite":
-        shutil.rmtree(WORK / "sqlite", ignore_errors=True)
-        return
-    admin = _pg_admin(pg)
-    try:
-        drop_postgres_database(admin, PG_DB)
-    finally:
-        admin.dispose()
-
-
 def load_database(url: str, dataset: Path, run: Path, log) -> dict[str, Any]:  # noqa: ANN001
     """Schema, import, model, keys, eager states, ANALYZE; returns keys and timings."""
     from sqlalchemy import text
@@ -164,98 +128,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-#: one single-process uvicorn on its own SO_REUSEPORT socket (``--balance reuseport``): the
-#: kernel spreads new connections over the sockets, where ``--workers`` lets whichever worker
-#: wakes first accept a whole burst of them
-_REUSEPORT_SERVER = """
-import socket, sys, uvicorn
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-cfg = uvicorn.Config("tutor.api.app:create_app", factory=True, access_log=False,
-                     log_level="warning")
-uvicorn.Server(cfg).run(sockets=[s])
-"""
-
-
 class Server:
-    """The API under test: ``uvicorn --workers W`` (``balance='uvicorn'``) or W single-process
-    uvicorns sharing the port through SO_REUSEPORT (``balance='reuseport'``)."""
+    """The API under test: ``uvicorn --workers W`` on a free port, started and ready."""
 
-    def __init__(self, url: str, workers: int, balance: str, log_path: Path) -> None:
+    def __init__(self, url: str, workers: int, log_path: Path) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url, "TUTOR_ENVIRONMENT": "development"}
-        if balance == "uvicorn":
-            cmds = [
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "tutor.api.app:create_app",
-                    "--factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--workers",
-                    str(workers),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ]
-            ]
-        else:
-            cmds = [[sys.executable, "-c", _REUSEPORT_SERVER, str(self.port)]] * workers
-        self.procs: list[subprocess.Popen] = []
+        cmd = [sys.executable, "-m", "uvicorn", "tutor.api.app:create_app", "--factory"]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        cmd += ["--no-access-log", "--log-level", "warning"]
         with open(log_path, "ab") as fh:
-            for cmd in cmds:
-                self.procs.append(
-                    subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-                )
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
+            )
         self._wait_ready(log_path)
 
     def _wait_ready(self, log_path: Path) -> None:
         import httpx
 
         deadline = time.monotonic() + 120
-        ready = 0
-        while ready < len(self.procs):  # reuseport: each new connection may reach another one
+        while True:
             try:
                 with httpx.Client(timeout=5) as http:
-                    ok = http.get(f"{self.base}/ready").status_code == 200
-                ready = ready + 1 if ok else 0
+                    if http.get(f"{self.base}/ready").status_code == 200:
+                        return
             except httpx.HTTPError:
-                ready = 0
-            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            if ready < len(self.procs):
-                time.sleep(0.2)
+            time.sleep(0.2)
 
     def workers(self) -> list[int]:
-        """The processes that serve requests (uvicorn's workers, or the servers themselves)."""
-        out = []
-        for p in self.procs:
-            kids = [
-                pid
-                for pid, (_, ppid, _) in _processes().items()
-                if ppid == p.pid and b"spawn_main" in _cmdline(pid)
-            ]
-            out += kids or [p.pid]
-        return out
+        """The processes that serve requests (uvicorn's workers; the server itself with one)."""
+        kids = [
+            pid
+            for pid, (_, ppid, _) in _processes().items()
+            if ppid == self.proc.pid and b"spawn_main" in _cmdline(pid)
+        ]
+        return kids or [self.proc.pid]
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 # ---------------------------------------------------------------------- CPU accounting
@@ -288,10 +209,11 @@ def _cmdline(pid: int) -> bytes:
 
 
 def cpu_snapshot(server: Server) -> dict[str, Any]:
-    """CPU seconds so far, per process, of the server (every process of it) and of the
-    PostgreSQL backends serving the benchmark's database; busy seconds of the machine."""
+    """CPU seconds so far, per process, of the server (every process of it) and of every
+    PostgreSQL process (its backends and its WAL writer, checkpointer and background writer:
+    run the benchmark on an otherwise idle server); busy seconds of the machine."""
     procs = _processes()
-    tree = {p.pid for p in server.procs}
+    tree = {server.proc.pid}
     changed = True
     while changed:
         changed = False
@@ -303,9 +225,7 @@ def cpu_snapshot(server: Server) -> dict[str, Any]:
     return {
         "server": {p: procs[p][2] for p in tree if p in procs},
         "postgres": {
-            pid: cpu
-            for pid, (comm, _, cpu) in procs.items()
-            if comm.startswith("postgres") and PG_DB.encode() in _cmdline(pid)
+            pid: cpu for pid, (comm, _, cpu) in procs.items() if comm.startswith("postgres")
         },
         "machine": (sum(f[:8]) - f[3] - f[4]) / CLK,
     }
@@ -415,7 +335,8 @@ def run_wrk(
     cpu0, t0 = cpu_snapshot(server), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read().decode() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, wait_status, usage = os.wait4(proc.pid, 0)
+    status = os.waitstatus_to_exitcode(wait_status)
     cpu1, t1 = cpu_snapshot(server), time.perf_counter()
     line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)
     if status != 0 or line is None:
@@ -648,14 +569,15 @@ def main() -> None:
             if db not in ("sqlite", "postgresql"):
                 ap.error(f"unknown database {db!r}")
             log(f"{name}, {db}: loading")
-            url = create_database(db, args.pg)
-            try:
+            with scratch_database(
+                db, pg=args.pg, folder=WORK / "sqlite", prefix="kt_serve_load", keep=args.keep
+            ) as url:
                 setup = load_database(url, dataset, run, log)
                 counts = args.workers or ("1,2" if db == "postgresql" else "1")
                 for workers in (int(w) for w in counts.split(",")):
                     log(f"{name}, {db}: {workers} worker(s)")
                     setup["profile_prefix"] = WORK / f"pyspy-{concepts}x{per}-{db}-{workers}"
-                    server = Server(url, workers, "uvicorn", WORK / f"server-{db}.log")
+                    server = Server(url, workers, WORK / f"server-{db}.log")
                     try:
                         loads = measure(wrk, server, setup, args)
                     finally:
@@ -677,9 +599,6 @@ def main() -> None:
                         f"  mixed {r['requests'] / r['seconds']:,.0f} req/s, p99 "
                         f"{r['p99'] / 1000:.1f} ms, {per_request_ms(r):.2f} ms CPU/request"
                     )
-            finally:
-                if not args.keep:
-                    drop_database(db, args.pg)
     render(console, rows, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(console.export_text())

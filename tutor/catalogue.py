@@ -76,6 +76,9 @@ class Catalogue:
     concept_level: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: [C] share of correct answers on each concept (Laplace-smoothed; 0.5 without answers)
     concept_rate: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: concept positions in the database's order of external ids (its collation: how
+    #: ``/v1/concepts`` and ``/mastery`` list them)
+    concept_order: list[int] = field(default_factory=list)
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def name(self, pos: int) -> str:
@@ -98,8 +101,9 @@ class Catalogue:
     @cached_property
     def concepts_by_id(self) -> tuple[ConceptRef, ...]:
         """Every concept, ordered by external id (how ``/mastery`` lists them)."""
-        order = sorted(range(len(self.concept_ext)), key=self.concept_ext.__getitem__)
-        return tuple(ConceptRef(self.concept_ext[k], self.concept_name[k]) for k in order)
+        return tuple(
+            ConceptRef(self.concept_ext[k], self.concept_name[k]) for k in self.concept_order
+        )
 
 
 #: the per-process cache: (database scope, organisation id) -> its catalogue (the latest
@@ -127,6 +131,9 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         .order_by(Concept.id)
     ).all()
     cpos = {c[0]: k for k, c in enumerate(concepts)}
+    by_ext = session.scalars(
+        select(Concept.id).where(Concept.org_id == org.id).order_by(Concept.external_id)
+    )
     items = session.execute(
         select(Item.id, Item.external_id)
         .where(Item.org_id == org.id, Item.active.is_(True))
@@ -159,6 +166,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
         concept_level=np.array(
             [np.nan if c[3] is None else float(c[3]) for c in concepts], dtype=np.float64
         ),
+        concept_order=[cpos[i] for i in by_ext],
     )
     lens = np.array([len(cs) for cs in cat.item_concepts], dtype=np.int64)
     cat.link_item = np.repeat(np.arange(len(cat.item_concepts), dtype=np.int64), lens)

@@ -30,8 +30,10 @@ SECONDS_PER_DAY = 86400.0
 #: has just answered this many in a row correctly (ASSISTments' skill-builder mastery
 #: criterion) has mastery 1
 REFERENCE_STREAK = 3
-#: concept lists whose weights :meth:`ConceptSets.rows` keeps (then it starts again)
+#: concept lists whose weights :meth:`ConceptSets.rows` keeps (then it starts again), and the
+#: longest list it keeps (longer ones, a whole catalogue's, are computed each time)
 ROWS_CACHE = 4096
+ROWS_CACHE_CONCEPTS = 16
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,17 @@ class ConceptSets:
     #: concept c's model items: ``concept_item[concept_start[c]:concept_start[c + 1]]``
     concept_start: np.ndarray
     concept_item: np.ndarray
-    _rows: dict[tuple[int, ...], tuple[np.ndarray, torch.Tensor]] = field(
+    _rows: dict[tuple[int, ...], tuple[np.ndarray, sparse.csr_matrix]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     @classmethod
-    def build(cls, item_concepts: np.ndarray, per_set: bool) -> ConceptSets:
-        """From the vocabulary's ``[n_items + 1, K]`` concept table (0: none); ``per_set``:
-        one signature per distinct concept set (a concept-level model), else one per item."""
+    def build(cls, item_concepts: np.ndarray, n_concepts: int, per_set: bool) -> ConceptSets:
+        """From the vocabulary's ``[n_items + 1, K]`` concept table (0: none) over
+        ``n_concepts`` concepts (some may have no item); ``per_set``: one signature per
+        distinct concept set (a concept-level model), else one per item."""
         q = np.asarray(item_concepts, dtype=np.int64)
-        n_items1, n_c1 = q.shape[0], int(q.max(initial=0)) + 1
+        n_items1, n_c1 = q.shape[0], max(int(n_concepts), int(q.max(initial=0))) + 1
         # the signature: the item's concept entries, sorted (a model reads them in any order)
         qs = np.sort(np.where(q > 0, q, 0), axis=1)
         if per_set:
@@ -101,21 +104,23 @@ class ConceptSets:
         """The model items (1..n) of model concept ``concept``."""
         return self.concept_item[self.concept_start[concept] : self.concept_start[concept + 1]]
 
-    def rows(self, concepts: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """The signatures that hold an item of ``concepts`` and the ``[len(concepts),
+    def rows(self, concepts: np.ndarray) -> tuple[np.ndarray, sparse.csr_matrix]:
+        """The signatures that hold an item of ``concepts`` and the sparse ``[len(concepts),
         len(signatures)]`` weights that turn their predictions into those concepts' mastery:
-        what a read of a few concepts needs, instead of every concept set. Kept per concept
-        list (an answered item's concepts come back again and again; at most
-        :data:`ROWS_CACHE` lists)."""
+        what a read of a few concepts needs, instead of every concept set. Short concept
+        lists (an answered item's concepts come back again and again) are kept, at most
+        :data:`ROWS_CACHE` of them; the weights stay sparse, so no entry grows with
+        items x concepts."""
         key = tuple(int(c) for c in concepts)
         hit = self._rows.get(key)
         if hit is None:
             part = self.weights[np.asarray(key, dtype=np.int64)]
             cols = np.unique(part.indices)
-            hit = (cols, torch.from_numpy(part[:, cols].toarray()))
-            if len(self._rows) >= ROWS_CACHE:
-                self._rows.clear()
-            self._rows[key] = hit
+            hit = (cols, part[:, cols].tocsr())
+            if len(key) <= ROWS_CACHE_CONCEPTS:
+                if len(self._rows) >= ROWS_CACHE:
+                    self._rows.clear()
+                self._rows[key] = hit
         return hit
 
     def mastery(self, p_sig: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -209,7 +214,9 @@ class LoadedModel:
             time_unit=time_unit,
             item_index={items_map.get(it, it): i + 1 for i, it in enumerate(vocab.items)},
             concept_ids=[concepts_map.get(c, c) for c in vocab.concepts],
-            sets=ConceptSets.build(np.asarray(vocab.item_concepts), bool(model.concept_level)),
+            sets=ConceptSets.build(
+                np.asarray(vocab.item_concepts), vocab.n_concepts, bool(model.concept_level)
+            ),
             _template=template,
             _layout=layout,
         )
@@ -372,8 +379,8 @@ class LoadedModel:
         cols, w = self.sets.rows(concepts[known])
         if not len(cols):
             return out
-        p = torch.from_numpy(predict_many(self, state, self.sets.sig_item[cols], at_times))
-        m = (p @ w.T).numpy().astype(np.float64)  # [n, k]
+        p = predict_many(self, state, self.sets.sig_item[cols], at_times)  # [n, s]
+        m = np.asarray(w @ p.T).T.astype(np.float64)  # [n, k]
         if scale == "reachable":
             m = self.scaled_at(m, concepts[known])
         out[:, known] = m

@@ -105,8 +105,8 @@ def replay_histories(
             col = {c: j for j, c in enumerate(cset)}
             cidx = np.array([model.concept_index(c) or 0 for c in cset], dtype=np.int64)
             sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
-            est = model.estimates(sub, cidx)
             raw = model.estimates(sub, cidx, scale="success")
+            est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(raw), cidx), np.nan)
             for r, k in enumerate(ks.tolist()):
                 priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
                 shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}

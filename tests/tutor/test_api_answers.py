@@ -186,3 +186,20 @@ def test_body_size_and_rate_limits(world):
         assert codes == [200, 200, 200, 429]
         # another key has its own budget
         assert c.get("/v1/learners/u0/history", headers=world.headers("learner")).status_code == 200
+
+
+def test_mastery_lists_concepts_in_the_order_of_the_concept_list(client, world):
+    """``/mastery`` (concepts from the cached catalogue) orders concepts by external id as the
+    database does, like ``/v1/concepts``, on SQLite and PostgreSQL alike; a concept added
+    later (mixed case, out of code-point order) takes its place at once."""
+    h = world.headers("admin")
+    for ext in ("Zeta", "alpha", "B-2"):
+        assert client.put(f"/v1/concepts/{ext}", json={"name": ext}, headers=h).status_code in (
+            200,
+            201,
+        )
+    listed = [c["id"] for c in client.get("/v1/concepts?limit=1000", headers=h).json()["concepts"]]
+    mastery = [
+        c["concept_id"] for c in client.get("/v1/learners/u1/mastery", headers=h).json()["concepts"]
+    ]
+    assert mastery == listed and {"Zeta", "alpha", "B-2"} <= set(mastery)

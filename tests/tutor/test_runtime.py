@@ -76,7 +76,7 @@ def _dense_mastery(q: np.ndarray, p_items: np.ndarray) -> np.ndarray:
 
 
 def test_concept_sets_group_items_by_their_concepts():
-    sets = ConceptSets.build(Q, per_set=True)
+    sets = ConceptSets.build(Q, 2, per_set=True)
     sig = sets.item_sig
     assert sig[1] == sig[2] and sig[4] == sig[5] and sig[0] == sig[6]
     assert len({sig[1], sig[3], sig[4], sig[6], sig[7]}) == 5  # {2, 2} is not {2}
@@ -90,11 +90,21 @@ def test_concept_sets_group_items_by_their_concepts():
         sets.mastery(batch)[1], _dense_mastery(Q, (1 - p_sets)[sig]), rtol=1e-6
     )
     cols, w = sets.rows(np.array([2]))
-    np.testing.assert_allclose(w.numpy() @ p_sets[cols], _dense_mastery(Q, p_sets[sig])[2:3])
+    np.testing.assert_allclose(w @ p_sets[cols], _dense_mastery(Q, p_sets[sig])[2:3])
+
+
+def test_concepts_without_items_keep_their_place():
+    """A catalogued concept no item carries (the last ones included) is a row of zeros, not
+    an index error: the sets span every concept of the vocabulary."""
+    sets = ConceptSets.build(Q, 4, per_set=True)
+    assert sets.weights.shape[0] == 5 and len(sets.items_of(4)) == 0
+    assert sets.mastery(np.ones(len(sets.sig_item)))[3:].tolist() == [0.0, 0.0]
+    cols, w = sets.rows(np.array([3, 1]))
+    assert w.shape == (2, len(cols)) and w[0].sum() == 0
 
 
 def test_sets_of_a_model_with_item_terms_are_the_items():
-    sets = ConceptSets.build(Q, per_set=False)
+    sets = ConceptSets.build(Q, 2, per_set=False)
     assert sets.item_sig.tolist() == list(range(len(Q)))
     p = np.linspace(0.1, 0.8, len(Q))
     np.testing.assert_allclose(sets.mastery(p), _dense_mastery(Q, p), rtol=1e-6)
