@@ -1,8 +1,9 @@
 """Training throughput and serving latency of every model.
 
 * training: seconds per epoch and interactions per second on ASSIST2015 (pyKT split, the
-  folds 1-4 training learners), one epoch after a warm-up epoch, each step the training
-  loop's own (``kt_models.train.optimizer_step``: finiteness check, clipping, weight average);
+  folds 1-4 training learners), one epoch after a warm-up epoch, each the training loop's own
+  (``kt_models.train.train_epoch``: batches, ``optimizer_step`` with its finiteness check,
+  clipping and weight average, the loss bookkeeping);
 * serving: the time of one ``step`` and of one ``predict`` for a single learner (the request
   path of the tutor service), averaged over 2,000 answers.
 
@@ -27,8 +28,8 @@ from rich.table import Table
 
 from data_loaders import ingest
 from kt_models.base import build_model, make_config
-from kt_models.data import load_sequences, make_batch, split_learners, windows
-from kt_models.train import TrainConfig, epoch_plan, new_state, optimizer_step, pick_device
+from kt_models.data import load_sequences, split_learners, windows
+from kt_models.train import TrainConfig, epoch_plan, new_state, pick_device, train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kt_quality import model_rows  # noqa: E402
@@ -46,15 +47,11 @@ def time_epoch(
     ws = windows(seqs, split.train, cfg.max_len)
     plan = epoch_plan(ws, cfg, seed=0)
     best = float("inf")
-    for _ in range(2):  # warm-up, then the timed epoch
-        model.train()
+    for epoch in (1, 2):  # warm-up, then the timed epoch
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for g in plan:
-            b = make_batch(ws, g).to(device)
-            optimizer_step(model, st.opt, model.loss(b, model(b)), cfg, st.ema_model, st.ema_steps)
-            st.ema_steps += 1
+        train_epoch(st, model, ws, plan, cfg, device, epoch=epoch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)

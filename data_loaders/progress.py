@@ -102,4 +102,12 @@ class RichProgress:
         self.finish()
 
 
-__all__ = ["NoProgress", "Progress", "RichProgress"]
+def progress_bars(progress: bool | Progress) -> Progress:
+    """The :class:`Progress` a ``progress`` argument asks for: True, bars on stderr that vanish
+    when their task ends; False, none; a Progress, itself."""
+    if isinstance(progress, bool):
+        return RichProgress(transient=True) if progress else NoProgress()
+    return progress
+
+
+__all__ = ["NoProgress", "Progress", "RichProgress", "progress_bars"]

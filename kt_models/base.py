@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -280,30 +281,63 @@ def _plain_default(o: Any) -> Any:
 
 
 def read_checkpoint(
-    source: Path | str | bytes, map_location: str | torch.device = "cpu"
+    source: Path | str | bytes,
+    map_location: str | torch.device = "cpu",
+    *,
+    remedy: str | None = None,
 ) -> dict[str, Any]:
     """A checkpoint's payload, loaded with ``weights_only=True``: tensors and plain data only,
     never an arbitrary object (a crafted file cannot run code here). Checkpoints written
     before their metadata was plain data held ``torch.__version__`` objects
-    (``TorchVersion``, a ``str``), which are allowed too. :class:`CheckpointError` otherwise."""
-    name = "checkpoint" if isinstance(source, bytes) else str(source)
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise CheckpointError(f"{name}: checkpoint not found")
+    (``TorchVersion``, a ``str``), which are allowed too. :class:`CheckpointError` otherwise,
+    naming the file, the global it refused (if any) and, with ``remedy``, what to do."""
+    is_file = not isinstance(source, bytes)
+    name = str(source) if is_file else "checkpoint"
+    label = Path(source).name if is_file else "it"
+    tail = f"; {remedy}" if remedy else ""
+    if is_file and not Path(source).is_file():
+        raise CheckpointError(f"{name}: checkpoint not found{tail}")
     from torch.torch_version import TorchVersion
 
-    f = io.BytesIO(source) if isinstance(source, bytes) else source
+    f = source if is_file else io.BytesIO(source)
     try:
         with torch.serialization.safe_globals([TorchVersion]):
             return torch.load(f, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{name}: not a plain-data checkpoint (it holds objects that loading would have to "
-            f"run code to build; refused: {str(exc).splitlines()[-1][:200]})"
-        ) from exc
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused the file
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        what = (
+            f"{label} holds an object that loading would have to run code to build: "
+            f"{refused.group(1) or refused.group(2)}; refused"
+            if refused is not None
+            else f"corrupt, or holding what the safe loader refuses: {_torch_reason(exc)}"
+        )
+        raise CheckpointError(f"{name}: not a plain-data checkpoint ({what}){tail}") from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
         raise CheckpointError(
-            f"{name}: not a readable checkpoint (truncated or corrupt file: {str(exc)[:200]})"
+            f"{name}: not a readable checkpoint ({label} is truncated or corrupt: "
+            f"{_torch_reason(exc)}){tail}"
         ) from exc
+
+
+#: How torch's weights-only unpickler names a global it refuses (an allowlist miss, or a
+#: module it blocks outright).
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+)")
+
+#: Lines of torch's loading errors that advise rather than say what went wrong.
+_TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "Check the documentation")
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """What a torch loading error says went wrong, in at most 200 characters: the weights-only
+    unpickler's own reason without the advice around it, else the first line of the message,
+    else the exception's type."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        text = " ".join(text.split())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(_TORCH_ADVICE)] or lines
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def load_checkpoint(

@@ -20,7 +20,6 @@ Protocol choices (stated in the README):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,14 +377,6 @@ def make_batch(seqs: Sequences, users: np.ndarray, max_len: int | None = None) -
         mask=torch.from_numpy(mask),
         users=users,
     )
-
-
-def iter_batches(
-    seqs: Sequences, users: np.ndarray, *, max_len: int | None = None, **plan: Any
-) -> Iterator[Batch]:
-    """The padded batches of :func:`plan_batches` (``plan``: its other options), in order."""
-    for group in plan_batches(seqs, users, max_len=max_len, **plan):
-        yield make_batch(seqs, group, max_len=max_len)
 
 
 def plan_batches(

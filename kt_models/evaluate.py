@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from data_loaders.progress import Progress
+from data_loaders.progress import Progress, progress_bars
 
 from .base import KTModel, load_checkpoint
 from .data import Sequences, load_sequences, split_learners
@@ -42,7 +42,7 @@ from .predictions import (
     predict_multi_step,
     predict_next_step,
 )
-from .train import pick_device, progress_bars
+from .train import pick_device
 
 POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
 
@@ -333,11 +333,6 @@ def learning_curves(
 
 
 # ---------------------------------------------------------------------- PSI-KT pieces
-def has_interpretation(model: KTModel) -> bool:
-    """A learned prerequisite graph and learner traits to show (PSI-KT)."""
-    return model.has_traits and model.prerequisite_graph() is not None
-
-
 def trait_summary(traits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Median, mean, min and max of each trait over the learners that have it (nan: none)."""
     summary = {}
@@ -384,7 +379,9 @@ def analyse_run(
     model, seqs, users = lr.model, lr.seqs, lr.users
     if len(users) == 0:
         raise ValueError(f"{lr.data}: no learners to report on ({lr.subset})")
-    interp = has_interpretation(model)
+    # a learned prerequisite graph and learner traits to show (PSI-KT)
+    graph = model.prerequisite_graph() if model.has_traits else None
+    interp = graph is not None
     bars = progress_bars(progress)
     try:
         bars.start("next-step predictions", len(users))
@@ -412,7 +409,6 @@ def analyse_run(
         "unknown items dropped": seqs.meta.get("unknown_items", 0),
         "checkpoint epoch": lr.payload.get("extra", {}).get("epoch"),
     }
-    graph = model.prerequisite_graph() if interp else None
     return RunAnalysis(
         run=lr,
         answers=answers,
@@ -457,7 +453,6 @@ __all__ = [
     "auc_by_position",
     "compare_runs",
     "evaluate_run",
-    "has_interpretation",
     "learning_curves",
     "load_run",
     "opportunity_index",

@@ -172,7 +172,10 @@ def final_traits(
     model: KTModel, seqs: Sequences, device: torch.device, *, advance: Advance | None = None
 ) -> dict[str, np.ndarray]:
     """``learner_traits`` of every learner of ``seqs`` after their last answer (serving form,
-    batched over learners; a learner's traits are taken at their own last step)."""
+    batched over learners; a learner's traits are taken at their own last step). ValueError
+    when the model has no learner traits (``has_traits`` false)."""
+    if not model.has_traits:
+        raise ValueError(f"{type(model).__name__} has no learner traits (has_traits is False)")
     model.eval()
     out = {k: np.full(seqs.n_users, np.nan) for k in TRAITS}
     for group, b in learner_batches(seqs, device, advance=advance):
@@ -182,7 +185,7 @@ def final_traits(
             state = model.step(state, b.item[:, t], b.correct[:, t], b.time[:, t])
             done = last == t
             if done.any():
-                traits = model.learner_traits(state)  # type: ignore[attr-defined]
+                traits = model.learner_traits(state)
                 for k in TRAITS:
                     out[k][group[done]] = traits[k].float().cpu().numpy()[done]
     return out

@@ -15,9 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import pickle
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -29,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from data_loaders import Dataset
-from data_loaders.progress import NoProgress, Progress, RichProgress
+from data_loaders.progress import NoProgress, Progress, progress_bars
 
 from .base import (
     CheckpointError,
@@ -38,6 +36,7 @@ from .base import (
     build_model,
     make_config,
     prediction_mask,
+    read_checkpoint,
     save_checkpoint,
 )
 from .data import (
@@ -111,14 +110,6 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device(f"cuda:{local}")
         return torch.device("cpu")
     return torch.device(name)
-
-
-def progress_bars(progress: bool | Progress) -> Progress:
-    """The :class:`~data_loaders.progress.Progress` a ``progress`` argument asks for: True, bars
-    on stderr that vanish when their task ends; False, none; a Progress, itself."""
-    if isinstance(progress, bool):
-        return RichProgress(transient=True) if progress else NoProgress()
-    return progress
 
 
 def seed_everything(seed: int) -> None:
@@ -515,27 +506,11 @@ _LAST_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 
 def _read_last(path: Path, device: torch.device) -> dict[str, Any]:
-    """``last.pt`` for ``--resume``, loaded with ``weights_only=True``; a
-    :class:`CheckpointError` naming the file and what to do when it is truncated, corrupt or
-    not a training checkpoint."""
+    """``last.pt`` for ``--resume``, loaded by :func:`~kt_models.base.read_checkpoint`
+    (``weights_only=True``); a :class:`CheckpointError` naming the file and what to do when it
+    is truncated, corrupt or not a training checkpoint."""
     remedy = "remove it or train without --resume"
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if refused is None:
-            raise CheckpointError(
-                f"{path}: {path.name} is truncated or corrupt ({str(exc)[:200]}); {remedy}"
-            ) from exc
-        raise CheckpointError(
-            f"{path}: {path.name} holds an object that loading would have to run code to "
-            f"build ({refused.group(1)}; refused); {remedy}"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(
-            f"{path}: {path.name} is truncated or corrupt ({msg}); {remedy}"
-        ) from exc
+    state = read_checkpoint(path, device, remedy=remedy)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a training checkpoint (no fields); {remedy}")
     for key, kind in _LAST_FIELDS.items():
@@ -635,7 +610,6 @@ __all__ = [
     "optimizer_step",
     "pick_device",
     "predict_next_step",
-    "progress_bars",
     "set_up_process",
     "train",
     "train_epoch",

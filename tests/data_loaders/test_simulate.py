@@ -165,12 +165,24 @@ def test_kt1_files(ingest_to, tmp_path):
     files = sorted(p.name for p in kt1.iterdir())
     assert "questions.csv" in files and len(files) == 61
     q = pd.read_csv(kt1 / "questions.csv")
-    assert ",".join(q.columns) == (
-        "question_id,bundle_id,explanation_id,correct_answer,part,tags,deployed_at"
-    )
+    assert list(q.columns) == [
+        "question_id",
+        "bundle_id",
+        "explanation_id",
+        "correct_answer",
+        "part",
+        "tags",
+        "deployed_at",
+    ]
     key = dict(zip(q["question_id"], q["correct_answer"], strict=True))
     u1 = pd.read_csv(kt1 / "u1.csv")
-    assert ",".join(u1.columns) == "timestamp,solving_id,question_id,user_answer,elapsed_time"
+    assert list(u1.columns) == [
+        "timestamp",
+        "solving_id",
+        "question_id",
+        "user_answer",
+        "elapsed_time",
+    ]
     t = ds.interactions()
     mine = t.filter(pc.equal(t.column("user_id"), "u1")).to_pylist()
     assert len(mine) == len(u1)

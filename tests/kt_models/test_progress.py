@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_loaders.progress import NoProgress, RichProgress
+from data_loaders.progress import NoProgress, RichProgress, progress_bars
 from kt_models.data import load_sequences
 from kt_models.predictions import predict_next_step, scored_batches
 from kt_models.report import write_report
-from kt_models.train import TrainConfig, progress_bars, train
+from kt_models.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
