@@ -262,6 +262,47 @@ def test_learner_timeline(posted, world, dkt_run):
     assert r.status_code == 422 and "nope" in r.json()["detail"]
 
 
+def test_a_timeline_shows_at_most_the_concept_limit(posted, world):
+    """More than ``TIMELINE_MAX_CONCEPTS`` distinct concepts is a 422 naming the limit, for
+    any key and before the learner is looked up (an unknown learner too); repeated ids count
+    once."""
+    from tutor.analytics.timeline import TIMELINE_MAX_CONCEPTS
+
+    many = ",".join(f"c{k}" for k in range(TIMELINE_MAX_CONCEPTS + 1))
+    for who, u in [("admin", "u0"), ("admin", "nope"), ("learner", "u1"), ("ingest", "u0")]:
+        r = posted.get(
+            f"/v1/analytics/learners/{u}/timeline?concepts={many}", headers=world.headers(who)
+        )
+        assert r.status_code == 422, (who, u, r.text)
+        assert f"at most {TIMELINE_MAX_CONCEPTS} concepts" in r.json()["detail"]
+    # at the limit: the concepts are checked against the catalogue as before
+    few = ",".join(f"c{k}" for k in range(TIMELINE_MAX_CONCEPTS))
+    r = posted.get(
+        f"/v1/analytics/learners/u0/timeline?concepts={few}", headers=world.headers("admin")
+    )
+    assert r.status_code == 422 and "unknown concept" in r.json()["detail"]
+    same = ",".join(["c0"] * (TIMELINE_MAX_CONCEPTS + 1))
+    r = posted.get(
+        f"/v1/analytics/learners/u0/timeline?concepts={same}", headers=world.headers("admin")
+    )
+    assert r.status_code == 200 and [c["concept_id"] for c in r.json()["concepts"]] == ["c0"]
+
+
+def test_sort_choices_are_declared(client):
+    """The class overview's and the item statistics' ``sort`` choices are in the OpenAPI
+    document (an enum), so that a bad one is a 422 from the parameters' validation."""
+    from tutor.analytics.items import ITEM_SORTS
+    from tutor.analytics.teaching import STUDENT_SORTS
+
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, choices in [
+        ("/v1/analytics/groups/{group_id}/students", STUDENT_SORTS),
+        ("/v1/analytics/groups/{group_id}/items", ITEM_SORTS),
+    ]:
+        (sort,) = [p for p in paths[path]["get"]["parameters"] if p["name"] == "sort"]
+        assert sort["schema"]["enum"] == list(choices), sort
+
+
 def test_learning_curves(posted, world, dkt_run):
     r = posted.get("/v1/analytics/groups/g1/learning-curves", headers=world.headers("teacher"))
     assert r.status_code == 200, r.text
@@ -651,6 +692,9 @@ def test_an_invalid_parameter_is_a_422_before_the_group_or_role_check(posted, wo
         "/v1/analytics/groups/{g}/mastery?at=yesterday",
         "/v1/analytics/groups/{g}/learning-curves?max_opportunity=0",
         "/v1/analytics/groups/{g}/items?desc=maybe",
+        "/v1/analytics/groups/{g}/students?sort=nope",
+        "/v1/analytics/groups/{g}/items?sort=gaps",
+        "/v1/analytics/learners/{u}/timeline?concepts=" + ",".join(f"c{k}" for k in range(51)),
         "/v1/analytics/groups/{g}/at-risk?format=xml",
         "/v1/analytics/learners/{u}/timeline?max_points=1",
         "/v1/learners/{u}/mastery?at=2024-01-01T00:00:00",

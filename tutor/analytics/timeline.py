@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ..db import Interaction, Learner, Organisation
 from ..runtime import concept_mastery_many, stack_states
-from ..service import as_utc
+from ..service import Invalid, as_utc
 from .cache import _TIMELINE
 from .context import _concept_positions, _Context, _context, _item_index, _ItemIndex
 from .status import mastery_scale
@@ -21,6 +21,18 @@ from .values import _iso, _ranges, _rnd
 
 #: default number of concepts on a timeline (the learner's most practised)
 TIMELINE_CONCEPTS = 8
+#: the most concepts a timeline may be asked for (each is a column of every point)
+TIMELINE_MAX_CONCEPTS = 50
+
+
+def check_concept_count(concepts: list[str] | None) -> None:
+    """:class:`Invalid` where more than :data:`TIMELINE_MAX_CONCEPTS` distinct concepts are
+    asked for."""
+    if concepts is not None and len(set(concepts)) > TIMELINE_MAX_CONCEPTS:
+        raise Invalid(
+            f"a timeline shows at most {TIMELINE_MAX_CONCEPTS} concepts "
+            f"({len(set(concepts))} asked for)"
+        )
 
 
 def learner_timeline(
@@ -39,6 +51,7 @@ def learner_timeline(
     points, evenly spaced, always the last). ``timed``
     says whether the answers carry real times (dates on the x axis) or not (imported without
     a clock: answer numbers)."""
+    check_concept_count(concepts)
     ctx = _context(session, org)
     items = _item_index(session, org, ctx)
     model = ctx.model

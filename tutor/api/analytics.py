@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
@@ -336,6 +336,9 @@ def _concept_list(raw: str | None) -> list[str] | None:
 
 
 OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+#: the orders of the class overview and the item statistics (OpenAPI lists them)
+StudentSort = Literal[teaching.STUDENT_SORTS]  # type: ignore[valid-type]
+ItemSort = Literal[items.ITEM_SORTS]  # type: ignore[valid-type]
 #: the page size of the mastery grid and the at-risk list
 PageQuery = Annotated[int | None, Query(ge=1, le=1000, description="default 100; CSV: all")]
 
@@ -363,7 +366,7 @@ _students_table = rows_at("students", STUDENT_COLUMNS)
 def class_overview(
     group_id: str,
     view: ViewDep,
-    sort: Annotated[str, Query(description=f"One of {', '.join(teaching.STUDENT_SORTS)}")] = "name",
+    sort: Annotated[StudentSort, Query(description="The order of the students")] = "name",
     limit: LimitQuery = None,
     offset: OffsetQuery = 0,
     format: FormatQuery = None,
@@ -514,7 +517,10 @@ def learner_timeline(
     view: ViewDep,
     concepts: Annotated[
         str | None,
-        Query(description="Comma-separated concept ids (default: the most practised, up to 8)"),
+        Query(
+            description="Comma-separated concept ids (default: the most practised, up to "
+            f"{timeline.TIMELINE_CONCEPTS}; at most {timeline.TIMELINE_MAX_CONCEPTS})"
+        ),
     ] = None,
     max_points: Annotated[int, Query(ge=2, le=5000)] = 500,
     format: FormatQuery = None,
@@ -523,12 +529,14 @@ def learner_timeline(
     model's estimate of the chosen concepts after each; long histories are thinned to
     ``max_points`` evenly spaced points (the last answer always among them). ``timed``
     false: the answers were imported without a clock (their times are not dates)."""
+    wanted = _concept_list(concepts)
+    timeline.check_concept_count(wanted)  # a parameter error: 422 before the learner's 404
     learner = visible_learner(view.session, view.principal, learner_id)
     out = timeline.learner_timeline(
         view.session,
         org=view.org,
         learner=learner,
-        concepts=_concept_list(concepts),
+        concepts=wanted,
         max_points=max_points,
         settings=view.settings,
     )
@@ -600,9 +608,7 @@ _items_table = rows_at(
 def item_statistics(
     group_id: str,
     view: ViewDep,
-    sort: Annotated[
-        str, Query(description=f"One of {', '.join(items.ITEM_SORTS)} (gap: |obs - pred|)")
-    ] = "attempts",
+    sort: Annotated[ItemSort, Query(description="Item order (gap: |obs - pred|)")] = "attempts",
     desc: bool = True,
     limit: Annotated[int | None, Query(ge=1, le=1000, description="default 50; CSV: all")] = None,
     offset: OffsetQuery = 0,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Response, status
-from pydantic import Field
 from sqlalchemy.orm import Session
 
 from .. import learners_admin, service, states
@@ -28,7 +27,17 @@ from .deps import (
     require_roles,
     visible_groups,
 )
-from .schemas import CurriculumOut, ExtId, GroupDetail, GroupIn, GroupOut, GroupPage, Limit, Offset
+from .schemas import (
+    CurriculumOut,
+    ExtId,
+    GroupDetail,
+    GroupIn,
+    GroupOut,
+    GroupPage,
+    Id,
+    Limit,
+    Offset,
+)
 
 router = APIRouter()
 
@@ -107,7 +116,7 @@ def put_group(group_id: ExtId, body: GroupIn, response: Response, view: ViewDep)
 )
 def put_members(
     group_id: ExtId,
-    body: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Body()],
+    body: Annotated[list[Id], Body()],
     view: ViewDep,
 ) -> GroupDetail:
     """Replace the group's members by this list of learner ids."""

@@ -11,17 +11,17 @@ from fastapi import APIRouter
 
 from .. import catalogue_admin as catalogue
 from .deps import CATALOGUE_READERS, ViewDep, admin_write, require_roles
-from .schemas import PrerequisiteIO
+from .schemas import PrerequisiteIO, PrerequisiteOut
 
 router = APIRouter(tags=["admin"])
 
 
-def _out(edges: list[tuple[str, str]]) -> list[PrerequisiteIO]:
-    return [PrerequisiteIO(prerequisite=a, concept=b) for a, b in edges]
+def _out(edges: list[tuple[str, str]]) -> list[PrerequisiteOut]:
+    return [PrerequisiteOut(prerequisite=a, concept=b) for a, b in edges]
 
 
-@router.get("/prerequisites", response_model=list[PrerequisiteIO])
-def get_prerequisites(view: ViewDep) -> list[PrerequisiteIO]:
+@router.get("/prerequisites", response_model=list[PrerequisiteOut])
+def get_prerequisites(view: ViewDep) -> list[PrerequisiteOut]:
     """The organisation's prerequisite graph: one edge per (prerequisite, concept) pair."""
     require_roles(view.principal, *CATALOGUE_READERS)
     return _out(catalogue.prerequisite_edges(view.session, org=view.org))
@@ -29,10 +29,10 @@ def get_prerequisites(view: ViewDep) -> list[PrerequisiteIO]:
 
 @router.put(
     "/prerequisites",
-    response_model=list[PrerequisiteIO],
+    response_model=list[PrerequisiteOut],
     responses={422: {"description": "Unknown concept or a cycle (named); nothing changed"}},
 )
-def put_prerequisites(body: list[PrerequisiteIO], view: ViewDep) -> list[PrerequisiteIO]:
+def put_prerequisites(body: list[PrerequisiteIO], view: ViewDep) -> list[PrerequisiteOut]:
     """Replace the whole prerequisite graph (an empty list removes it). An unknown concept or
     a cycle is a 422 naming it, and the graph stays as it was."""
     with admin_write(view) as session:

@@ -82,6 +82,10 @@ def storable_json(v: Any) -> Any:
     return v
 
 
+#: free text (names) every database can store: no NUL, no lone surrogate (:func:`storable_json`)
+StorableText = Annotated[str, AfterValidator(storable_json)]
+
+
 class AnswerIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -249,7 +253,7 @@ class _Page(BaseModel):
 
 
 class ConceptIn(_In):
-    name: str = Field("", max_length=500)
+    name: StorableText = Field("", max_length=500)
     level: float | None = Field(
         None,
         ge=-1000,
@@ -271,14 +275,20 @@ class ConceptPage(_Page):
 
 
 class PrerequisiteIO(_In):
-    prerequisite: str = Field(min_length=1, max_length=200, description="Mastered first")
-    concept: str = Field(min_length=1, max_length=200)
+    prerequisite: Id = Field(description="Mastered first")
+    concept: Id
+
+
+class PrerequisiteOut(BaseModel):
+    """A stored edge as it is answered: ids as stored (the input's bounds are not checked
+    again on the way out, so an id imported by another path never turns a read into a 500)."""
+
+    prerequisite: str = Field(description="Mastered first")
+    concept: str
 
 
 class ItemIn(_In):
-    concepts: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default_factory=list
-    )
+    concepts: list[Id] = Field(default_factory=list)
     metadata: Annotated[dict[str, Any], AfterValidator(storable_json)] = Field(
         default_factory=dict, description="Replaces the stored one"
     )
@@ -299,7 +309,9 @@ class ItemPage(_Page):
 class LearnerIn(_In):
     #: the display name teachers read in the dashboard and analytics (optional: without one
     #: they read the learner's id); ``display_name`` is accepted for it too
-    name: str = Field("", max_length=200, validation_alias=AliasChoices("name", "display_name"))
+    name: StorableText = Field(
+        "", max_length=200, validation_alias=AliasChoices("name", "display_name")
+    )
 
 
 class LearnerOut(BaseModel):
@@ -315,7 +327,7 @@ class LearnerPage(_Page):
 
 
 class GroupIn(_In):
-    name: str = Field("", max_length=200)
+    name: StorableText = Field("", max_length=200)
 
 
 class GroupOut(BaseModel):

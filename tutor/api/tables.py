@@ -13,8 +13,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
+
+from .deps import model_response
 
 #: a table's CSV rows and columns, from the route's JSON body
 TableFn = Callable[[dict[str, Any]], tuple[list[dict[str, Any]], list[str]]]
@@ -79,9 +81,11 @@ def respond(
     if wants_csv(request, fmt):
         rows, columns = table(body)
         return csv_response(rows, columns, f"{name}.csv")
-    # the representation depends on Accept: caches must key on it
-    out = model.model_validate(body).model_dump(mode="json")
-    return JSONResponse(out, headers={"Vary": "Accept"})
+    # validated and encoded once, by pydantic; the representation depends on Accept: caches
+    # must key on it
+    out = model_response(model, body)
+    out.headers["Vary"] = "Accept"
+    return out
 
 
 def _cell(v: Any) -> Any:
