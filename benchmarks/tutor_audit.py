@@ -220,7 +220,7 @@ class Audit:
         with self.factory() as s:
             org = ops.get_org(s, ORG)
             cat = recommend.catalogue(s, org)
-            view = recommend._model_view(cat, service.active_model(s, org=org))
+            view = recommend.model_view(cat, service.active_model(s, org=org))
             return [cat.concept_ext[c] for c in view["curriculum_pos"]]
 
     # ------------------------------------------------------------------ the audits

@@ -195,7 +195,7 @@ def group_curriculum(
         for lr in learners
     ]
     cat = recommend.catalogue(session, org)
-    view = recommend._model_view(cat, model)
+    view = recommend.model_view(cat, model)
     mean = all_mastered = None
     if views:
         mean = np.mean([lv.mastery for lv in views], axis=0)

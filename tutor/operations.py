@@ -275,7 +275,7 @@ def register_model(
     if add_catalogue:
         vocab = loaded.model.vocab
         concepts = loaded.concept_ids  # the catalogue's ids (mapped)
-        items = sorted(loaded.item_index, key=loaded.item_index.__getitem__)
+        items = loaded.item_ids
         upsert_concepts(session, org=org, concepts=[(c, "") for c in concepts])
         have = set(session.scalars(select(Item.external_id).where(Item.org_id == org.id)).all())
         new = [
@@ -354,7 +354,7 @@ def catalogue_differences(session: Session, *, org: Organisation, loaded: Loaded
     if not links:
         return []
     vocab = loaded.model.vocab
-    items = sorted(loaded.item_index, key=loaded.item_index.__getitem__)  # mapped ids
+    items = loaded.item_ids  # mapped ids
     concepts = loaded.concept_ids
     common = [(k, it) for k, it in enumerate(items) if it in links]
     if not common:

@@ -9,7 +9,7 @@ shifted by the item's difficulty estimated from the organisation's answers with 
 learner's status and reported mastery (:mod:`tutor.evidence`: only the learner's own answers
 make a concept mastered), the model's estimate (for models that forget, at the time of the
 request) and today's answers on it. The prerequisite gates and the designed curriculum are
-computed once per catalogue and model (:func:`_model_view`).
+computed once per catalogue and model (:func:`model_view`).
 
 :func:`recommend` runs a policy for one learner: where nothing is open it relaxes the
 prerequisite gates (and says so). An empty list comes with a ``note`` that says why.
@@ -70,7 +70,7 @@ def learned_prerequisites(model: LoadedModel, threshold: float = 0.7) -> list[tu
     return edges
 
 
-def _model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
+def model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     """Per (catalogue, model): item and concept model indices, the prerequisite gates
     (organisation graph, else PSI-KT's learned one) and the curriculum, ordered by the gates,
     by the data's precedence (the order in which learners met the concepts) and by Singh et
@@ -189,7 +189,7 @@ def learner_view(
     if model is None:
         raise NotFound("no active model for this organisation")
     cat = catalogue(session, org)
-    view = _model_view(cat, model)
+    view = model_view(cat, model)
     state, row = current_state(session, learner=learner, model=model)
     now = as_utc(at) or utcnow()
     first = as_utc(learner.first_seen)

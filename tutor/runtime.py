@@ -226,6 +226,12 @@ class LoadedModel:
         return self.model.name
 
     @property
+    def item_ids(self) -> list[str]:
+        """The model's items in index order (item index i + 1 <-> item_ids[i]), renamed by
+        the registration's mapping like ``item_index``."""
+        return sorted(self.item_index, key=self.item_index.__getitem__)
+
+    @property
     def forgets(self) -> bool:
         return bool(self.model.forgets) and self.time_unit == "days"
 

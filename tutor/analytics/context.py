@@ -49,7 +49,7 @@ def _context(session: Session, org: Organisation) -> _Context:
     if model is None:
         raise NotFound("no active model for this organisation")
     cat = recommend.catalogue(session, org)
-    return _Context(model, cat, recommend._model_view(cat, model), db_scope(session))
+    return _Context(model, cat, recommend.model_view(cat, model), db_scope(session))
 
 
 def _concept_positions(ctx: _Context, ids: list[str]) -> list[int]:
