@@ -18,11 +18,11 @@ from tutor.db import ApiKey, create_db_engine
 
 #: statements per request once warm (the key cached, the model and catalogue loaded), not
 #: counting SQLite's BEGIN: answer = organisation, replay check, learner + state (locked),
-#: insert, two updates; next-items = organisation, learner + state, recent items; mastery =
-#: organisation, learner + state (the concepts come from the cached catalogue)
+#: insert, two updates; next-items = learner + organisation + state, recent items; mastery =
+#: learner + organisation + state (the concepts come from the cached catalogue)
 MAX_ANSWER_STATEMENTS = 6
-MAX_NEXT_ITEMS_STATEMENTS = 3
-MAX_MASTERY_STATEMENTS = 2
+MAX_NEXT_ITEMS_STATEMENTS = 2
+MAX_MASTERY_STATEMENTS = 1
 
 
 @contextmanager

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 
 from ..db import GroupMembership, Learner, LearnerState, Organisation
-from ..runtime import LoadedModel
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
 from ..states import remember_state
@@ -181,14 +180,17 @@ def visible_groups(principal: Principal) -> frozenset[int] | None:
 
 @functools.cache
 def _learner_query(with_state: bool, lock: bool) -> Select:
-    """The learner by (organisation, external id), with its state for a model (bound
-    ``model``) when asked: built once per variant, so a request only binds its values (a
-    statement built per call costs more than running it)."""
-    q = select(Learner)
+    """The learner by (organisation, external id) with its organisation's row, and with its
+    state for the organisation's active model when asked: one statement (the organisation's
+    row fills the request's :class:`Organisation`, so reading its active model, catalogue
+    version or settings afterwards costs no query). Built once per variant, so a request
+    only binds its values (a statement built per call costs more than running it)."""
+    q = select(Learner, Organisation).join(Organisation, Organisation.id == Learner.org_id)
     if with_state:
-        q = select(Learner, LearnerState).outerjoin(
+        q = q.add_columns(LearnerState).outerjoin(
             LearnerState,
-            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == bindparam("model")),
+            (LearnerState.learner_id == Learner.id)
+            & (LearnerState.model_id == Organisation.active_model_id),
         )
     q = q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
     return q.with_for_update(of=Learner) if lock else q
@@ -200,20 +202,18 @@ def visible_learner(
     external_id: str,
     *,
     lock: bool = False,
-    state_of: LoadedModel | None = None,
+    with_state: bool = False,
 ) -> Learner:
     """The learner, if the caller may see them; 404 otherwise (never 403, so ids of other
-    organisations or learners cannot be probed). ``state_of``: also load the learner's state
-    for that model into the session in the same statement (then
+    organisations or learners cannot be probed). The organisation's row comes in the same
+    statement; ``with_state``: so does the learner's state for the active model (then
     :func:`tutor.states.current_state` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
     params = {"org": principal.org_id, "ext": external_id}
-    if state_of is not None:
-        params["model"] = state_of.model_id
-    row = session.execute(_learner_query(state_of is not None, lock), params).first()
+    row = session.execute(_learner_query(with_state, lock), params).first()
     learner = None if row is None else row[0]
-    if learner is not None and state_of is not None:
-        remember_state(session, learner.id, state_of.model_id, row[1])
+    if learner is not None and with_state and row[1].active_model_id is not None:
+        remember_state(session, learner.id, row[1].active_model_id, row[2])
     ok = learner is not None
     if ok and principal.role == "learner":
         ok = learner.id == principal.learner_id

@@ -54,8 +54,7 @@ def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Response:
     concepts, learning, mastered, struggling), the learner's own answer count and the
     reported mastery: from own answers where there are any, else the model's estimate."""
     session, org, settings = view.session, view.org, view.settings
-    model = service.active_model(session, org=org)
-    learner = visible_learner(session, view.principal, learner_id, state_of=model)
+    learner = visible_learner(session, view.principal, learner_id, with_state=True)
     out = service.learner_mastery(
         session,
         org=org,
@@ -85,8 +84,7 @@ def next_items(
 ) -> Response:
     """The next items for the learner, each with its predicted success and the reason."""
     session, org, settings = view.session, view.org, view.settings
-    model = service.active_model(session, org=org)
-    learner = visible_learner(session, view.principal, learner_id, state_of=model)
+    learner = visible_learner(session, view.principal, learner_id, with_state=True)
     learner_ext = learner.external_id
     lv = recommend.learner_view(
         session,
