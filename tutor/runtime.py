@@ -15,6 +15,7 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -110,7 +111,8 @@ class ConceptSets:
         what a read of a few concepts needs, instead of every concept set. Short concept
         lists (an answered item's concepts come back again and again) are kept, at most
         :data:`ROWS_CACHE` of them; the weights stay sparse, so no entry grows with
-        items x concepts."""
+        items x concepts. (:meth:`LoadedModel.estimates` reads longer lists through
+        :meth:`mastery`.)"""
         key = tuple(int(c) for c in concepts)
         hit = self._rows.get(key)
         if hit is None:
@@ -257,6 +259,11 @@ class LoadedModel:
         return self.encode(self.model.init_state(1))
 
     # --------------------------------------------------------------- inference
+    @property
+    def concept_positions(self) -> Mapping[str, int]:
+        """Concept external id -> the model's index (1..C), for reads of many concepts."""
+        return self._concept_pos
+
     def concept_index(self, concept_ext: str) -> int | None:
         """The model's index (1..C) of the organisation's concept ``concept_ext``; None for a
         concept the model was not trained on."""
@@ -382,11 +389,17 @@ class LoadedModel:
         known = np.flatnonzero(concepts > 0)
         if not len(known):
             return out
-        cols, w = self.sets.rows(concepts[known])
-        if not len(cols):
-            return out
-        p = predict_many(self, state, self.sets.sig_item[cols], at_times)  # [n, s]
-        m = np.asarray(w @ p.T).T.astype(np.float64)  # [n, k]
+        if len(known) > ROWS_CACHE_CONCEPTS:
+            # many concepts (a whole catalogue's mastery): every signature, then the concepts'
+            # rows of the full weights (cheaper than slicing the weights per request)
+            p = predict_many(self, state, self.sets.sig_item, at_times)  # [n, S]
+            m = self.sets.mastery(p)[:, concepts[known]].astype(np.float64)
+        else:
+            cols, w = self.sets.rows(concepts[known])
+            if not len(cols):
+                return out
+            p = predict_many(self, state, self.sets.sig_item[cols], at_times)  # [n, s]
+            m = np.asarray(w @ p.T).T.astype(np.float64)  # [n, k]
         if scale == "reachable":
             m = self.scaled_at(m, concepts[known])
         out[:, known] = m

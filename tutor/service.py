@@ -118,29 +118,40 @@ def mastery_of(
     mastery where the learner has answered the concept, the model's estimate (labelled so)
     where not; with the model's estimate and mean predicted success beside it. Predicts only
     the items of ``concepts``."""
-    cidx = np.array([model.concept_index(c.external_id) or 0 for c in concepts], dtype=np.int64)
+    pos = model.concept_positions
+    cidx = np.array([pos.get(c.external_id, 0) for c in concepts], dtype=np.int64)
     at = None if at_time is None else np.array([at_time])
     success = model.estimates(state, cidx, at, scale="success")[0]
     est = success
     if scale == "reachable" and len(cidx):
         est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(success), cidx), np.nan)
+    # as plain floats, rounded, once; a concept the model does not know has none
+    known = (cidx > 0).tolist()
+    est_r = [round(x, 6) if k else None for x, k in zip(est.tolist(), known, strict=True)]
+    succ_r = [round(x, 6) if k else None for x, k in zip(success.tolist(), known, strict=True)]
+    # a concept without own answers reads the same status and basis as every other such
+    none_status = evidence_mod.status(None, rule, any_answers=any_answers)
+    none_basis = evidence_mod.basis(None, rule, any_answers=any_answers)
     out = []
     for k, c in enumerate(concepts):
-        e = evidence.get(c.external_id)
-        known = cidx[k] > 0
-        own = e is not None and e.n > 0
-        reported = e.p if own else (float(est[k]) if known else None)
+        e = evidence.get(c.external_id) if evidence else None
+        if e is None or e.n == 0:
+            st, bs, n, nc, reported = none_status, none_basis, 0, 0, est_r[k]
+        else:
+            st = evidence_mod.status(e, rule, any_answers=any_answers)
+            bs = evidence_mod.basis(e, rule, any_answers=any_answers)
+            n, nc, reported = e.n, e.n_correct, round(float(e.p), 6)
         out.append(
             {
                 "concept_id": c.external_id,
                 "name": c.name,
-                "status": evidence_mod.status(e, rule, any_answers=any_answers),
-                "answers": e.n if e is not None else 0,
-                "correct": e.n_correct if e is not None else 0,
-                "mastery": None if reported is None else round(float(reported), 6),
-                "estimate": round(float(est[k]), 6) if known else None,
-                "predicted_success": round(float(success[k]), 6) if known else None,
-                "basis": evidence_mod.basis(e, rule, any_answers=any_answers),
+                "status": st,
+                "answers": n,
+                "correct": nc,
+                "mastery": reported,
+                "estimate": est_r[k],
+                "predicted_success": succ_r[k],
+                "basis": bs,
             }
         )
     return out
@@ -508,7 +519,9 @@ def _answer_response(
         "item_id": item.external_id,
         "correct": int(a.correct),
         "timestamp": a.timestamp.isoformat(),
-        "model": None if model is None else {"id": model.model_id, "name": model.name},
+        "model": None
+        if model is None
+        else {"id": model.model_id, "name": model.name, "forgets": model.forgets},
         "mastery": mastery,
         "replayed": False,
     }

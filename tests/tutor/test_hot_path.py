@@ -155,3 +155,33 @@ def test_deleting_a_group_through_the_api_narrows_teacher_keys_at_once(client, w
     assert client.delete("/v1/groups/g1", headers=world.headers("admin")).status_code == 204
     # the key still authenticates, but no longer sees the group's learners (404, not 403)
     assert client.get("/v1/learners/u1/mastery", headers=teacher).status_code == 404
+
+
+def test_hot_route_bodies_are_their_documented_models(client, world):
+    """The hot routes write their bodies without pydantic (``deps.json_response``): each body
+    must still be exactly its response model, every field present (defaults included) and
+    of its type."""
+    from tutor.api.schemas import AnswerBatchResult, AnswerResult, Mastery, NextItems
+
+    ing, adm = world.headers("ingest"), world.headers("admin")
+    batch = {"answers": [_answer("b1", item="i3"), _answer("b2", item="i4", correct=0)]}
+    cases = [
+        (client.post("/v1/answers", json=_answer("m1"), headers=ing), AnswerResult),
+        (client.post("/v1/answers", json=_answer("m1"), headers=ing), AnswerResult),  # replay
+        (client.post("/v1/answers", json=batch, headers=ing), AnswerBatchResult),
+        (client.get("/v1/learners/u1/mastery", headers=adm), Mastery),
+        (
+            client.get(
+                "/v1/learners/u1/mastery", params={"at": "2031-01-01T00:00:00Z"}, headers=adm
+            ),
+            Mastery,
+        ),
+        (client.get("/v1/learners/u1/next-items?n=3", headers=adm), NextItems),
+        (client.get("/v1/learners/u2/next-items", headers=adm), NextItems),
+    ]
+    for r, model in cases:
+        assert r.status_code in (200, 201), r.text
+        body = r.json()
+        assert body == model.model_validate(body).model_dump(mode="json"), model.__name__
+    assert cases[3][0].json()["concepts"], "a mastery with concepts"
+    assert cases[5][0].json()["items"], "next items with items"

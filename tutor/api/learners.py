@@ -21,8 +21,8 @@ from .deps import (
     admin_write,
     created_or,
     forget_keys,
+    json_response,
     mark_created,
-    model_response,
     org_setting,
     require_roles,
     visible_groups,
@@ -64,7 +64,7 @@ def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Response:
         scale=org_setting(org, settings, "mastery_scale"),
     )
     states.keep_rebuilt_states(session)
-    return model_response(Mastery, out)
+    return json_response(out)
 
 
 @router.get("/learners/{learner_id}/next-items", response_model=NextItems, tags=["learners"])
@@ -108,7 +108,7 @@ def next_items(
     # keep any state rebuilt while answering (may end the transaction: nothing of the
     # session is read after it)
     states.keep_rebuilt_states(session)
-    return model_response(NextItems, {"learner_id": learner_ext, **out})
+    return json_response({"learner_id": learner_ext, **out})
 
 
 @router.get("/learners/{learner_id}/history", response_model=History, tags=["learners"])
