@@ -42,6 +42,7 @@ from .errors import Conflict, Invalid, NotFound, TooLarge
 from .errors import ServiceError as ServiceError  # the errors' base, for this module's callers
 from .evidence import Evidence, EvidenceRule
 from .runtime import LoadedModel, ModelCache
+from .settings import Settings, evidence_rule
 from .states import (
     LOADED_STATES,
     current_state,
@@ -179,7 +180,8 @@ def record_answers(
     auto_create_items: bool = False,
     allowed_learner: str | None = None,
     rule: EvidenceRule | None = None,
-    scale: str = "reachable",
+    scale: str | None = None,
+    defaults: Settings | None = None,
     max_future_seconds: float | None = None,
     max_replay_answers: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -190,13 +192,18 @@ def record_answers(
     ``max_replay_answers`` stored answers in all is refused (:class:`TooLarge`, nothing
     stored): the bound on how long one request holds the write lock.
     ``rule`` and ``scale`` are the organisation's mastery criterion and estimate scale (for
-    the statuses in the responses; defaults: :class:`tutor.evidence.EvidenceRule`).
+    the statuses in the responses); where not given, the organisation's settings over
+    ``defaults`` (read from its row once the locking statement has loaded it), else
+    :class:`tutor.evidence.EvidenceRule` and the reachable scale.
+
+    One statement locks the answers' learners and loads, with them, the organisation's row,
+    their states for its active model and any answers already stored under the request's
+    event ids (the replays); then the new answers are written (:class:`_Writes`).
 
     ``allowed_learner`` restricts every answer to one learner (a learner's own key): others
     are reported as not found.
     """
     results: list[dict[str, Any] | None] = [None] * len(answers)
-    model = active_model(session, org=org)
     # 1. replays: event ids already stored
     ids = [a.event_id for a in answers]
     pairs = [(a.learner_id, a.event_id) for a in answers]
@@ -221,15 +228,19 @@ def record_answers(
                     f"{ahead / 3600:.1f} hours in the future (at most "
                     f"{max_future_seconds / 3600:g} hours ahead of the server's clock)"
                 )
-    # event ids are unique per learner: only the answers' own learners' are looked up, so a
-    # conflict can only ever describe what the caller sent for that learner before
-    stored = {
-        (r[1], r.Interaction.event_id): r
-        for r in session.execute(
-            _stored_answers_query(),
-            {"org": org.id, "learners": sorted({a.learner_id for a in answers}), "ids": ids},
+    # the learners, locked, with the organisation, their states and the stored answers of
+    # these event ids (event ids are unique per learner: only the answers' own learners' are
+    # looked up, so a conflict can only ever describe what the caller sent for that learner)
+    learners, stored = _lock_learners(
+        session, org=org, external_ids=sorted({a.learner_id for a in answers}), event_ids=ids
+    )
+    model = active_model(session, org=org)
+    if rule is None:
+        rule = evidence_rule(org.settings, defaults) if defaults is not None else EvidenceRule()
+    if scale is None:
+        scale = (org.settings or {}).get(
+            "mastery_scale", defaults.mastery_scale if defaults is not None else "reachable"
         )
-    }
     fresh: dict[str, list[tuple[int, AnswerIn]]] = {}
     for k, a in enumerate(answers):
         if (a.learner_id, a.event_id) in stored:
@@ -254,18 +265,16 @@ def record_answers(
     if not fresh:
         return results  # type: ignore[return-value]
 
-    # 2. items (the cached catalogue), then the learners, locked, with their states (one
-    # query), then learner by learner in event order
+    # 2. items (the cached catalogue), then learner by learner in event order
     items = item_refs(
         session,
         org=org,
         external_ids=sorted({a.item_id for group in fresh.values() for _, a in group}),
         auto_create=auto_create_items,
     )
-    learners = _lock_learners(session, org=org, external_ids=sorted(fresh), model=model)
     writes = _Writes()
     writes.replay_budget = max_replay_answers
-    batch = _Batch(org, items, model, rule or EvidenceRule(), scale, results, writes)
+    batch = _Batch(org, items, model, rule, scale, results, writes)
     now = utcnow()
     for learner_ext in sorted(fresh):
         group = fresh[learner_ext]
@@ -288,33 +297,26 @@ def record_answers(
 
 
 @functools.cache
-def _stored_answers_query() -> Select:
-    """Stored answers of some learners (bound ``learners``) with some event ids (``ids``):
-    built once, bound per request."""
+def _lock_query() -> Select:
+    """The answers' learners by external id (bound ``ext``, a list), locked, each with its
+    organisation's row, its state for the organisation's active model (or none) and its
+    stored answers among the event ids bound as ``ids`` (a row per stored answer, else one
+    with none): built once, bound per request."""
     return (
-        select(Interaction, Learner.external_id, Item.external_id)
-        .join(Learner, Learner.id == Interaction.learner_id)
-        .join(Item, Item.id == Interaction.item_id)
-        .where(
-            Learner.org_id == bindparam("org"),
-            Learner.external_id.in_(bindparam("learners", expanding=True)),
-            Interaction.event_id.in_(bindparam("ids", expanding=True)),
-        )
-    )
-
-
-@functools.cache
-def _lock_query(with_state: bool) -> Select:
-    """Learners by external id (bound ``ext``, a list), locked, with their states for a model
-    (bound ``model``) when asked: built once, bound per request."""
-    q = select(Learner)
-    if with_state:
-        q = select(Learner, LearnerState).outerjoin(
+        select(Learner, Organisation, LearnerState, Interaction, Item.external_id)
+        .join(Organisation, Organisation.id == Learner.org_id)
+        .outerjoin(
             LearnerState,
-            (LearnerState.learner_id == Learner.id) & (LearnerState.model_id == bindparam("model")),
+            (LearnerState.learner_id == Learner.id)
+            & (LearnerState.model_id == Organisation.active_model_id),
         )
-    return (
-        q.where(
+        .outerjoin(
+            Interaction,
+            (Interaction.learner_id == Learner.id)
+            & Interaction.event_id.in_(bindparam("ids", expanding=True)),
+        )
+        .outerjoin(Item, Item.id == Interaction.item_id)
+        .where(
             Learner.org_id == bindparam("org"),
             Learner.external_id.in_(bindparam("ext", expanding=True)),
         )
@@ -324,22 +326,26 @@ def _lock_query(with_state: bool) -> Select:
 
 
 def _lock_learners(
-    session: Session, *, org: Organisation, external_ids: list[str], model: LoadedModel | None
-) -> dict[str, Learner]:
+    session: Session, *, org: Organisation, external_ids: list[str], event_ids: list[str]
+) -> tuple[dict[str, Learner], dict[tuple[str, str], tuple[Interaction, str, str]]]:
     """The learners of ``external_ids`` that exist, locked (``FOR UPDATE`` on PostgreSQL, in
     external id order so that two requests never wait on each other crosswise; SQLite holds
-    the database lock since ``BEGIN IMMEDIATE``), with their states for ``model`` loaded
-    into the session (so :func:`current_state` needs no query): one statement."""
-    params = {"org": org.id, "ext": list(external_ids)}
-    if model is not None:
-        params["model"] = model.model_id
-    q = _lock_query(model is not None)
-    out = {}
-    for row in session.execute(q, params):
-        out[row[0].external_id] = row[0]
-        if model is not None:
-            remember_state(session, row[0].id, model.model_id, row[1])
-    return out
+    the database lock since ``BEGIN IMMEDIATE``), and their stored answers among
+    ``event_ids`` by (learner, event id), with the learner's and the item's external ids: one
+    statement, which also loads the organisation's row and the learners' states for its
+    active model into the session (so neither :func:`active_model` nor
+    :func:`current_state` needs a query)."""
+    params = {"org": org.id, "ext": list(external_ids), "ids": list(event_ids)}
+    learners: dict[str, Learner] = {}
+    stored: dict[tuple[str, str], tuple[Interaction, str, str]] = {}
+    for learner, org_row, state, inter, item_ext in session.execute(_lock_query(), params):
+        if learner.external_id not in learners:
+            learners[learner.external_id] = learner
+            if org_row.active_model_id is not None:
+                remember_state(session, learner.id, org_row.active_model_id, state)
+        if inter is not None:
+            stored[(learner.external_id, inter.event_id)] = (inter, learner.external_id, item_ext)
+    return learners, stored
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from tutor.db import ApiKey, create_db_engine
 #: counting SQLite's BEGIN: answer = organisation, replay check, learner + state (locked),
 #: insert, two updates; next-items = learner + organisation + state, recent items; mastery =
 #: learner + organisation + state (the concepts come from the cached catalogue)
-MAX_ANSWER_STATEMENTS = 6
+MAX_ANSWER_STATEMENTS = 4
 MAX_NEXT_ITEMS_STATEMENTS = 2
 MAX_MASTERY_STATEMENTS = 1
 

@@ -7,7 +7,6 @@ from sqlalchemy import select
 
 from .. import service
 from ..db import Learner
-from ..settings import evidence_rule
 from .deps import (
     OrgDep,
     PrincipalDep,
@@ -56,20 +55,18 @@ def post_answers(
         allowed = session.scalar(
             select(Learner.external_id).where(Learner.id == principal.learner_id)
         )
-    org_id = org.id
 
-    def record(attempt: int) -> list[dict]:
-        # after a lost race the session was rolled back: read the organisation again
-        o = org if attempt == 0 else session.get(service.Organisation, org_id)
+    def record(attempt: int) -> list[dict]:  # noqa: ARG001
+        # (after a lost race the session was rolled back: the locking statement reads the
+        # organisation's row again)
         return service.record_answers(
             session,
-            org=o,
+            org=org,
             answers=[service.AnswerIn(**a.model_dump()) for a in answers],
             auto_create_learners=settings.auto_create_learners and allowed is None,
             auto_create_items=settings.auto_create_items,
             allowed_learner=allowed,
-            rule=evidence_rule(o.settings, settings),
-            scale=(o.settings or {}).get("mastery_scale", settings.mastery_scale),
+            defaults=settings,  # the rule and scale: the organisation's, over these
             max_future_seconds=settings.max_future_seconds,
             max_replay_answers=settings.max_replay_answers,
         )
