@@ -98,6 +98,22 @@ class Catalogue:
         start, items = self._concept_links
         return items[start[concept] : start[concept + 1]]
 
+    def items_of_many(self, concepts: np.ndarray) -> np.ndarray:
+        """The item positions of several concepts, concatenated (an item of two of them
+        twice): a cost that grows with their items, not with the catalogue."""
+        start, items = self._concept_links
+        concepts = np.asarray(concepts, dtype=np.int64)
+        lo, size = start[concepts], start[concepts + 1] - start[concepts]
+        if not size.sum():
+            return np.zeros(0, dtype=np.int64)
+        before = np.cumsum(size) - size  # where each concept's run starts in the output
+        return items[np.repeat(lo - before, size) + np.arange(int(size.sum()))]
+
+    @cached_property
+    def concept_pos(self) -> dict[str, int]:
+        """Concept external id -> position."""
+        return {c: k for k, c in enumerate(self.concept_ext)}
+
     @cached_property
     def concepts_by_id(self) -> tuple[ConceptRef, ...]:
         """Every concept, ordered by external id (how ``/mastery`` lists them)."""

@@ -36,9 +36,35 @@ from typing import Any
 import numpy as np
 
 from . import evidence as ev_mod
-from .catalogue import Catalogue
+from .catalogue import Catalogue, logit
 from .evidence import EvidenceRule
 from .runtime import LoadedModel
+
+
+class ItemPredictions:
+    """A learner's predicted success on the catalogue's items, computed for the items asked
+    (a policy looks at a few concepts' items, never scores the whole catalogue): from the
+    model's prediction per concept set, shifted by each item's logit offset against its
+    concept's success rate for a model that does not tell items apart (``shift``).
+    Indexed like the ``[I]`` array it stands for: by an item position or an array of them."""
+
+    def __init__(
+        self, p_sets: np.ndarray, item_sig: np.ndarray, offset: np.ndarray, *, shift: bool
+    ) -> None:
+        self.p_sets, self.item_sig, self.offset, self.shift = p_sets, item_sig, offset, shift
+
+    def __len__(self) -> int:
+        return len(self.item_sig)
+
+    def __getitem__(self, positions: Any) -> Any:
+        p = np.asarray(self.p_sets[self.item_sig[positions]], dtype=np.float64)
+        if self.shift:
+            p = 1.0 / (1.0 + np.exp(-(logit(p) + self.offset[positions])))
+        return p
+
+    def full(self) -> np.ndarray:
+        """Every item's prediction ``[I]``."""
+        return self[np.arange(len(self))]
 
 
 @dataclass
@@ -48,7 +74,7 @@ class LearnerView:
     cat: Catalogue
     view: dict[str, Any]
     model: LoadedModel
-    p_items: np.ndarray  # [I] predicted success now (item difficulty included)
+    p_items: ItemPredictions | np.ndarray  # [I] predicted success now (item difficulty in)
     estimate: np.ndarray  # [C] the model's concept estimate now (nan: unknown concept)
     evidence: ev_mod.Evidence  # the learner's own evidence, by concept external id
     rule: EvidenceRule
@@ -58,16 +84,24 @@ class LearnerView:
     exclude_recent: bool = True  # skip the recent items (recent_exclusion > 0)
 
     def __post_init__(self) -> None:
+        # every concept starts as one without own answers (the model's estimate; neither
+        # mastered, struggling nor capped); then the concepts the learner answered
         c = len(self.cat.concept_ext)
-        e = [self.evidence.get(x) for x in self.cat.concept_ext]
-        self.n_own = np.array([x.n if x else 0 for x in e], dtype=np.int64)
-        self.mastered = np.array([ev_mod.is_mastered(x, self.rule) for x in e], dtype=bool)
-        self.struggling = np.array([ev_mod.is_struggling(x, self.rule) for x in e], dtype=bool)
-        self.capped = np.array([ev_mod.capped(x, self.rule, self.today) for x in e], dtype=bool)
-        est = np.asarray(self.estimate, dtype=np.float64)
-        self.mastery = np.array(
-            [x.p if x is not None and x.n else est[k] for k, x in enumerate(e)], dtype=np.float64
-        ).reshape(c)
+        self.n_own = np.zeros(c, dtype=np.int64)
+        self.mastered = np.zeros(c, dtype=bool)
+        self.struggling = np.zeros(c, dtype=bool)
+        self.capped = np.zeros(c, dtype=bool)
+        self.mastery = np.array(self.estimate, dtype=np.float64).reshape(c)
+        pos = self.cat.concept_pos
+        for ext, e in self.evidence.items():
+            k = pos.get(ext)
+            if k is None or not e.n:
+                continue
+            self.n_own[k] = e.n
+            self.mastered[k] = ev_mod.is_mastered(e, self.rule)
+            self.struggling[k] = ev_mod.is_struggling(e, self.rule)
+            self.capped[k] = ev_mod.capped(e, self.rule, self.today)
+            self.mastery[k] = e.p
 
     def status(self, pos: int) -> str:
         e = self.evidence.get(self.cat.concept_ext[pos])
@@ -100,16 +134,14 @@ class Picker:
         if len(edges):
             blocked[edges[~lv.mastered[edges[:, 0]], 1]] = True
         self.open = ~blocked & ~lv.capped
-        self.closed = np.zeros(n_items, dtype=bool)  # an item with a concept not open
-        if len(cat.link_item):
-            self.closed[cat.link_item[~self.open[cat.link_concept]]] = True
+        # an item with a concept not open (the closed concepts' items: no catalogue scan)
+        self.closed = np.zeros(n_items, dtype=bool)
+        self.closed[cat.items_of_many(np.flatnonzero(~self.open))] = True
         self.eligible = self.fresh & ~self.closed
         # an item with a concept that had today's questions and is not mastered (a mastered
         # concept's cap holds its own items back, not those it shares with other concepts)
         self.capped_items = np.zeros(n_items, dtype=bool)
-        if len(cat.link_item):
-            stuck = lv.capped & ~lv.mastered
-            self.capped_items[cat.link_item[stuck[cat.link_concept]]] = True
+        self.capped_items[cat.items_of_many(np.flatnonzero(lv.capped & ~lv.mastered))] = True
         self.relaxed = False
         self.notes: list[str] = []
         #: (concept, why) when a struggling concept had nothing to step back to

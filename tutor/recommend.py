@@ -26,13 +26,13 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from . import evidence as ev_mod
-from .catalogue import Catalogue, catalogue, data_precedence_edges, logit
+from .catalogue import Catalogue, catalogue, data_precedence_edges
 from .clock import as_utc, utcnow
 from .curriculum import design_curriculum
 from .db import Interaction, Learner, Organisation
 from .errors import Invalid, NotFound
 from .evidence import EvidenceRule
-from .policies import POLICIES, LearnerView, Picker
+from .policies import POLICIES, ItemPredictions, LearnerView, Picker
 from .runtime import LoadedModel
 from .service import active_model
 from .settings import MASTERY_SCALES
@@ -149,10 +149,6 @@ def model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     return view
 
 
-def _shifted(p: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(logit(np.asarray(p, dtype=np.float64)) + offset)))
-
-
 @functools.lru_cache(maxsize=64)
 def _recent_items_query(keep: int) -> Select:
     """The items of a learner's (bound ``learner``) last ``keep`` answers: built once per
@@ -198,9 +194,9 @@ def learner_view(
     # set 0 holds the items it was not trained on), read both per catalogue item and as
     # concept estimates
     p_sets = model.predict_sets(state, t_now)
-    p_items = p_sets[view["item_sig"]] if len(cat.item_ext) else np.zeros(0)
-    if len(p_items) and not view["item_aware"]:
-        p_items = _shifted(p_items, cat.item_offset)
+    p_items = ItemPredictions(
+        p_sets, view["item_sig"], cat.item_offset, shift=not view["item_aware"]
+    )
     full = model.mastery_from(p_sets)
     if scale == "reachable":
         full = model.scaled_mastery(full)

@@ -296,3 +296,28 @@ def test_the_random_baseline_is_no_tutoring():
     rule = ev.EvidenceRule(daily_cap=3)
     out = run(view(own=evidence(d="000"), rule=rule, recent=[0]), "random", n=9, seed=3)
     assert len(ids(out)) == 8 and "a1" not in ids(out)
+
+
+def test_items_of_many_concatenates_each_concepts_items():
+    cat = view().cat
+    for concepts in ([], [0], [3, 0], [1, 2, 3], [2, 2]):
+        want = [p for c in concepts for p in cat.items_of(c).tolist()]
+        assert cat.items_of_many(np.array(concepts, dtype=np.int64)).tolist() == want
+
+
+def test_item_predictions_read_only_the_items_asked_as_the_full_array_would():
+    from tutor.catalogue import logit
+    from tutor.policies import ItemPredictions
+
+    p_sets = np.array([0.5, 0.2, 0.8, 0.65])
+    item_sig = np.array([3, 1, 1, 2, 0, 2])
+    offset = np.array([0.0, 0.4, -0.4, 1.0, 0.0, -2.0])
+    full = 1.0 / (1.0 + np.exp(-(logit(p_sets[item_sig]) + offset)))
+    shifted = ItemPredictions(p_sets, item_sig, offset, shift=True)
+    assert len(shifted) == 6
+    np.testing.assert_allclose(shifted.full(), full)
+    np.testing.assert_allclose(shifted[np.array([5, 1])], full[[5, 1]])
+    assert float(shifted[3]) == pytest.approx(full[3])
+    assert not np.allclose(shifted[np.array([1, 2])][0], shifted[np.array([1, 2])][1])
+    plain = ItemPredictions(p_sets, item_sig, offset, shift=False)
+    np.testing.assert_allclose(plain.full(), p_sets[item_sig])

@@ -302,7 +302,7 @@ class ServicePolicy(Policy):
 
         lv = self._view(ctx)
         if self.kind == "hardest":
-            p = lv.p_items.copy()
+            p = np.array(lv.p_items[np.arange(len(lv.p_items))], dtype=np.float64)
             if lv.recent and len(lv.recent) < len(p):
                 p[list(lv.recent)] = np.inf
             return item_index(lv.cat.item_ext[int(np.argmin(p))])
