@@ -8,10 +8,7 @@ from sqlalchemy import select
 from .. import service
 from ..db import Learner
 from .deps import (
-    OrgDep,
-    PrincipalDep,
-    SessionDep,
-    SettingsDep,
+    ViewDep,
     commit_with_retries,
     json_response,
     limit_batch,
@@ -35,10 +32,7 @@ router = APIRouter(tags=["answers"])
 )
 def post_answers(
     body: AnswerIn | AnswerBatch,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
+    view: ViewDep,
 ) -> Response:
     """Store answers and fold them into each learner's state, all in one transaction.
 
@@ -46,6 +40,7 @@ def post_answers(
     true); with different content it is a 409 and nothing is stored. Answers are applied in
     event order (timestamp, then event id), whatever order they arrive in.
     """
+    session, principal, org, settings = view.session, view.principal, view.org, view.settings
     require_roles(principal, "admin", "ingest", "learner")
     single = isinstance(body, AnswerIn)
     answers = [body] if single else body.answers

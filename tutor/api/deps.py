@@ -27,41 +27,40 @@ from ..states import remember_state
 T = TypeVar("T")
 
 
-async def get_settings_dep(request: Request) -> Settings:
-    # async (as every dependency here): a sync dependency costs a hop to a worker thread
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-
-
-async def get_session(request: Request) -> AsyncIterator[Session]:
+def _open_session(request: Request) -> Session:
     """One session per request, used only inside the route function's thread.
 
     The session opens its transaction at its first query, inside the route; it is closed
-    (rolled back unless the route committed) here, on the event loop, so that a transaction
-    never waits for a free worker thread while it holds a lock. (On SQLite every write
-    transaction takes the database lock at BEGIN: were a lock held across the hop from a
-    dependency's thread to the route's, requests queued on the lock could take every worker
-    thread and the holder could never finish.) On SQLite, GET requests run as read
-    transactions (plain ``BEGIN``), which never wait for writers.
+    (rolled back unless the route committed) by :func:`get_view`, on the event loop, so that
+    a transaction never waits for a free worker thread while it holds a lock. (On SQLite
+    every write transaction takes the database lock at BEGIN: were a lock held across the
+    hop from a dependency's thread to the route's, requests queued on the lock could take
+    every worker thread and the holder could never finish.) GET requests read outside a
+    write transaction: on SQLite a read transaction (plain ``BEGIN``), which never waits for
+    writers; on PostgreSQL in autocommit (see ``create_app``).
     """
     state = request.app.state
     factory = state.read_sessionmaker if request.method == "GET" else state.sessionmaker
     session = factory()
     session.info["write_factory"] = state.sessionmaker
-    try:
-        yield session
-    finally:
-        session.close()
+    return session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+def _request_org(session: Session, principal: Principal) -> Organisation:
+    """The caller's organisation in the request session, without a query here: its row is
+    read (refreshed) at the first use of one of its attributes, or loaded by the statement
+    that reads the learner (:func:`visible_learner`, the answer path's lock), inside the
+    route's thread and transaction, so it is always current (active model, catalogue
+    version, settings)."""
+    org = Organisation(id=principal.org_id)
+    make_transient_to_detached(org)
+    session.add(org)
+    return org
 
 
 def _lookup_key(request: Request, token: str, key_hash: str) -> Principal | None:
     """The key's principal from the database (in a worker thread): a short read transaction
-    of its own (see get_session); None for an unknown or revoked key or a deleted
+    of its own (see _open_session); None for an unknown or revoked key or a deleted
     organisation."""
     settings = request.app.state.settings
     with request.app.state.read_sessionmaker() as auth_session:
@@ -110,30 +109,12 @@ async def get_principal(request: Request) -> Principal:
     return principal
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
-
-
-async def get_org(session: SessionDep, principal: PrincipalDep) -> Organisation:
-    """The caller's organisation in the request session, without a query here: its row is
-    read (refreshed) at the first use of one of its attributes, inside the route's thread and
-    transaction (see get_session), so it is always current (active model, catalogue version,
-    settings), and costs one primary-key read."""
-    org = Organisation(id=principal.org_id)
-    make_transient_to_detached(org)
-    session.add(org)
-    return org
-
-
-OrgDep = Annotated[Organisation, Depends(get_org)]
-
-
 @dataclass(frozen=True, slots=True)
 class View:
     """What a route works with, as one parameter: the request, its session, the caller, the
-    caller's organisation and the service settings. It only bundles the dependencies above
-    (resolved in that order, as when a route names them one by one); it checks nothing, so
-    that a route's own checks (roles, a group or learner it may see) still come after the
-    validation of its parameters."""
+    caller's organisation and the service settings. Besides authentication it checks
+    nothing, so that a route's own checks (roles, a group or learner it may see) still come
+    after the validation of its parameters."""
 
     request: Request
     session: Session
@@ -142,14 +123,18 @@ class View:
     settings: Settings
 
 
-async def get_view(
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    org: OrgDep,
-    settings: SettingsDep,
-) -> View:
-    return View(request, session, principal, org, settings)
+async def get_view(request: Request) -> AsyncIterator[View]:
+    """The :class:`View`, as one dependency (each dependency FastAPI solves costs time on
+    the event loop): the caller (:func:`get_principal`: a 401 or 429 before anything else),
+    then the request's session (:func:`_open_session`, closed here after the response) and
+    organisation (:func:`_request_org`)."""
+    principal = await get_principal(request)
+    session = _open_session(request)
+    try:
+        org = _request_org(session, principal)
+        yield View(request, session, principal, org, request.app.state.settings)
+    finally:
+        session.close()
 
 
 ViewDep = Annotated[View, Depends(get_view)]
