@@ -126,6 +126,8 @@ class Catalogue:
 #: version built; a catalogue_version bump makes the next request rebuild it)
 _CACHE: dict[tuple[str, int], Catalogue] = {}
 _LOCK = threading.Lock()
+#: per cache key, the lock its builder holds (see :func:`catalogue`)
+_BUILDING: dict[tuple[str, int], threading.Lock] = {}
 
 
 def clear_cache() -> None:
@@ -136,11 +138,29 @@ def clear_cache() -> None:
 
 def catalogue(session: Session, org: Organisation) -> Catalogue:
     """The organisation's catalogue: the cached one while its version is the organisation's
-    ``catalogue_version``, else rebuilt from the database (and cached)."""
+    ``catalogue_version``, else rebuilt from the database (and cached). One thread of the
+    process builds it; the others that need it meanwhile wait for that build instead of
+    each running the same seconds of queries (at 50,000 items and a million answers the
+    build reads every answer once, for the item offsets and the concept precedence)."""
     key = (db_scope(session), org.id)
+    version = org.catalogue_version
     cat = _CACHE.get(key)
-    if cat is not None and cat.version == org.catalogue_version:
+    if cat is not None and cat.version == version:
         return cat
+    with _LOCK:
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        cat = _CACHE.get(key)
+        if cat is not None and cat.version == version:
+            return cat  # built by another thread while this one waited
+        cat = _build(session, org)
+        with _LOCK:
+            _CACHE[key] = cat
+    return cat
+
+
+def _build(session: Session, org: Organisation) -> Catalogue:
+    """The organisation's catalogue, read from the database."""
     concepts = session.execute(
         select(Concept.id, Concept.external_id, Concept.name, Concept.level)
         .where(Concept.org_id == org.id)
@@ -193,8 +213,6 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
     cat.item_db_pos = {int(d): k for k, d in enumerate(cat.item_db.tolist())}
     cat.item_offset, cat.concept_rate = _item_offsets(session, org, cat)
     cat.met_before, cat.met_position = _precedence(session, org, cat)
-    with _LOCK:
-        _CACHE[key] = cat
     return cat
 
 

@@ -70,6 +70,25 @@ def learned_prerequisites(model: LoadedModel, threshold: float = 0.7) -> list[tu
     return edges
 
 
+def warm(session: Session) -> int:
+    """Load what the first learner request of each organisation with an active model needs:
+    its model (through :func:`tutor.service.active_model`, with the id mapping it was
+    registered with), its catalogue and their view. A worker runs it at start and ``/ready``
+    before it answers ready, so that no learner's request waits seconds for a catalogue
+    build. Returns the number of active models loaded."""
+    n = 0
+    orgs = session.scalars(
+        select(Organisation).where(Organisation.active_model_id.is_not(None))
+    ).all()
+    for org in orgs:
+        model = active_model(session, org=org)
+        if model is None:
+            continue
+        model_view(catalogue(session, org), model)
+        n += 1
+    return n
+
+
 def model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     """Per (catalogue, model): item and concept model indices, the prerequisite gates
     (organisation graph, else PSI-KT's learned one) and the curriculum, ordered by the gates,

@@ -426,9 +426,15 @@ def test_a_model_under_other_ids_serves_through_an_explicit_mapping(client, worl
     mid = _register(world, run, mapping=mapping)
     r = client.post(f"/v1/models/{mid}/activate", headers=h)
     assert r.status_code == 200, r.text
+    # the readiness probe loads the model first, with its mapping (it once cached it without)
+    from tutor.service import MODELS
+
+    MODELS.clear()
+    assert client.get("/ready").status_code == 200
     r = client.post("/v1/answers", json=answer("mapped", item=single[0]["id"]), headers=h)
     assert r.status_code == 201, r.text
     assert {m["concept_id"] for m in r.json()["mastery"]} == set(single[0]["concepts"])
+    assert all(m["estimate"] is not None for m in r.json()["mastery"]), "a concept it knows"
     # a malformed mapping names its line
     bad = tmp_path / "bad.csv"
     bad.write_text("kind,model_id,catalogue_id\nthing,a,b\n")

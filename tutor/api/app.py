@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import ObjectDeletedError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -159,6 +160,18 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _warm(factory: sessionmaker[Session]) -> None:
+    """A worker's start: :func:`tutor.recommend.warm` (a failure is logged; requests then
+    load what they need themselves)."""
+    from .. import recommend
+
+    try:
+        with factory() as session:
+            recommend.warm(session)
+    except Exception:  # noqa: BLE001 - a warm-up must never take the worker down
+        log.warning("warming the models and catalogues failed", exc_info=True)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -168,6 +181,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(1)
         # the thread pool that runs the (synchronous) routes: a few threads, see the setting
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        # load the active models and build their catalogues before serving: no request
+        # waits seconds for a catalogue build (in a thread: the event loop stays free)
+        await anyio.to_thread.run_sync(_warm, app.state.read_sessionmaker)
         warmer = None
         if settings.analytics_warmup_groups:
             from ..analytics import Warmer

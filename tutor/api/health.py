@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
-from ..db import ModelVersion, Organisation
-from ..service import MODELS, db_scope
+from .. import recommend
+from ..db import Organisation
 
 router = APIRouter(tags=["health"])
 
@@ -20,35 +20,21 @@ def health() -> dict[str, str]:
 
 @router.get("/ready")
 def ready(request: Request) -> JSONResponse:
-    """Readiness: the database answers and every organisation's active model loads."""
+    """Readiness: the database answers, and every organisation's active model and its
+    catalogue load (:func:`tutor.recommend.warm`)."""
     checks: dict[str, str] = {}
     ok = True
     try:
         with request.app.state.read_sessionmaker() as session:
             session.execute(text("SELECT 1"))
             checks["database"] = "ok"
-            active = (
-                session.execute(
-                    select(Organisation.active_model_id).where(
-                        Organisation.active_model_id.is_not(None)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if not active:
+            # the models (with their id mappings), catalogues and views, as requests use them
+            n = recommend.warm(session)
+            if not n:
                 ok = False
                 checks["model"] = "no active model in any organisation"
-            for mid in active:
-
-                def load(mid: int = mid) -> bytes:
-                    return session.scalar(
-                        select(ModelVersion.checkpoint).where(ModelVersion.id == mid)
-                    )
-
-                MODELS.get(mid, load, scope=db_scope(session))
-            if active:
-                checks["model"] = f"{len(active)} active model(s) loaded"
+            else:
+                checks["model"] = f"{n} active model(s) loaded"
             checks["organisations"] = str(
                 session.scalar(select(func.count()).select_from(Organisation))
             )
