@@ -222,7 +222,8 @@ def learner_view(
     cidx = view["concept_idx"]
     estimate = np.where(cidx > 0, full[cidx], np.nan)
     keep = max(int(recent_exclusion), 1)
-    ids = session.scalars(_recent_items_query(keep), {"learner": learner.id}).all()
+    ids = session.connection().execute(_recent_items_query(keep), {"learner": learner.id})
+    ids = ids.scalars().all()
     # the catalogue's item positions by database id (built once per catalogue version)
     recent = [cat.item_db_pos[int(i)] for i in ids if int(i) in cat.item_db_pos]
     return LearnerView(

@@ -392,15 +392,18 @@ class _Writes:
         self.updates.setdefault((st.mapper.local_table, st.identity), {})[col.key] = value
 
     def apply(self, session: Session) -> None:
+        # on the session's connection: Core statements need none of the ORM's execution
+        # layer (about 50 microseconds a statement)
+        conn = session.connection()
         if self.interactions:
-            session.execute(insert(Interaction.__table__), self.interactions)
+            conn.execute(insert(Interaction.__table__), self.interactions)
             self.interactions = []
         for (table, ident), values in self.updates.items():
             pk = {f"pk_{c.key}": v for c, v in zip(table.primary_key.columns, ident, strict=True)}
-            session.execute(_update_query(table, tuple(values)), {**pk, **values})
+            conn.execute(_update_query(table, tuple(values)), {**pk, **values})
         self.updates = {}
         for learner_id, event_id, response in self.responses:
-            session.execute(
+            conn.execute(
                 _response_query(),
                 {"pk_learner": learner_id, "pk_event": event_id, "response": response},
             )

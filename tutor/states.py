@@ -194,10 +194,14 @@ def keep_rebuilt_states(session: Session) -> None:
     """End a read request: keep the states it had to rebuild.
 
     With nothing rebuilt the session is closed (the read transaction ends in the route's
-    thread). On PostgreSQL the request's transaction simply commits. A SQLite read runs in a read
-    transaction (it never waits for writers) that cannot write, so the rebuilt states are
-    written afterwards in a short write transaction of their own, each only if the learner
-    has not answered meanwhile; if the database is busy they are rebuilt again next time.
+    thread). A read never writes in its own session (a SQLite read transaction cannot; a
+    PostgreSQL read runs in autocommit): the rebuilt states are written afterwards in a short
+    write transaction of their own, each only if its learner is not being written by an
+    answer right now (PostgreSQL: the learner's row locked ``SKIP LOCKED``; an answer's
+    transaction holds it) and has not answered meanwhile; if the database is busy they are
+    rebuilt again next time. (Writing a state while an answer held its learner could
+    deadlock: the read's insert waited for the answer's lock on the learner, the answer's
+    insert of the same state for the read's.)
     """
     rebuilt = session.info.pop("rebuilt", [])
     session.info.pop(LOADED_STATES, None)
@@ -205,9 +209,6 @@ def keep_rebuilt_states(session: Session) -> None:
         # nothing to keep: end the read transaction here, in the route's thread (closing keeps
         # the loaded attributes readable, where a rollback would expire them all)
         session.close()
-        return
-    if session.get_bind().dialect.name != "sqlite":
-        session.commit()
         return
     snap = [
         (
@@ -230,7 +231,7 @@ def keep_rebuilt_states(session: Session) -> None:
     try:
         with factory() as w, w.begin():
             for lid, mid, blob, evid, n, ts, ev in snap:
-                learner = w.get(Learner, lid)
+                learner = w.get(Learner, lid, with_for_update={"skip_locked": True})
                 if learner is None or learner.n_answers != n:
                     continue
                 row = w.get(LearnerState, (lid, mid))

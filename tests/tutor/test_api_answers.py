@@ -166,6 +166,46 @@ def test_state_rebuilt_on_a_read_is_kept(client, world):
     engine.dispose()
 
 
+def test_a_read_does_not_wait_for_an_answer_holding_its_learner(client, world):
+    """A read that rebuilt a state does not write it while an answer's transaction holds the
+    learner (on PostgreSQL the two inserts of that state could deadlock): it answers at once
+    and the state is rebuilt again next time."""
+    import threading
+
+    from sqlalchemy import select
+
+    from tutor.db import Learner, LearnerState, create_db_engine, make_sessionmaker
+
+    if not world.url.startswith("postgresql"):
+        pytest.skip("row locks: PostgreSQL (SQLite writers hold the whole database)")
+    r = client.post("/v1/answers", json=answer("h1", learner="u3"), headers=world.headers("ingest"))
+    assert r.status_code == 201, r.text
+    engine = create_db_engine(world.url)
+    factory = make_sessionmaker(engine)
+    with factory() as s, s.begin():  # no state for this learner: the read rebuilds it
+        lid = s.scalar(select(Learner.id).where(Learner.external_id == "u3"))
+        s.query(LearnerState).filter_by(learner_id=lid).delete()
+    got: list[int] = []
+    with factory() as holder, holder.begin():  # an answer in progress: the learner locked
+        holder.scalar(select(Learner).where(Learner.id == lid).with_for_update())
+        reader = threading.Thread(
+            target=lambda: got.append(
+                client.get("/v1/learners/u3/mastery", headers=world.headers("admin")).status_code
+            )
+        )
+        reader.start()
+        reader.join(20)
+        assert not reader.is_alive(), "the read waited for the answer's lock"
+        assert got == [200]
+    with factory() as s:  # not kept; the next read keeps it
+        assert s.scalar(select(LearnerState).where(LearnerState.learner_id == lid)) is None
+    assert client.get("/v1/learners/u3/mastery", headers=world.headers("admin")).status_code == 200
+    with factory() as s:
+        row = s.scalar(select(LearnerState).where(LearnerState.learner_id == lid))
+        assert row is not None and row.n_applied == 1
+    engine.dispose()
+
+
 def test_body_size_and_rate_limits(world):
     from fastapi.testclient import TestClient
 
