@@ -41,7 +41,7 @@ from .db import (
 from .errors import Conflict, Invalid, NotFound, TooLarge
 from .errors import ServiceError as ServiceError  # the errors' base, for this module's callers
 from .evidence import Evidence, EvidenceRule
-from .runtime import LoadedModel, ModelCache
+from .runtime import LoadedModel, ModelCache, stack_states
 from .settings import Settings, evidence_rule
 from .states import (
     LOADED_STATES,
@@ -114,15 +114,18 @@ def mastery_of(
     any_answers: bool,
     at_time: float | None = None,
     scale: str = "reachable",
+    success: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Each concept's status and reported mastery (:mod:`tutor.evidence`): the evidence
     mastery where the learner has answered the concept, the model's estimate (labelled so)
     where not; with the model's estimate and mean predicted success beside it. Predicts only
-    the items of ``concepts``."""
+    the items of ``concepts`` (nothing where ``success``, their estimates on the success
+    scale, is given)."""
     pos = model.concept_positions
     cidx = np.array([pos.get(c.external_id, 0) for c in concepts], dtype=np.int64)
-    at = None if at_time is None else np.array([at_time])
-    success = model.estimates(state, cidx, at, scale="success")[0]
+    if success is None:
+        at = None if at_time is None else np.array([at_time])
+        success = model.estimates(state, cidx, at, scale="success")[0]
     est = success
     if scale == "reachable" and len(cidx):
         est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(success), cidx), np.nan)
@@ -425,9 +428,15 @@ class _Batch:
     writes: _Writes
 
     def mastery(
-        self, model: LoadedModel, state: Any, item: ItemRef, ev: Evidence
+        self,
+        model: LoadedModel,
+        state: Any,
+        item: ItemRef,
+        ev: Evidence,
+        success: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
-        """The answered item's concepts as the answer's response reports them."""
+        """The answered item's concepts as the answer's response reports them (``success``:
+        their estimates for ``state``, where already computed)."""
         return mastery_of(
             model,
             state,
@@ -436,6 +445,7 @@ class _Batch:
             rule=self.rule,
             any_answers=True,
             scale=self.scale,
+            success=success,
         )
 
 
@@ -476,18 +486,28 @@ def _apply_learner(
             need = evidence_mod.needs_prior(ev, cexts)
             priors: dict[str, float] = {}
             shown: dict[str, tuple[float, float]] = {}
-            if need:  # the model's estimate just before the first own answer
-                # (as GET /mastery reports it: at the learner's previous answer)
-                priors, shown = first_answer_priors(model, state, need)
-            evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors, shown)
             idx = model.item_idx([a.item_id]).tolist()
-            state = model.step_many(state, idx, [int(a.correct)], [t])
+            after = model.step_many(state, idx, [int(a.correct)], [t])
+            success = None  # the item's concepts after the answer (success scale)
+            if need:  # the model's estimate just before the first own answer (as GET
+                # /mastery reports it: at the learner's previous answer), and after this
+                # answer, for the response: one model call over the two states
+                pos = model.concept_positions
+                cidx = np.array([pos.get(c, 0) for c in cexts], dtype=np.int64)
+                both = model.estimates(stack_states(model, [state, after]), cidx, scale="success")
+                raw = {c: both[0, k] for k, c in enumerate(cexts)}
+                priors, shown = first_answer_priors(
+                    model, state, need, raw=np.array([raw[c] for c in need])
+                )
+                success = both[1]
+            evidence_mod.fold(ev, cexts, bool(a.correct), a.timestamp, priors, shown)
+            state = after
             writes.set(row, "state", model.encode(state))
             writes.set(row, "evidence", evidence_mod.dump(ev))
             writes.set(row, "n_applied", learner.n_answers)
             writes.set(row, "last_timestamp", a.timestamp)
             writes.set(row, "last_event_id", a.event_id)
-            mastery = batch.mastery(model, state, item, ev)
+            mastery = batch.mastery(model, state, item, ev, success)
         response = _answer_response(learner, item, a, model, mastery)
         if writes.interactions and writes.interactions[-1] is inter:
             inter["response"] = response  # not inserted yet

@@ -138,12 +138,15 @@ def _both(reachable: float, success: float) -> tuple[float, float]:
 
 
 def first_answer_priors(
-    model: LoadedModel, state: Any, concepts: list[str]
+    model: LoadedModel, state: Any, concepts: list[str], raw: np.ndarray | None = None
 ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """For a learner's first own answers on ``concepts``: the evidence filter's prior (the
-    reachable estimate) and the range ``GET /mastery`` could have shown on either scale."""
+    reachable estimate) and the range ``GET /mastery`` could have shown on either scale.
+    ``raw``: the concepts' estimates on the success scale for ``state``, where the caller
+    has them already."""
     cidx = np.array([model.concept_index(c) or 0 for c in concepts], dtype=np.int64)
-    raw = model.estimates(state, cidx, scale="success")[0]
+    if raw is None:
+        raw = model.estimates(state, cidx, scale="success")[0]
     est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(raw), cidx), np.nan)
     priors = {c: float(est[k]) for k, c in enumerate(concepts)}
     shown = {c: _both(est[k], raw[k]) for k, c in enumerate(concepts)}
