@@ -17,10 +17,12 @@ from tutor.api import create_app
 from tutor.db import ApiKey, create_db_engine
 
 #: statements per request once warm (the key cached, the model and catalogue loaded), not
-#: counting SQLite's BEGIN: answer = organisation, replay check, learner + state (locked),
-#: insert, two updates; next-items = learner + organisation + state, recent items; mastery =
-#: learner + organisation + state (the concepts come from the cached catalogue)
+#: counting SQLite's BEGIN: answer = learners locked with organisation, states and replays,
+#: then insert and two updates (on PostgreSQL the three writes are one statement);
+#: next-items = learner + organisation + state, recent items; mastery = learner +
+#: organisation + state (the concepts come from the cached catalogue)
 MAX_ANSWER_STATEMENTS = 4
+MAX_ANSWER_STATEMENTS_PG = 2
 MAX_NEXT_ITEMS_STATEMENTS = 2
 MAX_MASTERY_STATEMENTS = 1
 
@@ -58,7 +60,8 @@ def test_answer_and_next_items_statement_budget(client, world):
     with statements(client.app) as answer:
         r = client.post("/v1/answers", json=_answer("x1"), headers=ing)
     assert r.status_code == 201, r.text
-    assert len(answer) <= MAX_ANSWER_STATEMENTS, _show(answer)
+    pg = world.url.startswith("postgresql")
+    assert len(answer) <= (MAX_ANSWER_STATEMENTS_PG if pg else MAX_ANSWER_STATEMENTS), _show(answer)
     with statements(client.app) as nxt:
         r = client.get("/v1/learners/u1/next-items", headers=adm)
     assert r.status_code == 200, r.text
