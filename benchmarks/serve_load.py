@@ -400,16 +400,17 @@ PROFILE_PARTS = (
     ("route functions (all)", "_run_sync_endpoint"),
     ("  POST /v1/answers", "post_answers (tutor/api/answers.py"),
     ("    record_answers", "record_answers (tutor/service.py"),
-    ("    the model step and concept estimates", "_apply_learner (tutor/service.py"),
+    ("    applying each answer (model, evidence)", "_apply_learner (tutor/service.py"),
     ("  GET next-items", "next_items (tutor/api/learners.py"),
     ("    learner view (state, predictions)", "learner_view (tutor/recommend.py"),
     ("    the policy", "recommend (tutor/recommend.py"),
     ("  GET mastery", "get_mastery (tutor/api/learners.py"),
-    ("SQLAlchemy Session.execute (anywhere)", "Session.execute (sqlalchemy/orm/session.py"),
+    ("SQLAlchemy execute (anywhere)", "Connection._execute_context (sqlalchemy/engine/base.py"),
     ("psycopg (anywhere)", "(psycopg/"),
     ("torch model calls (anywhere)", "predict_logits ("),
     ("pydantic JSON out", "model_dump_json"),
     ("FastAPI dependencies", "solve_dependencies"),
+    ("outside the routes (event loop, uvicorn, middleware)", "Runner.run (asyncio/runners.py"),
 )
 
 
