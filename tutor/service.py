@@ -42,7 +42,7 @@ from .errors import Conflict, Invalid, NotFound, TooLarge
 from .errors import ServiceError as ServiceError  # the errors' base, for this module's callers
 from .evidence import Evidence, EvidenceRule
 from .runtime import LoadedModel, ModelCache, stack_states
-from .settings import Settings, evidence_rule
+from .settings import Settings, evidence_rule, org_setting
 from .states import (
     LOADED_STATES,
     current_state,
@@ -241,9 +241,7 @@ def record_answers(
     if rule is None:
         rule = evidence_rule(org.settings, defaults) if defaults is not None else EvidenceRule()
     if scale is None:
-        scale = (org.settings or {}).get(
-            "mastery_scale", defaults.mastery_scale if defaults is not None else "reachable"
-        )
+        scale = org_setting(org, defaults, "mastery_scale", "reachable")
     fresh: dict[str, list[tuple[int, AnswerIn]]] = {}
     for k, a in enumerate(answers):
         if (a.learner_id, a.event_id) in stored:

@@ -9,7 +9,7 @@ secret that is published in this repository.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -124,6 +124,16 @@ class Settings(BaseSettings):
                 "in production"
             )
         return self
+
+
+def org_setting(org: Any, settings: Settings | None, name: str, default: Any = None) -> Any:
+    """A setting in effect for an organisation (anything with a ``settings`` dict, as an
+    :class:`~tutor.db.Organisation` row): its own value, else the service's (``settings``,
+    where given and it has one), else ``default``."""
+    value = (getattr(org, "settings", None) or {}).get(name)
+    if value is None and settings is not None:
+        value = getattr(settings, name, None)
+    return default if value is None else value
 
 
 def evidence_rule(org_settings: dict | None, settings: Settings) -> EvidenceRule:

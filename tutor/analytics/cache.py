@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..db import Organisation
+from ..settings import org_setting
 
 #: organisation settings read here, with their defaults
 DEFAULTS: dict[str, float | int] = {
@@ -40,12 +41,7 @@ SEQ_CACHE_ROWS = 5_000_000
 def setting(org: Organisation, name: str, settings: Any = None) -> float | int:
     """An analytics threshold: the organisation's value, else the service settings' (when
     they have one), else :data:`DEFAULTS`."""
-    value = (org.settings or {}).get(name)
-    if value is None and settings is not None:
-        value = getattr(settings, name, None)
-    if value is None:
-        value = DEFAULTS[name]
-    return type(DEFAULTS[name])(value)
+    return type(DEFAULTS[name])(org_setting(org, settings, name, DEFAULTS[name]))
 
 
 class _LRU:

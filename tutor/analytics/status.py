@@ -32,6 +32,7 @@ from ..db import Group, Learner, LearnerState, Organisation
 from ..evidence import STATUSES, EvidenceRule
 from ..runtime import SECONDS_PER_DAY, LoadedModel, concept_mastery_many, decode_many
 from ..service import as_utc
+from ..settings import org_setting
 from .cache import _GROUP
 from .context import _Context, _item_index, _ItemIndex, _Members
 
@@ -40,10 +41,7 @@ NOT_STARTED, ESTIMATED, LEARNING, MASTERED, STRUGGLING = range(len(STATUSES))
 
 def mastery_scale(org: Organisation, settings: Any) -> str:
     """The organisation's scale of estimates (``reachable`` or ``success``)."""
-    value = (org.settings or {}).get("mastery_scale")
-    if value is None and settings is not None:
-        value = getattr(settings, "mastery_scale", None)
-    return str(value or "reachable")
+    return str(org_setting(org, settings, "mastery_scale", "reachable"))
 
 
 def _rule(org: Organisation, settings: Any) -> EvidenceRule:

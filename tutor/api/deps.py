@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ..db import GroupMembership, Learner, LearnerState, Organisation
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
+from ..settings import org_setting as org_setting  # the routes' lookup, kept here
 from ..states import remember_state
 
 T = TypeVar("T")
@@ -166,7 +167,7 @@ def visible_groups(principal: Principal) -> frozenset[int] | None:
 
 
 @functools.cache
-def _learner_query(with_state: bool, lock: bool) -> Select:
+def _learner_query(with_state: bool) -> Select:
     """The learner by (organisation, external id) with its organisation's row, and with its
     state for the organisation's active model when asked: one statement (the organisation's
     row fills the request's :class:`Organisation`, so reading its active model, catalogue
@@ -179,8 +180,7 @@ def _learner_query(with_state: bool, lock: bool) -> Select:
             (LearnerState.learner_id == Learner.id)
             & (LearnerState.model_id == Organisation.active_model_id),
         )
-    q = q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
-    return q.with_for_update(of=Learner) if lock else q
+    return q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
 
 
 def visible_learner(
@@ -188,7 +188,6 @@ def visible_learner(
     principal: Principal,
     external_id: str,
     *,
-    lock: bool = False,
     with_state: bool = False,
 ) -> Learner:
     """The learner, if the caller may see them; 404 otherwise (never 403, so ids of other
@@ -197,7 +196,7 @@ def visible_learner(
     :func:`tutor.states.current_state` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
     params = {"org": principal.org_id, "ext": external_id}
-    row = session.execute(_learner_query(with_state, lock), params).first()
+    row = session.execute(_learner_query(with_state), params).first()
     learner = None if row is None else row[0]
     if learner is not None and with_state and row[1].active_model_id is not None:
         remember_state(session, learner.id, row[1].active_model_id, row[2])
@@ -277,12 +276,6 @@ def mark_created(response: Response, created: bool) -> None:
     created the row, else the route's 200."""
     if created:
         response.status_code = status.HTTP_201_CREATED
-
-
-def org_setting(org: Organisation, settings: Settings, name: str) -> Any:
-    """A recommendation setting in effect for the organisation: its override, else the
-    service default."""
-    return (org.settings or {}).get(name, getattr(settings, name))
 
 
 def limit_batch(n: int, what: str, settings: Settings) -> None:
