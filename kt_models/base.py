@@ -55,7 +55,9 @@ class KTModel(nn.Module):
     #: whether ``predict(..., at_time=...)`` changes with time (the model forgets)
     forgets: ClassVar[bool] = False
     #: whether predictions tell apart the items of one concept (an item-level model); for a
-    #: concept-level model the service adds item difficulty estimated from the data
+    #: concept-level model the service adds item difficulty estimated from the data. This and
+    #: ``concept_level`` are a model's defaults: an option may change them per instance
+    #: (``items='rasch'``, :mod:`kt_models.items`), so read them on the model, not the class
     item_aware: ClassVar[bool] = False
     #: whether predictions depend on an item only through its set of concepts (no item
     #: term at all): the service then predicts once per distinct concept set instead of once
@@ -82,9 +84,17 @@ class KTModel(nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        """Mean binary cross-entropy over the predicted positions (t >= 1)."""
+        """Mean binary cross-entropy over the predicted positions (t >= 1), plus the item
+        difficulties' penalty of an item-aware option (:meth:`item_penalty`)."""
         m = prediction_mask(batch)
-        return F.binary_cross_entropy_with_logits(logits[m], batch.correct[m])
+        bce = F.binary_cross_entropy_with_logits(logits[m], batch.correct[m])
+        return bce + self.item_penalty(batch)
+
+    def item_penalty(self, batch: Batch) -> torch.Tensor | float:
+        """The regulariser of the model's Rasch items (``items='rasch'``,
+        :class:`kt_models.items.RaschItems`) over ``batch``; 0 without them."""
+        rasch = getattr(self, "rasch", None)
+        return 0.0 if rasch is None else rasch.penalty(batch)
 
     # ------------------------------------------------------------------ serving form
     def init_state(self, n: int) -> State:  # pragma: no cover - abstract

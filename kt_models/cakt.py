@@ -50,6 +50,10 @@ Choices where the paper is silent or where the data differ from its data:
   convolution): batch statistics would mix learners and padding and make training and
   serving differ; the convolutions have biases instead and the residual shortcuts keep the
   stack trainable. Convolutions use Kaiming (fan-out) initialisation as in that code.
+* ``items='rasch'`` (``kt_models.items``, not in the paper): AKT's Rasch item difficulty
+  varies the first LSTM's answer embeddings and the readout row of the item's concept; the
+  learning-curve frames stay at the concept level (a frame is a past attempt on the concept,
+  whichever item it was).
 * LSTM sizes: one layer of ``hidden = 225 = E`` units each (as in the authors' code, where
   the gates concatenate two ``E``-vectors); ``dropout`` before the readout defaults to 0.
 * Training: Adam with an L2 weight decay of ``1e-5`` by default (``default_weight_decay``;
@@ -87,6 +91,7 @@ from torch.utils.checkpoint import checkpoint
 from .base import KTModel, ModelConfig, register
 from .concepts import concept_logits, concept_weights, embed_answers
 from .data import Batch, Vocab
+from .items import RaschItems, check_items_option
 
 #: volumes per CNN call (bounds the activation memory of a batch)
 _CNN_CHUNK = 2048
@@ -103,6 +108,8 @@ class CAKTConfig(ModelConfig):
     decay_init: float = 0.5  # initial theta
     history_key: str = "next"  # 'next' (paper) or 'current' (authors' code)
     dropout: float = 0.0
+    items: str = "none"  # 'none' or 'rasch' (item-aware: kt_models.items)
+    item_l2: float = 1e-5  # AKT's L2 weight on the item difficulties (items='rasch')
 
 
 class _FrameConv(nn.Module):
@@ -215,14 +222,34 @@ class CAKT(KTModel):
         self.lstm2 = nn.LSTM(config.hidden, config.hidden, config.layers, batch_first=True)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, self.n_c)
+        self.rasch: RaschItems | None = None
+        if check_items_option(config.items):
+            self.rasch = RaschItems(vocab.n_items, self.n_c, self.E, config.hidden, config.item_l2)
+            self.item_aware, self.concept_level = True, False
 
     # ----------------------------------------------------------------- shared pieces
     def _inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """Answer embeddings of the concept level (also the learning-curve frames)."""
         return embed_answers(self.embed, self.item_concepts, item, correct, self.n_c)
+
+    def _lstm_inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """The first LSTM's inputs: :meth:`_inputs`, varied by the item (``items='rasch'``)."""
+        x = self._inputs(item, correct)
+        if self.rasch is not None:
+            x = self.rasch.inputs(x, self.item_concepts, item, correct)
+        return x
 
     def _gather(self, logits_all: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean logit of each item's concepts: logits_all [..., C+1], items [..., M]."""
         return concept_logits(self.item_concepts, logits_all, items)
+
+    def _item_logits(self, z: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits ``[...]`` of ``items`` ``[...]`` from the second LSTM's outputs ``z``
+        ``[..., hidden]`` (one per item)."""
+        base = self._gather(self.out(z), items.unsqueeze(-1)).squeeze(-1)
+        if self.rasch is None:
+            return base
+        return self.rasch.logits(base, self.item_concepts, z, items)
 
     def _tokens(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """Frame tokens of answers: ``1 + 2 * class + correct``; 0 is an empty frame."""
@@ -323,13 +350,12 @@ class CAKT(KTModel):
         return full.sum(2)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        x = self._inputs(batch.item, batch.correct)  # [B, T, E]
+        x = self._lstm_inputs(batch.item, batch.correct)  # [B, T, E]
         h, _ = self.lstm1(x)
         prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # before each answer
         fused = self._fuse(prev, self._batch_curves(batch))
         z, _ = self.lstm2(fused)
-        logits_all = self.out(self.drop(z))  # [B, T, C+1]
-        return self._gather(logits_all, batch.item.unsqueeze(-1)).squeeze(-1)
+        return self._item_logits(self.drop(z), batch.item)
 
     # ----------------------------------------------------------------- serving form
     def init_state(self, n: int) -> tuple[torch.Tensor, ...]:
@@ -364,15 +390,14 @@ class CAKT(KTModel):
 
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
         z, _, _ = self._lstm2_step(state, self._fused_next(state, items))
-        logits_all = self.out(z)  # [n, m, C+1]
-        return self._gather(logits_all, items.unsqueeze(-1)).squeeze(-1)
+        return self._item_logits(z, items)  # z: [n, m, hidden]
 
     @torch.no_grad()
     def step(self, state, item, correct, time=None):  # type: ignore[override]
         h1, c1, _, _, buf, _ = state
         # the second LSTM consumes f_t, built from the state before answer t
         _, h2, c2 = self._lstm2_step(state, self._fused_next(state, item.unsqueeze(1)))
-        x = self._inputs(item, correct).unsqueeze(1)
+        x = self._lstm_inputs(item, correct).unsqueeze(1)
         _, (h1, c1) = self.lstm1(x, (h1, c1))
         # the answer enters the history of each of its item's concepts (not padding)
         c, w = concept_weights(self.item_concepts, item)  # [n, K]

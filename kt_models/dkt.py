@@ -24,6 +24,13 @@ Choices where the papers are silent or where data differs from theirs:
   nobody mistakes it for a validation-only one. It costs about 0.7x the 256-unit model's
   time per epoch.
 
+``items='rasch'`` makes DKT item-aware (``kt_models.items``): AKT's Rasch-model item difficulty
+``mu_q`` varies the answer embedding (``e_(c,r) + mu_q f_(c,r)``) and the readout row of the
+item's concept (``w_c + mu_q v_c``), with AKT's L2 penalty on ``mu`` (``item_l2``), so items
+of one concept get their own predictions and rare items fall back to their concept. Not in
+the DKT paper, whose inputs and outputs are concepts (or, with ``input_kind='item'``, items
+in, concepts out).
+
 DKT+ (``name='dkt+'``) adds the paper's regularisers to the loss:
 ``lambda_r`` * BCE of the *current* answer reconstructed from the state after it, plus
 ``lambda_w1`` * mean |y_t - y_{t-1}| and ``lambda_w2`` * mean (y_t - y_{t-1})^2 over all
@@ -41,6 +48,7 @@ from torch import nn
 from .base import KTModel, ModelConfig, register
 from .concepts import concept_logits, embed_answers
 from .data import Batch, Vocab
+from .items import RaschItems, check_items_option
 
 
 @dataclass
@@ -52,6 +60,8 @@ class DKTConfig(ModelConfig):
     layers: int = 1
     dropout: float = 0.5
     input_kind: str = "concept"  # 'concept' or 'item'
+    items: str = "none"  # 'none' or 'rasch' (item-aware: kt_models.items)
+    item_l2: float = 1e-5  # AKT's L2 weight on the item difficulties (items='rasch')
     lambda_r: float = 0.0
     lambda_w1: float = 0.0
     lambda_w2: float = 0.0
@@ -78,25 +88,46 @@ class DKT(KTModel):
         self.lstm = nn.LSTM(config.emb_dim, config.hidden, config.layers, batch_first=True)
         self.drop = nn.Dropout(config.dropout)
         self.out = nn.Linear(config.hidden, vocab.n_concepts + 1)
+        self.rasch: RaschItems | None = None
+        if check_items_option(config.items):
+            if config.input_kind != "concept":
+                raise ValueError("items='rasch' needs input_kind='concept'")
+            self.rasch = RaschItems(
+                vocab.n_items, n_in, config.emb_dim, config.hidden, config.item_l2
+            )
+            self.item_aware, self.concept_level = True, False
 
     # ----------------------------------------------------------------- shared pieces
     def _inputs(self, item: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         if self.config.input_kind == "item":
             return self.embed(item + self.n_in * correct.long())
-        return embed_answers(self.embed, self.item_concepts, item, correct, self.n_in)
+        x = embed_answers(self.embed, self.item_concepts, item, correct, self.n_in)
+        if self.rasch is not None:
+            x = self.rasch.inputs(x, self.item_concepts, item, correct)
+        return x
 
     def _gather(self, logits_all: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Mean logit of each item's concepts: logits_all [..., C+1], items [..., M]."""
         return concept_logits(self.item_concepts, logits_all, items)
+
+    def _item_logits(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits of ``items`` from states ``h``: ``[B, T, H]`` with items ``[B, T]`` (one
+        item per state), or ``[n, H]`` with items ``[n, M]`` (several per state)."""
+        logits_all = self.out(h)
+        if h.dim() == items.dim():
+            logits_all = logits_all.unsqueeze(-2).expand(*items.shape, -1)
+        base = self._gather(logits_all, items.unsqueeze(-1)).squeeze(-1)
+        if self.rasch is None:
+            return base
+        return self.rasch.logits(base, self.item_concepts, h, items)
 
     # ----------------------------------------------------------------- training form
     def forward(self, batch: Batch) -> torch.Tensor:
         h = self._states(batch)  # [B, T, H] state after each answer
         h0 = torch.zeros_like(h[:, :1])
         prev = torch.cat([h0, h[:, :-1]], dim=1)  # state before each answer
-        logits_all = self.out(self.drop(prev))  # [B, T, C+1]
         self._last_h = h
-        return self._gather(logits_all, batch.item.unsqueeze(-1)).squeeze(-1)
+        return self._item_logits(self.drop(prev), batch.item)
 
     def _states(self, batch: Batch) -> torch.Tensor:
         x = self._inputs(batch.item, batch.correct)
@@ -108,10 +139,11 @@ class DKT(KTModel):
         cfg = self.config
         if cfg.lambda_r or cfg.lambda_w1 or cfg.lambda_w2:
             h = self._last_h
-            y_all = self.out(self.drop(h))  # prediction after seeing each answer
+            hd = self.drop(h)
+            y_all = self.out(hd)  # prediction after seeing each answer
             m = batch.mask
             if cfg.lambda_r:
-                cur = self._gather(y_all, batch.item.unsqueeze(-1)).squeeze(-1)
+                cur = self._item_logits(hd, batch.item)
                 loss = loss + cfg.lambda_r * F.binary_cross_entropy_with_logits(
                     cur[m], batch.correct[m]
                 )
@@ -151,11 +183,7 @@ class DKT(KTModel):
         return (torch.stack(hs), torch.stack(cs))
 
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
-        h = state[0][-1]  # [n, H]
-        logits_all = self.out(h)  # [n, C+1]
-        return self._gather(
-            logits_all.unsqueeze(1).expand(-1, items.shape[1], -1), items.unsqueeze(-1)
-        ).squeeze(-1)
+        return self._item_logits(state[0][-1], items)  # h: [n, H]
 
     def state_select(self, state, index):  # type: ignore[override]
         return (state[0][:, index], state[1][:, index])

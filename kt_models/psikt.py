@@ -34,7 +34,12 @@ Generative model (per learner; times ``t`` in days, only differences matter):
 * **Answers** ``y ~ Bernoulli(sigmoid(mean_k z_{c_k} - b_item))``: the mean over the item's
   concepts (as DKT does for multi-concept items) minus a learned per-item difficulty ``b``
   (an addition the paper does not have: its datasets are indexed by concept; with items it
-  is needed, and it plays the role of IRT's difficulty).
+  is needed, and it plays the role of IRT's difficulty). ``items='rasch'``
+  (``kt_models.items``) adds AKT's input side: the answer embedding becomes
+  ``e_(c,r) + b f_(c,r)`` with a per-(concept, correct) variation vector ``f``, and ``b``
+  gets AKT's L2 penalty (``item_l2`` times the sum of ``b^2`` over a batch's answers) so
+  that rare items keep ``b`` near 0, their concept's level. The output side needs nothing
+  more: ``b`` is already the Rasch difficulty there.
 
 Inference (amortised, variational; approximations stated):
 
@@ -113,6 +118,7 @@ from torch import nn
 from .base import KTModel, ModelConfig, register
 from .concepts import concept_weights
 from .data import Batch, Vocab
+from .items import RaschItems, check_items_option
 
 _N_TRAITS = 4  # alpha, mu, sigma, gamma
 
@@ -130,6 +136,8 @@ class PSIKTConfig(ModelConfig):
     init_gamma: float = 0.25
     min_alpha: float = 1e-3
     min_sigma: float = 1e-3
+    items: str = "none"  # 'none' or 'rasch' (AKT's input side and penalty: kt_models.items)
+    item_l2: float = 1e-5  # AKT's L2 weight on the item difficulties (items='rasch')
 
 
 def _inv_softplus(x: float) -> float:
@@ -177,8 +185,14 @@ class PSIKT(KTModel):
                 ]
             )
         )
-        self.difficulty = nn.Embedding(vocab.n_items + 1, 1)
-        nn.init.zeros_(self.difficulty.weight)
+        self.rasch: RaschItems | None = None
+        if check_items_option(cfg.items):
+            self.rasch = RaschItems(vocab.n_items, self.n_slots, cfg.emb_dim, None, cfg.item_l2)
+            self.difficulty = self.rasch.mu  # the one per-item scalar, on both sides
+            self.item_aware = True
+        else:
+            self.difficulty = nn.Embedding(vocab.n_items + 1, 1)
+            nn.init.zeros_(self.difficulty.weight)
         c = max(vocab.n_concepts, 1)
         self.u = nn.Parameter(0.3 * torch.randn(c, cfg.graph_dim, generator=g))
         self.T = nn.Parameter(0.3 * torch.randn(cfg.graph_dim, cfg.graph_dim, generator=g))
@@ -303,6 +317,8 @@ class PSIKT(KTModel):
         )
         ce = self.embed(c + self.n_slots * correct.long().unsqueeze(-1))
         x = (ce * w.unsqueeze(-1)).sum(-2) + self.feat(feats)
+        if self.rasch is not None:
+            x = self.rasch.inputs(x, self.item_concepts, item, correct)
         h = self.gru(x, state["h"])
         # Kalman-like (amortised Laplace) update of the answered concepts
         kappa = F.softplus(self.gain_head(h) + self.gain_bias[c])  # [n, K]
@@ -376,7 +392,7 @@ class PSIKT(KTModel):
         elbo = self._elbo[1]
         self._elbo = None
         m = batch.mask
-        return -(elbo[m].sum() / m.sum().clamp_min(1))
+        return -(elbo[m].sum() / m.sum().clamp_min(1)) + self.item_penalty(batch)
 
     # ----------------------------------------------------------------- serving form
     @torch.no_grad()

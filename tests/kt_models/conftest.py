@@ -31,7 +31,7 @@ def write_skill_dataset(
     rng = np.random.default_rng(seed)
     n_items = concepts * items_per_concept
     item_concept = np.repeat(np.arange(concepts), items_per_concept)
-    difficulty = rng.normal(0, 1, n_items)
+    difficulty = rng.normal(0, 1, n_items)  # = item_difficulties(seed, n_items)
     with DatasetWriter(out, format_name="test-sim") as w:
         w.register_file("generated")
         users, items, concept_lists, correct, ts, lines = [], [], [], [], [], []
@@ -74,6 +74,11 @@ def write_skill_dataset(
             )
         )
     return out
+
+
+def item_difficulties(seed: int, n_items: int) -> np.ndarray:
+    """The true difficulty of items ``i0 .. i{n-1}`` of :func:`write_skill_dataset`."""
+    return np.random.default_rng(seed).normal(0, 1, n_items)
 
 
 @pytest.fixture(autouse=True, scope="session")

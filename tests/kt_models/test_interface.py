@@ -19,14 +19,27 @@ from kt_models.metrics import metrics
 from kt_models.registry import model_names
 from kt_models.train import TrainConfig, predict_next_step, train
 
-MODELS = model_names()
+#: every model with its default options, and every item-aware option (``items='rasch'``)
+VARIANTS = [pytest.param(n, {}, id=n) for n in model_names()] + [
+    pytest.param(n, {"items": "rasch"}, id=f"{n}[items=rasch]") for n in ("dkt", "cakt", "psikt")
+]
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_incremental_equals_batch_forward(name, skill_dataset):
+def _vary_items(model: torch.nn.Module) -> None:
+    """Item difficulties start at 0 (the concept's level): set them apart, so that the item
+    terms of an item-aware option are exercised."""
+    rasch = getattr(model, "rasch", None)
+    if rasch is not None:
+        with torch.no_grad():
+            rasch.mu.weight[1:].normal_(0.0, 1.0)
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_incremental_equals_batch_forward(name, options, skill_dataset):
     torch.manual_seed(0)
     seqs, vocab = load_sequences(skill_dataset)
-    model = build_model(name, vocab, make_config(name)).eval()
+    model = build_model(name, vocab, make_config(name, options)).eval()
+    _vary_items(model)
     users = np.arange(12)
     batch = make_batch(seqs, users)
     with torch.no_grad():
@@ -42,13 +55,15 @@ def test_incremental_equals_batch_forward(name, skill_dataset):
     torch.testing.assert_close(inc[m], logits[m], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_a_concept_level_model_predicts_alike_for_items_of_one_concept_set(name, skill_dataset):
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_a_concept_level_model_predicts_alike_for_items_of_one_concept_set(
+    name, options, skill_dataset
+):
     """``concept_level`` (the service predicts once per concept set) is true to the model:
     after some answers, items with the same concepts get the same prediction."""
     torch.manual_seed(0)
     seqs, vocab = load_sequences(skill_dataset)
-    model = build_model(name, vocab, make_config(name)).eval()
+    model = build_model(name, vocab, make_config(name, options)).eval()
     for p in model.parameters():  # random weights: no term may hide at its initial value
         torch.nn.init.normal_(p, std=0.3)
     batch = make_batch(seqs, np.arange(4))
@@ -69,11 +84,11 @@ def test_a_concept_level_model_predicts_alike_for_items_of_one_concept_set(name,
         assert spread > 1e-4, f"{name} predicts per concept set: declare concept_level"
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_overfits_tiny_dataset(name, tiny_dataset):
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_overfits_tiny_dataset(name, options, tiny_dataset):
     seqs, vocab = load_sequences(tiny_dataset)
     torch.manual_seed(0)
-    model = build_model(name, vocab, make_config(name))
+    model = build_model(name, vocab, make_config(name, options))
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     users = np.arange(seqs.n_users)
     batch = make_batch(seqs, users)
@@ -91,10 +106,18 @@ def test_overfits_tiny_dataset(name, tiny_dataset):
     assert metrics(y, p)["auc"] > 0.85
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_learns_simulated_skill_on_held_out_learners(name, skill_dataset, tmp_path):
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_learns_simulated_skill_on_held_out_learners(name, options, skill_dataset, tmp_path):
     cfg = TrainConfig(epochs=8, patience=8, lr=0.01, batch_tokens=4096, seed=1)
-    train(name, skill_dataset, tmp_path / "run", config=cfg, progress=False, log=lambda s: None)
+    train(
+        name,
+        skill_dataset,
+        tmp_path / "run",
+        config=cfg,
+        model_overrides=options,
+        progress=False,
+        log=lambda s: None,
+    )
     model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
     seqs, _ = load_sequences(skill_dataset, vocab=model.vocab)
     split = split_learners(seqs, seed=1)
@@ -102,11 +125,12 @@ def test_learns_simulated_skill_on_held_out_learners(name, skill_dataset, tmp_pa
     assert metrics(y, p)["auc"] > 0.6
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_checkpoint_round_trip(name, skill_dataset, tmp_path):
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_checkpoint_round_trip(name, options, skill_dataset, tmp_path):
     seqs, vocab = load_sequences(skill_dataset)
     torch.manual_seed(3)
-    model = build_model(name, vocab, make_config(name)).eval()
+    model = build_model(name, vocab, make_config(name, options)).eval()
+    _vary_items(model)
     path = tmp_path / "m.pt"
     save_checkpoint(model, path, manifest={"format": "test"})
     loaded, payload = load_checkpoint(path)
