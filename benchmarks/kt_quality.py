@@ -63,6 +63,10 @@ REFERENCE = {
 #: options, training options)
 VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "dkt-large": ("dkt", {"hidden": 256}, {}),
+    # the item-aware forms (kt_models.items): AKT's Rasch item difficulty
+    "dkt-items": ("dkt", {"items": "rasch"}, {}),
+    "cakt-items": ("cakt", {"items": "rasch"}, {}),
+    "psikt-items": ("psikt", {"items": "rasch"}, {}),
 }
 
 

@@ -15,6 +15,7 @@ MODELS: dict[str, tuple[str, str]] = {
     "cakt": ("cakt", "CAKT (Yang et al. 2020): DKT with a 3D-convolutional learning curve"),
     "psikt": ("psikt", "PSI-KT (Zhou et al. 2024): prerequisites, forgetting, learner traits"),
     "bkt": ("bkt", "Bayesian Knowledge Tracing (Corbett & Anderson 1995), per concept"),
+    "akt": ("akt", "AKT (Ghosh et al. 2020): monotonic attention, Rasch item embeddings"),
     "logistic": ("logistic", "An item-aware logistic baseline (PFA-style counts plus item terms)"),
 }
 

@@ -20,18 +20,30 @@ from kt_models.registry import model_names
 from kt_models.train import TrainConfig, predict_next_step, train
 
 #: every model with its default options, and every item-aware option (``items='rasch'``)
-VARIANTS = [pytest.param(n, {}, id=n) for n in model_names()] + [
-    pytest.param(n, {"items": "rasch"}, id=f"{n}[items=rasch]") for n in ("dkt", "cakt", "psikt")
-]
+#: AKT at test size (its defaults: d_model 256 and a window of 200 answers); a window shorter
+#: than the histories (20-40 answers) checks the band of its attention
+AKT_SMALL = {"d_model": 32, "heads": 4, "d_ff": 32, "final_fc": 32, "window": 12}
+VARIANTS = (
+    [pytest.param(n, {}, id=n) for n in model_names() if n != "akt"]
+    + [
+        pytest.param(n, {"items": "rasch"}, id=f"{n}[items=rasch]")
+        for n in ("dkt", "cakt", "psikt")
+    ]
+    + [
+        pytest.param("akt", AKT_SMALL, id="akt[small]"),
+        pytest.param("akt", {**AKT_SMALL, "items": "none"}, id="akt[small,items=none]"),
+    ]
+)
 
 
 def _vary_items(model: torch.nn.Module) -> None:
     """Item difficulties start at 0 (the concept's level): set them apart, so that the item
     terms of an item-aware option are exercised."""
     rasch = getattr(model, "rasch", None)
-    if rasch is not None:
+    mu = rasch.mu if rasch is not None else getattr(model, "mu", None)
+    if isinstance(mu, torch.nn.Embedding):
         with torch.no_grad():
-            rasch.mu.weight[1:].normal_(0.0, 1.0)
+            mu.weight[1:].normal_(0.0, 1.0)
 
 
 @pytest.mark.parametrize(("name", "options"), VARIANTS)

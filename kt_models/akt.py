@@ -1,0 +1,366 @@
+"""AKT: Context-Aware Attentive Knowledge Tracing (Ghosh, Heffernan & Lan, KDD 2020).
+
+Model (the paper's, as in its authors' and pyKT's code):
+
+* **Rasch-model embeddings** (sec. 3.3): question ``q`` of concept ``c`` is
+  ``x = c_c + mu_q d_c`` and the answer ``(q, r)`` is ``y = c_c + g_r + mu_q (d_c + f_r)``:
+  concept embeddings ``c``, their variation vectors ``d``, response embeddings ``g`` and
+  their variations ``f``, and one scalar difficulty ``mu_q`` per item, penalised by
+  ``l2 * sum mu_q^2`` over a batch's answers (``item_l2``; 1e-5 as in the paper). This is the
+  form of the authors' default (``separate_qa=False``: ``g``, ``f`` depend on the response
+  only); the paper writes ``e_(c,r)`` and ``f_(c,r)``.
+* **Encoders** (sec. 3.1): ``n_blocks`` self-attention layers over the answers (the knowledge
+  encoder, each position seeing itself and the past), and ``n_blocks`` pairs of a question
+  encoder layer (self-attention over the questions, seeing itself and the past, no
+  feed-forward) and a **knowledge retriever** layer (query: the encoded question; keys: the
+  encoded past questions; values: the encoded past answers; strictly the past, so the answer
+  being predicted is never seen). A layer is attention, residual, layer norm, and (all but
+  the question encoder) a ReLU feed-forward with residual and layer norm.
+* **Monotonic attention** (sec. 3.2): the scaled dot-product score of key ``tau`` for query
+  ``t`` is multiplied by ``exp(-theta * d(t, tau))`` with ``theta = softplus(gamma_head)``
+  learned per head and the context-aware distance
+  ``d(t, tau) = |t - tau| * sum_{t' > tau} softmax(score)_{t'}`` (the attention mass of the
+  keys more recent than ``tau``, computed without gradient and square-rooted as in the
+  authors' code), clamped to ``[1e-5, 1e5]``. Queries and keys share their projection.
+* **Prediction** (sec. 3.4): an MLP (``2 d -> final_fc -> 256 -> 1``, ReLU, dropout) of the
+  retrieved knowledge and the question embedding ``x``.
+
+Choices where the paper is silent or where the interface needs them:
+
+* **A window of ``window`` answers** (default 200, pyKT's sequence length): every attention
+  sees at most the ``window`` most recent positions (the question encoder and the knowledge
+  encoder: the position and the ``window - 1`` before it; the retriever: the ``window``
+  before it). pyKT cuts histories into separate pieces of 200 instead; a band keeps every
+  prediction of a long history in context and makes the model's cost per answer bounded.
+  It is the same model in training (windows of ``TrainConfig.max_len``), evaluation (whole
+  histories) and serving.
+* **Items with several concepts**: ``c`` and ``d`` are averaged over the item's concepts;
+  items without a concept use the "no concept" slot 0.
+* ``items='none'`` drops ``mu`` (the paper's "AKT-NR"-like concept-level form).
+* **Serving**: the state keeps the last ``3 * n_blocks * window`` answers (items and
+  responses), enough for every layer's band to be computed exactly (each layer reaches at
+  most ``window`` further back), so ``step`` is a shift of that buffer (O(window)) and
+  ``predict`` recomputes the encoders over the buffer and then attends once per candidate
+  item: ``O(n_blocks * window * d)`` per candidate plus ``O(n_blocks * buffer * window * d)``
+  per call. With the defaults that is about 0.4 GFLOP per learner for the history and
+  0.1 MFLOP per candidate item; the state is ``buffer`` items and responses (about 7 KB).
+
+Defaults are pyKT's for AKT: ``d = 256``, 8 heads, ``n_blocks = 1``, feed-forward 256,
+final layer 512, dropout 0.05, Adam with lr 1e-4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import KTModel, ModelConfig, register
+from .concepts import concept_weights
+from .data import Batch, Vocab
+from .items import check_items_option
+
+
+@dataclass
+class AKTConfig(ModelConfig):
+    d_model: int = 256
+    heads: int = 8
+    n_blocks: int = 1
+    d_ff: int = 256
+    final_fc: int = 512
+    dropout: float = 0.05
+    window: int = 200  # answers an attention sees (see the module docstring)
+    items: str = "rasch"  # 'rasch' (the paper) or 'none' (concept level)
+    item_l2: float = 1e-5
+
+
+_NEG = -1e32
+#: candidate items per attention call in ``predict`` (bounds its memory)
+_CANDIDATES = 1024
+
+
+class _Attention(nn.Module):
+    """Multi-head monotonic attention; queries and keys share one projection."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d_model ({d}) must be a multiple of heads ({heads})")
+        self.heads, self.dk = heads, d // heads
+        self.kq = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.proj = nn.Linear(d, d)
+        self.gamma = nn.Parameter(torch.zeros(heads, 1, 1))
+        nn.init.xavier_uniform_(self.gamma)
+        self.drop = nn.Dropout(dropout)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., L, d]`` -> ``[..., heads, L, dk]``."""
+        return x.unflatten(-1, (self.heads, self.dk)).transpose(-3, -2)
+
+    def weights(
+        self, scores: torch.Tensor, dist: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention weights from raw scores ``[..., heads, Lq, Lk]``, the key distances
+        ``|t - tau|`` and the allowed keys (both broadcast to the scores; keys in ascending
+        position). A query without an allowed key gets all-zero weights."""
+        with torch.no_grad():
+            w = torch.softmax(scores.masked_fill(~allowed, _NEG), -1) * allowed
+            later = w.sum(-1, keepdim=True) - w.cumsum(-1)  # mass of the more recent keys
+            effect = (later * dist).clamp(min=0.0).sqrt()
+        theta = F.softplus(self.gamma)  # [heads, 1, 1]
+        decay = torch.exp(-theta * effect).clamp(1e-5, 1e5)
+        out = torch.softmax((scores * decay).masked_fill(~allowed, _NEG), -1) * allowed
+        return self.drop(out)
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return q @ k.transpose(-1, -2) / math.sqrt(self.dk)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        allowed: torch.Tensor,
+        dist: torch.Tensor,
+    ) -> torch.Tensor:
+        """Full attention: ``query`` ``[B, Lq, d]``, ``key``/``value`` ``[B, Lk, d]``,
+        ``allowed`` ``[B or 1, Lq, Lk]``, ``dist`` ``[Lq, Lk]``."""
+        q, k, v = self.split(self.kq(query)), self.split(self.kq(key)), self.split(self.v(value))
+        w = self.weights(self.scores(q, k), dist, allowed.unsqueeze(-3))
+        return self.proj((w @ v).transpose(-3, -2).flatten(-2))
+
+
+class _Layer(nn.Module):
+    """Attention, residual and layer norm, then (``ffn``) a feed-forward block likewise."""
+
+    def __init__(self, cfg: AKTConfig, ffn: bool) -> None:
+        super().__init__()
+        self.attn = _Attention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.drop1 = nn.Dropout(cfg.dropout)
+        self.ffn = (
+            nn.Sequential(
+                nn.Linear(cfg.d_model, cfg.d_ff),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.d_ff, cfg.d_model),
+            )
+            if ffn
+            else None
+        )
+        self.norm2 = nn.LayerNorm(cfg.d_model) if ffn else None
+        self.drop2 = nn.Dropout(cfg.dropout)
+
+    def finish(self, query: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(query + self.drop1(attended))
+        if self.ffn is not None:
+            assert self.norm2 is not None
+            x = self.norm2(x + self.drop2(self.ffn(x)))
+        return x
+
+    def forward(self, query, key, value, allowed, dist):  # noqa: ANN001, ANN201
+        return self.finish(query, self.attn(query, key, value, allowed, dist))
+
+
+@register
+class AKT(KTModel):
+    """AKT: monotonic attention over past answers with Rasch item embeddings."""
+
+    name = "akt"
+    config_class = AKTConfig
+    default_lr = 1e-4
+    item_aware = True
+
+    def __init__(self, config: AKTConfig, vocab: Vocab) -> None:
+        super().__init__(config, vocab)
+        self.config: AKTConfig = config
+        cfg = config
+        if cfg.window < 1 or cfg.n_blocks < 1:
+            raise ValueError("window and n_blocks must be at least 1")
+        if cfg.item_l2 < 0:
+            raise ValueError(f"item_l2 must be >= 0, got {cfg.item_l2}")
+        d, slots = cfg.d_model, vocab.n_concepts + 1
+        self.concept = nn.Embedding(slots, d)  # c
+        self.response = nn.Embedding(2, d)  # g
+        self.mu: nn.Embedding | None = None
+        if check_items_option(cfg.items):
+            self.mu = nn.Embedding(vocab.n_items + 1, 1, padding_idx=0)
+            nn.init.zeros_(self.mu.weight)
+            self.concept_vary = nn.Embedding(slots, d)  # d
+            self.response_vary = nn.Embedding(2, d)  # f
+        else:
+            self.item_aware, self.concept_level = False, True
+        self.knowledge = nn.ModuleList(_Layer(cfg, ffn=True) for _ in range(cfg.n_blocks))
+        self.questions = nn.ModuleList(_Layer(cfg, ffn=False) for _ in range(cfg.n_blocks))
+        self.retriever = nn.ModuleList(_Layer(cfg, ffn=True) for _ in range(cfg.n_blocks))
+        self.out = nn.Sequential(
+            nn.Linear(2 * d, cfg.final_fc),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.final_fc, 256),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(256, 1),
+        )
+        #: answers the serving state keeps: enough for every layer's band
+        self.buffer = 3 * cfg.n_blocks * cfg.window
+
+    # ----------------------------------------------------------------- embeddings
+    def _embed(
+        self, item: torch.Tensor, correct: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Question embeddings ``x`` ``[..., d]`` and (with ``correct``) answer embeddings."""
+        c, w = concept_weights(self.item_concepts, item)
+        w = w.unsqueeze(-1)
+        x = (self.concept(c) * w).sum(-2)
+        y = None if correct is None else x + self.response(correct.long())
+        if self.mu is not None:
+            mu = self.mu(item)
+            dvar = (self.concept_vary(c) * w).sum(-2)
+            x = x + mu * dvar
+            if y is not None:
+                assert correct is not None
+                y = y + mu * (dvar + self.response_vary(correct.long()))
+        return x, y
+
+    def item_penalty(self, batch: Batch) -> torch.Tensor | float:
+        if self.mu is None:
+            return 0.0
+        return self.config.item_l2 * self.mu(batch.item[batch.mask]).pow(2).sum()
+
+    def item_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, None
+
+    # ----------------------------------------------------------------- encoders
+    def _band(
+        self, q_pos: torch.Tensor, k_pos: torch.Tensor, peek: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Allowed keys ``[Lq, Lk]`` (the past within the window; ``peek``: the position
+        itself too) and the distances ``|t - tau|`` as floats."""
+        gap = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)
+        w = self.config.window
+        allowed = (gap >= 0) & (gap < w) if peek else (gap > 0) & (gap <= w)
+        return allowed, gap.abs().float()
+
+    def _encode(
+        self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Every position's retrieved knowledge ``[B, L, d]`` over positions ``0..L-1`` of
+        ``x``/``y`` ``[B, L, d]`` (``valid`` ``[B, L]``: real positions), with each question
+        layer's input and the encoded answers (for :meth:`_retrieve_next`)."""
+        pos = torch.arange(x.shape[1], device=x.device)
+        keys = valid.unsqueeze(-2)  # [B, 1, L]
+        peek, p_dist = self._band(pos, pos, True)
+        past, r_dist = self._band(pos, pos, False)
+        peek, past = peek & keys, past & keys
+        for layer in self.knowledge:
+            y = layer(y, y, y, peek, p_dist)
+        inputs = []
+        for qenc, retr in zip(self.questions, self.retriever, strict=True):
+            inputs.append(x)
+            x = qenc(x, x, x, peek, p_dist)
+            inputs.append(x)
+            x = retr(x, x, y, past, r_dist)
+        return x, inputs, [y]
+
+    def _readout(self, knowledge: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([knowledge, x], -1)).squeeze(-1)
+
+    # ----------------------------------------------------------------- training form
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x, y = self._embed(batch.item, batch.correct)
+        assert y is not None
+        knowledge, _, _ = self._encode(x, y, batch.mask)
+        return self._readout(knowledge, x)
+
+    # ----------------------------------------------------------------- serving form
+    def init_state(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.concept.weight.device
+        items = torch.zeros(n, self.buffer, dtype=torch.long, device=dev)
+        # responses: 0/1, -1 for an empty slot (the buffer fills from the right)
+        correct = torch.full((n, self.buffer), -1.0, device=dev)
+        return (items, correct)
+
+    @torch.no_grad()
+    def step(self, state, item, correct, time=None):  # type: ignore[override]
+        items, resp = state
+        items = torch.cat([items[:, 1:], item.long().unsqueeze(1)], 1)
+        resp = torch.cat([resp[:, 1:], correct.float().unsqueeze(1)], 1)
+        return (items, resp)
+
+    @torch.no_grad()
+    def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
+        hist_items, resp = state
+        valid = resp >= 0
+        x, y = self._embed(hist_items, resp.clamp(min=0))
+        assert y is not None
+        _, inputs, (y_enc,) = self._encode(x, y, valid)
+        # a candidate at the next position sees at most the last `window` positions
+        w = min(self.config.window, valid.shape[1])
+        keys = self._candidate_keys([t[:, -w:] for t in inputs], y_enc[:, -w:], valid[:, -w:])
+        x_new, _ = self._embed(items, None)  # [n, m, d]
+        out = [
+            self._readout(self._retrieve_next(part, keys), part)
+            for part in x_new.split(_CANDIDATES, dim=1)
+        ]
+        return torch.cat(out, 1)
+
+    def _candidate_keys(
+        self, inputs: list[torch.Tensor], y_enc: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, object]:
+        """What every candidate of :meth:`_retrieve_next` attends over: per block, the
+        projected keys and values of the history's question-layer inputs (question encoder)
+        and outputs with the encoded answers (retriever), and the allowed keys."""
+        n, L = valid.shape
+        dev = valid.device
+        k_pos = torch.arange(L + 1, device=dev)
+        q_pos = torch.full((1,), L, device=dev)
+        peek, p_dist = self._band(q_pos, k_pos, True)  # [1, L+1]: the last `window` and itself
+        past, r_dist = self._band(q_pos, k_pos[:L], False)  # [1, L]
+        keys_ok = torch.cat([valid, valid.new_ones(n, 1)], 1)
+        blocks = []
+        for b, (qenc, retr) in enumerate(zip(self.questions, self.retriever, strict=True)):
+            a, r = qenc.attn, retr.attn
+            hist_in, hist_out = inputs[2 * b], inputs[2 * b + 1]
+            blocks.append(
+                (
+                    a.split(a.kq(hist_in)),  # [n, heads, L, dk]
+                    a.split(a.v(hist_in)),
+                    r.split(r.kq(hist_out)),
+                    r.split(r.v(y_enc)),
+                )
+            )
+        return {
+            "blocks": blocks,
+            "peek": (peek & keys_ok.unsqueeze(1)).unsqueeze(1),  # [n, 1, 1, L+1]
+            "past": (past & valid.unsqueeze(1)).unsqueeze(1),  # [n, 1, 1, L]
+            "p_dist": p_dist,
+            "r_dist": r_dist,
+        }
+
+    def _retrieve_next(self, x: torch.Tensor, keys: dict) -> torch.Tensor:
+        """The retrieved knowledge ``[n, m, d]`` of candidate questions ``x`` ``[n, m, d]`` at
+        the position after the history: each question layer attends over the history's layer
+        inputs and the candidate itself, the retriever over the history only (the same
+        computation as :meth:`_encode` at that position)."""
+        for (qenc, retr), (k_q, v_q, k_r, v_r) in zip(
+            zip(self.questions, self.retriever, strict=True), keys["blocks"], strict=True
+        ):
+            a = qenc.attn
+            q = a.split(a.kq(x))  # [n, heads, m, dk]
+            s_self = (q * q).sum(-1, keepdim=True) / math.sqrt(a.dk)  # its own key is q
+            w = a.weights(torch.cat([a.scores(q, k_q), s_self], -1), keys["p_dist"], keys["peek"])
+            L = k_q.shape[-2]
+            att = w[..., :L] @ v_q + w[..., L:] * a.split(a.v(x))
+            x = qenc.finish(x, a.proj(att.transpose(1, 2).flatten(-2)))
+            r = retr.attn
+            w = r.weights(r.scores(r.split(r.kq(x)), k_r), keys["r_dist"], keys["past"])
+            x = retr.finish(x, r.proj((w @ v_r).transpose(1, 2).flatten(-2)))
+        return x
+
+    def state_select(self, state, index):  # type: ignore[override]
+        return (state[0][index], state[1][index])
