@@ -80,6 +80,8 @@ class AKTConfig(ModelConfig):
 _NEG = -1e32
 #: candidate items per attention call in ``predict`` (bounds its memory)
 _CANDIDATES = 1024
+#: query positions per attention call over a history (at least the window)
+_CHUNK = 256
 
 
 class _Attention(nn.Module):
@@ -246,25 +248,48 @@ class AKT(KTModel):
         allowed = (gap >= 0) & (gap < w) if peek else (gap > 0) & (gap <= w)
         return allowed, gap.abs().float()
 
+    def _banded(
+        self,
+        layer: _Layer,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        peek: bool,
+    ) -> torch.Tensor:
+        """``layer`` over positions ``0..L-1`` (``[B, L, d]`` each; ``valid`` ``[B, L]``: real
+        positions), in chunks of queries that each see only the keys their band can reach,
+        so that memory grows with ``L * window``, not ``L^2`` (a long history in evaluation)."""
+        n_pos, w = query.shape[1], self.config.window
+        chunk = max(w, _CHUNK)
+        out = []
+        for start in range(0, n_pos, chunk):
+            end, first = min(start + chunk, n_pos), max(0, start - w)
+            allowed, dist = self._band(
+                torch.arange(start, end, device=query.device),
+                torch.arange(first, end, device=query.device),
+                peek,
+            )
+            allowed = allowed & valid[:, first:end].unsqueeze(1)
+            out.append(
+                layer(query[:, start:end], key[:, first:end], value[:, first:end], allowed, dist)
+            )
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
     def _encode(
         self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Every position's retrieved knowledge ``[B, L, d]`` over positions ``0..L-1`` of
         ``x``/``y`` ``[B, L, d]`` (``valid`` ``[B, L]``: real positions), with each question
-        layer's input and the encoded answers (for :meth:`_retrieve_next`)."""
-        pos = torch.arange(x.shape[1], device=x.device)
-        keys = valid.unsqueeze(-2)  # [B, 1, L]
-        peek, p_dist = self._band(pos, pos, True)
-        past, r_dist = self._band(pos, pos, False)
-        peek, past = peek & keys, past & keys
+        layer's input and output (for :meth:`_candidate_keys`) and the encoded answers."""
         for layer in self.knowledge:
-            y = layer(y, y, y, peek, p_dist)
+            y = self._banded(layer, y, y, y, valid, peek=True)
         inputs = []
         for qenc, retr in zip(self.questions, self.retriever, strict=True):
             inputs.append(x)
-            x = qenc(x, x, x, peek, p_dist)
+            x = self._banded(qenc, x, x, x, valid, peek=True)
             inputs.append(x)
-            x = retr(x, x, y, past, r_dist)
+            x = self._banded(retr, x, x, y, valid, peek=False)
         return x, inputs, [y]
 
     def _readout(self, knowledge: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

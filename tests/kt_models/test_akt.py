@@ -1,0 +1,66 @@
+"""AKT's own checks beside the interface tests: the banded attention in chunks, and serving
+equal to the forward pass with several blocks over histories longer than its buffer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kt_models import akt
+from kt_models.base import build_model, make_config
+from kt_models.data import load_sequences, make_batch
+
+SMALL = {"d_model": 16, "heads": 2, "d_ff": 16, "final_fc": 16}
+
+
+def _model(vocab, **options):  # noqa: ANN001, ANN202
+    torch.manual_seed(0)
+    model = build_model("akt", vocab, make_config("akt", {**SMALL, **options})).eval()
+    with torch.no_grad():
+        model.mu.weight[1:].normal_(0.0, 1.0)
+    return model
+
+
+def test_chunks_of_queries_give_the_same_logits(skill_dataset, monkeypatch):
+    seqs, vocab = load_sequences(skill_dataset)
+    model = _model(vocab, window=4)
+    batch = make_batch(seqs, np.arange(10))
+    with torch.no_grad():
+        whole = model(batch)
+        monkeypatch.setattr(akt, "_CHUNK", 1)  # chunks of `window` queries
+        chunked = model(batch)
+    m = batch.mask
+    torch.testing.assert_close(chunked[m], whole[m], atol=1e-5, rtol=1e-5)
+
+
+def test_two_blocks_serve_as_they_train_past_the_buffer(skill_dataset):
+    seqs, vocab = load_sequences(skill_dataset)
+    model = _model(vocab, window=3, n_blocks=2)
+    assert model.buffer == 18  # 3 * n_blocks * window
+    users = np.arange(8)
+    batch = make_batch(seqs, users)
+    assert int(batch.mask.sum(1).min()) > model.buffer  # every history longer than it
+    with torch.no_grad():
+        logits = model(batch)
+    state = model.init_state(len(users))
+    inc = torch.zeros_like(logits)
+    for t in range(batch.item.shape[1]):
+        inc[:, t] = model.predict_logits(state, batch.item[:, t : t + 1])[:, 0]
+        state = model.step(state, batch.item[:, t], batch.correct[:, t], batch.time[:, t])
+    m = batch.mask
+    torch.testing.assert_close(inc[m], logits[m], atol=1e-5, rtol=1e-5)
+
+
+def test_the_window_bounds_what_a_prediction_sees(skill_dataset):
+    """Answers further back than the layers' reach (3 * n_blocks * window) change nothing."""
+    seqs, vocab = load_sequences(skill_dataset)
+    model = _model(vocab, window=2)
+    batch = make_batch(seqs, np.arange(6))
+    flipped = make_batch(seqs, np.arange(6))
+    flipped.correct[:, :3] = 1.0 - flipped.correct[:, :3]  # the first three answers
+    with torch.no_grad():
+        a, b = model(batch), model(flipped)
+    reach = model.buffer  # 6: positions from 3 + 6 on cannot see the flipped ones
+    m = batch.mask[:, 3 + reach :]
+    torch.testing.assert_close(a[:, 3 + reach :][m], b[:, 3 + reach :][m])
+    assert not torch.allclose(a[:, 4], b[:, 4])  # within reach they do
