@@ -59,6 +59,37 @@ def psikt_run(tmp_path_factory: pytest.TempPathFactory, skill_data: Path) -> Pat
 
 
 @pytest.fixture(scope="session")
+def dkt_items_run(tmp_path_factory: pytest.TempPathFactory, skill_data: Path) -> Path:
+    """The tiny DKT of ``dkt_run``, item-aware (``items='rasch'``)."""
+    return _train(
+        tmp_path_factory,
+        skill_data,
+        "dkt",
+        lr=5e-3,
+        hidden=32,
+        emb_dim=16,
+        dropout=0.2,
+        items="rasch",
+    )
+
+
+@pytest.fixture(scope="session")
+def akt_run(tmp_path_factory: pytest.TempPathFactory, skill_data: Path) -> Path:
+    """A small AKT (its defaults are sized for ASSISTments: d_model 256)."""
+    return _train(
+        tmp_path_factory,
+        skill_data,
+        "akt",
+        lr=5e-3,
+        d_model=32,
+        heads=4,
+        d_ff=32,
+        final_fc=32,
+        window=16,
+    )
+
+
+@pytest.fixture(scope="session")
 def pg_database() -> str | None:
     """A fresh PostgreSQL database for this session, or None when no server answers."""
     try:
