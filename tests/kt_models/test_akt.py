@@ -29,14 +29,17 @@ def test_chunks_of_queries_give_the_same_logits(skill_dataset, monkeypatch):
         whole = model(batch)
         monkeypatch.setattr(akt, "_CHUNK", 1)  # chunks of `window` queries
         chunked = model(batch)
+        monkeypatch.setattr(akt, "_BUDGET", 1)  # one query per call (a large batch)
+        single = model(batch)
     m = batch.mask
     torch.testing.assert_close(chunked[m], whole[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(single[m], whole[m], atol=1e-5, rtol=1e-5)
 
 
 def test_two_blocks_serve_as_they_train_past_the_buffer(skill_dataset):
     seqs, vocab = load_sequences(skill_dataset)
     model = _model(vocab, window=3, n_blocks=2)
-    assert model.buffer == 18  # 3 * n_blocks * window
+    assert model.buffer == 12  # 3 + 5 * (2 - 1) + 2 * 2: what the bands reach
     users = np.arange(8)
     batch = make_batch(seqs, users)
     assert int(batch.mask.sum(1).min()) > model.buffer  # every history longer than it
@@ -52,7 +55,7 @@ def test_two_blocks_serve_as_they_train_past_the_buffer(skill_dataset):
 
 
 def test_the_window_bounds_what_a_prediction_sees(skill_dataset):
-    """Answers further back than the layers' reach (3 * n_blocks * window) change nothing."""
+    """Answers further back than the layers' reach (the serving buffer) change nothing."""
     seqs, vocab = load_sequences(skill_dataset)
     model = _model(vocab, window=2)
     batch = make_batch(seqs, np.arange(6))
@@ -60,7 +63,7 @@ def test_the_window_bounds_what_a_prediction_sees(skill_dataset):
     flipped.correct[:, :3] = 1.0 - flipped.correct[:, :3]  # the first three answers
     with torch.no_grad():
         a, b = model(batch), model(flipped)
-    reach = model.buffer  # 6: positions from 3 + 6 on cannot see the flipped ones
+    reach = model.buffer  # 3 with a window of 2: from 3 + 3 on none sees the flipped ones
     m = batch.mask[:, 3 + reach :]
     torch.testing.assert_close(a[:, 3 + reach :][m], b[:, 3 + reach :][m])
     assert not torch.allclose(a[:, 4], b[:, 4])  # within reach they do
