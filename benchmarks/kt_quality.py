@@ -67,6 +67,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "dkt-items": ("dkt", {"items": "rasch"}, {}),
     "cakt-items": ("cakt", {"items": "rasch"}, {}),
     "psikt-items": ("psikt", {"items": "rasch"}, {}),
+    # PSI-KT with its per-answer update compiled (TrainConfig.compile): the same model
+    "psikt-compiled": ("psikt", {}, {"compile": True}),
 }
 
 

@@ -44,6 +44,8 @@ def time_epoch(
     split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
     st = new_state(build_model(name, vocab, make_config(name, overrides)).to(device), cfg)
     model = st.model
+    if cfg.compile:  # compiled in the warm-up epoch (timed apart: the compile seconds)
+        model.compile_training()
     ws = windows(seqs, split.train, cfg.max_len)
     plan = epoch_plan(ws, cfg, seed=0)
     best = float("inf")

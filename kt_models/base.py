@@ -117,6 +117,12 @@ class KTModel(nn.Module):
         """Success probabilities ``[n, m]`` of items ``[n, m]`` for the ``n`` learners."""
         return torch.sigmoid(self.predict_logits(state, items, at_time))
 
+    def compile_training(self) -> bool:
+        """Compile the training form's per-step code with ``torch.compile``
+        (``TrainConfig.compile``), for a model whose forward loops over time steps in Python
+        with many small operations; whether it did. The serving form stays as it is."""
+        return False
+
     # ------------------------------------------------------------------ helpers
     def concept_mask(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept indices ``[..., K]`` of items and their validity mask."""

@@ -131,6 +131,26 @@ def evaluate_run(
     return results
 
 
+def model_label(record: dict[str, Any]) -> str:
+    """A run's model with the options it changed from the model's defaults (the seed
+    aside), as ``tutor train --set`` takes them: ``dkt items=rasch``."""
+    from dataclasses import asdict
+
+    from .base import make_config
+
+    name = record["model"]
+    try:
+        defaults = asdict(make_config(name))
+    except KeyError:
+        return name
+    changed = [
+        f"{k}={v}"
+        for k, v in (record.get("model_config") or {}).items()
+        if k != "seed" and k in defaults and defaults[k] != v
+    ]
+    return " ".join([name, *changed])
+
+
 def compare_runs(
     run_a: Path | str,
     runs_b: Sequence[Path | str],
@@ -172,7 +192,7 @@ def compare_runs(
         res = paired_auc_bootstrap(
             a.y[m], a.p[m], b.p[m], a.learner[m], n_boot=n_boot, seed=seed, level=level
         )
-        models = {"model_a": ra.record["model"], "model_b": rb.record["model"]}
+        models = {"model_a": model_label(ra.record), "model_b": model_label(rb.record)}
         out.append({"a": str(run_a), "b": str(run_b), **models, **res})
     return out
 

@@ -76,6 +76,11 @@ class TrainConfig:
     #: min(ema, (1 + t) / (10 + t)) after t steps, so short runs are not pulled to the
     #: initial weights.
     ema: float = 0.995
+    #: compile the model's per-step training code with ``torch.compile``
+    #: (:meth:`KTModel.compile_training`; PSI-KT: about 3x faster an epoch on a CPU, after
+    #: about a minute of compiling; needs a C++ compiler on CPUs). Models without such code
+    #: ignore it.
+    compile: bool = False
 
 
 def train_option(key: str, value: Any) -> Any:
@@ -398,6 +403,8 @@ def train(
         raise ValueError(f"{data}: the split leaves no training or validation learners")
     mcfg = make_config(model_name, {**(model_overrides or {}), "seed": cfg.seed})
     state = new_state(build_model(model_name, vocab, mcfg).to(proc.device), cfg)
+    if cfg.compile and state.model.compile_training():
+        log("compiling the per-step training code (torch.compile): the first batches wait")
     rundir = RunDirectory(Path(out), proc.writes)
     if rundir.open(resume):
         load_last(state, rundir.last, model_name, proc.device)

@@ -101,7 +101,8 @@ def test_compare_runs_uses_the_test_learners_of_both_runs(two_runs):
     eb = evaluate_run(b, multi_step=0, device="cpu")["test"]
     assert r["auc_a"] == pytest.approx(ea["auc"], abs=1e-9)
     assert r["auc_b"] == pytest.approx(eb["auc"], abs=1e-9)
-    assert r["answers"] == ea["n"] and r["model_a"] == "dkt" and r["model_b"] == "logistic"
+    assert r["answers"] == ea["n"] and r["model_b"] == "logistic"
+    assert r["model_a"] == "dkt emb_dim=8 hidden=16"  # the options it changed, named
     assert r["ci_low"] <= r["diff"] <= r["ci_high"]
 
 
