@@ -243,3 +243,33 @@ def test_multi_step_prediction_runs(data):
     y, p, k = predict_multi_step(model, seqs, np.arange(10), 5, torch.device("cpu"))
     assert len(y) == len(p) == len(k) > 0
     assert np.all((p > 0) & (p < 1)) and set(np.unique(k)) <= set(range(1, 6))
+
+
+def test_compiled_training_update_equals_the_plain_one(data, monkeypatch):
+    """``TrainConfig.compile``: the compiled per-answer update gives the plain update's loss
+    and gradients (training mode, where it runs), and serving keeps the plain update."""
+    import torch._inductor.config as inductor
+
+    # the same reparameterisation noise as eager code (compiled code draws its own otherwise)
+    monkeypatch.setattr(inductor, "fallback_random", True)
+    seqs, vocab = data
+    batch = make_batch(seqs, np.arange(6), max_len=12)
+    torch.manual_seed(0)
+    plain = build_model("psikt", vocab, make_config("psikt", {"items": "rasch"}))
+    compiled = build_model("psikt", vocab, make_config("psikt", {"items": "rasch"}))
+    compiled.load_state_dict(plain.state_dict())
+    assert compiled.compile_training()
+    grads = []
+    for model in (plain, compiled):
+        model.train()
+        torch.manual_seed(1)  # the same reparameterisation noise
+        loss = model.loss(batch, model(batch))
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[1][1], grads[0][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    compiled.eval()
+    state = compiled.init_state(6)
+    stepped = compiled.step(state, batch.item[:, 0], batch.correct[:, 0], batch.time[:, 0])
+    assert compiled._train_update is not None and stepped["h"].shape == (6, 64)
