@@ -57,6 +57,9 @@ REFERENCE = {
     ("a15", "dkt"): (0.7279, "pyKT DKT, measured on this machine"),
     ("a15", "bkt"): (0.698, "pyKT paper (BKT)"),
     ("a09", "dkt"): (0.7541, "pyKT paper, ASSIST2009 DKT"),
+    # pyKT's AKT on ASSIST2009 with question ids: its protocol keeps a multi-skill answer as
+    # one row per skill and predicts at the question level; ours merges them (leak-free)
+    ("a09", "akt"): (0.785, "pyKT paper, ASSIST2009 AKT (see the note)"),
 }
 
 #: table rows that are a registered model with other defaults: name -> (model, model

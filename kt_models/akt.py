@@ -47,7 +47,9 @@ Choices where the paper is silent or where the interface needs them:
   candidate items (DKT: 0.2 ms and 0.4 ms per 10,000). The state is about 5 KB a learner.
 
 Defaults are pyKT's for AKT: ``d = 256``, 8 heads, ``n_blocks = 1``, feed-forward 256,
-final layer 512, dropout 0.05, Adam with lr 1e-4.
+final layer 512, dropout 0.05, Adam with lr 1e-4. Linear layers keep PyTorch's default
+initialisation (the authors' code uses Xavier for the attention projections and zero
+biases); ``mu`` starts at 0 as in theirs.
 """
 
 from __future__ import annotations
