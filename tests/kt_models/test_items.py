@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kt_models.base import build_model, load_checkpoint, make_config
-from kt_models.data import load_sequences, split_learners
+from kt_models.data import load_sequences, make_batch, split_learners
 from kt_models.metrics import metrics
 from kt_models.train import TrainConfig, predict_next_step, train
 
@@ -48,8 +48,8 @@ def graded_items(tmp_path_factory):
     return path, item_difficulties(5, 16)
 
 
-@pytest.mark.parametrize("name", ["dkt", "psikt"])
-def test_learned_difficulties_order_a_concepts_items(name, graded_items, tmp_path):
+@pytest.mark.parametrize(("name", "options"), [("dkt", {}), ("psikt", {})], ids=["dkt", "psikt"])
+def test_learned_difficulties_order_a_concepts_items(name, options, graded_items, tmp_path):
     """Trained on answers whose items differ in difficulty, the item-aware form predicts a
     concept's items apart, in the order of their true difficulty, and predicts held-out
     learners better than its concept-level form (PSI-KT has item difficulties without the
@@ -64,7 +64,7 @@ def test_learned_difficulties_order_a_concepts_items(name, graded_items, tmp_pat
             path,
             run,
             config=cfg,
-            model_overrides={"items": items},
+            model_overrides={**options, "items": items},
             progress=False,
             log=lambda s: None,
         )
@@ -74,13 +74,36 @@ def test_learned_difficulties_order_a_concepts_items(name, graded_items, tmp_pat
         y, p = predict_next_step(model, seqs, split.test, torch.device("cpu"))
         aucs[items] = metrics(y, p)["auc"]
         concept_level[items] = model.concept_level
-    # a new learner's predicted success on every item (model indices from the vocabulary)
-    idx = torch.as_tensor(vocab.item_index([f"i{i}" for i in range(16)])).unsqueeze(0)
+    # predicted success on every item, averaged over the test learners after their answers
+    test_batch = make_batch(seqs, split.test)
+    idx = torch.as_tensor(vocab.item_index([f"i{i}" for i in range(16)]))
+    n = len(split.test)
+    state = model.init_state(n)
     with torch.no_grad():
-        p_new = model.predict(model.init_state(1), idx)[0].numpy()
+        for t in range(test_batch.item.shape[1]):
+            live = test_batch.mask[:, t]
+            stepped = model.step(
+                state, test_batch.item[:, t], test_batch.correct[:, t], test_batch.time[:, t]
+            )
+            state = _where(live, stepped, state)
+        last = test_batch.time.max(1).values.unsqueeze(1).expand(n, 16)
+        p = model.predict(state, idx.unsqueeze(0).expand(n, 16), at_time=last).mean(0).numpy()
     for concept in (0, 1):
         own = np.arange(8) + 8 * concept
-        rho = np.corrcoef(np.argsort(np.argsort(p_new[own])), np.argsort(np.argsort(truth[own])))
-        assert rho[0, 1] < -0.6, (concept, p_new[own], truth[own])
+        rho = np.corrcoef(np.argsort(np.argsort(p[own])), np.argsort(np.argsort(truth[own])))
+        assert rho[0, 1] < -0.6, (concept, p[own], truth[own])
     margin = 0.01 if concept_level["none"] else -0.005
     assert aucs["rasch"] > aucs["none"] + margin, aucs
+
+
+def _where(live: torch.Tensor, new, old):  # noqa: ANN001, ANN202
+    """The states of ``new`` where ``live`` (learners whose history goes on), else ``old``
+    (padding after a history's end leaves a learner as it was)."""
+    if isinstance(new, torch.Tensor):
+        shape = [1] * new.dim()
+        axis = next(k for k, n in enumerate(new.shape) if n == len(live))
+        shape[axis] = len(live)
+        return torch.where(live.view(shape), new, old)
+    if isinstance(new, dict):
+        return {k: _where(live, new[k], old[k]) for k in new}
+    return type(new)(_where(live, a, b) for a, b in zip(new, old, strict=True))
