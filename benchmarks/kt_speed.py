@@ -11,6 +11,7 @@ Usage: python benchmarks/kt_speed.py [--models dkt,dkt-large,cakt,...] [--thread
   [--synthetic N] [--batch-tokens N]  (dkt-large: kt_quality.py's 256-unit DKT)
   --synthetic N times an epoch on a simulated dataset of N interactions instead (for GPUs:
   e.g. --synthetic 20000000 --device cuda).
+  --profile prints where one training batch's time goes per model (torch.profiler) instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from data_loaders import ingest
 from kt_models.base import build_model, make_config
-from kt_models.data import load_sequences, split_learners, windows
+from kt_models.data import load_sequences, make_batch, split_learners, windows
 from kt_models.train import TrainConfig, epoch_plan, new_state, pick_device, train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +59,43 @@ def time_epoch(
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best, ws.n_interactions
+
+
+def profile_batch(
+    name: str, data: Path, cfg: TrainConfig, overrides: dict | None = None, rows: int = 12
+) -> str:
+    """Where one training batch's time goes (a full-length batch of ``cfg.batch_tokens``,
+    forward and backward, after three unprofiled ones): torch.profiler's operators by own
+    CPU time, and the count of operator calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    seqs, vocab = load_sequences(data)
+    split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
+    ws = windows(seqs, split.train, cfg.max_len)
+    full = np.flatnonzero(ws.lengths() == ws.lengths().max())
+    users = full[: max(1, cfg.batch_tokens // int(ws.lengths().max()))]
+    batch = make_batch(ws, users)
+    model = build_model(name, vocab, make_config(name, overrides)).train()
+    if cfg.compile:
+        model.compile_training()
+
+    def once() -> None:
+        model.loss(batch, model(batch)).backward()
+
+    for _ in range(3):
+        once()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        once()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    calls = sum(e.count for e in events if e.key.startswith("aten::"))
+    table = events.table(sort_by="self_cpu_time_total", row_limit=rows)
+    return (
+        f"{name}: one batch of {len(users)} x {batch.item.shape[1]} answers, forward and "
+        f"backward {wall * 1000:.0f} ms under the profiler, {calls:,} aten operator calls\n"
+        f"{table}"
+    )
 
 
 @torch.no_grad()
@@ -91,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--synthetic", type=int, default=0, help="simulate N interactions instead")
     ap.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
+    ap.add_argument(
+        "--profile", action="store_true", help="profile one training batch per model instead"
+    )
     args = ap.parse_args(argv)
     try:
         models = model_rows(args.models)
@@ -128,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, (base, over, train_over) in models:
         cfg = TrainConfig(batch_tokens=args.batch_tokens, **train_over)
+        if args.profile:
+            console.print(profile_batch(base, data, cfg, over).replace(base, name, 1))
+            continue
         secs, n = time_epoch(base, data, device, cfg, over)
         ms, pms = time_step(base, data, over) if device.type == "cpu" else (float("nan"),) * 2
         table.add_row(name, f"{secs:.2f}", f"{n / secs:,.0f}", f"{ms:.3f}", f"{pms:.3f}")
@@ -135,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: {secs:.2f} s/epoch, {n / secs:,.0f} interactions/s, "
             f"step {ms:.3f} ms, predict {pms:.3f} ms"
         )
-    console.print(table)
+    if not args.profile:
+        console.print(table)
     return 0
 
 
