@@ -207,9 +207,9 @@ def test_policy_names() -> None:
     # the models are the registry's (kt_models.registry): an unknown one names the known ones
     assert parse_policy("logistic:target") == ("service", "logistic", "target")
     assert parse_policy("hardest:bkt") == ("hardest", "bkt", None)
-    with pytest.raises(PolicyEvalError, match="unknown model 'rnn'; expected one of bkt, cakt"):
+    with pytest.raises(PolicyEvalError, match="unknown model 'rnn'; expected one of akt, bkt, cakt"):
         parse_policy("hardest:rnn")
-    with pytest.raises(PolicyEvalError, match="MODEL in bkt, cakt, dkt"):
+    with pytest.raises(PolicyEvalError, match="MODEL in akt, bkt, cakt, dkt"):
         parse_policy("rnn:target")
     with pytest.raises(PolicyEvalError, match="cannot tune: unknown model 'rnn'; expected one of"):
         replace(TINY, tune=("rnn",)).validate()
