@@ -65,7 +65,7 @@ from torch import nn
 from .base import KTModel, ModelConfig, register
 from .concepts import concept_weights
 from .data import Batch, Vocab
-from .items import check_items_option
+from .items import check_items_option, difficulty_penalty, item_difficulty
 
 
 @dataclass
@@ -187,17 +187,14 @@ class AKT(KTModel):
         super().__init__(config, vocab)
         self.config: AKTConfig = config
         cfg = config
-        if cfg.window < 1 or cfg.n_blocks < 1:
-            raise ValueError("window and n_blocks must be at least 1")
-        if cfg.item_l2 < 0:
-            raise ValueError(f"item_l2 must be >= 0, got {cfg.item_l2}")
+        if min(cfg.window, cfg.n_blocks, cfg.heads, cfg.d_model, cfg.d_ff, cfg.final_fc) < 1:
+            raise ValueError("window, n_blocks, heads, d_model, d_ff and final_fc must be >= 1")
         d, slots = cfg.d_model, vocab.n_concepts + 1
         self.concept = nn.Embedding(slots, d)  # c
         self.response = nn.Embedding(2, d)  # g
         self.mu: nn.Embedding | None = None
         if check_items_option(cfg.items):
-            self.mu = nn.Embedding(vocab.n_items + 1, 1, padding_idx=0)
-            nn.init.zeros_(self.mu.weight)
+            self.mu = item_difficulty(vocab.n_items, cfg.item_l2)
             self.concept_vary = nn.Embedding(slots, d)  # d
             self.response_vary = nn.Embedding(2, d)  # f
         else:
@@ -241,10 +238,7 @@ class AKT(KTModel):
     def item_penalty(self, batch: Batch) -> torch.Tensor | float:
         if self.mu is None:
             return 0.0
-        return self.config.item_l2 * self.mu(batch.item[batch.mask]).pow(2).sum()
-
-    def item_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return None, None
+        return difficulty_penalty(self.mu, self.config.item_l2, batch)
 
     # ----------------------------------------------------------------- encoders
     def _band(

@@ -48,7 +48,7 @@ from torch import nn
 from .base import KTModel, ModelConfig, register
 from .concepts import concept_logits, embed_answers
 from .data import Batch, Vocab
-from .items import RaschItems, check_items_option
+from .items import RaschItems, check_items_option, per_item
 
 
 @dataclass
@@ -113,10 +113,7 @@ class DKT(KTModel):
     def _item_logits(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits of ``items`` from states ``h``: ``[B, T, H]`` with items ``[B, T]`` (one
         item per state), or ``[n, H]`` with items ``[n, M]`` (several per state)."""
-        logits_all = self.out(h)
-        if h.dim() == items.dim():
-            logits_all = logits_all.unsqueeze(-2).expand(*items.shape, -1)
-        base = self._gather(logits_all, items.unsqueeze(-1)).squeeze(-1)
+        base = self._gather(per_item(self.out(h), items), items.unsqueeze(-1)).squeeze(-1)
         if self.rasch is None:
             return base
         return self.rasch.logits(base, self.item_concepts, h, items)

@@ -44,6 +44,30 @@ def check_items_option(value: str) -> bool:
     return value == "rasch"
 
 
+def item_difficulty(n_items: int, l2: float) -> nn.Embedding:
+    """The per-item difficulty ``mu`` ``[n_items + 1, 1]``: 0 at first, and 0 for item 0 (an
+    unknown item, padding) always; ``l2`` (its penalty weight) must be >= 0."""
+    if l2 < 0:
+        raise ValueError(f"item_l2 must be >= 0, got {l2}")
+    mu = nn.Embedding(n_items + 1, 1, padding_idx=0)
+    nn.init.zeros_(mu.weight)
+    return mu
+
+
+def difficulty_penalty(mu: nn.Embedding, l2: float, batch: Batch) -> torch.Tensor:
+    """AKT's regulariser: ``l2`` times the sum of ``mu_q^2`` over the batch's answers."""
+    return l2 * mu(batch.item[batch.mask]).pow(2).sum()
+
+
+def per_item(values: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Per-concept values of states, ``[..., C+1]``, aligned with ``items``: one state per
+    item position (``values`` ``[B, T, C+1]``, ``items`` ``[B, T]``) as they are, or one state
+    for several items (``[n, C+1]`` with ``[n, M]``) broadcast to ``[n, M, C+1]``."""
+    if values.dim() == items.dim():
+        return values.unsqueeze(-2).expand(*items.shape, values.shape[-1])
+    return values
+
+
 class RaschItems(nn.Module):
     """Per-item difficulty ``mu`` ``[n_items + 1]`` (0 at first, 0 for item 0 always) with the
     input variation embedding ``f`` ``[2 * slots, emb_dim]`` and, where ``hidden`` is given,
@@ -53,11 +77,8 @@ class RaschItems(nn.Module):
         self, n_items: int, slots: int, emb_dim: int, hidden: int | None, l2: float
     ) -> None:
         super().__init__()
-        if l2 < 0:
-            raise ValueError(f"item_l2 must be >= 0, got {l2}")
         self.slots, self.l2 = slots, float(l2)
-        self.mu = nn.Embedding(n_items + 1, 1, padding_idx=0)
-        nn.init.zeros_(self.mu.weight)
+        self.mu = item_difficulty(n_items, l2)
         self.vary_in = nn.Embedding(2 * slots, emb_dim)
         nn.init.normal_(self.vary_in.weight, std=0.1)
         self.vary_out = nn.Linear(hidden, slots) if hidden is not None else None
@@ -89,17 +110,9 @@ class RaschItems(nn.Module):
         gathered for ``items`` ``[..., M]``) plus ``mu_q`` times the variation readout."""
         assert self.vary_out is not None
         vary_all = self.vary_out(h)  # [..., C+1]
-        vary = concept_logits(item_concepts, _expand(vary_all, items), items.unsqueeze(-1))
+        vary = concept_logits(item_concepts, per_item(vary_all, items), items.unsqueeze(-1))
         return base + self.difficulty(items) * vary.squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor:
         """AKT's regulariser: ``l2`` times the sum of ``mu_q^2`` over the batch's answers."""
-        return self.l2 * self.difficulty(batch.item[batch.mask]).pow(2).sum()
-
-
-def _expand(all_logits: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """Per-concept values ``[..., C+1]`` of a state, broadcast to ``items`` ``[..., M]``:
-    ``[..., M, C+1]``."""
-    if all_logits.dim() == items.dim():  # one state per item position already
-        return all_logits.unsqueeze(-2).expand(*items.shape, all_logits.shape[-1])
-    return all_logits
+        return difficulty_penalty(self.mu, self.l2, batch)

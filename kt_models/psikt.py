@@ -397,8 +397,9 @@ class PSIKT(KTModel):
         return -(elbo[m].sum() / m.sum().clamp_min(1)) + self.item_penalty(batch)
 
     def compile_training(self) -> bool:
-        """The per-answer update (:meth:`_update`, about 130 small tensor operations run once
-        per position) fused by ``torch.compile``; ``step`` keeps the plain update."""
+        """The per-answer update (:meth:`_update`, run once per position: about 1,000 operator
+        calls per position forward and backward, 209,233 in a batch of 10 x 200 answers) fused
+        by ``torch.compile`` (23,313 calls); ``step`` keeps the plain update."""
         self._train_update = torch.compile(self._update)
         return True
 
