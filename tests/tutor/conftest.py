@@ -155,7 +155,9 @@ def build_world(url: str, run: Path, *, prerequisites: bool = True) -> World:
     from tutor.db import Group, Learner
 
     # no background analytics warm-up: tests see the caches they fill (one test turns it on)
-    settings = Settings(database_url=url, environment="test", analytics_warmup_groups=0)
+    settings = Settings(
+        database_url=url, environment="test", analytics_warmup_groups=0, gc_freeze=False
+    )
     engine = create_db_engine(url)
     factory = make_sessionmaker(engine)
     world = World(url=url, settings=settings)

@@ -188,3 +188,33 @@ def test_hot_route_bodies_are_their_documented_models(client, world):
         assert body == model.model_validate(body).model_dump(mode="json"), model.__name__
     assert cases[3][0].json()["concepts"], "a mastery with concepts"
     assert cases[5][0].json()["items"], "next items with items"
+
+
+def test_start_up_freezes_the_loaded_heap(world):
+    """``gc_freeze``: the objects loaded at start-up (the model, its catalogue) leave the
+    collector's generations, the young generation's threshold is the setting's, and the
+    service answers as before."""
+    import gc
+
+    before = gc.get_threshold()
+    app = create_app(
+        world.settings.model_copy(update={"gc_freeze": True, "gc_young_threshold": 5_000})
+    )
+    try:
+        with TestClient(app) as c:
+            assert gc.get_freeze_count() > 10_000  # the model, catalogue and libraries
+            assert gc.get_threshold()[0] == 5_000
+            h = world.headers("admin")
+            assert c.get("/v1/learners/u1/next-items", headers=h).status_code == 200
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_gc_freeze_off_leaves_the_collector_alone(world):
+    import gc
+
+    gc.unfreeze()  # (an earlier test's app may have frozen this process's heap)
+    with TestClient(create_app(world.settings)) as c:
+        assert c.get("/v1/learners/u1/mastery", headers=world.headers("admin")).is_success
+        assert gc.get_freeze_count() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import threading
@@ -172,6 +173,19 @@ def _warm(factory: sessionmaker[Session]) -> None:
         log.warning("warming the models and catalogues failed", exc_info=True)
 
 
+def _settle_heap(settings: Settings) -> None:
+    """After the start-up's loading (``Settings.gc_freeze``): one full collection, then every
+    surviving object (models, catalogues, the ORM's registries) goes to the permanent
+    generation, which later collections do not traverse; the young generation's threshold
+    is raised (a request allocates thousands of short-lived containers)."""
+    if not settings.gc_freeze:
+        return
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.gc_young_threshold, older, oldest)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -184,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # load the active models and build their catalogues before serving: no request
         # waits seconds for a catalogue build (in a thread: the event loop stays free)
         await anyio.to_thread.run_sync(_warm, app.state.read_sessionmaker)
+        _settle_heap(settings)
         warmer = None
         if settings.analytics_warmup_groups:
             from ..analytics import Warmer
