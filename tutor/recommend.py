@@ -73,9 +73,12 @@ def learned_prerequisites(model: LoadedModel, threshold: float = 0.7) -> list[tu
 def warm(session: Session) -> int:
     """Load what the first learner request of each organisation with an active model needs:
     its model (through :func:`tutor.service.active_model`, with the id mapping it was
-    registered with), its catalogue and their view. A worker runs it at start and ``/ready``
-    before it answers ready, so that no learner's request waits seconds for a catalogue
-    build. Returns the number of active models loaded."""
+    registered with), its catalogue and their view, and the model's reachable-mastery
+    reference (:meth:`tutor.runtime.LoadedModel.mastery_reference`, which every mastery on
+    the default scale reads: 110 ms for DKT over 500 concepts, paid by a worker's first
+    learner request before). A worker runs it at start and ``/ready`` before it answers
+    ready, so that no learner's request waits seconds for a catalogue build. Returns the
+    number of active models loaded."""
     n = 0
     orgs = session.scalars(
         select(Organisation).where(Organisation.active_model_id.is_not(None))
@@ -85,6 +88,7 @@ def warm(session: Session) -> int:
         if model is None:
             continue
         model_view(catalogue(session, org), model)
+        model.mastery_reference()
         n += 1
     return n
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 
 from tutor.api import create_app
-from tutor.db import ApiKey, create_db_engine
+from tutor.db import ApiKey, Organisation, create_db_engine
 
 #: statements per request once warm (the key cached, the model and catalogue loaded), not
 #: counting SQLite's BEGIN: answer = learners locked with organisation, states and replays,
@@ -218,3 +218,17 @@ def test_gc_freeze_off_leaves_the_collector_alone(world):
     with TestClient(create_app(world.settings)) as c:
         assert c.get("/v1/learners/u1/mastery", headers=world.headers("admin")).is_success
         assert gc.get_freeze_count() == 0
+
+
+def test_start_up_prepares_what_the_first_learner_request_reads(world):
+    """A worker's warm-up loads the active model, its catalogue and its reachable-mastery
+    reference, so the first learner request computes none of them."""
+    from tutor import service
+    from tutor.runtime import REFERENCE_STREAK
+
+    app = create_app(world.settings)
+    with TestClient(app):
+        with app.state.read_sessionmaker() as s:
+            org = s.scalars(select(Organisation).where(Organisation.slug == "acme")).one()
+            model = service.active_model(s, org=org)
+        assert REFERENCE_STREAK in model._references
