@@ -12,6 +12,9 @@ Usage: python benchmarks/kt_speed.py [--models dkt,dkt-large,cakt,...] [--thread
   --synthetic N times an epoch on a simulated dataset of N interactions instead (for GPUs:
   e.g. --synthetic 20000000 --device cuda).
   --profile prints where one training batch's time goes per model (torch.profiler) instead.
+  --floor prints CAKT's arithmetic floor instead: the distinct learning-curve volumes of an
+  epoch, the 3D convolutions' FLOPs over them, and the seconds they take at this CPU's fp32
+  matrix-multiply rate (the most any convolution code could reach).
 """
 
 from __future__ import annotations
@@ -99,6 +102,52 @@ def profile_batch(
 
 
 @torch.no_grad()
+def cakt_floor(data: Path, cfg: TrainConfig, overrides: dict | None = None) -> str:
+    """A lower bound on CAKT's epoch from arithmetic alone: the distinct volumes its batch
+    forward runs the CNN on (``CAKT._curves`` runs each once per batch), times the 3D
+    convolutions' multiply-adds per volume, times 3 (forward; backward to the input and to the
+    weights), at the rate of a large fp32 matrix product on this CPU. The convolutions with
+    1-8 channels run well below that rate, and the LSTMs, gates and elementwise work come on
+    top, so the real epoch is longer."""
+    seqs, vocab = load_sequences(data)
+    split = split_learners(seqs, seed=cfg.seed, fold=cfg.fold)
+    model = build_model("cakt", vocab, make_config("cakt", overrides))
+    ws = windows(seqs, split.train, cfg.max_len)
+    plan = epoch_plan(ws, cfg, seed=0)
+    answers = volumes = 0
+    for group in plan:
+        batch = make_batch(ws, group)
+        pos, weight = model.history_indices(batch)
+        tok = model._tokens(batch.item, batch.correct)
+        rows = torch.arange(pos.shape[0]).view(-1, 1, 1, 1)
+        frames = torch.where(pos >= 0, tok[rows, pos.clamp(min=0)], 0)[weight > 0]
+        answers += int(batch.mask.sum())
+        volumes += len(torch.unique(frames, dim=0))
+    k, side = model.config.k, model.config.H
+    cells = k * side * side
+    chans = [1, *(int(c) for c in str(model.config.channels).split(","))]
+    macs = 0
+    for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
+        macs += (c_in * c_out + c_out * c_out) * 27 * cells  # the block's two 3x3x3 convs
+        macs += c_in * c_out * cells if c_in != c_out else 0  # its 1x1x1 shortcut
+    flops = 2 * macs * 3 * volumes
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    t0, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ b
+    rate = 2 * 2048**3 * n / (time.perf_counter() - t0)
+    return (
+        f"cakt: {len(plan)} batches, {answers:,} answers, {volumes:,} distinct volumes "
+        f"({volumes / len(plan):,.0f} a batch); {macs:,} multiply-adds a volume forward; "
+        f"{flops / 1e12:.2f} TFLOP an epoch forward and backward; at {rate / 1e9:.0f} GFLOP/s "
+        f"(fp32 matrix product, {torch.get_num_threads()} threads) the convolutions alone take "
+        f"at least {flops / rate:.1f} s an epoch"
+    )
+
+
+@torch.no_grad()
 def time_step(
     name: str, data: Path, overrides: dict | None = None, n: int = 2000
 ) -> tuple[float, float]:
@@ -132,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile", action="store_true", help="profile one training batch per model instead"
     )
+    ap.add_argument("--floor", action="store_true", help="CAKT's arithmetic floor instead")
     args = ap.parse_args(argv)
     try:
         models = model_rows(args.models)
@@ -167,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for col in ("model", "s/epoch", "interactions/s", "step ms (1 learner)", "predict ms"):
         table.add_column(col, justify="left" if col == "model" else "right")
+    if args.floor:
+        console.print(cakt_floor(data, TrainConfig(batch_tokens=args.batch_tokens)))
+        return 0
     for name, (base, over, train_over) in models:
         cfg = TrainConfig(batch_tokens=args.batch_tokens, **train_over)
         if args.profile:
