@@ -146,6 +146,9 @@ class Picker:
         self.notes: list[str] = []
         #: (concept, why) when a struggling concept had nothing to step back to
         self.moved_on_from: tuple[int, str] | None = None
+        #: the concept being worked on, left for now because every one of its questions was
+        #: answered within the recent window (it comes back once they are no longer recent)
+        self.spaced_from: int | None = None
 
     @property
     def room(self) -> int:
@@ -157,6 +160,13 @@ class Picker:
     def has_open_items(self, concept: int) -> bool:
         """Whether the concept has items (it is open itself: see :meth:`take_concept`)."""
         return bool(len(self.items_of(concept)))
+
+    def has_fresh_items(self, concept: int) -> bool:
+        """Whether :meth:`take_concept` would find a question of the concept not answered
+        within the recent window (its first two tiers), rather than repeat one."""
+        items = self.items_of(concept)
+        ok = self.eligible[items] | (self.fresh[items] & ~self.capped_items[items])
+        return bool((ok & ~self.taken[items]).any())
 
     def closeness(self, positions: np.ndarray) -> np.ndarray:
         return np.abs(self.lv.p_items[positions] - self.target)
@@ -282,6 +292,14 @@ def _curriculum_reason(pk: Picker, c: int) -> Callable[[int], str]:
             f"Moving on from {lv.cat.name(gone)} ({trouble}; no easier question or "
             "prerequisite left to step back to). "
         )
+    elif pk.spaced_from is not None:
+        gone = pk.spaced_from
+        n = len(pk.items_of(gone))
+        qs = "its only question was" if n == 1 else f"all {n} of its questions were"
+        before = (
+            f"Back to {lv.cat.name(gone)} later: {qs} answered within the last "
+            f"{len(lv.recent)} answers. "
+        )
     return lambda p: (
         before
         + f"Next in the curriculum: {lv.cat.name(c)} (step {k} of {total}; {why}). "
@@ -335,8 +353,14 @@ def _review(pk: Picker, limit: int) -> None:
 
 
 def _curriculum(pk: Picker, limit: int, exclude: set[int] | None = None) -> None:
+    """The next concepts in curriculum order, those with a question not answered within the
+    recent window first (a concept whose questions were all just answered comes after them,
+    so that a learner never gets one back to back while another concept is open)."""
     start = len(pk.picked)
-    for c in _next_concepts(pk, exclude):
+    nxt = _next_concepts(pk, exclude)
+    fresh = [c for c in nxt if pk.has_fresh_items(c)]
+    seen = set(fresh)
+    for c in fresh + [c for c in nxt if c not in seen]:
         left = limit - (len(pk.picked) - start)
         if pk.room <= 0 or left <= 0:
             break
@@ -443,7 +467,8 @@ def _step_back(pk: Picker, c: int) -> None:
 @register("mixed")
 def _mixed(pk: Picker) -> None:
     """review a decayed concept, stay on the current concept until mastered (stepping back when
-    struggling), then the curriculum's next concept, then the target rule"""
+    struggling; leaving it for later when all its questions were answered recently), then the
+    curriculum's next concept, then the target rule"""
     lv = pk.lv
     if lv.model.forgets:
         _review(pk, 1)
@@ -452,6 +477,14 @@ def _mixed(pk: Picker) -> None:
     if focus is not None:
         if lv.struggling[focus]:
             _step_back(pk, focus)
+        elif not pk.has_fresh_items(focus) and any(
+            pk.has_fresh_items(c) for c in _next_concepts(pk, {focus})
+        ):
+            # every question of the concept was just answered: repeating one back to back
+            # is no evidence of mastery; the next concept now, this one again once its
+            # questions have left the recent window (never stuck: with nothing else fresh,
+            # the learner stays and the least recent question comes back)
+            pk.spaced_from = focus
         else:
             e = lv.evidence.get(lv.cat.concept_ext[focus])
             so_far = f"{e.n_correct} of {e.n} correct so far" if e else "just started"

@@ -182,7 +182,35 @@ def test_an_always_correct_learner_moves_through_every_concept():
     lv = view(own=own)
     assert lv.mastered.all(), per_concept
     assert max(per_concept.values()) <= 4, per_concept
+    assert all(x != y for x, y in zip(recent, recent[1:], strict=False)), "twice in a row"
     assert run(lv, "mixed")["note"].startswith("Every concept is mastered")
+
+
+def test_a_concept_whose_questions_were_all_just_answered_waits_for_later():
+    # b (two questions) has both just answered, 2 of 3 correct for mastery; d is open
+    own = evidence(a="111", b="11")
+    out = run(view(own=own, recent=[3, 2]), "mixed", n=2)
+    assert [i["concepts"] for i in out["items"]] == [["d"], ["d"]]
+    assert out["items"][0]["reason"].startswith(
+        "Back to Concept B later: all 2 of its questions were answered within the last 2 "
+        "answers. Next in the curriculum: Concept D"
+    )
+    # with nothing else open (d mastered, c waits for b) the learner stays on b: the least
+    # recently answered question comes back rather than nothing
+    own = evidence(a="111", b="11", d="111")
+    out = run(view(own=own, recent=[3, 2]), "mixed", n=1)
+    assert ids(out) == ["b1"] and out["items"][0]["policy"] == "continue"
+    # a question not answered recently keeps the learner on the concept
+    out = run(view(own=evidence(a="111", b="1"), recent=[2]), "mixed", n=1)
+    assert ids(out) == ["b2"] and out["items"][0]["policy"] == "continue"
+
+
+def test_the_curriculum_takes_concepts_with_unseen_questions_first():
+    # a is mastered; d's questions were both just answered (its evidence is 2 wrong, so it is
+    # no focus to stay on: the latest answer was on a): b, next after d in the order, first
+    own = evidence(a="111", d="00")
+    out = run(view(own=own, recent=[0, 7, 6]), "curriculum", n=1)
+    assert out["items"][0]["concepts"] == ["b"]
 
 
 def test_a_struggling_learner_steps_back_to_a_prerequisite_or_easier_items():
