@@ -16,7 +16,8 @@ For each dataset (``--datasets``, from ``../shared/data``) and model (``--models
 
    (a) an always-correct new learner follows the default policy (first item of
        ``next-items?n=5``) until it recommends nothing: questions per concept until mastered,
-       concepts left unmastered, and recommendations of concepts already mastered;
+       concepts left unmastered, recommendations of concepts already mastered, and
+       recommendations of the question just answered;
    (b) an always-wrong new learner answers 40 questions: when the recommender first steps
        back (to a prerequisite or easier questions, or moves on when there is neither), and
        the at-risk reasons a teacher reads for them;
@@ -231,12 +232,15 @@ class Audit:
         questions: dict[str, int] = {}
         mastered_at: dict[str, int] = {}
         after_mastered = 0
+        repeats, previous = 0, None
         cap = self.args.max_questions
         while k < cap:
             out = self.next_items(ext, at)
             if not out["items"]:
                 break
             item = out["items"][0]
+            repeats += item["item_id"] == previous  # the question just answered, again
+            previous = item["item_id"]
             if item["concepts"] and all(c in mastered_at for c in item["concepts"]):
                 after_mastered += 1  # an item of nothing but mastered concepts
             res = self.answer(ext, item["item_id"], 1, at, k)
@@ -260,6 +264,7 @@ class Audit:
             "per_concept_median": float(np.median(per)),
             "per_concept_max": int(per.max()),
             "recommended_after_mastered": after_mastered,
+            "repeated_at_once": repeats,
         }
 
     def always_wrong(self) -> dict[str, Any]:
@@ -503,7 +508,8 @@ def main() -> None:
 def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     head = (
         "| dataset | model | (a) questions per concept: median / max | (a) left unmastered | "
-        "(a) items of mastered concepts only | (b) first step back or move on (question) | "
+        "(a) items of mastered concepts only | (a) the question just answered, again | "
+        "(b) first step back or move on (question) | "
         "(b) at-risk reason | (c) violations reported / raw model (checks) | "
         "(c) mastered without own answers | (d) order pairs kept | (e) target |p-0.7| | "
         "(e) distinct items in 5 / distinct predictions within a concept | "
@@ -524,7 +530,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['dataset']} | {r['model']} | {a['per_concept_median']:.0f} / "
             f"{a['per_concept_max']} ({a['mastered']} of {a['concepts_with_items']} concepts, "
             f"{a['questions']} questions, {a['stopped']}) | {a['left_unmastered']} | "
-            f"{a['recommended_after_mastered']} | {b['first_step_back']} | {reason} | "
+            f"{a['recommended_after_mastered']} | {a.get('repeated_at_once', '-')} | "
+            f"{b['first_step_back']} | {reason} | "
             f"{c['violations_reported']} / {c['violations_raw']} ({c['checks']}) | "
             f"{c['mastered_without_answers']} | {d['kept']} of {d['pairs']} "
             f"({d['share']:.0%}) | {c['target_gap']:.3f} | {c['distinct_items']:.1f} / "
