@@ -360,7 +360,11 @@ def _curriculum(pk: Picker, limit: int, exclude: set[int] | None = None) -> None
     nxt = _next_concepts(pk, exclude)
     fresh = [c for c in nxt if pk.has_fresh_items(c)]
     seen = set(fresh)
-    for c in fresh + [c for c in nxt if c not in seen]:
+    later = [c for c in nxt if c not in seen]
+    skipped = bool(fresh and later) and nxt.index(later[0]) < nxt.index(fresh[0])
+    if skipped and pk.spaced_from is None and pk.moved_on_from is None:
+        pk.spaced_from = later[0]  # the reason says why the curriculum skips it now
+    for c in fresh + later:
         left = limit - (len(pk.picked) - start)
         if pk.room <= 0 or left <= 0:
             break

@@ -211,6 +211,10 @@ def test_the_curriculum_takes_concepts_with_unseen_questions_first():
     own = evidence(a="111", d="00")
     out = run(view(own=own, recent=[0, 7, 6]), "curriculum", n=1)
     assert out["items"][0]["concepts"] == ["b"]
+    assert out["items"][0]["reason"].startswith(
+        "Back to Concept D later: all 2 of its questions were answered within the last 3 "
+        "answers. Next in the curriculum: Concept B"
+    )
 
 
 def test_a_struggling_learner_steps_back_to_a_prerequisite_or_easier_items():
