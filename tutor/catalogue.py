@@ -110,6 +110,18 @@ class Catalogue:
         return items[np.repeat(lo - before, size) + np.arange(int(size.sum()))]
 
     @cached_property
+    def items_are_concepts(self) -> bool:
+        """Whether every item is the one item of its one concept and every concept has one
+        (logs without question ids, as ASSISTments 2015's, whose "items" are the skills): an
+        item then stands for its concept's questions, not for one question, and answering it
+        again is practising the skill, not the same question."""
+        if not len(self.link_item) or len(self.link_item) != len(self.item_ext):
+            return False
+        per_item = np.bincount(self.link_item, minlength=len(self.item_ext))
+        per_concept = np.bincount(self.link_concept, minlength=len(self.concept_ext))
+        return bool((per_item == 1).all() and (per_concept <= 1).all())
+
+    @cached_property
     def concept_pos(self) -> dict[str, int]:
         """Concept external id -> position."""
         return {c: k for k, c in enumerate(self.concept_ext)}

@@ -163,8 +163,12 @@ class Picker:
 
     def has_fresh_items(self, concept: int) -> bool:
         """Whether :meth:`take_concept` would find a question of the concept not answered
-        within the recent window (its first two tiers), rather than repeat one."""
+        within the recent window (its first two tiers), rather than repeat one. Always, for a
+        catalogue whose items are its concepts (:attr:`Catalogue.items_are_concepts`): an
+        item answered again there is another question of the skill."""
         items = self.items_of(concept)
+        if self.lv.cat.items_are_concepts:
+            return bool(len(items))
         ok = self.eligible[items] | (self.fresh[items] & ~self.capped_items[items])
         return bool((ok & ~self.taken[items]).any())
 

@@ -6,6 +6,7 @@ Catalogue: concepts a -> b -> c (prerequisite chain) and d (free); two items per
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -203,6 +204,28 @@ def test_a_concept_whose_questions_were_all_just_answered_waits_for_later():
     # a question not answered recently keeps the learner on the concept
     out = run(view(own=evidence(a="111", b="1"), recent=[2]), "mixed", n=1)
     assert ids(out) == ["b2"] and out["items"][0]["policy"] == "continue"
+
+
+def test_items_that_are_their_concepts_are_practised_again():
+    # logs without question ids (ASSISTments 2015): one item per concept, standing for the
+    # skill's questions; answering it again is more practice of the skill, not a repeat
+    one = Catalogue(
+        version=0,
+        item_db=np.arange(1, 5),
+        item_ext=["a", "b", "c", "d"],
+        item_concepts=[np.array([k]) for k in range(4)],
+        concept_db=np.arange(1, 5),
+        concept_ext=CONCEPTS,
+        concept_name=[f"Concept {c.upper()}" for c in CONCEPTS],
+        prerequisites=[(0, 1), (1, 2)],
+        link_item=np.arange(4),
+        link_concept=np.arange(4),
+    )
+    lv = view(own=evidence(a="1"), recent=[0])
+    assert one.items_are_concepts and not lv.cat.items_are_concepts
+    lv = replace(lv, cat=one, p_items=np.full(4, 0.6))
+    out = run(lv, "mixed", n=1)
+    assert ids(out) == ["a"] and out["items"][0]["policy"] == "continue"
 
 
 def test_the_curriculum_takes_concepts_with_unseen_questions_first():
