@@ -530,7 +530,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['dataset']} | {r['model']} | {a['per_concept_median']:.0f} / "
             f"{a['per_concept_max']} ({a['mastered']} of {a['concepts_with_items']} concepts, "
             f"{a['questions']} questions, {a['stopped']}) | {a['left_unmastered']} | "
-            f"{a['recommended_after_mastered']} | {a.get('repeated_at_once', '-')} | "
+            f"{a['recommended_after_mastered']} | {a['repeated_at_once']} | "
             f"{b['first_step_back']} | {reason} | "
             f"{c['violations_reported']} / {c['violations_raw']} ({c['checks']}) | "
             f"{c['mastered_without_answers']} | {d['kept']} of {d['pairs']} "

@@ -142,6 +142,9 @@ class Picker:
         # concept's cap holds its own items back, not those it shares with other concepts)
         self.capped_items = np.zeros(n_items, dtype=bool)
         self.capped_items[cat.items_of_many(np.flatnonzero(lv.capped & ~lv.mastered))] = True
+        #: fresh items whatever the prerequisites of their other concepts, today's cap holding
+        #: (the second tier of :meth:`take_concept`; the eligible items are among them)
+        self.fresh_uncapped = self.fresh & ~self.capped_items
         self.relaxed = False
         self.notes: list[str] = []
         #: (concept, why) when a struggling concept had nothing to step back to
@@ -169,8 +172,7 @@ class Picker:
         items = self.items_of(concept)
         if self.lv.cat.items_are_concepts:
             return bool(len(items))
-        ok = self.eligible[items] | (self.fresh[items] & ~self.capped_items[items])
-        return bool((ok & ~self.taken[items]).any())
+        return bool((self.fresh_uncapped[items] & ~self.taken[items]).any())
 
     def closeness(self, positions: np.ndarray) -> np.ndarray:
         return np.abs(self.lv.p_items[positions] - self.target)
@@ -225,8 +227,7 @@ class Picker:
         items = self.items_of(concept)
         got = self.take(items, rule, why, limit, order=order)
         if got < limit and self.open[concept]:
-            allow = self.fresh & ~self.capped_items
-            got += self.take(items, rule, why, limit - got, order=order, allow=allow)
+            got += self.take(items, rule, why, limit - got, order=order, allow=self.fresh_uncapped)
         if got == 0 and self.open[concept]:
             recent = self.lv.recent
             stale = [p for p in items.tolist() if not self.taken[p] and not self.capped_items[p]]
@@ -361,18 +362,28 @@ def _curriculum(pk: Picker, limit: int, exclude: set[int] | None = None) -> None
     recent window first (a concept whose questions were all just answered comes after them,
     so that a learner never gets one back to back while another concept is open)."""
     start = len(pk.picked)
-    nxt = _next_concepts(pk, exclude)
-    fresh = [c for c in nxt if pk.has_fresh_items(c)]
-    seen = set(fresh)
-    later = [c for c in nxt if c not in seen]
-    skipped = bool(fresh and later) and nxt.index(later[0]) < nxt.index(fresh[0])
-    if skipped and pk.spaced_from is None and pk.moved_on_from is None:
-        pk.spaced_from = later[0]  # the reason says why the curriculum skips it now
-    for c in fresh + later:
-        left = limit - (len(pk.picked) - start)
-        if pk.room <= 0 or left <= 0:
+    later: list[int] = []  # concepts whose questions were all just answered, skipped so far
+
+    def full() -> bool:
+        return pk.room <= 0 or len(pk.picked) - start >= limit
+
+    for c in _next_concepts(pk, exclude):  # looked at only until the list is full
+        if full():
             break
-        pk.take_concept(c, "curriculum", _curriculum_reason(pk, c), left)
+        if not pk.has_fresh_items(c):
+            later.append(c)
+            continue
+        if later and len(pk.picked) == start and pk.spaced_from is None and not pk.moved_on_from:
+            pk.spaced_from = later[0]  # the reason says why the curriculum skips it now
+        pk.take_concept(
+            c, "curriculum", _curriculum_reason(pk, c), limit - (len(pk.picked) - start)
+        )
+    for c in later:
+        if full():
+            break
+        pk.take_concept(
+            c, "curriculum", _curriculum_reason(pk, c), limit - (len(pk.picked) - start)
+        )
     if len(pk.picked) == start:
         _explain_nothing_open(pk)
 

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     #: them stopped it for 170-230 ms (the p99 of a load); off in a process that builds many
     #: apps (tests), whose frozen objects would never be collected
     gc_freeze: bool = True
-    gc_young_threshold: int = Field(10_000, ge=100)
+    gc_young_threshold: int = Field(10_000, ge=100, le=1_000_000)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

@@ -197,6 +197,7 @@ def test_start_up_freezes_the_loaded_heap(world):
     import gc
 
     before = gc.get_threshold()
+    gc.unfreeze()  # (an earlier test's app may have frozen this process's heap)
     app = create_app(
         world.settings.model_copy(update={"gc_freeze": True, "gc_young_threshold": 5_000})
     )
