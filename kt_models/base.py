@@ -64,6 +64,12 @@ class KTModel(nn.Module):
     #: per item (``tutor.runtime.ConceptSets``); a model with any per-item parameter (PSI-KT's
     #: and BKT's difficulties, the logistic model) leaves it False
     concept_level: ClassVar[bool] = False
+    #: whether the logits are an affine function of :meth:`readout_features` (the same for
+    #: every time ``at_time``): ``predict_logits(state, items) == feature_logits(
+    #: readout_features(state), items)``, affine in the features. A server may then
+    #: precompute, once per model, a matrix and offset per item, so that a prediction over
+    #: thousands of items is one matrix product (``tutor.runtime.LoadedModel``)
+    affine_readout: ClassVar[bool] = False
     #: the Adam learning rate ``tutor train`` uses unless told otherwise
     default_lr: ClassVar[float] = 2e-3
     #: the Adam L2 weight decay ``tutor train`` uses unless told otherwise
@@ -109,6 +115,16 @@ class KTModel(nn.Module):
         self, state: State, items: torch.Tensor, at_time: torch.Tensor | None = None
     ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def readout_features(self, state: State) -> torch.Tensor:
+        """The features ``[n, F]`` of the ``n`` learners' states that the logits are affine
+        in (models with :attr:`affine_readout`)."""
+        raise NotImplementedError(f"{self.name} has no affine readout")
+
+    def feature_logits(self, features: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, m]`` of items ``[n, m]`` from :meth:`readout_features` ``[n, F]``
+        (models with :attr:`affine_readout`)."""
+        raise NotImplementedError(f"{self.name} has no affine readout")
 
     @torch.no_grad()
     def predict(

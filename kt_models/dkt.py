@@ -74,6 +74,8 @@ class DKT(KTModel):
     name = "dkt"
     concept_level = True  # the readout is per concept; an item is its concepts
     config_class = DKTConfig
+    #: the readout is linear in the last layer's state (plus the Rasch term, also linear)
+    affine_readout = True
     default_lr = 1e-3
     default_weight_decay = 1e-5
 
@@ -180,7 +182,13 @@ class DKT(KTModel):
         return (torch.stack(hs), torch.stack(cs))
 
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
-        return self._item_logits(state[0][-1], items)  # h: [n, H]
+        return self.feature_logits(self.readout_features(state), items)
+
+    def readout_features(self, state) -> torch.Tensor:  # type: ignore[override]
+        return state[0][-1]  # h of the last layer: [n, H]
+
+    def feature_logits(self, features: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self._item_logits(features, items)
 
     def state_select(self, state, index):  # type: ignore[override]
         return (state[0][:, index], state[1][:, index])

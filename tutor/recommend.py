@@ -36,7 +36,7 @@ from .policies import POLICIES, ItemPredictions, LearnerView, Picker
 from .runtime import LoadedModel
 from .service import active_model
 from .settings import MASTERY_SCALES
-from .states import current_state
+from .states import current_state, recent_items
 
 #: weight of difficulty (harder concepts later) against the first-meeting position in the
 #: precedence the curriculum designer is given
@@ -226,8 +226,10 @@ def learner_view(
     cidx = view["concept_idx"]
     estimate = np.where(cidx > 0, full[cidx], np.nan)
     keep = max(int(recent_exclusion), 1)
-    ids = session.connection().execute(_recent_items_query(keep), {"learner": learner.id})
-    ids = ids.scalars().all()
+    ids = recent_items(session, learner.id, keep)
+    if ids is None:
+        rows = session.connection().execute(_recent_items_query(keep), {"learner": learner.id})
+        ids = rows.scalars().all()
     # the catalogue's item positions by database id (built once per catalogue version)
     recent = [cat.item_db_pos[int(i)] for i in ids if int(i) in cat.item_db_pos]
     return LearnerView(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import sparse
+from scipy import sparse, special
 
 from kt_models.base import CheckpointError, KTModel, load_checkpoint
 
@@ -35,6 +35,8 @@ REFERENCE_STREAK = 3
 #: longest list it keeps (longer ones, a whole catalogue's, are computed each time)
 ROWS_CACHE = 4096
 ROWS_CACHE_CONCEPTS = 16
+#: the largest affine readout (concept sets x features) a loaded model keeps (32 MB)
+READOUT_MAX_CELLS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,9 @@ class LoadedModel:
     _concept_pos: dict[str, int] = field(default_factory=dict)
     #: per state leaf, the axis indexing learners (see :func:`batch_axes`; found on first use)
     _batch_axes: list[int | None] | None = None
+    #: the affine readout per concept set, ``(A [S, F], b [S])`` float32 (see
+    #: :meth:`set_readout`); ``False`` until first asked, ``None`` where there is none
+    _readout: tuple[np.ndarray, np.ndarray] | None | bool = False
 
     def __post_init__(self) -> None:
         self._concept_pos = {c: i + 1 for i, c in enumerate(self.concept_ids)}
@@ -308,7 +313,51 @@ class LoadedModel:
     def predict_sets(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Success probabilities per concept set ``[S]`` (:class:`ConceptSets`): one
         prediction per distinct set, the same as every item of the set gets."""
-        return self.predict(state, self.sets.sig_item, at_time)
+        at = None if at_time is None else np.array([at_time])
+        return self.predict_set_columns(state, None, at)[0]
+
+    @torch.no_grad()
+    def set_readout(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a model with an affine readout (:attr:`kt_models.base.KTModel.affine_readout`),
+        each concept set's logit as ``A @ features + b``: ``A`` ``[S, F]`` and ``b`` ``[S]``
+        (float32), read off the model once (its logits for the zero features and for each
+        unit vector) and kept; ``None`` for other models and where ``A`` would hold more
+        than :data:`READOUT_MAX_CELLS` numbers."""
+        if self._readout is not False:
+            return self._readout  # type: ignore[return-value]
+        readout = None
+        if self.model.affine_readout:
+            feats = self.model.readout_features(self.model.init_state(1))
+            f_n, s_n = feats.shape[-1], len(self.sets.sig_item)
+            if f_n * s_n <= READOUT_MAX_CELLS:
+                probe = torch.cat([feats.new_zeros(1, f_n), torch.eye(f_n, dtype=feats.dtype)])
+                items = torch.as_tensor(self.sets.sig_item).unsqueeze(0).expand(f_n + 1, -1)
+                z = self.model.feature_logits(probe, items.contiguous()).double()  # [F + 1, S]
+                a = (z[1:] - z[0]).T  # [S, F]
+                readout = (
+                    np.ascontiguousarray(a.numpy(), dtype=np.float32),
+                    z[0].numpy().astype(np.float32),
+                )
+        self._readout = readout  # set once, whole (other threads may read it meanwhile)
+        return self._readout  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def predict_set_columns(
+        self, state: Any, cols: np.ndarray | None = None, at_times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Success probabilities ``[n, len(cols)]`` of concept sets ``cols`` (every set
+        where None) for the ``n`` learners of ``state``, optionally each at its own time
+        (:func:`predict_many`). With an affine readout (:meth:`set_readout`) one matrix
+        product (the same numbers to float32 rounding), else the model's ``predict``."""
+        readout = self.set_readout()
+        if readout is None:
+            items = self.sets.sig_item if cols is None else self.sets.sig_item[cols]
+            return predict_many(self, state, items, at_times)
+        a, b = readout
+        if cols is not None:
+            a, b = a[cols], b[cols]
+        feats = self.model.readout_features(state).numpy()  # [n, F]
+        return special.expit(feats @ a.T + b).astype(np.float32, copy=False)
 
     def predict_all(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Success probabilities of every model item ``[n_items + 1]``, index 0 included (the
@@ -392,13 +441,13 @@ class LoadedModel:
         if len(known) > ROWS_CACHE_CONCEPTS:
             # many concepts (a whole catalogue's mastery): every signature, then the concepts'
             # rows of the full weights (cheaper than slicing the weights per request)
-            p = predict_many(self, state, self.sets.sig_item, at_times)  # [n, S]
+            p = self.predict_set_columns(state, None, at_times)  # [n, S]
             m = self.sets.mastery(p)[:, concepts[known]].astype(np.float64)
         else:
             cols, w = self.sets.rows(concepts[known])
             if not len(cols):
                 return out
-            p = predict_many(self, state, self.sets.sig_item[cols], at_times)  # [n, s]
+            p = self.predict_set_columns(state, cols, at_times)  # [n, s]
             m = np.asarray(w @ p.T).T.astype(np.float64)  # [n, k]
         if scale == "reachable":
             m = self.scaled_at(m, concepts[known])
@@ -564,7 +613,7 @@ def concept_mastery_many(
         idx = torch.arange(s, min(s + step, n))
         part = state if (s == 0 and step >= n) else model.model.state_select(state, idx)
         at = None if at_times is None else np.asarray(at_times)[s : s + step]
-        out.append(model.sets.mastery(predict_many(model, part, sig_item, at)))
+        out.append(model.sets.mastery(model.predict_set_columns(part, None, at)))
     n_c1 = model.sets.weights.shape[0]
     return np.concatenate(out) if out else np.zeros((0, n_c1), dtype=np.float32)
 

@@ -122,42 +122,45 @@ def mastery_of(
     the items of ``concepts`` (nothing where ``success``, their estimates on the success
     scale, is given)."""
     pos = model.concept_positions
-    cidx = np.array([pos.get(c.external_id, 0) for c in concepts], dtype=np.int64)
+    ids = [c.external_id for c in concepts]
+    cidx = np.fromiter((pos.get(c, 0) for c in ids), dtype=np.int64, count=len(ids))
     if success is None:
         at = None if at_time is None else np.array([at_time])
         success = model.estimates(state, cidx, at, scale="success")[0]
     est = success
     if scale == "reachable" and len(cidx):
         est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(success), cidx), np.nan)
-    # as plain floats, rounded, once; a concept the model does not know has none
-    known = (cidx > 0).tolist()
-    est_r = [round(x, 6) if k else None for x, k in zip(est.tolist(), known, strict=True)]
-    succ_r = [round(x, 6) if k else None for x, k in zip(success.tolist(), known, strict=True)]
+    # as plain floats, rounded, once (whole arrays: a catalogue has hundreds of concepts); a
+    # concept the model does not know has none
+    est_r = np.round(np.asarray(est, dtype=np.float64), 6).tolist()
+    succ_r = np.round(np.asarray(success, dtype=np.float64), 6).tolist()
+    for k in np.flatnonzero(cidx == 0).tolist():
+        est_r[k] = succ_r[k] = None
     # a concept without own answers reads the same status and basis as every other such
     none_status = evidence_mod.status(None, rule, any_answers=any_answers)
     none_basis = evidence_mod.basis(None, rule, any_answers=any_answers)
-    out = []
-    for k, c in enumerate(concepts):
-        e = evidence.get(c.external_id) if evidence else None
-        if e is None or e.n == 0:
-            st, bs, n, nc, reported = none_status, none_basis, 0, 0, est_r[k]
-        else:
-            st = evidence_mod.status(e, rule, any_answers=any_answers)
-            bs = evidence_mod.basis(e, rule, any_answers=any_answers)
-            n, nc, reported = e.n, e.n_correct, round(float(e.p), 6)
-        out.append(
-            {
-                "concept_id": c.external_id,
-                "name": c.name,
-                "status": st,
-                "answers": n,
-                "correct": nc,
-                "mastery": reported,
-                "estimate": est_r[k],
-                "predicted_success": succ_r[k],
-                "basis": bs,
-            }
-        )
+    out = [
+        {
+            "concept_id": cid,
+            "name": c.name,
+            "status": none_status,
+            "answers": 0,
+            "correct": 0,
+            "mastery": e_r,
+            "estimate": e_r,
+            "predicted_success": s_r,
+            "basis": none_basis,
+        }
+        for cid, c, e_r, s_r in zip(ids, concepts, est_r, succ_r, strict=True)
+    ]
+    if evidence:
+        for row in out:
+            e = evidence.get(row["concept_id"])
+            if e is not None and e.n > 0:
+                row["status"] = evidence_mod.status(e, rule, any_answers=any_answers)
+                row["basis"] = evidence_mod.basis(e, rule, any_answers=any_answers)
+                row["answers"], row["correct"] = e.n, e.n_correct
+                row["mastery"] = round(float(e.p), 6)
     return out
 
 

@@ -259,6 +259,26 @@ def remember_state(
     session.info.setdefault(LOADED_STATES, {})[(learner_id, model_id)] = row
 
 
+#: ``session.info`` key: {learner id: (limit, item ids)}: the database ids of the items of a
+#: learner's last ``limit`` answers (the latest first; fewer when the learner has fewer),
+#: read together with the learner (``tutor.api.deps.visible_learner``), so that
+#: :func:`recent_items` needs no query of its own
+LOADED_RECENT = "loaded_recent"
+
+
+def remember_recent(session: Session, learner_id: int, limit: int, item_ids: list[int]) -> None:
+    session.info.setdefault(LOADED_RECENT, {})[learner_id] = (limit, item_ids)
+
+
+def recent_items(session: Session, learner_id: int, keep: int) -> list[int] | None:
+    """The items of the learner's last ``keep`` answers, latest first, where the learner's
+    statement read them (at least ``keep``, or the whole history); None: read them."""
+    limit, ids = session.info.get(LOADED_RECENT, {}).get(learner_id, (0, None))
+    if ids is None or (limit < keep and len(ids) >= limit):
+        return None
+    return ids[:keep]
+
+
 def current_state(
     session: Session, *, learner: Learner, model: LoadedModel
 ) -> tuple[Any, LearnerState]:

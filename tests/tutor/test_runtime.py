@@ -134,3 +134,33 @@ def test_predictions_per_concept_set_equal_predictions_per_item(which, request):
     )
     many = concept_mastery_many(model, model.model.init_state(2))
     np.testing.assert_allclose(many[0], model.concept_mastery(model.model.init_state(1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["dkt_run", "dkt_items_run", "psikt_run"])
+def test_affine_readout_gives_the_models_predictions(which, request, monkeypatch):
+    """DKT's logits are affine in its last state (with or without Rasch items): the loaded
+    model reads a matrix per concept set off it once and predicts every set with one product,
+    the same numbers as the model's own ``predict``; PSI-KT (not affine) and a readout over
+    the size limit go through ``predict``."""
+    from tutor import runtime
+
+    model = _load(request.getfixturevalue(which))
+    readout = model.set_readout()
+    assert (readout is not None) == (which != "psikt_run")
+    assert model.set_readout() is readout  # read once
+    state = model.step_many(
+        model.model.init_state(1), [1, 2, 3, 1], [1, 0, 1, 1], [0.0, 0.1, 0.2, 0.3]
+    )
+    both = runtime.stack_states(model, [model.model.init_state(1), state])
+    own = runtime.predict_many(model, both, model.sets.sig_item)
+    np.testing.assert_allclose(model.predict_set_columns(both), own, atol=1e-6)
+    cols = np.array([0, len(model.sets.sig_item) - 1, 1])
+    np.testing.assert_allclose(model.predict_set_columns(both, cols), own[:, cols], atol=1e-6)
+    if readout is not None:
+        # the two learners differ, and so do the sets: not a constant that passes by chance
+        assert np.abs(own[0] - own[1]).max() > 1e-3
+        assert np.ptp(own[1]) > 1e-3
+        fresh = _load(request.getfixturevalue(which))
+        monkeypatch.setattr(runtime, "READOUT_MAX_CELLS", readout[0].size - 1)
+        assert fresh.set_readout() is None
+        np.testing.assert_allclose(fresh.predict_set_columns(both), own, atol=1e-6)

@@ -31,7 +31,7 @@ from ..db.session import is_sqlite
 from ..security import AuthCache
 from ..service import ServiceError
 from ..settings import Settings, get_settings
-from .deps import detail_response, validation_errors
+from .deps import CloseSessions, detail_response, validation_errors
 
 log = logging.getLogger("tutor.api")
 
@@ -248,12 +248,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.read_sessionmaker = make_sessionmaker(read_engine)
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
+    #: organisation id -> its ``recent_exclusion`` at its last next-items request here
+    app.state.recent_exclusion_seen = {}
     app.state.rate_limiter = (
         RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(NoControlCharacters)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(CloseSessions)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:

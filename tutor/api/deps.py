@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -14,16 +14,18 @@ from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..db import GroupMembership, Learner, LearnerState, Organisation
+from ..db import GroupMembership, Interaction, Learner, LearnerState, Organisation
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
 from ..settings import org_setting as org_setting  # the routes' lookup, kept here
-from ..states import remember_state
+from ..states import remember_recent, remember_state
 
 T = TypeVar("T")
 
@@ -124,18 +126,38 @@ class View:
     settings: Settings
 
 
-async def get_view(request: Request) -> AsyncIterator[View]:
+#: the request scope's list of sessions :class:`CloseSessions` closes after the response
+SESSIONS = "tutor.sessions"
+
+
+async def get_view(request: Request) -> View:
     """The :class:`View`, as one dependency (each dependency FastAPI solves costs time on
     the event loop): the caller (:func:`get_principal`: a 401 or 429 before anything else),
-    then the request's session (:func:`_open_session`, closed here after the response) and
-    organisation (:func:`_request_org`)."""
+    then the request's session (:func:`_open_session`, closed by :class:`CloseSessions`
+    once the app has answered) and organisation (:func:`_request_org`). A plain function,
+    not a generator: FastAPI's set-up and tear-down of a generator dependency cost more
+    than the rest of this function."""
     principal = await get_principal(request)
     session = _open_session(request)
-    try:
-        org = _request_org(session, principal)
-        yield View(request, session, principal, org, request.app.state.settings)
-    finally:
-        session.close()
+    request.scope.setdefault(SESSIONS, []).append(session)
+    org = _request_org(session, principal)
+    return View(request, session, principal, org, request.app.state.settings)
+
+
+class CloseSessions:
+    """Closes the sessions :func:`get_view` opened for a request (rolled back unless the
+    route committed), on the event loop, after the app has answered or failed: installed by
+    ``create_app`` around everything that may open one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for session in scope.pop(SESSIONS, ()):
+                session.close()
 
 
 ViewDep = Annotated[View, Depends(get_view)]
@@ -167,12 +189,14 @@ def visible_groups(principal: Principal) -> frozenset[int] | None:
 
 
 @functools.cache
-def _learner_query(with_state: bool) -> Select:
+def _learner_query(with_state: bool, recent: bool = False) -> Select:
     """The learner by (organisation, external id) with its organisation's row, and with its
     state for the organisation's active model when asked: one statement (the organisation's
     row fills the request's :class:`Organisation`, so reading its active model, catalogue
-    version or settings afterwards costs no query). Built once per variant, so a request
-    only binds its values (a statement built per call costs more than running it)."""
+    version or settings afterwards costs no query). ``recent`` (PostgreSQL): also the items
+    of the learner's last ``keep`` answers (bound), latest first, as an array. Built once per
+    variant, so a request only binds its values (a statement built per call costs more than
+    running it)."""
     q = select(Learner, Organisation).join(Organisation, Organisation.id == Learner.org_id)
     if with_state:
         q = q.add_columns(LearnerState).outerjoin(
@@ -180,6 +204,18 @@ def _learner_query(with_state: bool) -> Select:
             (LearnerState.learner_id == Learner.id)
             & (LearnerState.model_id == Organisation.active_model_id),
         )
+    if recent:
+        last = (
+            select(Interaction.item_id, Interaction.timestamp, Interaction.event_id)
+            .where(Interaction.learner_id == Learner.id)
+            .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
+            .limit(bindparam("keep"))
+            .correlate(Learner)
+            .subquery("recent")
+        )
+        latest_first = (last.c.timestamp.desc(), last.c.event_id.desc())
+        ids = func.array_agg(aggregate_order_by(last.c.item_id, *latest_first))
+        q = q.add_columns(select(ids).scalar_subquery())
     return q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
 
 
@@ -189,17 +225,25 @@ def visible_learner(
     external_id: str,
     *,
     with_state: bool = False,
+    recent: int = 0,
 ) -> Learner:
     """The learner, if the caller may see them; 404 otherwise (never 403, so ids of other
     organisations or learners cannot be probed). The organisation's row comes in the same
     statement; ``with_state``: so does the learner's state for the active model (then
-    :func:`tutor.states.current_state` needs no query)."""
+    :func:`tutor.states.current_state` needs no query); ``recent`` (on PostgreSQL, with
+    ``with_state``): so do the items of the learner's last ``recent`` answers (then
+    :func:`tutor.states.recent_items` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
-    params = {"org": principal.org_id, "ext": external_id}
-    row = session.execute(_learner_query(with_state), params).first()
+    params: dict[str, Any] = {"org": principal.org_id, "ext": external_id}
+    recent = recent if with_state and session.get_bind().dialect.name == "postgresql" else 0
+    if recent:
+        params["keep"] = recent
+    row = session.execute(_learner_query(with_state, bool(recent)), params).first()
     learner = None if row is None else row[0]
     if learner is not None and with_state and row[1].active_model_id is not None:
         remember_state(session, learner.id, row[1].active_model_id, row[2])
+    if learner is not None and recent:
+        remember_recent(session, learner.id, recent, list(row[3] or ()))
     ok = learner is not None
     if ok and principal.role == "learner":
         ok = learner.id == principal.learner_id

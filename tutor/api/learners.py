@@ -84,13 +84,21 @@ def next_items(
 ) -> Response:
     """The next items for the learner, each with its predicted success and the reason."""
     session, org, settings = view.session, view.org, view.settings
-    learner = visible_learner(session, view.principal, learner_id, with_state=True)
+    # the learner's statement also reads their recent items, as many as the organisation
+    # excluded at its last request here (a change is read with a query of its own once)
+    org_id, last_seen = view.principal.org_id, view.request.app.state.recent_exclusion_seen
+    seen = last_seen.get(org_id, settings.recent_exclusion)
+    learner = visible_learner(
+        session, view.principal, learner_id, with_state=True, recent=max(seen, 1)
+    )
     learner_ext = learner.external_id
+    recent_exclusion = int(org_setting(org, settings, "recent_exclusion"))
+    last_seen[org_id] = recent_exclusion
     lv = recommend.learner_view(
         session,
         org=org,
         learner=learner,
-        recent_exclusion=int(org_setting(org, settings, "recent_exclusion")),
+        recent_exclusion=recent_exclusion,
         at=at,
         scale=org_setting(org, settings, "mastery_scale"),
         rule=evidence_rule(org.settings, settings),
