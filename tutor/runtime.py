@@ -62,7 +62,7 @@ class ConceptSets:
     #: concept c's model items: ``concept_item[concept_start[c]:concept_start[c + 1]]``
     concept_start: np.ndarray
     concept_item: np.ndarray
-    _rows: dict[tuple[int, ...], tuple[np.ndarray, sparse.csr_matrix]] = field(
+    _rows: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -107,20 +107,25 @@ class ConceptSets:
         """The model items (1..n) of model concept ``concept``."""
         return self.concept_item[self.concept_start[concept] : self.concept_start[concept + 1]]
 
-    def rows(self, concepts: np.ndarray) -> tuple[np.ndarray, sparse.csr_matrix]:
-        """The signatures that hold an item of ``concepts`` and the sparse ``[len(concepts),
-        len(signatures)]`` weights that turn their predictions into those concepts' mastery:
-        what a read of a few concepts needs, instead of every concept set. Short concept
-        lists (an answered item's concepts come back again and again) are kept, at most
-        :data:`ROWS_CACHE` of them; the weights stay sparse, so no entry grows with
-        items x concepts. (:meth:`LoadedModel.estimates` reads longer lists through
-        :meth:`mastery`.)"""
+    def rows(self, concepts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The signatures that hold an item of ``concepts`` and the ``[len(concepts),
+        len(signatures)]`` weights (dense: a few concepts' own signatures) that turn their
+        predictions into those concepts' mastery: what a read of a few concepts needs,
+        instead of every concept set. Read straight off the sparse rows (scipy's row
+        selection costs half a millisecond). Short concept lists (an answered item's
+        concepts come back again and again) are kept, at most :data:`ROWS_CACHE` of them.
+        (:meth:`LoadedModel.estimates` reads longer lists through :meth:`mastery`.)"""
         key = tuple(int(c) for c in concepts)
         hit = self._rows.get(key)
         if hit is None:
-            part = self.weights[np.asarray(key, dtype=np.int64)]
-            cols = np.unique(part.indices)
-            hit = (cols, part[:, cols].tocsr())
+            indptr, indices, data = self.weights.indptr, self.weights.indices, self.weights.data
+            spans = [(indptr[c], indptr[c + 1]) for c in key]
+            cols = np.unique(np.concatenate([indices[a:b] for a, b in spans] or [[]]))
+            cols = cols.astype(np.int64)
+            dense = np.zeros((len(key), len(cols)), dtype=np.float32)
+            for r, (a, b) in enumerate(spans):
+                dense[r, np.searchsorted(cols, indices[a:b])] = data[a:b]
+            hit = (cols, dense)
             if len(key) <= ROWS_CACHE_CONCEPTS:
                 if len(self._rows) >= ROWS_CACHE:
                     self._rows.clear()
@@ -448,7 +453,7 @@ class LoadedModel:
             if not len(cols):
                 return out
             p = self.predict_set_columns(state, cols, at_times)  # [n, s]
-            m = np.asarray(w @ p.T).T.astype(np.float64)  # [n, k]
+            m = (w @ p.T).T.astype(np.float64)  # [n, k]
         if scale == "reachable":
             m = self.scaled_at(m, concepts[known])
         out[:, known] = m
