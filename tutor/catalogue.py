@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from .blocking import may_block
 from .db import (
     Concept,
     Interaction,
@@ -159,6 +160,7 @@ def catalogue(session: Session, org: Organisation) -> Catalogue:
     cat = _CACHE.get(key)
     if cat is not None and cat.version == version:
         return cat
+    may_block("building the catalogue")
     with _LOCK:
         building = _BUILDING.setdefault(key, threading.Lock())
     with building:

@@ -26,6 +26,7 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from . import evidence as ev_mod
+from .blocking import may_block
 from .catalogue import Catalogue, catalogue, data_precedence_edges
 from .clock import as_utc, utcnow
 from .curriculum import design_curriculum
@@ -101,6 +102,7 @@ def model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     view = cat.per_model.get(model.model_id)
     if view is not None:
         return view
+    may_block("designing the curriculum")
     item_idx = model.item_idx(cat.item_ext)
     pos = {c: i + 1 for i, c in enumerate(model.concept_ids)}
     concept_idx = np.array([pos.get(c, 0) for c in cat.concept_ext], dtype=np.int64)

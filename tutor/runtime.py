@@ -26,6 +26,8 @@ from scipy import sparse, special
 
 from kt_models.base import CheckpointError, KTModel, load_checkpoint
 
+from .blocking import may_block
+
 SECONDS_PER_DAY = 86400.0
 #: the reachable mastery scale's reference (:meth:`LoadedModel.scaled_mastery`): a learner who
 #: has just answered this many in a row correctly (ASSISTments' skill-builder mastery
@@ -330,6 +332,7 @@ class LoadedModel:
         than :data:`READOUT_MAX_CELLS` numbers."""
         if self._readout is not False:
             return self._readout  # type: ignore[return-value]
+        may_block("the model's readout")
         readout = None
         if self.model.affine_readout:
             feats = self.model.readout_features(self.model.init_state(1))
@@ -393,6 +396,7 @@ class LoadedModel:
         ref = self._references.get(streak)
         if ref is not None:
             return ref
+        may_block("the model's mastery reference")
         n_c = len(self.concept_ids)
         dt = 45.0 / SECONDS_PER_DAY if self.time_unit == "days" else 1.0
         t0 = 0.0 if self.forgets else None
@@ -510,6 +514,7 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
+        may_block("loading a model")
         got = loader()  # the checkpoint's bytes, or (bytes, id mapping)
         blob, mapping = got if isinstance(got, tuple) else (got, None)
         loaded = LoadedModel.from_bytes(model_id, blob, mapping)

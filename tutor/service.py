@@ -26,6 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from . import evidence as evidence_mod
 from .answer import Answer
+from .blocking import may_block
 from .catalogue import ConceptRef, ItemRef, catalogue, item_refs
 from .clock import as_utc, utcnow
 from .db import (
@@ -650,6 +651,7 @@ def _apply_late(
     replayed **once** (not once per late answer), each answer's response read at its place
     in the replay. The cost is one replay of the learner's history per request, whatever
     the number of late answers in it. ``model`` is the batch's (never None here)."""
+    may_block("replaying a learner's history")
     items, writes = batch.items, batch.writes
     if bounded and writes.replay_budget is not None:
         writes.replay_budget -= learner.n_answers + len(group)

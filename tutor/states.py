@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import evidence as evidence_mod
+from .blocking import may_block
 from .clock import as_utc
 from .db import Concept, Interaction, Item, ItemConcept, Learner, LearnerState
 from .evidence import Evidence
@@ -163,6 +164,7 @@ def rebuild_state(
     """Replay the learner's whole history through the model (rare path, see module doc).
     ``watch`` (event id -> None) receives, for each of its event ids, the state and a copy of
     the evidence right after that answer."""
+    may_block("replaying a learner's history")
     hist = answers_in_order(session, learner.id)
     first = as_utc(learner.first_seen)
     if hist and (first is None or hist[0][2] < first):

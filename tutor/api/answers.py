@@ -14,6 +14,7 @@ from .deps import (
     limit_batch,
     model_response,
     require_roles,
+    run_route,
 )
 from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
 
@@ -30,7 +31,7 @@ router = APIRouter(tags=["answers"])
         409: {"description": "An event id already stored with different content"},
     },
 )
-def post_answers(
+async def post_answers(
     body: AnswerIn | AnswerBatch,
     view: ViewDep,
 ) -> Response:
@@ -40,6 +41,10 @@ def post_answers(
     true); with different content it is a 409 and nothing is stored. Answers are applied in
     event order (timestamp, then event id), whatever order they arrive in.
     """
+    return await run_route(view, _post_answers, body, view)
+
+
+def _post_answers(body: AnswerIn | AnswerBatch, view: ViewDep) -> Response:
     session, principal, org, settings = view.session, view.principal, view.org, view.settings
     require_roles(principal, "admin", "ingest", "learner")
     single = isinstance(body, AnswerIn)

@@ -248,6 +248,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.read_sessionmaker = make_sessionmaker(read_engine)
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
+    app.state.inline_hot_routes = settings.inline_hot_routes and not is_sqlite(
+        settings.database_url
+    )
+    #: hot requests that met slow work on the event loop and ran again in a thread
+    app.state.route_hops = 0
     #: organisation id -> its ``recent_exclusion`` at its last next-items request here
     app.state.recent_exclusion_seen = {}
     app.state.rate_limiter = (

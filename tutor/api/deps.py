@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..blocking import MustHop, inline
 from ..db import GroupMembership, Interaction, Learner, LearnerState, Organisation
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
@@ -124,6 +125,8 @@ class View:
     principal: Principal
     org: Organisation
     settings: Settings
+    #: the hot routes may run on the event loop (:func:`run_route`)
+    inline: bool = False
 
 
 #: the request scope's list of sessions :class:`CloseSessions` closes after the response
@@ -141,7 +144,23 @@ async def get_view(request: Request) -> View:
     session = _open_session(request)
     request.scope.setdefault(SESSIONS, []).append(session)
     org = _request_org(session, principal)
-    return View(request, session, principal, org, request.app.state.settings)
+    state = request.app.state
+    return View(request, session, principal, org, state.settings, state.inline_hot_routes)
+
+
+async def run_route(view: View, body: Callable[..., T], /, *args: Any) -> T:
+    """Run a hot route's synchronous ``body(*args)``: on the event loop where the app allows
+    it (``Settings.inline_hot_routes`` on PostgreSQL), else, or when the body meets slow work
+    there (:class:`tutor.blocking.MustHop`: its session is rolled back first, nothing was
+    written), in a worker thread."""
+    if view.inline:
+        try:
+            with inline():
+                return body(*args)
+        except MustHop:
+            view.session.rollback()
+            view.request.app.state.route_hops += 1
+    return await run_in_threadpool(body, *args)
 
 
 class CloseSessions:

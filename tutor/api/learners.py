@@ -9,6 +9,7 @@ through :mod:`tutor.learners_admin`). A learner a key may not see answers 404, n
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -25,6 +26,7 @@ from .deps import (
     mark_created,
     org_setting,
     require_roles,
+    run_route,
     visible_groups,
     visible_learner,
 )
@@ -49,10 +51,14 @@ router = APIRouter()
 
 # ---------------------------------------------------------------------- teaching
 @router.get("/learners/{learner_id}/mastery", response_model=Mastery, tags=["learners"])
-def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Response:
+async def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Response:
     """Every concept of the organisation with its status (not started, estimated from other
     concepts, learning, mastered, struggling), the learner's own answer count and the
     reported mastery: from own answers where there are any, else the model's estimate."""
+    return await run_route(view, _mastery, learner_id, view, at)
+
+
+def _mastery(learner_id: str, view: ViewDep, at: datetime | None) -> Response:
     session, org, settings = view.session, view.org, view.settings
     learner = visible_learner(session, view.principal, learner_id, with_state=True)
     out = service.learner_mastery(
@@ -68,7 +74,7 @@ def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Response:
 
 
 @router.get("/learners/{learner_id}/next-items", response_model=NextItems, tags=["learners"])
-def next_items(
+async def next_items(
     learner_id: str,
     view: ViewDep,
     n: Annotated[int, Query(ge=1, le=100)] = 5,
@@ -83,6 +89,17 @@ def next_items(
     ] = None,
 ) -> Response:
     """The next items for the learner, each with its predicted success and the reason."""
+    return await run_route(view, _next_items, learner_id, view, n, policy, target, at)
+
+
+def _next_items(
+    learner_id: str,
+    view: ViewDep,
+    n: int,
+    policy: str | None,
+    target: float | None,
+    at: datetime | None,
+) -> Response:
     session, org, settings = view.session, view.org, view.settings
     # the learner's statement also reads their recent items, as many as the organisation
     # excluded at its last request here (a change is read with a query of its own once)

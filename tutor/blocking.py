@@ -1,0 +1,42 @@
+"""Slow work, and the request path that runs on the event loop and must not wait for it.
+
+On PostgreSQL the hot routes (an answer, next-items, mastery) run their synchronous body on
+the event loop itself (``Settings.inline_hot_routes``, ``tutor.api.deps.run_route``): handing
+a request to a worker thread and back cost 0.6-1 ms of CPU a request on a 2-core machine,
+more than a quarter of the whole request. A body run so blocks its worker while it runs, so
+it must stay short: every step that can take long (building a catalogue, loading a model or
+its references, replaying a learner's history) calls :func:`may_block` first, which raises
+:class:`MustHop` on the event loop. The route's session is then rolled back and the whole
+body runs again in a worker thread, where it may take as long as it needs. Nothing has been
+written at that point: the steps that call :func:`may_block` come before the answer path's
+writes (which are collected and applied at the end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_INLINE: ContextVar[bool] = ContextVar("tutor_inline", default=False)
+
+
+class MustHop(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by :func:`may_block` on the event loop: run the body in a worker thread."""
+
+
+def may_block(what: str) -> None:
+    """Say that ``what`` may take long: on the event loop (:func:`inline`) this raises
+    :class:`MustHop`; anywhere else it does nothing."""
+    if _INLINE.get():
+        raise MustHop(what)
+
+
+@contextmanager
+def inline() -> Iterator[None]:
+    """The block runs on the event loop: :func:`may_block` raises within it."""
+    token = _INLINE.set(True)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
