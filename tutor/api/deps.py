@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..settings import org_setting as org_setting  # the routes' lookup, kept he
 from ..states import remember_recent, remember_state
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _open_session(request: Request) -> Session:
@@ -157,9 +159,10 @@ async def run_route(view: View, body: Callable[..., T], /, *args: Any) -> T:
         try:
             with inline():
                 return body(*args)
-        except MustHop:
+        except MustHop as hop:
             view.session.rollback()
             view.request.app.state.route_hops += 1
+            log.info("%s %s runs in a thread: %s", view.request.method, view.request.url.path, hop)
     return await run_in_threadpool(body, *args)
 
 
