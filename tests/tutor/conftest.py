@@ -154,9 +154,15 @@ def build_world(url: str, run: Path, *, prerequisites: bool = True) -> World:
     from tutor import operations as ops
     from tutor.db import Group, Learner
 
-    # no background analytics warm-up: tests see the caches they fill (one test turns it on)
+    # no background analytics warm-up: tests see the caches they fill (one test turns it on);
+    # the hot routes on the event loop (off by default): on PostgreSQL every API test then
+    # takes that path, and its way back to a thread where a request meets slow work
     settings = Settings(
-        database_url=url, environment="test", analytics_warmup_groups=0, gc_freeze=False
+        database_url=url,
+        environment="test",
+        analytics_warmup_groups=0,
+        gc_freeze=False,
+        inline_hot_routes=True,
     )
     engine = create_db_engine(url)
     factory = make_sessionmaker(engine)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from .. import service
 from ..db import Learner
 from .deps import (
+    View,
     ViewDep,
     commit_with_retries,
     json_response,
@@ -44,7 +45,7 @@ async def post_answers(
     return await run_route(view, _post_answers, body, view)
 
 
-def _post_answers(body: AnswerIn | AnswerBatch, view: ViewDep) -> Response:
+def _post_answers(body: AnswerIn | AnswerBatch, view: View) -> Response:
     session, principal, org, settings = view.session, view.principal, view.org, view.settings
     require_roles(principal, "admin", "ingest", "learner")
     single = isinstance(body, AnswerIn)

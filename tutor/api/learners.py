@@ -18,6 +18,7 @@ from .. import learners_admin, recommend, service, states
 from ..db import Learner
 from ..settings import POLICIES, evidence_rule
 from .deps import (
+    View,
     ViewDep,
     admin_write,
     created_or,
@@ -58,7 +59,7 @@ async def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Res
     return await run_route(view, _mastery, learner_id, view, at)
 
 
-def _mastery(learner_id: str, view: ViewDep, at: datetime | None) -> Response:
+def _mastery(learner_id: str, view: View, at: datetime | None) -> Response:
     session, org, settings = view.session, view.org, view.settings
     learner = visible_learner(session, view.principal, learner_id, with_state=True)
     out = service.learner_mastery(
@@ -94,7 +95,7 @@ async def next_items(
 
 def _next_items(
     learner_id: str,
-    view: ViewDep,
+    view: View,
     n: int,
     policy: str | None,
     target: float | None,
