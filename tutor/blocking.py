@@ -1,15 +1,17 @@
 """Slow work, and the request path that runs on the event loop and must not wait for it.
 
-On PostgreSQL the hot routes (an answer, next-items, mastery) run their synchronous body on
-the event loop itself (``Settings.inline_hot_routes``, ``tutor.api.deps.run_route``): handing
-a request to a worker thread and back cost 0.6-1 ms of CPU a request on a 2-core machine,
-more than a quarter of the whole request. A body run so blocks its worker while it runs, so
-it must stay short: every step that can take long (building a catalogue, loading a model or
-its references, replaying a learner's history) calls :func:`may_block` first, which raises
-:class:`MustHop` on the event loop. The route's session is then rolled back and the whole
-body runs again in a worker thread, where it may take as long as it needs. Nothing has been
-written at that point: the steps that call :func:`may_block` come before the answer path's
-writes (which are collected and applied at the end).
+With ``Settings.inline_hot_routes`` on (PostgreSQL only; off by default) the hot routes (an
+answer, next-items, mastery) run their synchronous body on the event loop itself
+(``tutor.api.deps.run_route``): handing a request to a worker thread and back cost 0.6-1 ms
+of CPU a request on a 2-core machine, a fifth to a quarter of the whole request. A body run
+so blocks its worker while it runs, so it must stay short: every step that can take long
+(building a catalogue, loading a model or its references, designing the curriculum,
+replaying a learner's history) calls :func:`may_block` first, which raises :class:`MustHop`
+on the event loop. The route's transaction is then rolled back (the same rollback and rerun
+as after a lost write race, ``commit_with_retries``) and the whole body runs again in a
+worker thread, where it may take as long as it needs. Nothing is committed before that
+point: the answer path applies its writes at the end (a learner or item it auto-created
+earlier in the transaction goes with the rollback and is created again).
 """
 
 from __future__ import annotations

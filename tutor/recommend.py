@@ -37,7 +37,7 @@ from .policies import POLICIES, ItemPredictions, LearnerView, Picker
 from .runtime import LoadedModel
 from .service import active_model
 from .settings import MASTERY_SCALES
-from .states import current_state, recent_items
+from .states import current_state, last_answers, recent_items
 
 #: weight of difficulty (harder concepts later) against the first-meeting position in the
 #: precedence the curriculum designer is given
@@ -178,12 +178,7 @@ def model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
 def _recent_items_query(keep: int) -> Select:
     """The items of a learner's (bound ``learner``) last ``keep`` answers: built once per
     ``keep``, bound per request."""
-    return (
-        select(Interaction.item_id)
-        .where(Interaction.learner_id == bindparam("learner"))
-        .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
-        .limit(keep)
-    )
+    return last_answers(bindparam("learner"), keep).with_only_columns(Interaction.item_id)
 
 
 def learner_view(

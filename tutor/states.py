@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from . import evidence as evidence_mod
@@ -259,6 +259,18 @@ def remember_state(
     session: Session, learner_id: int, model_id: int, row: LearnerState | None
 ) -> None:
     session.info.setdefault(LOADED_STATES, {})[(learner_id, model_id)] = row
+
+
+def last_answers(learner: Any, limit: Any) -> Select:
+    """The item, time and event id of a learner's last ``limit`` answers, latest first (the
+    reverse of event order): ``learner`` and ``limit`` are values, bound parameters or, for
+    a correlated subquery, the learner's id column."""
+    return (
+        select(Interaction.item_id, Interaction.timestamp, Interaction.event_id)
+        .where(Interaction.learner_id == learner)
+        .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
+        .limit(limit)
+    )
 
 
 #: ``session.info`` key: {learner id: (limit, item ids)}: the database ids of the items of a

@@ -23,11 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..blocking import MustHop, inline
-from ..db import GroupMembership, Interaction, Learner, LearnerState, Organisation
+from ..db import GroupMembership, Learner, LearnerState, Organisation
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
 from ..settings import org_setting as org_setting  # the routes' lookup, kept here
-from ..states import remember_recent, remember_state
+from ..states import last_answers, remember_recent, remember_state
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ async def run_route(view: View, body: Callable[..., T], /, *args: Any) -> T:
     """Run a hot route's synchronous ``body(*args)``: on the event loop where the app allows
     it (``Settings.inline_hot_routes`` on PostgreSQL), else, or when the body meets slow work
     there (:class:`tutor.blocking.MustHop`: its session is rolled back first, nothing was
-    written), in a worker thread."""
+    committed), in a worker thread."""
     if view.inline:
         try:
             with inline():
@@ -227,14 +227,7 @@ def _learner_query(with_state: bool, recent: bool = False) -> Select:
             & (LearnerState.model_id == Organisation.active_model_id),
         )
     if recent:
-        last = (
-            select(Interaction.item_id, Interaction.timestamp, Interaction.event_id)
-            .where(Interaction.learner_id == Learner.id)
-            .order_by(Interaction.timestamp.desc(), Interaction.event_id.desc())
-            .limit(bindparam("keep"))
-            .correlate(Learner)
-            .subquery("recent")
-        )
+        last = last_answers(Learner.id, bindparam("keep")).correlate(Learner).subquery("recent")
         latest_first = (last.c.timestamp.desc(), last.c.event_id.desc())
         ids = func.array_agg(aggregate_order_by(last.c.item_id, *latest_first))
         q = q.add_columns(select(ids).scalar_subquery())
