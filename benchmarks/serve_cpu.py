@@ -38,7 +38,7 @@ ROUTES = ("answer", "next-items", "mastery")
 
 
 # ---------------------------------------------------------------------- the child process
-def child(url: str, n: int, seed: int) -> dict[str, Any]:
+def child(url: str, n: int, seed: int, routes: tuple[str, ...] = ROUTES) -> dict[str, Any]:
     """In a fresh process whose ``tutor`` is the checkout under test: CPU per request."""
     import asyncio
     import random
@@ -130,10 +130,10 @@ def child(url: str, n: int, seed: int) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with app.router.lifespan_context(app):
-            for route in ROUTES:
+            for route in routes:
                 for _ in range(30):  # warm: keys cached, states and caches touched
                     await call(*request(route))
-            for route in ROUTES:
+            for route in routes:
                 reqs = [request(route) for _ in range(n)]
                 c0, w0 = time.process_time(), time.perf_counter()
                 for r in reqs:
@@ -174,9 +174,16 @@ def main() -> None:
     ap.add_argument("--db-url", default="", help="a database serve_load.py kept (--keep)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--only",
+        choices=ROUTES,
+        help="with --child: that route alone (e.g. under a profiler: py-spy record -- python "
+        "benchmarks/serve_cpu.py --child --only answer --db-url URL)",
+    )
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.db_url, args.requests, args.seed)))
+        routes = (args.only,) if args.only else ROUTES
+        print(json.dumps(child(args.db_url, args.requests, args.seed, routes)))
         return
 
     sys.path.insert(0, str(ROOT / "benchmarks"))

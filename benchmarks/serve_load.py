@@ -406,6 +406,7 @@ PROFILE_PARTS = (
     ("    the policy", "recommend (tutor/recommend.py"),
     ("  GET mastery", "get_mastery (tutor/api/learners.py"),
     ("SQLAlchemy execute (anywhere)", "Connection._execute_context (sqlalchemy/engine/base.py"),
+    ("hot statements on the driver (tutor.db.driver)", "_run (tutor/db/driver.py"),
     ("psycopg (anywhere)", "(psycopg/"),
     ("torch model calls (anywhere)", "predict_logits ("),
     ("pydantic JSON out", "model_dump_json"),

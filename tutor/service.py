@@ -20,7 +20,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, Table, Update, bindparam, func, insert, inspect, select, update
+from sqlalchemy import (
+    ARRAY,
+    Select,
+    String,
+    Table,
+    Update,
+    any_,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -38,6 +51,7 @@ from .db import (
     ModelVersion,
     Organisation,
     db_scope,
+    driver,
 )
 from .errors import Conflict, Invalid, NotFound, TooLarge
 from .errors import ServiceError as ServiceError  # the errors' base, for this module's callers
@@ -302,32 +316,41 @@ def record_answers(
 
 
 @functools.cache
-def _lock_query() -> Select:
+def _lock_query(dialect: str) -> Select:
     """The answers' learners by external id (bound ``ext``, a list), locked, each with its
     organisation's row, its state for the organisation's active model (or none) and its
     stored answers among the event ids bound as ``ids`` (a row per stored answer, else one
-    with none): built once, bound per request."""
+    with none), as plain columns (:data:`_LOCK_PARTS`, read by :func:`tutor.db.driver.fetch`):
+    built once per database kind (PostgreSQL binds the lists as arrays, ``= ANY``, so that
+    the statement's text is the same for any number of learners and is prepared once),
+    bound per request."""
+    if dialect == "postgresql":
+        ext_in = Learner.external_id == any_(bindparam("ext", type_=ARRAY(String)))
+        ids_in = Interaction.event_id == any_(bindparam("ids", type_=ARRAY(String)))
+    else:
+        ext_in = Learner.external_id.in_(bindparam("ext", expanding=True))
+        ids_in = Interaction.event_id.in_(bindparam("ids", expanding=True))
+    cols = [c for cls in _LOCK_PARTS for c in driver.columns_of(cls)]
     return (
-        select(Learner, Organisation, LearnerState, Interaction, Item.external_id)
+        select(*cols, Item.external_id)
+        .select_from(Learner)
         .join(Organisation, Organisation.id == Learner.org_id)
         .outerjoin(
             LearnerState,
             (LearnerState.learner_id == Learner.id)
             & (LearnerState.model_id == Organisation.active_model_id),
         )
-        .outerjoin(
-            Interaction,
-            (Interaction.learner_id == Learner.id)
-            & Interaction.event_id.in_(bindparam("ids", expanding=True)),
-        )
+        .outerjoin(Interaction, (Interaction.learner_id == Learner.id) & ids_in)
         .outerjoin(Item, Item.id == Interaction.item_id)
-        .where(
-            Learner.org_id == bindparam("org"),
-            Learner.external_id.in_(bindparam("ext", expanding=True)),
-        )
+        .where(Learner.org_id == bindparam("org"), ext_in)
         .order_by(Learner.external_id)
-        .with_for_update(of=Learner)
+        .with_for_update(of=Learner.__table__)
     )
+
+
+#: the classes whose columns :func:`_lock_query` reads, in its order (then the item's
+#: external id of a stored answer)
+_LOCK_PARTS = (Learner, Organisation, LearnerState, Interaction)
 
 
 def _lock_learners(
@@ -337,20 +360,45 @@ def _lock_learners(
     external id order so that two requests never wait on each other crosswise; SQLite holds
     the database lock since ``BEGIN IMMEDIATE``), and their stored answers among
     ``event_ids`` by (learner, event id), with the learner's and the item's external ids: one
-    statement, which also loads the organisation's row and the learners' states for its
-    active model into the session (so neither :func:`active_model` nor
-    :func:`current_state` needs a query)."""
+    statement, run on the driver (:mod:`tutor.db.driver`), which also reads the
+    organisation's row and the learners' states for its active model into the session (so
+    neither :func:`active_model` nor :func:`current_state` needs a query)."""
     params = {"org": org.id, "ext": list(external_ids), "ids": list(event_ids)}
+    rows = driver.fetch(session, _lock_query(session.get_bind().dialect.name), params)
     learners: dict[str, Learner] = {}
     stored: dict[tuple[str, str], tuple[Interaction, str, str]] = {}
-    for learner, org_row, state, inter, item_ext in session.execute(_lock_query(), params):
-        if learner.external_id not in learners:
-            learners[learner.external_id] = learner
+    bounds = _lock_bounds()
+    for row in rows:
+        parts = [row[a:b] for a, b in bounds]
+        learner_ext = parts[0][_LEARNER_EXT]
+        if learner_ext not in learners:
+            learner = driver.attach(session, Learner, parts[0])
+            learners[learner_ext] = learner
+            org_row = driver.attach(session, Organisation, parts[1])
             if org_row.active_model_id is not None:
+                state = None
+                if driver.present(LearnerState, parts[2]):
+                    state = driver.attach(session, LearnerState, parts[2])
                 remember_state(session, learner.id, org_row.active_model_id, state)
-        if inter is not None:
-            stored[(learner.external_id, inter.event_id)] = (inter, learner.external_id, item_ext)
+        if driver.present(Interaction, parts[3]):
+            inter = driver.attach(session, Interaction, parts[3])
+            stored[(learner_ext, inter.event_id)] = (inter, learner_ext, row[-1])
     return learners, stored
+
+
+@functools.cache
+def _lock_bounds() -> list[tuple[int, int]]:
+    """Each of :data:`_LOCK_PARTS`' slice of a row of :func:`_lock_query`."""
+    out, start = [], 0
+    for cls in _LOCK_PARTS:
+        n = len(driver.columns_of(cls))
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+#: the position of the learner's external id among its columns
+_LEARNER_EXT = [c.key for c in driver.columns_of(Learner)].index("external_id")
 
 
 @functools.cache
@@ -400,7 +448,7 @@ class _Writes:
         # on the session's connection: Core statements need none of the ORM's execution
         # layer (about 50 microseconds a statement)
         conn = session.connection()
-        if conn.dialect.name == "postgresql" and self._apply_as_one(conn):
+        if conn.dialect.name == "postgresql" and self._apply_as_one(session):
             return
         if self.interactions:
             conn.execute(insert(Interaction.__table__), self.interactions)
@@ -416,7 +464,7 @@ class _Writes:
             )
         self.responses = []
 
-    def _apply_as_one(self, conn: Any) -> bool:
+    def _apply_as_one(self, session: Session) -> bool:
         """PostgreSQL: one answer's writes (its row, its learner's and its state's updates)
         as one statement, the others as data-modifying CTEs of the last update (one round
         trip instead of three). False, having written nothing, for anything else (several
@@ -440,7 +488,7 @@ class _Writes:
             params.update({f"i_{c}": v for c, v in row.items()})
             params.setdefault("i_received_at", now)
         cols_in = tuple(row) + (("received_at",) if "received_at" not in row else ()) if row else ()
-        conn.execute(_writes_query(tuple(shape), cols_in), params)
+        driver.execute(session, _writes_query(tuple(shape), cols_in), params)
         self.interactions, self.updates = [], {}
         return True
 

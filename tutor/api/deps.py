@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..blocking import MustHop, inline
-from ..db import GroupMembership, Learner, LearnerState, Organisation
+from ..db import GroupMembership, Learner, LearnerState, Organisation, driver
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
 from ..settings import org_setting as org_setting  # the routes' lookup, kept here
@@ -216,12 +216,15 @@ def _learner_query(with_state: bool, recent: bool = False) -> Select:
     state for the organisation's active model when asked: one statement (the organisation's
     row fills the request's :class:`Organisation`, so reading its active model, catalogue
     version or settings afterwards costs no query). ``recent`` (PostgreSQL): also the items
-    of the learner's last ``keep`` answers (bound), latest first, as an array. Built once per
-    variant, so a request only binds its values (a statement built per call costs more than
-    running it)."""
-    q = select(Learner, Organisation).join(Organisation, Organisation.id == Learner.org_id)
+    of the learner's last ``keep`` answers (bound), latest first, as an array. Plain columns
+    (the learner's, the organisation's, the state's, then the array), run on the driver
+    (:func:`tutor.db.driver.fetch`). Built once per variant, so a request only binds its
+    values (a statement built per call costs more than running it)."""
+    parts = (Learner, Organisation) + ((LearnerState,) if with_state else ())
+    q = select(*(c for cls in parts for c in driver.columns_of(cls))).select_from(Learner)
+    q = q.join(Organisation, Organisation.id == Learner.org_id)
     if with_state:
-        q = q.add_columns(LearnerState).outerjoin(
+        q = q.outerjoin(
             LearnerState,
             (LearnerState.learner_id == Learner.id)
             & (LearnerState.model_id == Organisation.active_model_id),
@@ -232,6 +235,11 @@ def _learner_query(with_state: bool, recent: bool = False) -> Select:
         ids = func.array_agg(aggregate_order_by(last.c.item_id, *latest_first))
         q = q.add_columns(select(ids).scalar_subquery())
     return q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
+
+
+@functools.cache
+def _column_counts() -> tuple[int, int]:
+    return len(driver.columns_of(Learner)), len(driver.columns_of(Organisation))
 
 
 def visible_learner(
@@ -253,12 +261,22 @@ def visible_learner(
     recent = recent if with_state and session.get_bind().dialect.name == "postgresql" else 0
     if recent:
         params["keep"] = recent
-    row = session.execute(_learner_query(with_state, bool(recent)), params).first()
-    learner = None if row is None else row[0]
-    if learner is not None and with_state and row[1].active_model_id is not None:
-        remember_state(session, learner.id, row[1].active_model_id, row[2])
-    if learner is not None and recent:
-        remember_recent(session, learner.id, recent, list(row[3] or ()))
+    rows = driver.fetch(session, _learner_query(with_state, bool(recent)), params)
+    learner = None
+    if rows:
+        row, n_learner, n_org = rows[0], *_column_counts()
+        learner = driver.attach(session, Learner, row[:n_learner])
+        org = driver.attach(session, Organisation, row[n_learner : n_learner + n_org])
+        rest = row[n_learner + n_org :]
+        if with_state and org.active_model_id is not None:
+            n_state = len(driver.columns_of(LearnerState))
+            state = rest[:n_state]
+            kept = None
+            if driver.present(LearnerState, state):
+                kept = driver.attach(session, LearnerState, state)
+            remember_state(session, learner.id, org.active_model_id, kept)
+        if recent:
+            remember_recent(session, learner.id, recent, list(rest[-1] or ()))
     ok = learner is not None
     if ok and principal.role == "learner":
         ok = learner.id == principal.learner_id
