@@ -108,9 +108,10 @@ class Settings(BaseSettings):
     #: on PostgreSQL, run the hot routes (answers, next-items, mastery) on the event loop
     #: instead of a worker thread (``tutor.blocking``): saves the thread hand-off, 0.6-1 ms of
     #: CPU a request; anything slow (a catalogue build, a model load, a replay) still runs in
-    #: a thread. Off by default: near saturation its slowest requests wait far longer (p99
-    #: 0.2-1 s against 0.1-0.2 s in threads, see the README). SQLite always uses threads (a
-    #: writer may wait for the database lock)
+    #: a thread. Off by default: it needs the standard asyncio loop (under uvloop some
+    #: requests wait seconds; ``tutor serve`` picks it) and one worker per listening socket
+    #: (workers sharing one take connections unevenly), see the README. SQLite always uses
+    #: threads (a writer may wait for the database lock)
     inline_hot_routes: bool = False
     #: database connections per process (PostgreSQL; as many again may overflow under bursts)
     pool_size: int = Field(10, ge=1)

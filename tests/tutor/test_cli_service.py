@@ -178,7 +178,31 @@ def test_db_downgrade_and_serve(url: str, monkeypatch: pytest.MonkeyPatch) -> No
     assert seen["target"] == "tutor.api.app:create_app" and seen["factory"] is True
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
     assert seen["env"] == url
+    assert "loop" not in seen  # uvicorn's choice (uvloop where installed)
     assert tutor(url, "db", "current").stdout.strip() == "0005"  # --migrate is the default
+    # the hot routes on the event loop: the standard asyncio loop (uvloop serves a busy loop
+    # unevenly, see tutor.api.app.event_loop_warning)
+    monkeypatch.setenv("TUTOR_INLINE_HOT_ROUTES", "true")
+    seen.clear()
+    assert tutor(url, "serve", "--no-migrate").exit_code == 0
+    assert seen["loop"] == "asyncio"
+
+
+def test_event_loop_warning_names_the_fix() -> None:
+    import asyncio
+
+    from tutor.api.app import event_loop_warning
+
+    uvloop = pytest.importorskip("uvloop")
+    fast = uvloop.new_event_loop()
+    plain = asyncio.new_event_loop()
+    try:
+        assert "--loop asyncio" in event_loop_warning(True, fast)
+        assert event_loop_warning(False, fast) is None
+        assert event_loop_warning(True, plain) is None
+    finally:
+        fast.close()
+        plain.close()
 
 
 def test_prerequisites_from_junyi_exercise_table(tmp_path: Path) -> None:

@@ -450,6 +450,10 @@ def _run_api(url: str, **uvicorn_options: Any) -> None:
     from tutor.settings import get_settings
 
     get_settings.cache_clear()
+    if get_settings().inline_hot_routes:
+        # uvloop serves a loop that is always busy unevenly (some requests wait seconds, see
+        # tutor.api.app.event_loop_warning): the standard loop is as fast here and fair
+        uvicorn_options.setdefault("loop", "asyncio")
     uvicorn.run("tutor.api.app:create_app", factory=True, **uvicorn_options)
 
 
