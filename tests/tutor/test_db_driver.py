@@ -68,14 +68,16 @@ def _item_id(s, org_id: int) -> int:  # noqa: ANN001
 
 
 def _lock_params(org_id: int) -> dict:
-    return {"org": org_id, "ext": ["u1", "nobody"], "ids": ["e1", "e2"]}
+    return service._lock_params(org_id, ["u1", "nobody"], ["e1", "e2"])
+
+
+LOCK = service._lock_query(2, 2)
 
 
 def test_fetch_reads_what_core_reads(factory):
     org_id, _ = _seed(factory)
     with factory() as s, s.begin():
-        dialect = s.get_bind().dialect.name
-        q = service._lock_query(dialect)
+        q = LOCK
         by_driver = driver.fetch(s, q, _lock_params(org_id))
         by_core = [tuple(r) for r in s.connection().execute(q, _lock_params(org_id))]
     assert by_driver == by_core and len(by_driver) == 1
@@ -95,15 +97,15 @@ def test_attach_refreshes_the_session_object_and_leaves_nothing_to_flush(factory
         s.connection().execute(
             Learner.__table__.update().where(Learner.id == learner_id).values(n_answers=7)
         )
-        rows = driver.fetch(s, service._lock_query(s.get_bind().dialect.name), _lock_params(org_id))
-        bounds = service._lock_bounds()
-        learner = driver.attach(s, Learner, rows[0][slice(*bounds[0])])
+        rows = driver.fetch(s, LOCK, _lock_params(org_id))
+        bounds = driver.slices(service._LOCK_PARTS)
+        learner = driver.attach(s, Learner, rows[0][bounds[0]])
         assert learner is held and learner.n_answers == 7
-        org = driver.attach(s, Organisation, rows[0][slice(*bounds[1])])
+        org = driver.attach(s, Organisation, rows[0][bounds[1]])
         assert org.settings["mastery_scale"] == "success"
-        inter = driver.attach(s, Interaction, rows[0][slice(*bounds[3])])
+        inter = driver.attach(s, Interaction, rows[0][bounds[3]])
         assert inter.event_id == "e1" and inter.elapsed_ms == 1234
-        assert not driver.present(LearnerState, rows[0][slice(*bounds[2])])
+        assert not driver.present(LearnerState, rows[0][bounds[2]])
         assert not s.dirty and not s.new
         seen: list[str] = []
         event.listen(s.get_bind(), "before_cursor_execute", lambda *a: seen.append(a[2]))
@@ -115,7 +117,7 @@ def test_pending_changes_are_flushed_before_a_driver_statement(factory):
     org_id, _ = _seed(factory)
     with factory() as s, s.begin():
         s.add(Learner(org_id=org_id, external_id="nobody", n_answers=0))
-        rows = driver.fetch(s, service._lock_query(s.get_bind().dialect.name), _lock_params(org_id))
+        rows = driver.fetch(s, LOCK, _lock_params(org_id))
     assert len(rows) == 2  # the new learner, not yet flushed, is found (autoflush)
 
 
@@ -146,5 +148,41 @@ def test_statement_listeners_see_driver_statements(factory):
     seen: list[str] = []
     with factory() as s, s.begin():
         event.listen(s.get_bind(), "before_cursor_execute", lambda *a: seen.append(a[2]))
-        driver.fetch(s, service._lock_query(s.get_bind().dialect.name), _lock_params(org_id))
+        driver.fetch(s, LOCK, _lock_params(org_id))
     assert any("FROM learners" in sql for sql in seen)
+
+
+@pytest.mark.parametrize("which", ["answer's locking read", "next-items' learner read"])
+def test_hot_reads_are_planned_once_on_postgresql(factory, which):
+    """PostgreSQL plans a prepared statement once (its generic plan) only where that plan's
+    estimated cost is close to those of the plans it made for the values: the locking read
+    with an ``= ANY`` array of unknown length, and the learner read with its recent answers'
+    ``LIMIT`` as a parameter, were planned anew at every request. Each must reach the
+    generic plan, run as its route runs it."""
+    from tutor.api import deps
+
+    org_id, _ = _seed(factory)
+    with factory() as s:
+        if s.get_bind().dialect.name != "postgresql":
+            pytest.skip("prepared statements and their plans: PostgreSQL")
+        for k in range(16):  # psycopg prepares it at the 6th run, PostgreSQL decides after 5
+            with s.begin():
+                if which == "answer's locking read":
+                    query = service._lock_query(1, 1)
+                    params = service._lock_params(org_id, ["u1"], [f"e{k}"])
+                else:
+                    query = deps._learner_query(True, driver.bucket(5))
+                    params = {"org": org_id, "ext": "u1"}
+                driver.fetch(s, query, params)
+        with s.begin():
+            plans = (
+                s.connection()
+                .exec_driver_sql(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%%FROM learners%%'"
+                )
+                .all()
+            )
+    assert len(plans) == 1, f"{which} was not prepared: {plans}"
+    generic, custom = plans[0]
+    assert generic > 0 and custom <= 5, plans

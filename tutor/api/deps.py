@@ -15,7 +15,7 @@ from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Select, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -211,16 +211,18 @@ def visible_groups(principal: Principal) -> frozenset[int] | None:
 
 
 @functools.cache
-def _learner_query(with_state: bool, recent: bool = False) -> Select:
+def _learner_query(with_state: bool, recent: int = 0) -> Select:
     """The learner by (organisation, external id) with its organisation's row, and with its
     state for the organisation's active model when asked: one statement (the organisation's
     row fills the request's :class:`Organisation`, so reading its active model, catalogue
     version or settings afterwards costs no query). ``recent`` (PostgreSQL): also the items
-    of the learner's last ``keep`` answers (bound), latest first, as an array. Plain columns
+    of the learner's last ``recent`` answers, latest first, as an array (the limit written
+    into the statement, a :func:`tutor.db.driver.bucket` size: PostgreSQL planned the
+    statement anew at every request while the limit was a parameter). Plain columns
     (the learner's, the organisation's, the state's, then the array), run on the driver
     (:func:`tutor.db.driver.fetch`). Built once per variant, so a request only binds its
     values (a statement built per call costs more than running it)."""
-    parts = (Learner, Organisation) + ((LearnerState,) if with_state else ())
+    parts = _LEARNER_PARTS if with_state else _LEARNER_PARTS[:2]
     q = select(*(c for cls in parts for c in driver.columns_of(cls))).select_from(Learner)
     q = q.join(Organisation, Organisation.id == Learner.org_id)
     if with_state:
@@ -230,16 +232,17 @@ def _learner_query(with_state: bool, recent: bool = False) -> Select:
             & (LearnerState.model_id == Organisation.active_model_id),
         )
     if recent:
-        last = last_answers(Learner.id, bindparam("keep")).correlate(Learner).subquery("recent")
+        limit = literal_column(str(int(recent)))
+        last = last_answers(Learner.id, limit).correlate(Learner).subquery("recent")
         latest_first = (last.c.timestamp.desc(), last.c.event_id.desc())
         ids = func.array_agg(aggregate_order_by(last.c.item_id, *latest_first))
         q = q.add_columns(select(ids).scalar_subquery())
     return q.where(Learner.org_id == bindparam("org"), Learner.external_id == bindparam("ext"))
 
 
-@functools.cache
-def _column_counts() -> tuple[int, int]:
-    return len(driver.columns_of(Learner)), len(driver.columns_of(Organisation))
+#: the classes whose columns :func:`_learner_query` reads, in its order (the state's only
+#: ``with_state``; then the recent items' array, where asked)
+_LEARNER_PARTS = (Learner, Organisation, LearnerState)
 
 
 def visible_learner(
@@ -258,25 +261,24 @@ def visible_learner(
     :func:`tutor.states.recent_items` needs no query)."""
     require_roles(principal, "admin", "teacher", "learner")
     params: dict[str, Any] = {"org": principal.org_id, "ext": external_id}
-    recent = recent if with_state and session.get_bind().dialect.name == "postgresql" else 0
-    if recent:
-        params["keep"] = recent
-    rows = driver.fetch(session, _learner_query(with_state, bool(recent)), params)
+    if with_state and recent and session.get_bind().dialect.name == "postgresql":
+        recent = driver.bucket(recent)  # read at least as many: a few statement texts
+    else:
+        recent = 0
+    rows = driver.fetch(session, _learner_query(with_state, recent), params)
     learner = None
     if rows:
-        row, n_learner, n_org = rows[0], *_column_counts()
-        learner = driver.attach(session, Learner, row[:n_learner])
-        org = driver.attach(session, Organisation, row[n_learner : n_learner + n_org])
-        rest = row[n_learner + n_org :]
+        row, (of_learner, of_org, of_state) = rows[0], driver.slices(_LEARNER_PARTS)
+        learner = driver.attach(session, Learner, row[of_learner])
+        org = driver.attach(session, Organisation, row[of_org])
         if with_state and org.active_model_id is not None:
-            n_state = len(driver.columns_of(LearnerState))
-            state = rest[:n_state]
+            state = row[of_state]
             kept = None
             if driver.present(LearnerState, state):
                 kept = driver.attach(session, LearnerState, state)
             remember_state(session, learner.id, org.active_model_id, kept)
         if recent:
-            remember_recent(session, learner.id, recent, list(rest[-1] or ()))
+            remember_recent(session, learner.id, recent, list(row[-1] or ()))
     ok = learner is not None
     if ok and principal.role == "learner":
         ok = learner.id == principal.learner_id

@@ -18,6 +18,7 @@ like any other). On any other database they are plain Core executions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -154,6 +155,27 @@ def attach(session: Session, cls: type[T], values: tuple | list) -> T:
     make_transient_to_detached(obj)
     session.add(obj)
     return obj
+
+
+def bucket(n: int) -> int:
+    """The size a statement is built for where it reads ``n`` values (a list bound one
+    parameter per value, a ``LIMIT``): ``n`` rounded up to a power of two, so that a few
+    statement texts serve any request, each prepared once, and each planned once by
+    PostgreSQL (its generic plan; for a ``LIMIT`` or an array of unknown size it plans every
+    execution anew)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+@functools.cache
+def slices(classes: tuple[type, ...]) -> tuple[slice, ...]:
+    """Each class's slice of a row that reads the classes' :func:`columns_of` one class after
+    another (the rest of the row, if any, follows the last slice)."""
+    out, start = [], 0
+    for cls in classes:
+        n = len(columns_of(cls))
+        out.append(slice(start, start + n))
+        start += n
+    return tuple(out)
 
 
 def present(cls: type, values: tuple | list) -> bool:
