@@ -143,10 +143,9 @@ def attach(session: Session, cls: type[T], values: tuple | list) -> T:
     :func:`columns_of`), in the session as if the ORM had loaded it: the object the session
     holds for that primary key, its attributes set to these values, or a new persistent one.
     Nothing is marked as changed, so a flush writes nothing for it."""
-    mapper = inspect(cls)
     keys = _attr_keys(cls)
     pk = tuple(values[i] for i in _pk_positions(cls))
-    obj = session.identity_map.get(mapper.identity_key_from_primary_key(pk))
+    obj = session.identity_map.get(_mapper(cls).identity_key_from_primary_key(pk))
     if obj is not None:
         for k, v in zip(keys, values, strict=True):
             set_committed_value(obj, k, v)
@@ -181,6 +180,11 @@ def slices(classes: tuple[type, ...]) -> tuple[slice, ...]:
 def present(cls: type, values: tuple | list) -> bool:
     """Whether an outer join found a row of ``cls`` (its primary key is not null)."""
     return values[_pk_positions(cls)[0]] is not None
+
+
+@functools.cache
+def _mapper(cls: type) -> Any:
+    return inspect(cls)
 
 
 _ATTR_KEYS: dict[type, list[str]] = {}
