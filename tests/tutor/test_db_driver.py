@@ -186,3 +186,31 @@ def test_hot_reads_are_planned_once_on_postgresql(factory, which):
     assert len(plans) == 1, f"{which} was not prepared: {plans}"
     generic, custom = plans[0]
     assert generic > 0 and custom <= 5, plans
+
+
+def test_a_lost_connection_is_invalidated_and_the_next_transaction_reconnects(factory, db_url):
+    """A database restart between two requests: the driver statement fails as SQLAlchemy's
+    ``OperationalError`` (the API's 503) with the connection invalidated, and the session's
+    next transaction gets a fresh connection."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a server connection to lose: PostgreSQL")
+    org_id, _ = _seed(factory)
+    query, params = service._lock_query(1, 1), service._lock_params(org_id, ["u1"], ["e1"])
+    with factory() as s:
+        with s.begin():
+            pid = s.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            driver.fetch(s, query, params)
+        admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        admin.dispose()
+        s.begin()
+        with pytest.raises(DBAPIError) as err:
+            driver.fetch(s, query, params)
+        assert err.value.connection_invalidated  # the driver statement's own error says so
+        s.rollback()
+        with s.begin():
+            assert len(driver.fetch(s, query, params)) == 1

@@ -48,12 +48,12 @@ def _compiled(
     comp = stmt.compile(dialect=dialect)
     binds = {}
     for name, bp in comp.binds.items():
-        proc = bp.type._cached_bind_processor(dialect)
+        proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
         if proc is not None:
             binds[name] = proc
     results: list[Callable | None] = []
     for col in getattr(stmt, "selected_columns", ()):
-        results.append(col.type._cached_result_processor(dialect, None))
+        results.append(col.type.dialect_impl(dialect).result_processor(dialect, None))
     out = (comp.string, binds, results)
     _STATEMENTS.append(stmt)
     _COMPILED[key] = out
@@ -75,8 +75,7 @@ def _run(session: Session, stmt: ClauseElement, params: Mapping[str, Any]) -> An
             values[name] = proc(values[name])
     dbapi = conn.connection.dbapi_connection
     cursor = dbapi.cursor()
-    if conn._has_events or conn.engine._has_events:
-        # the listeners may rewrite neither (retval=False): they observe
+    if conn.dispatch.before_cursor_execute:  # listeners (they observe: none may rewrite)
         conn.dispatch.before_cursor_execute(conn, cursor, sql, values, None, False)
     try:
         cursor.execute(sql, values)  # prepared by psycopg once it has run it a few times
