@@ -32,43 +32,39 @@ from sqlalchemy.sql import ClauseElement
 T = TypeVar("T")
 
 #: compiled form per (statement, dialect name): the SQL text, bind processors by parameter
-#: name, result processors by column position (None where the column needs none)
-_COMPILED: dict[tuple[int, str], tuple[str, dict[str, Callable], list[Callable | None]]] = {}
-#: keeps the statements of _COMPILED alive (its keys are their ids)
-_STATEMENTS: list[ClauseElement] = []
+#: name, result processors by column position (None where the column needs none). The
+#: statements are the callers' cached ones (a few dozen in all)
+_COMPILED: dict[tuple[ClauseElement, str], tuple[str, dict[str, Callable], list[Any]]] = {}
 
 
-def _compiled(
-    stmt: ClauseElement, dialect: Dialect
-) -> tuple[str, dict[str, Callable], list[Callable | None]]:
-    key = (id(stmt), dialect.name)
+def _compiled(stmt: ClauseElement, dialect: Dialect) -> tuple[str, dict[str, Callable], list[Any]]:
+    key = (stmt, dialect.name)
     hit = _COMPILED.get(key)
-    if hit is not None:
-        return hit
-    comp = stmt.compile(dialect=dialect)
-    binds = {}
-    for name, bp in comp.binds.items():
-        proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
-        if proc is not None:
-            binds[name] = proc
-    results: list[Callable | None] = []
-    for col in getattr(stmt, "selected_columns", ()):
-        results.append(col.type.dialect_impl(dialect).result_processor(dialect, None))
-    out = (comp.string, binds, results)
-    _STATEMENTS.append(stmt)
-    _COMPILED[key] = out
-    return out
+    if hit is None:
+        comp = stmt.compile(dialect=dialect)
+        binds = {}
+        for name, bp in comp.binds.items():
+            proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                binds[name] = proc
+        results = [
+            col.type.dialect_impl(dialect).result_processor(dialect, None)
+            for col in getattr(stmt, "selected_columns", ())
+        ]
+        hit = _COMPILED[key] = (comp.string, binds, results)
+    return hit
 
 
-def _run(session: Session, stmt: ClauseElement, params: Mapping[str, Any]) -> Any:
-    """The cursor of ``stmt`` run with ``params`` on the session's connection (PostgreSQL).
+def _run(session: Session, stmt: ClauseElement, params: Mapping[str, Any]) -> tuple[Any, list]:
+    """The cursor of ``stmt`` run with ``params`` on the session's connection (PostgreSQL),
+    and the statement's result processors.
 
     As ``Session.execute`` would: a driver error is raised as SQLAlchemy's exception for it
     (``IntegrityError``, ``OperationalError``, ...: what the callers handle), the connection
     invalidated where the error says it was lost."""
     conn: Connection = session.connection()
     dialect = conn.dialect
-    sql, binds, _ = _compiled(stmt, dialect)
+    sql, binds, results = _compiled(stmt, dialect)
     values = dict(params)
     for name, proc in binds.items():
         if name in values:
@@ -93,7 +89,7 @@ def _run(session: Session, stmt: ClauseElement, params: Mapping[str, Any]) -> An
             connection_invalidated=lost,
             dialect=dialect,
         ) from exc
-    return cursor
+    return cursor, results
 
 
 def _autoflush(session: Session) -> None:
@@ -108,12 +104,11 @@ def fetch(session: Session, stmt: ClauseElement, params: Mapping[str, Any]) -> l
     _autoflush(session)
     if session.get_bind().dialect.name != "postgresql":
         return [tuple(r) for r in session.connection().execute(stmt, params)]
-    cursor = _run(session, stmt, params)
+    cursor, results = _run(session, stmt, params)
     try:
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    _, _, results = _compiled(stmt, session.get_bind().dialect)
     if any(p is not None for p in results):
         rows = [
             tuple(v if p is None else p(v) for p, v in zip(results, row, strict=True))
@@ -128,13 +123,14 @@ def execute(session: Session, stmt: ClauseElement, params: Mapping[str, Any]) ->
     if session.get_bind().dialect.name != "postgresql":
         session.connection().execute(stmt, params)
         return
-    _run(session, stmt, params).close()
+    _run(session, stmt, params)[0].close()
 
 
-def columns_of(cls: type) -> list[Any]:
+@functools.cache
+def columns_of(cls: type) -> tuple[Any, ...]:
     """The mapped class's column attributes' columns, in mapper order (the order
     :func:`attach` reads a row's values in)."""
-    return [attr.columns[0] for attr in inspect(cls).column_attrs]
+    return tuple(attr.columns[0] for attr in inspect(cls).column_attrs)
 
 
 def attach(session: Session, cls: type[T], values: tuple | list) -> T:
@@ -186,21 +182,12 @@ def _mapper(cls: type) -> Any:
     return inspect(cls)
 
 
-_ATTR_KEYS: dict[type, list[str]] = {}
-_PK_POS: dict[type, list[int]] = {}
+@functools.cache
+def _attr_keys(cls: type) -> tuple[str, ...]:
+    return tuple(attr.key for attr in inspect(cls).column_attrs)
 
 
-def _attr_keys(cls: type) -> list[str]:
-    keys = _ATTR_KEYS.get(cls)
-    if keys is None:
-        keys = _ATTR_KEYS[cls] = [attr.key for attr in inspect(cls).column_attrs]
-    return keys
-
-
-def _pk_positions(cls: type) -> list[int]:
-    pos = _PK_POS.get(cls)
-    if pos is None:
-        mapper = inspect(cls)
-        cols = columns_of(cls)
-        pos = _PK_POS[cls] = [cols.index(c) for c in mapper.primary_key]
-    return pos
+@functools.cache
+def _pk_positions(cls: type) -> tuple[int, ...]:
+    cols = columns_of(cls)
+    return tuple(cols.index(c) for c in inspect(cls).primary_key)
