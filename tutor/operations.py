@@ -28,7 +28,6 @@ from .db import (
     Concept,
     Group,
     GroupMembership,
-    Interaction,
     Item,
     ItemConcept,
     Learner,
@@ -447,28 +446,6 @@ def rebuild_states(
         torch.set_num_threads(threads)
 
 
-def _histories(session: Session, learner_ids: list[int]) -> dict[int, list[tuple]]:
-    """Each learner's answers in event order, as ``states.answers_in_order`` (one query)."""
-    from .service import as_utc
-
-    out: dict[int, list[tuple]] = {lid: [] for lid in learner_ids}
-    rows = session.execute(
-        select(
-            Interaction.learner_id,
-            Item.external_id,
-            Interaction.correct,
-            Interaction.timestamp,
-            Interaction.event_id,
-        )
-        .join(Item, Item.id == Interaction.item_id)
-        .where(Interaction.learner_id.in_(learner_ids))
-        .order_by(Interaction.learner_id, Interaction.timestamp, Interaction.event_id)
-    )
-    for lid, item, correct, ts, ev in rows:
-        out[lid].append((item, int(correct), as_utc(ts), ev))
-    return out
-
-
 def _rebuild_states(
     session: Session,
     *,
@@ -477,9 +454,9 @@ def _rebuild_states(
     batch_size: int,
     progress: Any,
 ) -> int:
-    from .evidence import dump as evidence_dump
-    from .service import MODELS, as_utc, db_scope
-    from .states import concepts_of_items, replay_histories
+    from .service import MODELS, db_scope
+    from .states import concepts_of_items
+    from .states import rebuild_states as rebuild
 
     mid = model_id or org.active_model_id
     if mid is None:
@@ -497,29 +474,15 @@ def _rebuild_states(
     done = 0
     for start in range(0, len(learners), batch_size):
         chunk = learners[start : start + batch_size]
-        by_learner = _histories(session, [lr.id for lr in chunk])
-        hists = [by_learner[lr.id] for lr in chunk]
-        firsts = []
-        for lr, h in zip(chunk, hists, strict=True):
-            first = as_utc(lr.first_seen) or (h[0][2] if h else None)
-            if h and h[0][2] < first:
-                first = h[0][2]
-            if h:
-                lr.first_seen = first
-            firsts.append(first)
-        with torch.no_grad():
-            replayed = replay_histories(model, hists, firsts, concepts_of)
-        for (lr, h), (st, ev) in zip(zip(chunk, hists, strict=True), replayed, strict=True):
-            row = existing.get(lr.id)
-            if row is None:
-                row = LearnerState(learner_id=lr.id, model_id=mid, state=b"")
-                session.add(row)
-            row.state = model.encode(st)
-            row.evidence = evidence_dump(ev)
-            row.n_applied = len(h)
-            row.last_timestamp = h[-1][2] if h else None
-            row.last_event_id = h[-1][3] if h else None
-            lr.n_answers = len(h)
+        rebuild(
+            session,
+            model=model,
+            learners=chunk,
+            update_learners=True,
+            keep_after_read=False,
+            concepts_of=concepts_of,
+            rows={lr.id: existing[lr.id] for lr in chunk if lr.id in existing},
+        )
         session.flush()
         done += len(chunk)
         if progress is not None:

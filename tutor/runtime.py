@@ -15,7 +15,7 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -297,15 +297,14 @@ class LoadedModel:
     def step_many(
         self, state: Any, items: list[int], correct: list[int], times: list[float]
     ) -> Any:
-        """Fold answers into one learner's state, in order (O(1) each)."""
-        for i, c, t in zip(items, correct, times, strict=True):
-            state = self.model.step(
-                state,
-                torch.tensor([i], dtype=torch.long),
-                torch.tensor([float(c)]),
-                torch.tensor([t], dtype=torch.float32),
-            )
-        return state
+        """Fold answers into one learner's state, in order (O(1) each; :func:`step_through`)."""
+        return step_through(
+            self,
+            np.array([items], dtype=np.int64),
+            np.array([correct], dtype=np.float32),
+            np.array([times], dtype=np.float32),
+            state=state,
+        )
 
     @torch.no_grad()
     def predict(self, state: Any, items: np.ndarray, at_time: float | None = None) -> np.ndarray:
@@ -629,6 +628,40 @@ def concept_mastery_many(
 
 
 @torch.no_grad()
+def step_through(
+    model: LoadedModel,
+    items: np.ndarray,
+    correct: np.ndarray,
+    times: np.ndarray,
+    *,
+    stop: int | None = None,
+    visit: Callable[[int, Any], None] | None = None,
+    state: Any = None,
+) -> Any:
+    """The one loop that steps a model over answer histories: ``n`` learners' padded
+    histories (``[n, T]`` model item indices, 0/1, time values) stepped together, one
+    ``step`` per position, through the first ``stop`` positions (default all), from
+    ``state`` (default the initial state). ``visit(t, state)`` sees the batched state after
+    ``t`` answers, for ``t = 0 .. stop`` (before each step, and once at the end). Returns the
+    final state. Positions past a learner's history are padding: its state there is not its
+    own (read it at its length)."""
+    n, t_max = np.shape(items)
+    stop = t_max if stop is None else min(stop, t_max)
+    it = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+    cc = torch.from_numpy(np.ascontiguousarray(correct, dtype=np.float32))
+    tt = torch.from_numpy(np.ascontiguousarray(times, dtype=np.float32))
+    if state is None:
+        state = model.model.init_state(n)
+    for t in range(stop):
+        if visit is not None:
+            visit(t, state)
+        state = model.model.step(state, it[:, t], cc[:, t], tt[:, t])
+    if visit is not None:
+        visit(stop, state)
+    return state
+
+
+@torch.no_grad()
 def replay_many(
     model: LoadedModel,
     items: np.ndarray,
@@ -637,27 +670,21 @@ def replay_many(
     positions: list[np.ndarray],
 ) -> list[Any]:
     """Step ``n`` learners' padded histories (``[n, T]`` model item indices, 0/1, time
-    values) together and return, for each array of ``positions`` (``[n]``, answers folded,
-    ``0 .. T``), the batched state of every learner after that many of its answers."""
+    values) together (:func:`step_through`) and return, for each array of ``positions``
+    (``[n]``, answers folded, ``0 .. T``), the batched state of every learner after that many
+    of its answers."""
     n, t_max = items.shape
     positions = [np.clip(np.asarray(p, dtype=np.int64), 0, t_max) for p in positions]
     stop = max((int(p.max()) for p in positions if len(p)), default=0)
     got: list[list[tuple[np.ndarray, Any]]] = [[] for _ in positions]
-    state = model.model.init_state(n)
 
-    def capture(t: int) -> None:
+    def capture(t: int, state: Any) -> None:
         for k, pos in enumerate(positions):
             idx = np.flatnonzero(pos == t)
             if len(idx):
                 got[k].append((idx, model.model.state_select(state, torch.from_numpy(idx))))
 
-    it = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
-    cc = torch.from_numpy(np.ascontiguousarray(correct, dtype=np.float32))
-    tt = torch.from_numpy(np.ascontiguousarray(times, dtype=np.float32))
-    for t in range(min(stop, t_max)):
-        capture(t)
-        state = model.model.step(state, it[:, t], cc[:, t], tt[:, t])
-    capture(min(stop, t_max))
+    step_through(model, items, correct, times, stop=stop, visit=capture)
     out = []
     for parts in got:
         order = np.concatenate([idx for idx, _ in parts])

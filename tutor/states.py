@@ -2,11 +2,12 @@
 
 A learner's state for a model is rebuilt by replaying the stored answers in event order
 (timestamp, then event id) with :func:`replay_histories`, the one loop that steps models over
-histories: :func:`current_state` (a missing or stale state), ``tutor.operations`` (rebuilding
-every state after a model swap) and the analytics' timeline and status views all use it.
-States rebuilt during a read request are written back at its end by
-:func:`keep_rebuilt_states`, in a transaction of their own.
-"""
+histories. :func:`rebuild_states` is the one place that turns replayed histories into stored
+state rows: for a missing or stale state (:func:`current_state`, through
+:func:`rebuild_state`), after a model swap (``tutor.operations.rebuild_states``) and for a
+class's statuses (``tutor.analytics.status``); the analytics' timeline replays without
+storing. States rebuilt during a read request are written back at its end by
+:func:`keep_rebuilt_states`, in a transaction of their own."""
 
 from __future__ import annotations
 
@@ -24,17 +25,7 @@ from .blocking import may_block
 from .clock import as_utc
 from .db import Concept, Interaction, Item, ItemConcept, Learner, LearnerState
 from .evidence import Evidence
-from .runtime import LoadedModel
-
-
-def answers_in_order(session: Session, learner_id: int) -> list[tuple[str, int, datetime, str]]:
-    rows = session.execute(
-        select(Item.external_id, Interaction.correct, Interaction.timestamp, Interaction.event_id)
-        .join(Item, Item.id == Interaction.item_id)
-        .where(Interaction.learner_id == learner_id)
-        .order_by(Interaction.timestamp, Interaction.event_id)
-    ).all()
-    return [(r[0], int(r[1]), as_utc(r[2]), r[3]) for r in rows]
+from .runtime import LoadedModel, step_through
 
 
 def concepts_of_items(
@@ -73,7 +64,8 @@ def replay_histories(
     each learner's final state and own evidence (:mod:`tutor.evidence`), the evidence filter
     started at a concept's first own answer from the model's estimate just before it (as
     ``GET /mastery`` reports it: at the previous answer), as the answer path does. Histories
-    are stepped together, one ``step`` per position; ``after_step(t, state, evidence)`` sees
+    are stepped together, one ``step`` per position (:func:`tutor.runtime.step_through`);
+    ``after_step(t, state, evidence)`` sees
     the batched state and every learner's evidence after position ``t`` (the analytics'
     timelines read them as they go; the evidence is updated in place afterwards)."""
     n = len(hists)
@@ -89,47 +81,61 @@ def replay_histories(
         correct[k, : len(h)] = [x[1] for x in h]
         times[k, : len(h)] = [model.time_value(x[2], firsts[k], j) for j, x in enumerate(h)]
     evs: list[Evidence] = [{} for _ in range(n)]
-    state = model.model.init_state(n)
     finals: list[Any] = [None] * n
-    for t in range(t_max):
-        active = np.flatnonzero(lens > t)
-        need: dict[int, list[str]] = {}
-        for k in active:
-            miss = evidence_mod.needs_prior(evs[k], concepts_of.get(hists[k][t][0], ()))
-            if miss:
-                need[int(k)] = miss
-        priors: dict[int, dict[str, float]] = {}
-        shown: dict[int, dict[str, tuple[float, float]]] = {}
-        if need:
-            ks = np.array(sorted(need), dtype=np.int64)
-            cset = sorted({c for v in need.values() for c in v})
-            col = {c: j for j, c in enumerate(cset)}
-            cidx = np.array([model.concept_index(c) or 0 for c in cset], dtype=np.int64)
-            sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
-            raw = model.estimates(sub, cidx, scale="success")
-            est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(raw), cidx), np.nan)
-            for r, k in enumerate(ks.tolist()):
-                priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
-                shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}
-        for k in active:
-            h = hists[k][t]
-            evidence_mod.fold(
-                evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k), shown.get(k)
-            )
-        state = model.model.step(
-            state,
-            torch.from_numpy(items[:, t]),
-            torch.from_numpy(correct[:, t]),
-            torch.from_numpy(times[:, t]),
-        )
-        if after_step is not None:
-            after_step(t, state, evs)
-        for k in np.flatnonzero(lens == t + 1):
-            finals[k] = state if n == 1 else model.model.state_select(state, torch.tensor([k]))
+
+    def visit(t: int, state: Any) -> None:
+        # ``state``: after ``t`` answers; answer ``t`` (if any) is folded into the evidence
+        # here, from the estimates before it, and into the state by the step that follows
+        if t > 0:
+            if after_step is not None:
+                after_step(t - 1, state, evs)
+            for k in np.flatnonzero(lens == t):
+                finals[k] = state if n == 1 else model.model.state_select(state, torch.tensor([k]))
+        if t < t_max:
+            _fold_evidence(model, hists, concepts_of, evs, state, t, np.flatnonzero(lens > t))
+
+    step_through(model, items, correct, times, stop=t_max, visit=visit)
     return [
         (finals[k] if finals[k] is not None else model.model.init_state(1), evs[k])
         for k in range(n)
     ]
+
+
+def _fold_evidence(
+    model: LoadedModel,
+    hists: list[list[tuple[str, int, datetime, str]]],
+    concepts_of: dict[str, tuple[str, ...]],
+    evs: list[Evidence],
+    state: Any,
+    t: int,
+    active: np.ndarray,
+) -> None:
+    """Fold answer ``t`` of the ``active`` learners into their evidence, a concept's first
+    own answer starting the filter from the model's estimate in ``state`` (before it)."""
+    n = len(hists)
+    need: dict[int, list[str]] = {}
+    for k in active:
+        miss = evidence_mod.needs_prior(evs[k], concepts_of.get(hists[k][t][0], ()))
+        if miss:
+            need[int(k)] = miss
+    priors: dict[int, dict[str, float]] = {}
+    shown: dict[int, dict[str, tuple[float, float]]] = {}
+    if need:
+        ks = np.array(sorted(need), dtype=np.int64)
+        cset = sorted({c for v in need.values() for c in v})
+        col = {c: j for j, c in enumerate(cset)}
+        cidx = np.array([model.concept_index(c) or 0 for c in cset], dtype=np.int64)
+        sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
+        raw = model.estimates(sub, cidx, scale="success")
+        est = np.where(cidx > 0, model.scaled_at(np.nan_to_num(raw), cidx), np.nan)
+        for r, k in enumerate(ks.tolist()):
+            priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
+            shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}
+    for k in active:
+        h = hists[k][t]
+        evidence_mod.fold(
+            evs[k], concepts_of.get(h[0], ()), bool(h[1]), h[2], priors.get(k), shown.get(k)
+        )
 
 
 def _both(reachable: float, success: float) -> tuple[float, float]:
@@ -154,6 +160,132 @@ def first_answer_priors(
     return priors, shown
 
 
+def histories(
+    session: Session, learner_ids: list[int]
+) -> dict[int, list[tuple[str, int, datetime, str]]]:
+    """Each learner's answers in event order as (item external id, correct, time, event id),
+    one query per 1,000 learners."""
+    out: dict[int, list[tuple[str, int, datetime, str]]] = {lid: [] for lid in learner_ids}
+    for start in range(0, len(learner_ids), 1000):
+        rows = session.execute(
+            select(
+                Interaction.learner_id,
+                Item.external_id,
+                Interaction.correct,
+                Interaction.timestamp,
+                Interaction.event_id,
+            )
+            .join(Item, Item.id == Interaction.item_id)
+            .where(Interaction.learner_id.in_(learner_ids[start : start + 1000]))
+            .order_by(Interaction.learner_id, Interaction.timestamp, Interaction.event_id)
+        )
+        for lid, item, correct, ts, ev in rows:
+            out[lid].append((item, int(correct), as_utc(ts), ev))
+    return out
+
+
+def answers_in_order(session: Session, learner_id: int) -> list[tuple[str, int, datetime, str]]:
+    """One learner's :func:`histories`."""
+    return histories(session, [learner_id])[learner_id]
+
+
+def rebuild_states(
+    session: Session,
+    *,
+    model: LoadedModel,
+    learners: list[Learner],
+    update_learners: bool,
+    keep_after_read: bool,
+    concepts_of: dict[str, tuple[str, ...]] | None = None,
+    rows: dict[int, LearnerState] | None = None,
+    watch: dict[str, Any] | None = None,
+) -> list[tuple[Any, LearnerState]]:
+    """Replay the learners' whole histories together (:func:`replay_histories`) and put the
+    results in their state rows for ``model`` (created where missing): the one place that
+    turns replayed histories into stored states, for a stale state read
+    (:func:`rebuild_state`), a model swap (``tutor.operations.rebuild_states``) and a class's
+    statuses (``tutor.analytics.status``). Returns each learner's (state, row), in order.
+
+    - ``update_learners``: also correct each learner's answer count and first-seen time from
+      the history where they disagree (one learner's rebuild and a model swap; a class's
+      statuses leave the learners as they were read);
+    - ``keep_after_read``: the rows are written at the read request's end by
+      :func:`keep_rebuilt_states` (and :func:`current_state` finds them);
+    - ``concepts_of`` and ``rows`` (learner id -> its state row): what the caller has read
+      already (otherwise read here, one query each);
+    - ``watch`` (one learner only; event id -> None) receives, for each of its event ids,
+      the state and a copy of the evidence right after that answer.
+    """
+    if watch and len(learners) != 1:
+        raise ValueError("watch follows one learner's replay")
+    may_block("replaying learners' histories")
+    if not learners:
+        return []
+    ids = [lr.id for lr in learners]
+    by_learner = histories(session, ids)
+    hists = [by_learner[i] for i in ids]
+    firsts: list[datetime | None] = []
+    for lr, h in zip(learners, hists, strict=True):
+        first = as_utc(lr.first_seen)
+        if h and (first is None or h[0][2] < first):
+            first = h[0][2]
+        firsts.append(first)
+    if concepts_of is None:
+        concepts_of = concepts_of_items(
+            session, org_id=learners[0].org_id, item_ext=[x[0] for h in hists for x in h]
+        )
+    rows = dict(rows or {})
+    missing = [i for i in ids if i not in rows]
+    if len(missing) == 1:  # the identity map may hold it: no query
+        row = session.get(LearnerState, (missing[0], model.model_id))
+        if row is not None:
+            rows[missing[0]] = row
+    else:
+        for start in range(0, len(missing), 1000):
+            chunk = missing[start : start + 1000]
+            rows.update(
+                (r.learner_id, r)
+                for r in session.scalars(
+                    select(LearnerState).where(
+                        LearnerState.model_id == model.model_id,
+                        LearnerState.learner_id.in_(chunk),
+                    )
+                )
+            )
+    after_step = None
+    if watch:
+        at = {t: h[3] for t, h in enumerate(hists[0]) if h[3] in watch}
+
+        def after_step(t: int, st: Any, evs: list[Evidence]) -> None:
+            if t in at:
+                watch[at[t]] = (st, evidence_mod.load(evidence_mod.dump(evs[0])))
+
+    with torch.no_grad():
+        replayed = replay_histories(model, hists, firsts, concepts_of, after_step)
+    out: list[tuple[Any, LearnerState]] = []
+    kept = session.info.setdefault("rebuilt", []) if keep_after_read else None
+    for lr, h, first, (state, ev) in zip(learners, hists, firsts, replayed, strict=True):
+        row = rows.get(lr.id)
+        if row is None:
+            row = LearnerState(learner_id=lr.id, model_id=model.model_id, state=b"")
+            session.add(row)
+        row.state = model.encode(state)
+        row.evidence = evidence_mod.dump(ev)
+        row.n_applied = len(h)
+        row.last_timestamp = h[-1][2] if h else None
+        row.last_event_id = h[-1][3] if h else None
+        if update_learners:
+            if h and as_utc(lr.first_seen) != first:
+                lr.first_seen = first
+            if lr.n_answers != len(h):
+                lr.n_answers = len(h)
+        if kept is not None:
+            kept.append(row)
+            remember_state(session, lr.id, model.model_id, row)
+        out.append((state, row))
+    return out
+
+
 def rebuild_state(
     session: Session,
     *,
@@ -161,38 +293,16 @@ def rebuild_state(
     model: LoadedModel,
     watch: dict[str, Any] | None = None,
 ) -> tuple[Any, LearnerState]:
-    """Replay the learner's whole history through the model (rare path, see module doc).
-    ``watch`` (event id -> None) receives, for each of its event ids, the state and a copy of
-    the evidence right after that answer."""
-    may_block("replaying a learner's history")
-    hist = answers_in_order(session, learner.id)
-    first = as_utc(learner.first_seen)
-    if hist and (first is None or hist[0][2] < first):
-        first = learner.first_seen = hist[0][2]
-    concepts_of = concepts_of_items(session, org_id=learner.org_id, item_ext=[h[0] for h in hist])
-    after_step = None
-    if watch:
-        at = {k: h[3] for k, h in enumerate(hist) if h[3] in watch}
-
-        def after_step(t: int, st: Any, evs: list[Evidence]) -> None:
-            if t in at:
-                watch[at[t]] = (st, evidence_mod.load(evidence_mod.dump(evs[0])))
-
-    with torch.no_grad():
-        state, ev = replay_histories(model, [hist], [first], concepts_of, after_step)[0]
-    row = session.get(LearnerState, (learner.id, model.model_id))
-    if row is None:
-        row = LearnerState(learner_id=learner.id, model_id=model.model_id, state=b"")
-        session.add(row)
-    row.state = model.encode(state)
-    row.evidence = evidence_mod.dump(ev)
-    row.n_applied = len(hist)
-    row.last_timestamp = hist[-1][2] if hist else None
-    row.last_event_id = hist[-1][3] if hist else None
-    learner.n_answers = len(hist)
-    session.info.setdefault("rebuilt", []).append(row)
-    remember_state(session, learner.id, model.model_id, row)
-    return state, row
+    """Replay one learner's whole history through the model (rare path, see module doc)
+    with :func:`rebuild_states` (``watch``: as there)."""
+    return rebuild_states(
+        session,
+        model=model,
+        learners=[learner],
+        update_learners=True,
+        keep_after_read=True,
+        watch=watch,
+    )[0]
 
 
 def keep_rebuilt_states(session: Session) -> None:

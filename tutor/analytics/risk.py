@@ -281,13 +281,12 @@ def _catch_up(
             rows = np.arange(start, start + n)
             times = _time_values(model, np.array([n]), rep.t[rows], members.first_seen[[k]])
             idx = items.model_idx[rep.ipos[rows]]
-            for j in range(done, target):
-                state = model.model.step(
-                    state,
-                    torch.tensor([int(idx[j])]),
-                    torch.tensor([float(rep.correct[rows[j]])]),
-                    torch.tensor([float(times[j])], dtype=torch.float32),
-                )
+            state = model.step_many(
+                state,
+                idx[done:target].tolist(),
+                rep.correct[rows[done:target]].tolist(),
+                times[done:target].tolist(),
+            )
             blob = model.encode(state)
         _SNAPS.put(key, blob)
         return blob

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -33,8 +32,9 @@ from ..evidence import STATUSES, EvidenceRule
 from ..runtime import SECONDS_PER_DAY, LoadedModel, concept_mastery_many, decode_many
 from ..service import as_utc
 from ..settings import org_setting
+from ..states import rebuild_states
 from .cache import _GROUP
-from .context import _Context, _item_index, _ItemIndex, _Members
+from .context import _Context, _Members
 
 NOT_STARTED, ESTIMATED, LEARNING, MASTERED, STRUGGLING = range(len(STATUSES))
 
@@ -164,14 +164,13 @@ def group_status(
             scale,
         )
     if len(which) and c:
-        _score_rows(session, org, ctx, members, which, gs, at)
+        _score_rows(session, ctx, members, which, gs, at)
     _GROUP.put(key, (members.fingerprint, gs, members.ids.copy(), members.n_answers.copy()))
     return gs
 
 
 def _score_rows(
     session: Session,
-    org: Organisation,
     ctx: _Context,
     members: _Members,
     which: np.ndarray,
@@ -209,13 +208,22 @@ def _score_rows(
             blobs.append(row[0])
             raws.append(row[2])
     if stale:
-        items = _item_index(session, org, ctx)
-        rebuilt = _rebuild_states(session, ctx, items, members, stale)
-        by_learner = {int(st.learner_id): st.evidence for st in session.info.get("rebuilt", [])}
+        ids = [int(members.ids[k]) for k in stale]
+        learners: dict[int, Learner] = {}
+        for start in range(0, len(ids), 1000):
+            q = select(Learner).where(Learner.id.in_(ids[start : start + 1000]))
+            learners.update((lr.id, lr) for lr in session.scalars(q))
+        rebuilt = rebuild_states(
+            session,
+            model=model,
+            learners=[learners[i] for i in ids],
+            update_learners=False,
+            keep_after_read=True,
+        )
         pos = {k: j for j, k in enumerate(which.tolist())}
-        for k, blob in zip(stale, rebuilt, strict=True):
-            blobs[pos[k]] = blob
-            raws[pos[k]] = by_learner.get(int(members.ids[k]))
+        for k, (_, row) in zip(stale, rebuilt, strict=True):
+            blobs[pos[k]] = row.state
+            raws[pos[k]] = row.evidence
     states = decode_many(model, blobs)
     times = _at_times(model, members, at)
     success = concept_mastery_many(model, states, None if times is None else times[which])
@@ -237,48 +245,6 @@ def _score_rows(
             gs.answers[k, j], gs.correct[k, j], gs.run[k, j] = e.n, e.n_correct, e.run
             gs.mastery[k, j] = e.p
             gs.status[k, j] = code[evidence_mod.status(e, gs.rule, any_answers=True)]
-
-
-def _rebuild_states(
-    session: Session, ctx: _Context, items: _ItemIndex, members: _Members, which: list[int]
-) -> list[bytes]:
-    """Replay the histories of some members together; returns their state bytes and keeps
-    the rebuilt rows (the request ends with ``states.keep_rebuilt_states``)."""
-    from ..operations import _histories
-    from ..states import concepts_of_items, replay_histories
-
-    model = ctx.model
-    ids = [int(x) for x in members.ids[which]]
-    by_learner = _histories(session, ids)
-    hists = [by_learner[i] for i in ids]
-    learners = {lr.id: lr for lr in session.scalars(select(Learner).where(Learner.id.in_(ids)))}
-    firsts = []
-    for i, h in zip(ids, hists, strict=True):
-        first = as_utc(learners[i].first_seen)
-        if h and (first is None or h[0][2] < first):
-            first = h[0][2]
-        firsts.append(first)
-    concepts_of = concepts_of_items(
-        session,
-        org_id=next(iter(learners.values())).org_id,
-        item_ext=[x[0] for h in hists for x in h],
-    )
-    with torch.no_grad():
-        replayed = replay_histories(model, hists, firsts, concepts_of)
-    out = []
-    rebuilt = session.info.setdefault("rebuilt", [])
-    for learner_id, h, (st, ev) in zip(ids, hists, replayed, strict=True):
-        blob = model.encode(st)
-        out.append(blob)
-        row = session.get(LearnerState, (learner_id, model.model_id))
-        if row is None:
-            row = LearnerState(learner_id=learner_id, model_id=model.model_id, state=b"")
-            session.add(row)
-        row.state, row.n_applied, row.evidence = blob, len(h), evidence_mod.dump(ev)
-        row.last_timestamp = h[-1][2] if h else None
-        row.last_event_id = h[-1][3] if h else None
-        rebuilt.append(row)
-    return out
 
 
 def _at_times(model: LoadedModel, members: _Members, at: datetime | None) -> np.ndarray | None:
