@@ -10,8 +10,9 @@ demo's 13,400 items over 107 concepts, and 50,000 items over 500 concepts) and d
    once and cached under ``runs/serve_load/`` (``benchmarks/bench_world.py``);
 2. a fresh database gets the schema (Alembic), the dataset, the model, keys and every
    learner's state, then ``ANALYZE``;
-3. uvicorn serves it (``--workers``: a comma list runs each count; default 1,2 on PostgreSQL,
-   1 on SQLite, whose writers are serialised anyway) and ``wrk`` (``--connections``,
+3. ``tutor serve`` serves it (``--workers``: a comma list runs each count; default 1,2 on
+   PostgreSQL, 1 on SQLite, whose writers are serialised anyway; ``--server uvicorn``: plain
+   ``uvicorn --workers``, whose workers share one listening socket) and ``wrk`` (``--connections``,
    ``--threads``) drives three loads of ``--seconds`` each after ``--warmup`` unmeasured
    seconds: **mixed** (an answer of a random learner, then the next 5 items of the learner
    that wrk thread answered for last (per thread, not per connection), again
@@ -132,15 +133,21 @@ def _free_port() -> int:
 
 
 class Server:
-    """The API under test: ``uvicorn --workers W`` on a free port, started and ready."""
+    """The API under test on a free port, started and ready: ``tutor serve --workers W``
+    (``how="tutor"``: the project's own command, on Linux one listening socket per worker)
+    or ``uvicorn --workers W`` (``how="uvicorn"``: one socket shared by the workers)."""
 
-    def __init__(self, url: str, workers: int, log_path: Path) -> None:
+    def __init__(self, url: str, workers: int, log_path: Path, how: str = "tutor") -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url, "TUTOR_ENVIRONMENT": "development"}
-        cmd = [sys.executable, "-m", "uvicorn", "tutor.api.app:create_app", "--factory"]
+        if how == "tutor":
+            cmd = [sys.executable, "-m", "tutor.cli", "serve", "--no-migrate"]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "tutor.api.app:create_app", "--factory"]
+            cmd += ["--log-level", "warning"]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
-        cmd += ["--no-access-log", "--log-level", "warning"]
+        cmd += ["--no-access-log"]
         with open(log_path, "ab") as fh:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
@@ -544,7 +551,13 @@ def main() -> None:
     ap.add_argument(
         "--alone-seconds", type=float, default=5.0, help="seconds of one request at a time"
     )
-    ap.add_argument("--workers", default="", help="uvicorn workers, a comma list runs each")
+    ap.add_argument("--workers", default="", help="worker processes, a comma list runs each")
+    ap.add_argument(
+        "--server",
+        default="tutor",
+        choices=("tutor", "uvicorn"),
+        help="'tutor serve' (default) or plain 'uvicorn --workers' (one shared socket)",
+    )
     ap.add_argument("--pg", default=PG_URL, help="PostgreSQL server URL")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "serve_load.txt")
     ap.add_argument("--py-spy", default="", help="py-spy binary: profile one load")
@@ -573,7 +586,8 @@ def main() -> None:
     version = subprocess.run([wrk, "--version"], capture_output=True, text=True).stdout
     console.print(
         f"serve_load: {os.cpu_count()} cores ({cpu_name}), Python {platform.python_version()}, "
-        f"uvicorn ({_uvicorn_stack()}), {version.splitlines()[0] if version else 'wrk'} on the "
+        f"{'tutor serve on ' if args.server == 'tutor' else ''}uvicorn ({_uvicorn_stack()}), "
+        f"{version.splitlines()[0] if version else 'wrk'} on the "
         f"same machine; {datetime.now(UTC):%Y-%m-%d}\n"
         f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\n"
     )
@@ -596,7 +610,7 @@ def main() -> None:
                 for workers in (int(w) for w in counts.split(",")):
                     log(f"{name}, {db}: {workers} worker(s)")
                     setup["profile_prefix"] = WORK / f"pyspy-{concepts}x{per}-{db}-{workers}"
-                    server = Server(url, workers, WORK / f"server-{db}.log")
+                    server = Server(url, workers, WORK / f"server-{db}.log", args.server)
                     try:
                         loads = measure(wrk, server, setup, args)
                     finally:

@@ -165,18 +165,18 @@ def test_db_downgrade_and_serve(url: str, monkeypatch: pytest.MonkeyPatch) -> No
 
     seen = {}
 
-    def fake_run(target: str, **kw: object) -> None:
-        seen.update(kw, target=target, env=os.environ.get("DATABASE_URL"))
+    def fake_serve(**kw: object) -> None:
+        seen.update(kw, env=os.environ.get("DATABASE_URL"))
 
-    import uvicorn
+    from tutor.api import server
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(server, "serve", fake_serve)
     # recorded, so the URL the command exports is undone afterwards
     monkeypatch.setenv("DATABASE_URL", "sqlite:///elsewhere.db")
-    r = tutor(url, "serve", "--port", "8123", "--workers", "2")
+    r = tutor(url, "serve", "--port", "8123", "--workers", "2", "--no-access-log")
     assert r.exit_code == 0, r.output
-    assert seen["target"] == "tutor.api.app:create_app" and seen["factory"] is True
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
+    assert seen["access_log"] is False
     assert seen["env"] == url
     assert "loop" not in seen  # uvicorn's choice (uvloop where installed)
     assert tutor(url, "db", "current").stdout.strip() == "0005"  # --migrate is the default
@@ -185,7 +185,7 @@ def test_db_downgrade_and_serve(url: str, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TUTOR_INLINE_HOT_ROUTES", "true")
     seen.clear()
     assert tutor(url, "serve", "--no-migrate").exit_code == 0
-    assert seen["loop"] == "asyncio"
+    assert seen["loop"] == "asyncio" and seen["access_log"] is True
 
 
 def test_event_loop_warning_names_the_fix() -> None:

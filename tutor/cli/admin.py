@@ -426,9 +426,19 @@ def prerequisites_load(
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes (on Linux each with a listening socket of its own: "
+            "connections spread evenly over them).",
+            min=1,
+        ),
+    ] = 1,
     migrate: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Run 'tutor db upgrade' first.")
+    ] = True,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = True,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -437,14 +447,15 @@ def serve_cmd(
     if migrate:
         rev = _alembic("upgrade", url, "head")
         console.print(f"database {safe_url(url)} at revision {rev}", highlight=False)
-    _run_api(url, host=host, port=port, workers=workers)
+    _run_api(url, host=host, port=port, workers=workers, access_log=access_log)
 
 
-def _run_api(url: str, **uvicorn_options: Any) -> None:
-    """Serve the API on the database ``url`` with uvicorn (``host``, ``port``, ...)."""
+def _run_api(url: str, **options: Any) -> None:
+    """Serve the API on the database ``url`` (:func:`tutor.api.server.serve`: ``host``,
+    ``port``, ``workers`` and uvicorn's options)."""
     import os
 
-    import uvicorn
+    from tutor.api.server import WorkerFailed, serve
 
     os.environ["DATABASE_URL"] = url  # the workers read their settings from the environment
     from tutor.settings import get_settings
@@ -453,8 +464,11 @@ def _run_api(url: str, **uvicorn_options: Any) -> None:
     if get_settings().inline_hot_routes:
         # uvloop serves a loop that is always busy unevenly (some requests wait seconds, see
         # tutor.api.app.event_loop_warning): the standard loop is as fast here and fair
-        uvicorn_options.setdefault("loop", "asyncio")
-    uvicorn.run("tutor.api.app:create_app", factory=True, **uvicorn_options)
+        options.setdefault("loop", "asyncio")
+    try:
+        serve(**options)
+    except WorkerFailed as exc:
+        fail(f"{exc}: see the lines above")
 
 
 # ---------------------------------------------------------------------- demo

@@ -1,0 +1,169 @@
+"""``tutor serve --workers N`` (``tutor.api.server``): on Linux each worker listens on a socket
+of its own; the supervisor restarts a worker that dies, stops them all on SIGTERM, and fails
+with a message when a worker cannot start. Real processes on a SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tutor.api.server import listening_socket, reuse_port_supported
+
+pytestmark = pytest.mark.skipif(
+    not reuse_port_supported(), reason="one listening socket per worker: Linux only"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _listeners(port: int) -> int:
+    """TCP sockets listening on ``port`` (state 0A in /proc/net/tcp)."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            n += 1
+    return n
+
+
+def _serve(url: str, port: int, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "TUTOR_ENVIRONMENT": "development", "DATABASE_URL": url}
+    cmd = [sys.executable, "-m", "tutor.cli", "serve", "--workers", str(workers)]
+    cmd += ["--port", str(port), "--no-access-log", "--database-url", url]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait(check, what: str, proc: subprocess.Popen, timeout: float = 60) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not check():
+        if proc.poll() is not None:
+            raise AssertionError(f"{what}: the server ended: {proc.stdout.read().decode()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_workers_listen_each_and_are_supervised(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve(url, port, 2)
+    try:
+        _wait(lambda: _listeners(port) == 2 and _healthy(base), "two workers listening", proc)
+        workers = _children(proc.pid)
+        # the spawn start method may add its resource tracker beside the workers
+        assert len([w for w in workers if b"spawn_main" in _cmdline(w)]) == 2
+        # many connections, all served
+        clients = [httpx.Client(base_url=base, timeout=5) for _ in range(16)]
+        try:
+            assert all(c.get("/health").status_code == 200 for c in clients)
+        finally:
+            for c in clients:
+                c.close()
+        # a worker that dies is replaced, and the service goes on
+        victim = next(w for w in workers if b"spawn_main" in _cmdline(w))
+        os.kill(victim, signal.SIGKILL)
+        _wait(
+            lambda: victim not in _children(proc.pid) and _listeners(port) == 2,
+            "a new worker",
+            proc,
+        )
+        assert _healthy(base)
+        # SIGTERM stops every worker and the supervisor, cleanly
+        kids = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        output = proc.stdout.read().decode()
+        assert f"worker process {victim} stopped" in output, output
+        assert _listeners(port) == 0
+        assert not [k for k in kids if Path(f"/proc/{k}").exists() and _alive(k)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:
+    """A socket outside the group holds the port: no worker can listen, the command fails
+    (exit 2) and says why, and no process is left behind."""
+    port = _free_port()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2)
+        assert proc.wait(60) == 2
+    output = proc.stdout.read().decode()
+    assert f"cannot listen on 127.0.0.1:{port}" in output, output
+    assert "a worker stopped before it served" in output, output
+
+
+def test_one_worker_is_uvicorns_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from tutor.api import server
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: seen.update(kw, target=target))
+    server.serve(host="127.0.0.1", port=8123, workers=1, access_log=False)
+    assert seen["target"] == "tutor.api.app:create_app" and seen["factory"] is True
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 1)
+    assert seen["access_log"] is False
+
+
+def test_listening_sockets_share_the_port() -> None:
+    a = listening_socket("127.0.0.1", 0)
+    try:
+        port = a.getsockname()[1]
+        b = listening_socket("127.0.0.1", port)
+        b.close()
+        with socket.socket() as plain, pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    finally:
+        a.close()
