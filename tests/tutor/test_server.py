@@ -130,6 +130,23 @@ def _alive(pid: int) -> bool:
     return state[state.rindex(")") + 2] != "Z"
 
 
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2)
+    try:
+        _wait(lambda: _listeners(port) == 2, "two workers listening", proc)
+        kids = [k for k in _children(proc.pid) if b"spawn_main" in _cmdline(k)]
+        assert len(kids) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [k for k in kids if _alive(k)], "workers serve on without their supervisor"
+    assert _listeners(port) == 0
+
+
 def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:
     """A socket outside the group holds the port: no worker can listen, the command fails
     (exit 2) and says why, and no process is left behind."""

@@ -14,9 +14,11 @@ the workers are doing. (Linux only lets sockets of the same user join the group.
 systems' ``SO_REUSEPORT`` does not balance: there uvicorn's workers serve as before.)
 
 The parent process supervises: ``SIGINT``/``SIGTERM`` stop every worker gracefully (uvicorn's
-shutdown: open requests finish); a worker that stops on its own after it started serving is
-started again; a worker that fails before it serves (the address taken, the database out of
-reach) stops them all, and :func:`serve` raises :class:`WorkerFailed`.
+shutdown: open requests finish), and so does the supervisor's own end, however it comes (the
+workers ask Linux for a signal when their parent ends); a worker that stops on its own after
+it started serving is started again; a worker that fails before it serves (the address
+taken, the database out of reach) stops them all, and :func:`serve` raises
+:class:`WorkerFailed`.
 """
 
 from __future__ import annotations
@@ -80,8 +82,11 @@ def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> 
 
 
 def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None:
-    """One worker process: its own listening socket, then uvicorn until stopped."""
+    """One worker process: its own listening socket, then uvicorn until stopped (or until
+    the supervisor is gone: a worker must not serve on unsupervised)."""
     import uvicorn
+
+    _stop_with_parent()
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -98,6 +103,18 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None
     server.run(sockets=[sock])
     if not ready.is_set():
         sys.exit(3)
+
+
+def _stop_with_parent() -> None:
+    """Linux: this process gets SIGTERM when its parent ends, however it ends (even killed)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        _say(f"cannot ask to be stopped with the supervisor (errno {ctypes.get_errno()})")
+    if os.getppid() == 1:  # the supervisor ended before the request took effect
+        sys.exit(1)
 
 
 def _say(message: str) -> None:
