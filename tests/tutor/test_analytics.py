@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text
 
+from tests.tutor.helpers import GROUP_ACCESS, answer_batch, set_org_settings
+
 ANSWERS = [
     ("a1", "u0", "i0", 1, "10:00"),
     ("a2", "u0", "i1", 0, "10:01"),
@@ -34,32 +36,6 @@ ANSWERS = [
     ("x1", "u2", "i1", 1, "10:04"),
 ]
 ITEM_CONCEPTS = {"i0": ["c0", "c1"], "i1": ["c0"], "i5": ["c1", "c2"], "i6": ["c1"]}
-
-# who may read a group's routes: (key, group) -> status (test_teaching.py uses it too)
-GROUP_ACCESS = {
-    ("admin", "g1"): 200,
-    ("admin", "g2"): 200,
-    ("teacher", "g1"): 200,
-    ("teacher", "g2"): 404,  # not its group
-    ("admin", "nope"): 404,
-    ("learner", "g1"): 403,
-    ("ingest", "g1"): 403,
-    ("other_admin", "g1"): 404,  # another organisation
-}
-
-
-def answer_batch(answers) -> list[dict]:
-    """The ``/v1/answers`` batch of ``(event, learner, item, correct, "HH:MM")`` rows."""
-    return [
-        {
-            "event_id": e,
-            "learner_id": u,
-            "item_id": i,
-            "correct": c,
-            "timestamp": f"2024-03-01T{t}:00Z",
-        }
-        for e, u, i, c, t in answers
-    ]
 
 
 @pytest.fixture
@@ -73,7 +49,7 @@ def posted(client, world):
     assert r.status_code == 201, r.text
     # two learners: every point and item counts here (the defaults hide small numbers; see
     # test_small_numbers_are_hidden_by_default)
-    _set_org_settings(world, curve_min_learners=1, item_flag_min_learners=1)
+    set_org_settings(world, curve_min_learners=1, item_flag_min_learners=1)
     return client
 
 
@@ -249,7 +225,7 @@ def test_learner_timeline(posted, world, dkt_run):
     now = _mastery(posted, world, "u0", "mastery")
     assert body["points"][1]["mastery"] == pytest.approx([now["c3"], now["c1"]], abs=2e-6)
     # on the success scale, the raw predicted success
-    _set_org_settings(world, mastery_scale="success")
+    set_org_settings(world, mastery_scale="success")
     r = posted.get("/v1/analytics/learners/u0/timeline", headers=world.headers("admin"))
     raw = _mastery(posted, world, "u0")
     assert r.json()["scale"] == "success"
@@ -394,16 +370,6 @@ def _same_numbers(a: object, b: object, tol: float = 2e-6) -> bool:
     return a == b
 
 
-def _set_org_settings(world, **values) -> None:
-    from tutor.db import Organisation, create_db_engine, make_sessionmaker
-
-    engine = create_db_engine(world.url)
-    with make_sessionmaker(engine)() as s, s.begin():
-        org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
-        org.settings = {**(org.settings or {}), **values}
-    engine.dispose()
-
-
 def test_item_statistics(posted, world, dkt_run):
     h = world.headers("teacher")
     r = posted.get("/v1/analytics/groups/g1/items", headers=h)
@@ -439,7 +405,7 @@ def test_item_statistics(posted, world, dkt_run):
     assert [i["item_id"] for i in r.json()["items"]] == [k for _, k in gaps[1:3]]
     assert posted.get("/v1/analytics/groups/g1/items?sort=x", headers=h).status_code == 422
     # flags: thresholds from the organisation's settings; z from the predictions
-    _set_org_settings(world, item_flag_min_attempts=4, item_flag_z=0.01)
+    set_org_settings(world, item_flag_min_attempts=4, item_flag_z=0.01)
     body = posted.get("/v1/analytics/groups/g1/items", headers=h).json()
     i1 = next(i for i in body["items"] if i["item_id"] == "i1")
     ps = np.array(preds["i1"])
@@ -459,7 +425,7 @@ def test_learners_at_risk(posted, world):
     h = world.headers("admin")
     posted.put("/v1/groups/g1/members", json=["u0", "u1", "u3"], headers=h)
     # inactivity over 0.001 days (86 s): u0's last answer is 3 minutes before u1's
-    _set_org_settings(world, risk_low_mastery=0.99, risk_inactive_days=0.001, risk_window_answers=2)
+    set_org_settings(world, risk_low_mastery=0.99, risk_inactive_days=0.001, risk_window_answers=2)
     r = posted.get("/v1/analytics/groups/g1/at-risk", headers=world.headers("teacher"))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -500,7 +466,7 @@ def test_learners_at_risk(posted, world):
         np.mean([est[c] for c in ("c0", "c1", "c2")]) - first_two, abs=2e-6
     )
     # a live group (an answer now): inactivity against now, so u0 (2024) is inactive
-    _set_org_settings(world, risk_low_mastery=0.01, risk_mastery_drop=0.99, risk_inactive_days=30)
+    set_org_settings(world, risk_low_mastery=0.01, risk_mastery_drop=0.99, risk_inactive_days=30)
     new = {"event_id": "live1", "learner_id": "u1", "item_id": "i6", "correct": 1}
     assert posted.post("/v1/answers", json=new, headers=world.headers("ingest")).status_code == 201
     body = posted.get("/v1/analytics/groups/g1/at-risk", headers=h).json()
@@ -530,7 +496,7 @@ def test_answers_without_a_clock_count_for_no_activity(posted, world):
         )
     engine.dispose()
     clear_caches()
-    _set_org_settings(world, risk_inactive_days=0.001)
+    set_org_settings(world, risk_inactive_days=0.001)
     h = world.headers("teacher")
     risk = posted.get("/v1/analytics/groups/g1/at-risk", headers=h).json()
     assert risk["reference_time"].startswith("2024-03-01T10:03:00")  # u0's, the only clock
@@ -634,7 +600,7 @@ def test_model_card_psikt_with_results(client, world, psikt_run, tmp_path):
     cols = [c["concept_id"] for c in grid["concepts"]]
     assert grid["learners"][0]["mastery"] == pytest.approx([ref[c] for c in cols], abs=1e-5)
     # learning curves through PSI-KT's forward (on the clock) equal its serving form
-    _set_org_settings(world, curve_min_learners=1)
+    set_org_settings(world, curve_min_learners=1)
     curves = client.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
     curves = {c["concept_id"]: c["points"] for c in curves["curves"]}
     assert set(curves) == {"c0", "c1", "c2"}
@@ -794,7 +760,7 @@ def test_at_risk_after_new_answers_equals_a_fresh_computation(posted, world):
     from tutor.analytics import clear_caches
 
     h = world.headers("admin")
-    _set_org_settings(world, risk_low_mastery=0.99, risk_window_answers=2)
+    set_org_settings(world, risk_low_mastery=0.99, risk_window_answers=2)
     posted.get("/v1/analytics/groups/g1/at-risk", headers=h)
     for k, (item, correct) in enumerate([("i6", 1), ("i0", 0), ("i5", 1)]):
         new = {"event_id": f"c{k}", "learner_id": "u1", "item_id": item, "correct": correct}

@@ -38,7 +38,7 @@ import httpx
 import pytest
 
 from tests.tutor.conftest import build_world, reset_schema
-from tests.tutor.test_e2e import ans, run_server
+from tests.tutor.helpers import ans, run_server
 from tutor.api.analytics import STUDENT_COLUMNS
 from tutor.dashboard import VENDOR_FILES, static_root, vendor_missing
 

@@ -8,93 +8,18 @@ clients posting for one learner end in the state of the same answers posted seri
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tests.tutor.helpers import T0, ans, run_server
 from tutor.db import Interaction, Learner, LearnerState, create_db_engine, make_sessionmaker
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def run_server(url: str, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url, "TUTOR_ENVIRONMENT": "test"}
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tutor.api.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
-
-
-def ans(event: str, learner: str, item: str, correct: int, k: int) -> dict:
-    ts = (T0 + timedelta(minutes=k)).isoformat()
-    return {
-        "event_id": event,
-        "learner_id": learner,
-        "item_id": item,
-        "correct": correct,
-        "timestamp": ts,
-    }
 
 
 def test_service_over_http(world, psikt_run, tmp_path):

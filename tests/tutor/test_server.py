@@ -15,17 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.tutor.helpers import free_port
 from tutor.api.server import listening_socket, reuse_port_supported
 
 pytestmark = pytest.mark.skipif(
     not reuse_port_supported(), reason="one listening socket per worker: Linux only"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -77,7 +72,7 @@ def _healthy(base: str) -> bool:
 
 def test_workers_listen_each_and_are_supervised(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'serve.db'}"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _serve(url, port, 2)
     try:
@@ -131,7 +126,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2)
     try:
         _wait(lambda: _listeners(port) == 2, "two workers listening", proc)
@@ -150,7 +145,7 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
 def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:
     """A socket outside the group holds the port: no worker can listen, the command fails
     (exit 2) and says why, and no process is left behind."""
-    port = _free_port()
+    port = free_port()
     with socket.socket() as held:
         held.bind(("127.0.0.1", port))
         held.listen()

@@ -30,7 +30,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.tutor.test_analytics import GROUP_ACCESS, _set_org_settings, answer_batch
+from tests.tutor.helpers import GROUP_ACCESS, answer_batch, set_org_settings
 
 ANSWERS = [
     ("a1", "u0", "i0", 1, "10:00"),
@@ -255,7 +255,7 @@ def test_csv_export_of_every_table(taught, world):
     assert {x["learner_id"] for x in groups} == {"u0", "u1"}
     risk = _csv(taught.get(f"{base}/at-risk?format=csv", headers=h))
     assert set(risk[0]) >= {"learner_id", "severity", "reasons"}
-    _set_org_settings(world, curve_min_learners=1)
+    set_org_settings(world, curve_min_learners=1)
     curves = _csv(taught.get(f"{base}/learning-curves?format=csv", headers=h))
     assert {x["concept_id"] for x in curves} == {"c0", "c1", "c2"}
     assert set(curves[0]) >= {"observed_low", "observed_high", "predicted_error"}
@@ -294,7 +294,7 @@ def test_small_numbers_are_hidden_by_default(taught, world):
     body = taught.get("/v1/analytics/groups/g1/learning-curves", headers=h).json()
     assert body["min_learners"] == 5
     assert all(c["points"] == [] and c["hidden_points"] > 0 for c in body["curves"])
-    _set_org_settings(world, item_flag_min_attempts=1, item_flag_z=0.0001)
+    set_org_settings(world, item_flag_min_attempts=1, item_flag_z=0.0001)
     items = taught.get("/v1/analytics/groups/g1/items", headers=h).json()
     assert items["thresholds"]["item_flag_min_learners"] == 10
     assert not any(i["flagged"] or i["enough_data"] for i in items["items"])

@@ -13,14 +13,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from .. import states
 from ..analytics import card, curves, grid, items, risk, teaching, timeline
-from ..db import Group
-from .deps import View, ViewDep, require_roles, visible_learner
+from .deps import View, ViewDep, require_roles, visible_group, visible_learner
 from .schemas import MAX_OFFSET, AtQuery, ModelRef
 from .tables import (
     FormatQuery,
@@ -297,18 +295,6 @@ class ModelCard(BaseModel):
 
 
 # ---------------------------------------------------------------------- helpers
-def _visible_group(view: View, group_id: str) -> Group:
-    """The group, if an admin or one of the teacher's groups; 404 otherwise."""
-    principal = view.principal
-    require_roles(principal, "admin", "teacher")
-    group = view.session.scalar(
-        select(Group).where(Group.org_id == view.org.id, Group.external_id == group_id)
-    )
-    if group is None or (principal.role == "teacher" and group.id not in principal.group_ids):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"group {group_id!r} not found")
-    return group
-
-
 def _group_answer(
     view: View,
     group_id: str,
@@ -323,7 +309,7 @@ def _group_answer(
     ``compute(session, org=, group=, settings=)``, the model states it rebuilt kept (the
     read transaction ends), then the body as ``model`` or its ``table`` as
     ``{group_id}-{name}.csv``."""
-    group = _visible_group(view, group_id)
+    group = visible_group(view, group_id)
     body = compute(view.session, org=view.org, group=group, settings=view.settings)
     states.keep_rebuilt_states(view.session)
     return respond(view.request, fmt, model, body, table, f"{group_id}-{name}")

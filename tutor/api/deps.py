@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..blocking import MustHop, inline
-from ..db import GroupMembership, Learner, LearnerState, Organisation, driver
+from ..db import Group, GroupMembership, Learner, LearnerState, Organisation, driver
 from ..security import AuthCache, Principal, authenticate, hash_key
 from ..settings import Settings
 from ..settings import org_setting as org_setting  # the routes' lookup, kept here
@@ -208,6 +208,17 @@ def visible_groups(principal: Principal) -> frozenset[int] | None:
     """The groups (and their learners) a key may see: a teacher key's own; None (every
     group) for the others."""
     return principal.group_ids if principal.role == "teacher" else None
+
+
+def visible_group(view: View, group_id: str) -> Group:
+    """The group, for an admin key or a teacher key of the group (404 otherwise, never a
+    refusal: ids a key may not see cannot be probed; 403 for the other keys)."""
+    from ..learners_admin import get_group
+
+    require_roles(view.principal, "admin", "teacher")
+    return get_group(
+        view.session, org=view.org, external_id=group_id, groups=visible_groups(view.principal)
+    )
 
 
 @functools.cache

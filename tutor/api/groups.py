@@ -17,7 +17,6 @@ from .. import learners_admin, service, states
 from ..db import Group
 from ..settings import evidence_rule
 from .deps import (
-    View,
     ViewDep,
     admin_write,
     created_or,
@@ -25,6 +24,7 @@ from .deps import (
     mark_created,
     org_setting,
     require_roles,
+    visible_group,
     visible_groups,
 )
 from .schemas import (
@@ -40,15 +40,6 @@ from .schemas import (
 )
 
 router = APIRouter()
-
-
-def _visible_group(view: View, group_id: str) -> Group:
-    """The group, for an admin key or a teacher key of the group (404 otherwise; 403 for
-    the other keys)."""
-    require_roles(view.principal, "admin", "teacher")
-    return learners_admin.get_group(
-        view.session, org=view.org, external_id=group_id, groups=visible_groups(view.principal)
-    )
 
 
 def _detail(session: Session, group: Group) -> GroupDetail:
@@ -88,7 +79,7 @@ def list_groups(view: ViewDep, limit: Limit = 100, offset: Offset = 0) -> GroupP
 @router.get("/groups/{group_id}", response_model=GroupDetail, tags=["admin"])
 def get_group(group_id: ExtId, view: ViewDep) -> GroupDetail:
     """One group with its member ids (a teacher key sees its own groups only)."""
-    return _detail(view.session, _visible_group(view, group_id))
+    return _detail(view.session, visible_group(view, group_id))
 
 
 @router.put(
@@ -139,7 +130,7 @@ def delete_group(group_id: ExtId, view: ViewDep) -> Response:
 @router.get("/groups/{group_id}/curriculum", response_model=CurriculumOut, tags=["learners"])
 def group_curriculum(group_id: str, view: ViewDep) -> CurriculumOut:
     """The designed concept order with the group's mean mastery per concept."""
-    group = _visible_group(view, group_id)
+    group = visible_group(view, group_id)
     scope = group.external_id
     org, settings = view.org, view.settings
     n_learners, out = learners_admin.group_curriculum(
