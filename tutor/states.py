@@ -215,6 +215,9 @@ def rebuild_states(
       already (otherwise read here, one query each);
     - ``watch`` (one learner only; event id -> None) receives, for each of its event ids,
       the state and a copy of the evidence right after that answer.
+
+    Nothing is flushed here (a read request must not write): answers the replay must see are
+    written before (the answer path writes them with Core statements, then flushes).
     """
     if watch and len(learners) != 1:
         raise ValueError("watch follows one learner's replay")
@@ -222,36 +225,37 @@ def rebuild_states(
     if not learners:
         return []
     ids = [lr.id for lr in learners]
-    by_learner = histories(session, ids)
-    hists = [by_learner[i] for i in ids]
-    firsts: list[datetime | None] = []
-    for lr, h in zip(learners, hists, strict=True):
-        first = as_utc(lr.first_seen)
-        if h and (first is None or h[0][2] < first):
-            first = h[0][2]
-        firsts.append(first)
-    if concepts_of is None:
-        concepts_of = concepts_of_items(
-            session, org_id=learners[0].org_id, item_ext=[x[0] for h in hists for x in h]
-        )
-    rows = dict(rows or {})
-    missing = [i for i in ids if i not in rows]
-    if len(missing) == 1:  # the identity map may hold it: no query
-        row = session.get(LearnerState, (missing[0], model.model_id))
-        if row is not None:
-            rows[missing[0]] = row
-    else:
-        for start in range(0, len(missing), 1000):
-            chunk = missing[start : start + 1000]
-            rows.update(
-                (r.learner_id, r)
-                for r in session.scalars(
-                    select(LearnerState).where(
-                        LearnerState.model_id == model.model_id,
-                        LearnerState.learner_id.in_(chunk),
+    with session.no_autoflush:
+        by_learner = histories(session, ids)
+        hists = [by_learner[i] for i in ids]
+        firsts: list[datetime | None] = []
+        for lr, h in zip(learners, hists, strict=True):
+            first = as_utc(lr.first_seen)
+            if h and (first is None or h[0][2] < first):
+                first = h[0][2]
+            firsts.append(first)
+        if concepts_of is None:
+            concepts_of = concepts_of_items(
+                session, org_id=learners[0].org_id, item_ext=[x[0] for h in hists for x in h]
+            )
+        rows = dict(rows or {})
+        missing = [i for i in ids if i not in rows]
+        if len(missing) == 1:  # the identity map may hold it: no query
+            row = session.get(LearnerState, (missing[0], model.model_id))
+            if row is not None:
+                rows[missing[0]] = row
+        else:
+            for start in range(0, len(missing), 1000):
+                chunk = missing[start : start + 1000]
+                rows.update(
+                    (r.learner_id, r)
+                    for r in session.scalars(
+                        select(LearnerState).where(
+                            LearnerState.model_id == model.model_id,
+                            LearnerState.learner_id.in_(chunk),
+                        )
                     )
                 )
-            )
     after_step = None
     if watch:
         at = {t: h[3] for t, h in enumerate(hists[0]) if h[3] in watch}
