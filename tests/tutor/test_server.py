@@ -5,6 +5,7 @@ with a message when a worker cannot start. Real processes on a SQLite file."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,9 +47,9 @@ def _listeners(port: int) -> int:
     return n
 
 
-def _serve(url: str, port: int, workers: int) -> subprocess.Popen:
+def _serve(url: str, port: int, workers: int, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "TUTOR_ENVIRONMENT": "development", "DATABASE_URL": url}
-    cmd = [sys.executable, "-m", "tutor.cli", "serve", "--workers", str(workers)]
+    cmd = [*prefix, sys.executable, "-m", "tutor.cli", "serve", "--workers", str(workers)]
     cmd += ["--port", str(port), "--no-access-log", "--database-url", url]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -140,6 +141,29 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert not [k for k in kids if _alive(k)], "workers serve on without their supervisor"
     assert _listeners(port) == 0
+
+
+@pytest.mark.skipif(
+    not shutil.which("unshare") or os.geteuid() != 0, reason="a PID namespace: unshare as root"
+)
+def test_a_supervisor_that_is_process_1_serves(tmp_path: Path) -> None:
+    """In a container the supervisor is often process 1: its workers, whose parent is then
+    process 1, must not take that for an ended supervisor."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ns = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+    proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2, ns)
+    try:
+        _wait(lambda: _listeners(port) == 2 and _healthy(base), "two workers as process 1", proc)
+        # unshare waits for its child: the supervisor (process 1 inside) is stopped directly
+        for supervisor in _children(proc.pid):
+            os.kill(supervisor, signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # --kill-child: the namespace's processes go with it
+            proc.wait()
+    assert "(supervisor process 1)" in proc.stdout.read().decode()
 
 
 def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:

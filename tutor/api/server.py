@@ -81,12 +81,12 @@ def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> 
     _Supervisor(host, port, workers, options).run()
 
 
-def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None:
+def _worker(host: str, port: int, options: dict[str, Any], ready: Event, supervisor: int) -> None:
     """One worker process: its own listening socket, then uvicorn until stopped (or until
-    the supervisor is gone: a worker must not serve on unsupervised)."""
+    the ``supervisor`` process is gone: a worker must not serve on unsupervised)."""
     import uvicorn
 
-    _stop_with_parent()
+    _stop_with_parent(supervisor)
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -105,15 +105,16 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None
         sys.exit(3)
 
 
-def _stop_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent ends, however it ends (even killed)."""
+def _stop_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGTERM when its parent ends, however it ends (even killed);
+    it ends at once if ``parent`` (the process that started it) already has."""
     import ctypes
 
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
         _say(f"cannot ask to be stopped with the supervisor (errno {ctypes.get_errno()})")
-    if os.getppid() == 1:  # the supervisor ended before the request took effect
+    if os.getppid() != parent:  # the supervisor ended before the request took effect
         sys.exit(1)
 
 
@@ -132,7 +133,7 @@ class _Supervisor:
         ready = self.ctx.Event()
         proc = self.ctx.Process(
             target=_worker,
-            args=(self.host, self.port, self.options, ready),
+            args=(self.host, self.port, self.options, ready, os.getpid()),
             name="tutor-worker",
         )
         proc.start()
