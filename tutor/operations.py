@@ -481,7 +481,7 @@ def _rebuild_states(
             update_learners=True,
             keep_after_read=False,
             concepts_of=concepts_of,
-            rows={lr.id: existing[lr.id] for lr in chunk if lr.id in existing},
+            rows={lr.id: existing.get(lr.id) for lr in chunk},  # None: none yet
         )
         session.flush()
         done += len(chunk)

@@ -197,7 +197,7 @@ def rebuild_states(
     update_learners: bool,
     keep_after_read: bool,
     concepts_of: dict[str, tuple[str, ...]] | None = None,
-    rows: dict[int, LearnerState] | None = None,
+    rows: dict[int, LearnerState | None] | None = None,
     watch: dict[str, Any] | None = None,
 ) -> list[tuple[Any, LearnerState]]:
     """Replay the learners' whole histories together (:func:`replay_histories`) and put the
@@ -211,8 +211,8 @@ def rebuild_states(
       statuses leave the learners as they were read);
     - ``keep_after_read``: the rows are written at the read request's end by
       :func:`keep_rebuilt_states` (and :func:`current_state` finds them);
-    - ``concepts_of`` and ``rows`` (learner id -> its state row): what the caller has read
-      already (otherwise read here, one query each);
+    - ``concepts_of`` and ``rows`` (learner id -> its state row, None where it has none):
+      what the caller has read already (the learners not in ``rows`` are read here);
     - ``watch`` (one learner only; event id -> None) receives, for each of its event ids,
       the state and a copy of the evidence right after that answer.
 

@@ -96,7 +96,7 @@ def test_workers_listen_each_and_are_supervised(tmp_path: Path) -> None:
             "a new worker",
             proc,
         )
-        assert _healthy(base)
+        _wait(lambda: _healthy(base), "the service after the restart", proc)
         # SIGTERM stops every worker and the supervisor, cleanly
         kids = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -167,8 +167,8 @@ def test_a_supervisor_that_is_process_1_serves(tmp_path: Path) -> None:
 
 
 def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:
-    """A socket outside the group holds the port: no worker can listen, the command fails
-    (exit 2) and says why, and no process is left behind."""
+    """A socket outside the group holds the port: the command fails (exit 2) and says why,
+    and no worker is left behind."""
     port = free_port()
     with socket.socket() as held:
         held.bind(("127.0.0.1", port))
@@ -177,7 +177,29 @@ def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:
         assert proc.wait(60) == 2
     output = proc.stdout.read().decode()
     assert f"cannot listen on 127.0.0.1:{port}" in output, output
-    assert "a worker stopped before it served" in output, output
+
+
+def test_a_second_server_on_the_port_is_refused(tmp_path: Path) -> None:
+    """Another server's workers hold the port in their own SO_REUSEPORT group, which a
+    second server's workers could join (the kernel would then split the connections between
+    the two): the second is refused."""
+    port = free_port()
+    first = _serve(f"sqlite:///{tmp_path / 'a.db'}", port, 2)
+    try:
+        _wait(lambda: _listeners(port) == 2, "the first server", first)
+        second = _serve(f"sqlite:///{tmp_path / 'b.db'}", port, 2)
+        assert second.wait(60) == 2
+        output = second.stdout.read().decode()
+        assert f"cannot listen on 127.0.0.1:{port}" in output, output
+        assert _listeners(port) == 2
+    finally:
+        first.send_signal(signal.SIGTERM)
+        try:
+            first.wait(60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
 
 
 def test_one_worker_is_uvicorns_own(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@ wrote one by one (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -87,18 +88,28 @@ def test_every_rebuild_writes_the_state_the_answers_wrote(client, world):
     stored answers through ``states.rebuild_states``: the rows they keep equal the rows the
     answer path wrote answer by answer."""
     from tutor import operations as ops
-    from tutor.db import create_db_engine, make_sessionmaker
+    from tutor.clock import as_utc
+    from tutor.db import Learner, create_db_engine, make_sessionmaker
 
     _post(client, world)
     answered = _rows(world)
     assert set(answered) == {"u0", "u1"}
     assert answered["u0"][2] == 5 and answered["u0"][3] == "a5"
 
-    # a model swap: every learner of the organisation at once
+    # a model swap: every learner of the organisation at once; it also mends a learner's
+    # answer count and first-seen time where they disagree with the stored answers
     _forget_states(world)
     engine = create_db_engine(world.url)
-    with make_sessionmaker(engine)() as s, s.begin():
-        assert ops.rebuild_states(s, org=ops.get_org(s, "acme"), batch_size=1) == 6
+    factory = make_sessionmaker(engine)
+    with factory() as s, s.begin():
+        u0 = s.scalar(select(Learner).where(Learner.external_id == "u0"))
+        u0.n_answers, u0.first_seen = 99, datetime(2024, 3, 2, tzinfo=UTC)
+    with factory() as s, s.begin():
+        assert ops.rebuild_states(s, org=ops.get_org(s, "acme"), batch_size=4) == 6
+    with factory() as s:
+        u0 = s.scalar(select(Learner).where(Learner.external_id == "u0"))
+        assert u0.n_answers == 5
+        assert as_utc(u0.first_seen) == datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
     engine.dispose()
     swapped = _rows(world)
     _same({k: v for k, v in swapped.items() if k in answered}, answered)

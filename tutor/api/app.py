@@ -267,7 +267,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else {"isolation_level": "AUTOCOMMIT"}
         )
     )
-    app.state.read_sessionmaker = make_sessionmaker(read_engine)
+    # and no autoflush: on PostgreSQL's autocommit a flush would write at once (a state a read
+    # rebuilt, past the guards of states.keep_rebuilt_states)
+    app.state.read_sessionmaker = make_sessionmaker(read_engine, autoflush=False)
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     app.state.inline_hot_routes = settings.inline_hot_routes and not is_sqlite(
         settings.database_url

@@ -3,9 +3,9 @@
 uvicorn's own ``--workers`` shares one listening socket between its worker processes, and
 whichever worker's event loop calls ``accept`` first takes the connection. Clients that keep
 their connections (a proxy, a load balancer, a load generator) are spread by luck: measured
-with ``wrk`` (2 workers, 16 connections, ``benchmarks/serve_load.py``), one run in four put
+with ``wrk`` (2 workers, 16 connections, ``benchmarks/serve_load.py``), one run in seven put
 every connection on one worker, which then served 352 requests a second while the other
-idled (the same server otherwise served 654-669).
+idled (the same server otherwise served 642-692).
 
 With ``workers > 1`` on Linux, :func:`serve` instead starts each worker with a listening
 socket of its own on the same address (``SO_REUSEPORT``): the kernel hands each new
@@ -13,16 +13,24 @@ connection to one of them by a hash of its addresses, so connections spread even
 the workers are doing. (Linux only lets sockets of the same user join the group. Other
 systems' ``SO_REUSEPORT`` does not balance: there uvicorn's workers serve as before.)
 
-The parent process supervises: ``SIGINT``/``SIGTERM`` stop every worker gracefully (uvicorn's
-shutdown: open requests finish), and so does the supervisor's own end, however it comes (the
-workers ask Linux for a signal when their parent ends); a worker that stops on its own after
-it started serving is started again; a worker that fails before it serves (the address
-taken, the database out of reach) stops them all, and :func:`serve` raises
-:class:`WorkerFailed`.
+The parent process supervises:
+
+- ``SIGINT``/``SIGTERM`` stop every worker gracefully (uvicorn's shutdown: open requests
+  finish); a second signal stops them at once. The workers also stop when the supervisor
+  ends however it ends (they ask Linux for a signal when their parent ends).
+- A worker listens only once its application has started (uvicorn listens after the
+  lifespan start-up), so no connection waits on a worker still loading its models.
+- A worker that stops on its own is started again, after a pause when it keeps stopping
+  soon after its start (1 s, doubling up to 30 s).
+- Before any worker starts, the address must be free: a port held by another program, or
+  by another ``tutor serve`` whose workers' group the new ones would otherwise join, stops
+  :func:`serve` with :class:`WorkerFailed`; so does a first worker that stops before it
+  serves (the database out of reach, say).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -48,9 +56,12 @@ def reuse_port_supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host:port`` in the ``SO_REUSEPORT`` group of that
-    address (an address held by a socket outside the group raises ``OSError``)."""
+def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` in the ``SO_REUSEPORT`` group of that address
+    (an address held by a socket outside the group raises ``OSError``), listening unless
+    ``listen`` is false: a worker leaves that to uvicorn, which listens only once the
+    application has started, so that no connection waits in the queue of a worker that
+    cannot serve yet."""
     family, kind, proto, _, addr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -61,12 +72,28 @@ def listening_socket(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(addr)
-        sock.listen(2048)
+        if listen:
+            sock.listen(2048)
     except BaseException:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
+
+
+def address_free(host: str, port: int) -> OSError | None:
+    """None if nothing is bound to ``host:port``, else the error a plain bind met. A socket
+    of another server's ``SO_REUSEPORT`` group would not stop the workers' own binds: the
+    kernel would then split the connections between the two servers."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            return exc
+    return None
 
 
 def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> None:
@@ -95,12 +122,14 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event, supervi
                 ready.set()
 
     try:
-        sock = listening_socket(host, port)
+        sock = listening_socket(host, port, listen=False)
     except OSError as exc:
         _say(f"cannot listen on {host}:{port}: {exc}")
         sys.exit(1)
     server = _Server(uvicorn.Config(APP, host=host, port=port, **options))
-    server.run(sockets=[sock])
+    # Ctrl-C reaches the workers too: uvicorn stops gracefully, then re-raises it
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
     if not ready.is_set():
         sys.exit(3)
 
@@ -123,13 +152,23 @@ def _say(message: str) -> None:
 
 
 class _Supervisor:
+    """Starts the workers and keeps them running (see the module doc)."""
+
+    #: a worker restarted this soon after its previous start waits before the next try,
+    #: doubling up to :data:`MAX_BACKOFF` seconds (a worker that keeps failing, e.g. while
+    #: the database is out of reach, is not started in a tight loop)
+    QUICK = 10.0
+    MAX_BACKOFF = 30.0
+
     def __init__(self, host: str, port: int, workers: int, options: dict[str, Any]) -> None:
         self.host, self.port, self.n, self.options = host, port, workers, options
         self.ctx = multiprocessing.get_context("spawn")
-        self.procs: list[tuple[SpawnProcess, Event]] = []
-        self.stopping = False
+        self.procs: list[tuple[SpawnProcess, Event] | None] = []
+        self.started_at: list[float] = []
+        self.backoff: list[float] = []
+        self.signals = 0
 
-    def _start(self) -> tuple[SpawnProcess, Event]:
+    def _start(self, k: int) -> None:
         ready = self.ctx.Event()
         proc = self.ctx.Process(
             target=_worker,
@@ -137,48 +176,91 @@ class _Supervisor:
             name="tutor-worker",
         )
         proc.start()
-        return proc, ready
+        if k == len(self.procs):
+            self.procs.append((proc, ready))
+            self.started_at.append(time.monotonic())
+            self.backoff.append(0.0)
+        else:
+            self.procs[k] = (proc, ready)
+            self.started_at[k] = time.monotonic()
 
     def _stop_signal(self, signum: int, _frame: Any) -> None:
-        self.stopping = True
+        self.signals += 1
+        if self.signals > 1:
+            # a second request: the workers stop at once (uvicorn's forced exit on a second
+            # signal), without waiting for open connections
+            for proc, _ in self._running():
+                _signal(proc, signal.SIGTERM)
+
+    def _running(self) -> list[tuple[SpawnProcess, Event]]:
+        return [p for p in self.procs if p is not None]
 
     def run(self) -> None:
+        taken = address_free(self.host, self.port)
+        if taken is not None:
+            raise WorkerFailed(f"cannot listen on {self.host}:{self.port}: {taken}")
         old = {s: signal.signal(s, self._stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         _say(
             f"{self.n} workers on {self.host}:{self.port}, one listening socket "
             f"each (supervisor process {os.getpid()})"
         )
-        failed: str | None = None
         try:
-            self.procs = [self._start() for _ in range(self.n)]
-            while not self.stopping:
-                wait([p.sentinel for p, _ in self.procs], timeout=0.5)
-                for k, (proc, ready) in enumerate(self.procs):
-                    if proc.is_alive() or self.stopping:
-                        continue
-                    if not ready.is_set():
-                        failed = f"a worker stopped before it served (exit code {proc.exitcode})"
-                        self.stopping = True
-                        break
-                    _say(
-                        f"worker process {proc.pid} stopped (exit code {proc.exitcode}); "
-                        "starting another"
-                    )
-                    self.procs[k] = self._start()
+            for k in range(self.n):
+                self._start(k)
+            self._supervise()
         finally:
             self._stop_all()
             for s, handler in old.items():
                 signal.signal(s, handler)
-        if failed:
-            raise WorkerFailed(failed)
+
+    def _supervise(self) -> None:
+        serving = False  # every first worker has been ready once
+        due: dict[int, float] = {}  # worker slot -> when to start it again
+        while not self.signals:
+            live = [p.sentinel for p, _ in self._running()]
+            wait(live, timeout=0.5)
+            if self.signals:
+                return
+            if not serving:
+                serving = all(ready.is_set() for _, ready in self._running())
+            now = time.monotonic()
+            for k, slot in enumerate(self.procs):
+                if slot is None:
+                    if now >= due[k]:
+                        del due[k]
+                        self._start(k)
+                    continue
+                proc, ready = slot
+                if proc.is_alive():
+                    continue
+                if not serving and not ready.is_set():
+                    raise WorkerFailed(
+                        f"a worker stopped before it served (exit code {proc.exitcode}): "
+                        "see its lines above"
+                    )
+                quick = now - self.started_at[k] < self.QUICK
+                self.backoff[k] = (
+                    min(max(self.backoff[k] * 2, 1.0), self.MAX_BACKOFF) if quick else 0.0
+                )
+                _say(
+                    f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "
+                    f"another" + (f" in {self.backoff[k]:g} s" if self.backoff[k] else "")
+                )
+                self.procs[k] = None
+                due[k] = now + self.backoff[k]
 
     def _stop_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+        for proc, _ in self._running():
+            _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for proc, _ in self.procs:
+        for proc, _ in self._running():
             proc.join(max(deadline - time.monotonic(), 0.1))
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+
+
+def _signal(proc: SpawnProcess, signum: int) -> None:
+    if proc.is_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)

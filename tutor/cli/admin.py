@@ -468,7 +468,7 @@ def _run_api(url: str, **options: Any) -> None:
     try:
         serve(**options)
     except WorkerFailed as exc:
-        fail(f"{exc}: see the lines above")
+        fail(str(exc))
 
 
 # ---------------------------------------------------------------------- demo

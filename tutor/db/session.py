@@ -54,8 +54,10 @@ def create_db_engine(
     )
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, autoflush: bool = True) -> sessionmaker[Session]:
+    """Sessions on ``engine`` (``autoflush=False`` for read requests: their sessions hold
+    rebuilt learner states that only ``tutor.states.keep_rebuilt_states`` may write)."""
+    return sessionmaker(engine, expire_on_commit=False, autoflush=autoflush)
 
 
 @contextmanager
