@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.tutor import standin_workers
 from tests.tutor.helpers import free_port
 from tutor.api.server import listening_socket, reuse_port_supported
 
@@ -225,3 +226,41 @@ def test_listening_sockets_share_the_port() -> None:
             plain.bind(("127.0.0.1", port))
     finally:
         a.close()
+
+
+def test_a_first_worker_that_never_serves_stops_the_service() -> None:
+    from tutor.api.server import WorkerFailed, _Supervisor
+
+    sup = _Supervisor("127.0.0.1", free_port(), 2, {}, target=standin_workers.never_ready)
+    with pytest.raises(WorkerFailed, match="stopped before it served"):
+        sup.run()
+    assert not [p for p, _ in sup._running() if p.is_alive()]
+
+
+def test_a_worker_failing_after_the_service_served_is_retried_with_a_pause(
+    tmp_path: Path,
+) -> None:
+    """Once every first worker has served, a worker that fails (even before it serves) is
+    started again, not the end of the service; one that keeps failing soon after its start
+    waits between tries, longer each time."""
+    import threading
+
+    from tutor.api.server import _Supervisor
+
+    log = tmp_path / "starts.log"
+    sup = _Supervisor(
+        "127.0.0.1", free_port(), 1, {"log": str(log)}, target=standin_workers.flaky
+    )
+    sup.FIRST_BACKOFF = 2.5  # above a process start on a busy machine (about 1 s here)
+    stopper = threading.Timer(7.0, lambda: setattr(sup, "signals", 1))
+    stopper.start()
+    try:
+        sup.run()  # returns when "signalled"; raises WorkerFailed if it gave up
+    finally:
+        stopper.cancel()
+    starts = [float(x) for x in log.read_text().splitlines()]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # the first dies after 0.3 s; the second waits 2.5 s, dies at once, the third waits 5 s:
+    # two or three starts in 7 s, where without the pause a start follows each death
+    assert 2 <= len(starts) <= 3, gaps
+    assert gaps[0] >= 2.5, gaps

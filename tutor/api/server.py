@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
@@ -154,14 +155,24 @@ def _say(message: str) -> None:
 class _Supervisor:
     """Starts the workers and keeps them running (see the module doc)."""
 
-    #: a worker restarted this soon after its previous start waits before the next try,
-    #: doubling up to :data:`MAX_BACKOFF` seconds (a worker that keeps failing, e.g. while
-    #: the database is out of reach, is not started in a tight loop)
+    #: a worker that stops within ``QUICK`` seconds of its start waits ``FIRST_BACKOFF``
+    #: seconds before its next start, then twice that, up to ``MAX_BACKOFF`` (a worker that
+    #: keeps failing, e.g. while the database is out of reach, is not started in a tight loop)
     QUICK = 10.0
+    FIRST_BACKOFF = 1.0
     MAX_BACKOFF = 30.0
 
-    def __init__(self, host: str, port: int, workers: int, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        workers: int,
+        options: dict[str, Any],
+        target: Callable[..., None] | None = None,
+    ) -> None:
         self.host, self.port, self.n, self.options = host, port, workers, options
+        #: what a worker process runs (tests give another function of the same arguments)
+        self.target = target or _worker
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[tuple[SpawnProcess, Event] | None] = []
         self.started_at: list[float] = []
@@ -171,7 +182,7 @@ class _Supervisor:
     def _start(self, k: int) -> None:
         ready = self.ctx.Event()
         proc = self.ctx.Process(
-            target=_worker,
+            target=self.target,
             args=(self.host, self.port, self.options, ready, os.getpid()),
             name="tutor-worker",
         )
@@ -240,7 +251,9 @@ class _Supervisor:
                     )
                 quick = now - self.started_at[k] < self.QUICK
                 self.backoff[k] = (
-                    min(max(self.backoff[k] * 2, 1.0), self.MAX_BACKOFF) if quick else 0.0
+                    min(max(self.backoff[k] * 2, self.FIRST_BACKOFF), self.MAX_BACKOFF)
+                    if quick
+                    else 0.0
                 )
                 _say(
                     f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "

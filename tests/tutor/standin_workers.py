@@ -1,0 +1,28 @@
+"""Stand-in worker functions for ``tutor serve``'s supervisor tests (``test_server.py``): the
+same arguments as ``tutor.api.server._worker``, and only the standard library, so that a
+spawned process starts in a fraction of a second."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def flaky(host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int) -> None:
+    """The first one serves briefly, then dies; every later one dies at once, before it
+    serves (as a worker whose start-up meets a database blip). Each start is logged to
+    ``options["log"]``."""
+    log = Path(options["log"])
+    with log.open("a") as fh:
+        fh.write(f"{time.monotonic()}\n")
+    if len(log.read_text().splitlines()) == 1:
+        ready.set()
+        time.sleep(0.3)
+    sys.exit(1)
+
+
+def never_ready(host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int) -> None:
+    """Dies before it serves (as a worker whose application cannot start)."""
+    sys.exit(3)
