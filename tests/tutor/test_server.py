@@ -249,7 +249,7 @@ def test_a_worker_failing_after_the_service_served_is_retried_with_a_pause(
 
     log = tmp_path / "starts.log"
     sup = _Supervisor("127.0.0.1", free_port(), 1, {"log": str(log)}, target=standin_workers.flaky)
-    sup.FIRST_BACKOFF = 2.5  # above a process start on a busy machine (about 1 s here)
+    sup.FIRST_BACKOFF = 2.5  # well above a stand-in worker's start, even on a busy machine
     stopper = threading.Timer(7.0, lambda: setattr(sup, "signals", 1))
     stopper.start()
     try:

@@ -129,3 +129,24 @@ def test_every_rebuild_writes_the_state_the_answers_wrote(client, world):
         r = client.get(f"/v1/learners/{ext}/mastery", headers=world.headers("admin"))
         assert r.status_code == 200, r.text
     _same(_rows(world), answered)
+
+
+def test_a_read_session_never_writes_what_it_holds(world):
+    """A read request's session holds the states it rebuilt until
+    ``states.keep_rebuilt_states`` writes them under its guards: a later query of the same
+    request must not flush them (on PostgreSQL's autocommit that would write at once)."""
+    from sqlalchemy import func
+
+    from tutor.api import create_app
+    from tutor.db import Learner, LearnerState
+
+    app = create_app(world.settings)
+    try:
+        with app.state.read_sessionmaker() as s:
+            learner = s.scalar(select(Learner).where(Learner.external_id == "u5"))
+            s.add(LearnerState(learner_id=learner.id, model_id=world.model_id, state=b"x"))
+            s.scalar(select(func.count()).select_from(LearnerState))  # a later query
+            s.rollback()
+    finally:
+        app.state.engine.dispose()
+    assert "u5" not in _rows(world)
