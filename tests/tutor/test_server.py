@@ -262,3 +262,21 @@ def test_a_worker_failing_after_the_service_served_is_retried_with_a_pause(
     # two or three starts in 7 s, where without the pause a start follows each death
     assert 2 <= len(starts) <= 3, gaps
     assert gaps[0] >= 2.5, gaps
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid"),
+        (["--port", "70000"], "--port"),
+    ],
+)
+def test_a_bad_address_is_refused_with_its_reason(tmp_path: Path, args, said) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from tutor.cli import app
+
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    cmd = ["serve", "--workers", "2", "--no-migrate", *args, "--database-url", url]
+    r = CliRunner().invoke(app, cmd)
+    assert r.exit_code == 2 and said in r.output, r.output

@@ -82,12 +82,16 @@ def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
 
 
 def address_free(host: str, port: int) -> OSError | None:
-    """None if nothing is bound to ``host:port``, else the error a plain bind met. A socket
+    """None if nothing is bound to ``host:port``, else the error a plain bind (or the name's
+    lookup) met. A socket
     of another server's ``SO_REUSEPORT`` group would not stop the workers' own binds: the
     kernel would then split the connections between the two servers."""
-    family, kind, proto, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as exc:  # an unknown host name, say
+        return exc
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
         try:

@@ -425,7 +425,7 @@ def prerequisites_load(
 # ---------------------------------------------------------------------- serve
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
     workers: Annotated[
         int,
         typer.Option(
