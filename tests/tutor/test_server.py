@@ -82,6 +82,10 @@ def test_workers_listen_each_and_are_supervised(tmp_path: Path) -> None:
         workers = _children(proc.pid)
         # the spawn start method may add its resource tracker beside the workers
         assert len([w for w in workers if b"spawn_main" in _cmdline(w)]) == 2
+        # the supervisor holds no copy of the application (torch is the workers' alone)
+        served = [w for w in workers if b"spawn_main" in _cmdline(w)]
+        assert "libtorch" in Path(f"/proc/{served[0]}/maps").read_text()
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
         # many connections, all served
         clients = [httpx.Client(base_url=base, timeout=5) for _ in range(16)]
         try:
