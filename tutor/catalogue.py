@@ -83,8 +83,8 @@ class Catalogue:
     per_model: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def name(self, pos: int) -> str:
-        """A concept's name for a teacher ("concept <id>" where it has none)."""
-        return self.concept_name[pos] or f"concept {self.concept_ext[pos]}"
+        """The concept at ``pos`` as teachers read it (:func:`concept_label`)."""
+        return concept_label(self.concept_ext[pos], self.concept_name[pos])
 
     @cached_property
     def _concept_links(self) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +130,7 @@ class Catalogue:
     @cached_property
     def concepts_by_id(self) -> tuple[ConceptRef, ...]:
         """Every concept, ordered by external id (how ``/mastery`` lists them)."""
-        return tuple(
-            ConceptRef(self.concept_ext[k], self.concept_name[k]) for k in self.concept_order
-        )
+        return tuple(ConceptRef(self.concept_ext[k], self.name(k)) for k in self.concept_order)
 
 
 #: the per-process cache: (database scope, organisation id) -> its catalogue (the latest
@@ -356,7 +354,7 @@ def data_precedence_edges(
 # ---------------------------------------------------------------------- item lookup
 @dataclass(frozen=True)
 class ConceptRef:
-    """A concept of an answered item, as the answer's response names it."""
+    """A concept as a response names it (``name``: :func:`concept_label`)."""
 
     external_id: str
     name: str
@@ -372,9 +370,20 @@ class ItemRef:
     concepts: tuple[ConceptRef, ...]
 
 
+def concept_label(external_id: str, name: str) -> str:
+    """A concept as teachers read it, wherever the service names one (reasons, mastery,
+    answers, analytics): its name, or "concept <id>" where it has none (EdNet's tags, the
+    research files' skill numbers)."""
+    return name or f"concept {external_id}"
+
+
 def _item_ref(item: Item) -> ItemRef:
     cs = sorted(item.concepts, key=lambda c: c.id)
-    return ItemRef(item.id, item.external_id, tuple(ConceptRef(c.external_id, c.name) for c in cs))
+    return ItemRef(
+        item.id,
+        item.external_id,
+        tuple(ConceptRef(c.external_id, concept_label(c.external_id, c.name)) for c in cs),
+    )
 
 
 def item_refs(
@@ -398,10 +407,7 @@ def item_refs(
             out[ext] = ItemRef(
                 int(cat.item_db[k]),
                 ext,
-                tuple(
-                    ConceptRef(cat.concept_ext[c], cat.concept_name[c])
-                    for c in cat.item_concepts[k]
-                ),
+                tuple(ConceptRef(cat.concept_ext[c], cat.name(c)) for c in cat.item_concepts[k]),
             )
     if missing:
         found = {

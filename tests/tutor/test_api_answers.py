@@ -243,3 +243,26 @@ def test_mastery_lists_concepts_in_the_order_of_the_concept_list(client, world):
         c["concept_id"] for c in client.get("/v1/learners/u1/mastery", headers=h).json()["concepts"]
     ]
     assert mastery == listed and {"Zeta", "alpha", "B-2"} <= set(mastery)
+
+
+def test_unnamed_concepts_read_as_concept_and_id_everywhere(client, world):
+    """A concept without a name (EdNet's tags, a research file's skill numbers) is "concept
+    <id>" in every response that names concepts for a teacher: ``/mastery``, an answer's
+    mastery, the recommendations; a named one keeps its name."""
+    h = world.headers("admin")
+    assert client.put("/v1/concepts/c0", json={"name": "Fractions"}, headers=h).status_code == 200
+    assert client.put("/v1/concepts/c1", json={"name": ""}, headers=h).status_code == 200
+    mastery = client.get("/v1/learners/u1/mastery", headers=h).json()["concepts"]
+    names = {c["concept_id"]: c["name"] for c in mastery}
+    assert names["c0"] == "Fractions"
+    assert names["c1"] == "concept c1"
+    assert all(names.values()), names
+    r = client.post(
+        "/v1/answers", json=answer("named1", "u1", "i5"), headers=world.headers("ingest")
+    )
+    assert r.status_code == 201, r.text
+    answered = r.json()["mastery"]  # i5's concepts: c1 among them, none named
+    assert "c1" in [c["concept_id"] for c in answered]
+    assert [c["name"] for c in answered] == [f"concept {c['concept_id']}" for c in answered]
+    recs = client.get("/v1/learners/u1/next-items?n=20", headers=h).json()["items"]
+    assert recs and all(all(n for n in i["concept_names"]) for i in recs)

@@ -93,7 +93,7 @@ def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str,
     learned = model.model.prerequisite_graph()
     if learned is not None:
         p = learned.cpu().numpy()
-        names = dict(zip(ctx.cat.concept_ext, ctx.cat.concept_name, strict=True))
+        names = {c: ctx.cat.name(k) for k, c in enumerate(ctx.cat.concept_ext)}
         src, dst = np.nonzero(p > GRAPH_EDGE_THRESHOLD)
         order = np.argsort(-p[src, dst], kind="stable")
         graph = {
