@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, aliased
 
 from . import operations as ops
 from .db import Concept, Item, ItemConcept, Organisation, PrerequisiteEdge
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, listed
 
 
 # ---------------------------------------------------------------------- concepts
@@ -95,11 +95,9 @@ def delete_concept(session: Session, *, org: Organisation, external_id: str) -> 
         .order_by(Item.external_id)
     ).all()
     if users:
-        shown = ", ".join(repr(u) for u in users[:5])
-        more = f" and {len(users) - 5} more" if len(users) > 5 else ""
         raise Conflict(
             f"concept {external_id!r} is still used by {len(users)} item(s) "
-            f"({shown}{more}, active or not); relink them first (PUT /v1/items/{{id}})"
+            f"({listed(users, 5)}, active or not); relink them first (PUT /v1/items/{{id}})"
         )
     session.delete(row)
     org.bump_catalogue()
@@ -182,7 +180,7 @@ def upsert_item(
     missing = [c for c in wanted if c not in have]
     if missing and not create_concepts:
         raise Invalid(
-            f"unknown concept(s) {', '.join(repr(c) for c in missing)} in 'concepts': create "
+            f"unknown concept(s) {listed(missing)} in 'concepts': create "
             "them first (PUT /v1/concepts/{id}) or pass ?create_concepts=true"
         )
     for cid in missing:

@@ -4,6 +4,18 @@ knows about HTTP beyond the number."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+#: ids an error message lists at most (the rest are counted): a request with thousands of
+#: unknown ids gets a short answer, not one that repeats its whole body
+LISTED = 10
+
+
+def listed(ids: Sequence[str], limit: int = LISTED) -> str:
+    """``ids`` for an error message: the first ``limit``, quoted, then how many more."""
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
 
 class ServiceError(Exception):
     status = 400

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from . import operations as ops
 from . import recommend, service
 from .db import ApiKey, Group, GroupMembership, Interaction, Learner, LearnerState, Organisation
-from .errors import Invalid, NotFound
+from .errors import Invalid, NotFound, listed
 from .evidence import EvidenceRule
 
 Named = TypeVar("Named", Learner, Group)
@@ -153,9 +153,7 @@ def set_members(
     found = ops.by_external_id(session, Learner, org=org, external_ids=wanted)
     unknown = [x for x in wanted if x not in found]
     if unknown:
-        raise Invalid(
-            f"unknown learner(s) {', '.join(repr(x) for x in unknown)} in the member list"
-        )
+        raise Invalid(f"unknown learner(s) {listed(unknown)} in the member list")
     keep = {found[x].id for x in wanted}
     for m in session.scalars(select(GroupMembership).where(GroupMembership.group_id == group.id)):
         if m.learner_id not in keep:

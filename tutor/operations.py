@@ -36,7 +36,7 @@ from .db import (
     Organisation,
     PrerequisiteEdge,
 )
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, listed
 from .runtime import LoadedModel, sha256
 from .settings import MASTERY_SCALES, POLICIES, Settings
 
@@ -643,10 +643,7 @@ def update_settings(session: Session, *, org: Organisation, changes: dict[str, A
     lock_org(session, org)
     unknown = [k for k in changes if k not in SETTING_KEYS]
     if unknown:
-        raise Invalid(
-            f"unknown setting(s) {', '.join(repr(k) for k in unknown)}; "
-            f"expected {', '.join(SETTING_KEYS)}"
-        )
+        raise Invalid(f"unknown setting(s) {listed(unknown)}; expected {', '.join(SETTING_KEYS)}")
     new = dict(org.settings or {})
     for k, v in changes.items():
         if v is None:

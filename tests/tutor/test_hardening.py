@@ -593,3 +593,26 @@ def test_late_answers_beyond_the_replay_bound_are_413_and_store_nothing(world):
         assert hist["total"] == 4
         r = c.post("/v1/answers", json=late[0], headers=h)  # 4 stored + 1: within the bound
         assert r.status_code == 201, r.text
+
+
+def test_long_id_lists_get_short_errors(client, world):
+    """An item links at most MAX_ITEM_CONCEPTS concepts (422 naming the field), and an error
+    about unknown ids lists the first few and counts the rest: a request full of unknown ids
+    never gets an answer as long as itself."""
+    from tutor.api.schemas import MAX_ITEM_CONCEPTS
+    from tutor.errors import LISTED
+
+    h = world.headers("admin")
+    many = {"concepts": [f"x{k}" for k in range(MAX_ITEM_CONCEPTS + 1)]}
+    r = client.put("/v1/items/q-many", json=many, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "concepts"]
+    unknown = {"concepts": [f"x{k}" for k in range(MAX_ITEM_CONCEPTS)]}
+    r = client.put("/v1/items/q-many", json=unknown, headers=h)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert f"and {MAX_ITEM_CONCEPTS - LISTED} more" in detail and "'x0'" in detail
+    assert f"'x{LISTED}'" not in detail, detail
+    members = [f"nobody{k}" for k in range(500)]
+    r = client.put("/v1/groups/g1/members", json=members, headers=h)
+    assert r.status_code == 422 and "and 490 more" in r.json()["detail"], r.text
+    assert len(r.text) < 1000

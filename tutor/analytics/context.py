@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from .. import recommend
 from ..db import Group, GroupMembership, Interaction, Item, ItemConcept, Learner, Organisation
+from ..errors import listed
 from ..runtime import LoadedModel
 from ..service import Invalid, NotFound, active_model, as_utc, db_scope
 from .cache import _GROUP, _ITEMS
@@ -58,7 +59,7 @@ def _concept_positions(ctx: _Context, ids: list[str]) -> list[int]:
     pos = {c: k for k, c in enumerate(ctx.cat.concept_ext)}
     unknown = [c for c in ids if c not in pos]
     if unknown:
-        raise Invalid(f"unknown concept(s): {', '.join(unknown)}")
+        raise Invalid(f"unknown concept(s): {listed(unknown)}")
     return [pos[c] for c in dict.fromkeys(ids)]
 
 

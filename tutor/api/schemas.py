@@ -19,6 +19,8 @@ from ..service import TIME_MAX, TIME_MIN  # noqa: E402
 
 #: the largest ``offset`` of a paged route (beyond it a page is empty anyway)
 MAX_OFFSET = 10**9
+#: concepts one item may link (the research data's items have a few; EdNet's at most 7)
+MAX_ITEM_CONCEPTS = 100
 #: an answer's elapsed time: at most a week, in milliseconds
 ELAPSED_MS_MAX = 7 * 24 * 3600 * 1000
 
@@ -288,7 +290,7 @@ class PrerequisiteOut(BaseModel):
 
 
 class ItemIn(_In):
-    concepts: list[Id] = Field(default_factory=list)
+    concepts: list[Id] = Field(default_factory=list, max_length=MAX_ITEM_CONCEPTS)
     metadata: Annotated[dict[str, Any], AfterValidator(storable_json)] = Field(
         default_factory=dict, description="Replaces the stored one"
     )
