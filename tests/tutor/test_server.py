@@ -268,6 +268,30 @@ def test_a_worker_failing_after_the_service_served_is_retried_with_a_pause(
     assert gaps[0] >= 2.5, gaps
 
 
+def test_a_worker_killed_right_after_it_said_it_serves_is_replaced(tmp_path: Path) -> None:
+    """A worker that said it serves and was then killed outright (SIGKILL, as by the OOM
+    killer) counts as having served: the service goes on and the worker is started again.
+    Readiness comes through a pipe, so a worker killed at any instant leaves nothing held
+    that the supervisor could wait on."""
+    import threading
+
+    from tutor.api.server import _Supervisor
+
+    log = tmp_path / "starts.log"
+    sup = _Supervisor(
+        "127.0.0.1", free_port(), 1, {"log": str(log)}, target=standin_workers.ready_then_killed
+    )
+    sup.FIRST_BACKOFF = 0.2
+    stopper = threading.Timer(6.0, lambda: setattr(sup, "signals", 1))
+    stopper.start()
+    try:
+        sup.run()  # WorkerFailed if the first worker's readiness were lost with it
+    finally:
+        stopper.cancel()
+    assert len(log.read_text().splitlines()) == 2
+    assert not [p for p, _ in sup._running() if p.is_alive()]
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

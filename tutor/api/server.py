@@ -38,9 +38,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
-from multiprocessing.synchronize import Event
 from typing import Any
 
 APP = "tutor.api.app:create_app"
@@ -113,18 +112,30 @@ def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> 
     _Supervisor(host, port, workers, options).run()
 
 
-def _worker(host: str, port: int, options: dict[str, Any], ready: Event, supervisor: int) -> None:
+def signal_ready(ready: Connection) -> None:
+    """Tell the supervisor this worker serves: one byte on the worker's end of its readiness
+    pipe. A pipe, not a shared event: a worker killed at any instant (the kernel's OOM
+    killer during start-up, say) leaves nothing held that the supervisor could wait on."""
+    ready.send_bytes(b"1")
+
+
+def _worker(
+    host: str, port: int, options: dict[str, Any], ready: Connection, supervisor: int
+) -> None:
     """One worker process: its own listening socket, then uvicorn until stopped (or until
     the ``supervisor`` process is gone: a worker must not serve on unsupervised)."""
     import uvicorn
 
     _stop_with_parent(supervisor)
+    served = False
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            nonlocal served
             await super().startup(sockets)
             if self.started:  # listening, and the application's start-up succeeded
-                ready.set()
+                signal_ready(ready)
+                served = True
 
     try:
         sock = listening_socket(host, port, listen=False)
@@ -135,7 +146,7 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event, supervi
     # Ctrl-C reaches the workers too: uvicorn stops gracefully, then re-raises it
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
-    if not ready.is_set():
+    if not served:
         sys.exit(3)
 
 
@@ -178,19 +189,23 @@ class _Supervisor:
         #: what a worker process runs (tests give another function of the same arguments)
         self.target = target or _worker
         self.ctx = multiprocessing.get_context("spawn")
-        self.procs: list[tuple[SpawnProcess, Event] | None] = []
+        self.procs: list[tuple[SpawnProcess, _Readiness] | None] = []
         self.started_at: list[float] = []
         self.backoff: list[float] = []
         self.signals = 0
 
     def _start(self, k: int) -> None:
-        ready = self.ctx.Event()
+        reader, writer = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=self.target,
-            args=(self.host, self.port, self.options, ready, os.getpid()),
+            args=(self.host, self.port, self.options, writer, os.getpid()),
             name="tutor-worker",
         )
-        proc.start()
+        try:
+            proc.start()
+        finally:
+            writer.close()  # the worker's end: once the worker ends, the pipe reads as closed
+        ready = _Readiness(reader)
         if k == len(self.procs):
             self.procs.append((proc, ready))
             self.started_at.append(time.monotonic())
@@ -207,7 +222,7 @@ class _Supervisor:
             for proc, _ in self._running():
                 _signal(proc, signal.SIGTERM)
 
-    def _running(self) -> list[tuple[SpawnProcess, Event]]:
+    def _running(self) -> list[tuple[SpawnProcess, _Readiness]]:
         return [p for p in self.procs if p is not None]
 
     def run(self) -> None:
@@ -263,6 +278,7 @@ class _Supervisor:
                     f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "
                     f"another" + (f" in {self.backoff[k]:g} s" if self.backoff[k] else "")
                 )
+                ready.close()
                 self.procs[k] = None
                 due[k] = now + self.backoff[k]
 
@@ -275,6 +291,28 @@ class _Supervisor:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        for _, ready in self._running():
+            ready.close()
+
+
+class _Readiness:
+    """The supervisor's end of a worker's readiness pipe (:func:`signal_ready`)."""
+
+    def __init__(self, reader: Connection) -> None:
+        self.reader = reader
+        self.ready = False
+
+    def is_set(self) -> bool:
+        """Whether the worker has said it serves (never blocks)."""
+        if not self.ready and not self.reader.closed and self.reader.poll():
+            try:
+                self.ready = self.reader.recv_bytes() == b"1"
+            except EOFError:  # the worker ended without a word
+                self.reader.close()
+        return self.ready
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def _signal(proc: SpawnProcess, signum: int) -> None:
