@@ -345,6 +345,10 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
             batch = [ans(f"d0-{k}", "u0", f"i{k % 5}", int(k % 4 != 0), k) for k in range(12)]
             batch += [ans(f"d1-{k}", "u1", f"i{k % 10}", k % 2, k) for k in range(10)]
             batch += [ans(f"d2-{k}", "u1", "i0", 0, 20 + k) for k in range(3)]
+            # and on the other concepts' first items: more reasons than the at-risk list
+            # shows before its "more reasons" fold
+            for item in ("i5", "i10", "i15"):
+                batch += [ans(f"d3-{item}-{k}", "u1", item, 0, 30 + k) for k in range(3)]
             r = http.post("/v1/answers", json={"answers": batch}, headers=world.headers("ingest"))
             assert r.status_code == 201, r.text
             n_concepts = http.get("/v1/concepts", headers=world.headers("admin")).json()["total"]
@@ -356,6 +360,7 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
             students = http.get(f"{api}/students", headers=teacher).json()
             reteach = http.get(f"{api}/reteach", headers=teacher).json()
             grid = http.get(f"{api}/mastery", headers=teacher).json()
+            risk = http.get(f"{api}/at-risk", headers=teacher).json()
         assert (n_learners, n_concepts) == (2, 4)
         assert students["total"] == n_learners and students["timed"] is True
         assert [s["struggling"] > 0 for s in students["students"]] == [False, True], students
@@ -448,6 +453,7 @@ def test_dashboard_in_headless_chromium(browser, tmp_path, dkt_run):
 
         # every other view renders without an error state, each with its CSV button
         _other_views(driver, shots)
+        _check_risk(driver, risk)
         for which in ("class", "reteach", "mastery", "learner", "groups", "risk", "curves"):
             assert _css(driver, f'button.csv[data-csv="{which}"]'), which
         assert _css(driver, '#groups-cards [data-group="1"]'), "no suggested group card"
@@ -551,6 +557,32 @@ def _check_heatmap(driver, grid: dict, *, only_practised: bool) -> None:
     )
     for j in cols:
         assert grid["concepts"][j]["name"][:39] in " ".join(concepts), concepts
+
+
+def _check_risk(driver, risk: dict) -> None:
+    """The at-risk tab: each student's reasons in the API's order, the first
+    RISK_REASONS_SHOWN listed, the rest folded under "N more reasons" until opened."""
+    shown_at_most = 5
+    _tab(driver, "risk")
+    _wait(driver, lambda d: _settled(d, "risk-state"), "the at-risk list")
+    reasons = {r["learner_id"]: [str(x) for x in r["reasons"]] for r in risk["learners"]}
+    assert max(len(v) for v in reasons.values()) > shown_at_most, reasons  # a fold to see
+    for learner, expected in reasons.items():
+        row = _css(driver, f'#risk-table tbody tr[data-learner="{learner}"]')[0]
+        lists = row.find_elements("css selector", "ol.reasons")
+        first = [li.text for li in lists[0].find_elements("css selector", "li")]
+        assert first == expected[:shown_at_most], (learner, first)
+        folds = row.find_elements("css selector", "details.reasons-more")
+        if len(expected) <= shown_at_most:
+            assert not folds
+            continue
+        summary = folds[0].find_element("css selector", "summary")
+        more = len(expected) - shown_at_most
+        assert summary.text == f"{more} more reason{'s' if more > 1 else ''}"
+        assert not lists[1].is_displayed()
+        _click(driver, summary)
+        rest = [li.text for li in lists[1].find_elements("css selector", "li")]
+        assert rest == expected[shown_at_most:], (learner, rest)
 
 
 def _other_views(

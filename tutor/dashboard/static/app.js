@@ -1406,6 +1406,19 @@
   }
 
   // ------------------------------------------------------------------ at-risk list
+  /** A student's reasons, most pressing first: the first RISK_REASONS_SHOWN, the rest
+   *  folded under "N more reasons" (a student with thousands of answers can have dozens). */
+  const RISK_REASONS_SHOWN = 5;
+  function riskReasons(list) {
+    const item = (r) => h("li", { text: typeof r === "string" ? r : fmtValue(r) });
+    const first = h("ol", { class: "reasons" }, list.slice(0, RISK_REASONS_SHOWN).map(item));
+    if (list.length <= RISK_REASONS_SHOWN) return first;
+    const rest = list.slice(RISK_REASONS_SHOWN);
+    return h("div", {}, first, h("details", { class: "reasons-more" },
+      h("summary", { text: `${rest.length} more reason${rest.length === 1 ? "" : "s"}` }),
+      h("ol", { class: "reasons", start: String(RISK_REASONS_SHOWN + 1) }, rest.map(item))));
+  }
+
   async function loadRisk() {
     const token = nextSeq("risk");
     const box = $("risk-state");
@@ -1439,8 +1452,7 @@
         return;
       }
       for (const l of rows) {
-        const reasons = h("ol", { class: "reasons" },
-          (l.reasons || []).map((r) => h("li", { text: typeof r === "string" ? r : fmtValue(r) })));
+        const reasons = riskReasons(l.reasons || []);
         const inactive = data.timed === false
           ? h("span", { class: "muted", title: "no real times in this data", text: "–" })
           : isNum(l.days_inactive)
