@@ -20,7 +20,7 @@ from :mod:`kt_models.predictions`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,21 @@ def curve_counts(
     )
 
 
+def dataset_concept_names(data: Path | str) -> dict[str, str]:
+    """The dataset's concept names by concept id, those it has (ASSISTments' skill names;
+    EdNet's tags and the research files' skill numbers have none); empty where the dataset
+    cannot be read (a run whose data moved is reported with concept ids)."""
+    from data_loaders.dataset import open_dataset
+    from data_loaders.errors import DatasetError
+
+    try:
+        table = open_dataset(data).concepts()
+    except (DatasetError, OSError, ValueError):
+        return {}
+    ids, names = table.column("concept_id").to_pylist(), table.column("name").to_pylist()
+    return {str(c): str(n) for c, n in zip(ids, names, strict=True) if n}
+
+
 def learning_curves(
     answers: Answers,
     item_concepts: np.ndarray,
@@ -308,9 +323,11 @@ def learning_curves(
     n_concepts: int = 6,
     max_opportunity: int = 20,
     min_count: int = 5,
+    names: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Error rate by opportunity, observed and predicted, of the most practised concepts
-    (:func:`curve_counts`).
+    (:func:`curve_counts`); ``concept_names`` are the concept ids of the model's vocabulary,
+    ``names`` what to call them (:func:`dataset_concept_names`).
 
     Each answer counts once for each of its item's concepts. The observed error counts every
     answer, the predicted error the scored ones; an opportunity with fewer than
@@ -342,6 +359,7 @@ def learning_curves(
         curves.append(
             {
                 "concept": str(concept_names[c - 1]),
+                "name": (names or {}).get(str(concept_names[c - 1]), ""),
                 "answers": int(counts[c]),
                 "opportunity": (ok + 1).tolist(),
                 "n": n[ok].astype(np.int64).tolist(),
@@ -435,7 +453,9 @@ def analyse_run(
         metrics=metrics(y, p),
         calibration=calibration_table(y, p),
         auc_by_position=auc_by_position(y, p, pos, max_position),
-        learning_curves=learning_curves(answers, vocab.item_concepts, vocab.concepts),
+        learning_curves=learning_curves(
+            answers, vocab.item_concepts, vocab.concepts, names=dataset_concept_names(lr.data)
+        ),
         history=read_history(lr.dir / "metrics.jsonl"),
         results=matching_results(lr.dir, lr.data),
         summary=summary,

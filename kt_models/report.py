@@ -181,6 +181,8 @@ def plot_auc_by_position(rows: list[dict[str, Any]], overall: float | None, path
 
 
 def plot_learning_curves(curves: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     n = max(len(curves), 1)
     cols = min(3, n)
     rows = -(-n // cols)
@@ -192,8 +194,15 @@ def plot_learning_curves(curves: list[dict[str, Any]], path: Path) -> None:
             c["opportunity"], c["predicted_error"], marker="s", ms=3, ls="--", label="predicted"
         )
         ax.set_ylim(0, 1)
-        ax.set_title(f"{c['concept'][:40]} ({c['answers']:,} answers)", fontsize=9)
+        count = f"{c['answers']:,} answers"
+        title = (
+            f"{c['name'][:40]}\nid {c['concept'][:20]}, {count}"
+            if c.get("name")
+            else f"{c['concept'][:40]}, {count}"
+        )
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("opportunity")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("error rate")
         ax.legend(fontsize=7)
     for ax in axes[len(curves) :]:

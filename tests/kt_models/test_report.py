@@ -146,7 +146,9 @@ def test_learning_curves_count_multi_concept_answers():
         y=np.array([0.0, 1.0, 1.0, 0.0, 1.0]),
         p=np.array([np.nan, 0.6, 0.8, np.nan, 0.5]),
     )
-    curves = {c["concept"]: c for c in learning_curves(a, q, ["A", "B"], min_count=1)}
+    named = {"A": "Adding fractions"}
+    curves = {c["concept"]: c for c in learning_curves(a, q, ["A", "B"], min_count=1, names=named)}
+    assert curves["A"]["name"] == "Adding fractions" and curves["B"]["name"] == ""
     # concept A: learner 0 opportunities 1, 2, 3; learner 1: 1, 2 (first answers unscored:
     # opportunity 1 has no prediction, so no point)
     assert curves["A"]["answers"] == 5
@@ -227,3 +229,35 @@ def test_graph_layout_and_large_graph(tmp_path):
     info = plot_prerequisite_graph(big, [f"k{i}" for i in range(60)], tmp_path / "g.png")
     assert info["concepts"] == 60 and info["shown"] == 40 and info["layout"].startswith("layered")
     _check_pngs(tmp_path, {"g.png"})
+
+
+def test_the_report_names_concepts_the_dataset_names(runs, tmp_path):
+    """Learning curves carry the dataset's concept names (the ids where it has none, or
+    where the dataset is gone)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kt_models.evaluate import dataset_concept_names
+
+    info = json.loads((runs["dkt"] / "run.json").read_text())
+    data = tmp_path / "named"
+    shutil.copytree(info["data"], data)
+    table = pq.read_table(data / "concepts.parquet")
+    ids = table.column("concept_id").to_pylist()
+    names = [f"Skill {c.upper()}" if c != "c0" else None for c in ids]
+    pq.write_table(
+        table.set_column(1, "name", pa.array(names, pa.string())), data / "concepts.parquet"
+    )
+    assert dataset_concept_names(data) == {c: f"Skill {c.upper()}" for c in ids if c != "c0"}
+    assert dataset_concept_names(tmp_path / "gone") == {}
+    run = tmp_path / "run"
+    shutil.copytree(runs["dkt"], run)
+    (run / "run.json").write_text(json.dumps({**info, "data": str(data)}))
+    write_report(run, tmp_path / "out", device="cpu")
+    curves = json.loads((tmp_path / "out" / "report.json").read_text())["learning_curves"]
+    assert curves and all(
+        c["name"] == ("" if c["concept"] == "c0" else f"Skill {c['concept'].upper()}")
+        for c in curves
+    )
