@@ -302,8 +302,8 @@ def curve_counts(
 
 def dataset_concept_names(data: Path | str) -> dict[str, str]:
     """The dataset's concept names by concept id, those it has (ASSISTments' skill names;
-    EdNet's tags and the research files' skill numbers have none); empty where the dataset
-    cannot be read (a run whose data moved is reported with concept ids)."""
+    EdNet's tags and the research files' skill numbers have none); empty where its concept
+    table cannot be read."""
     from data_loaders.dataset import open_dataset
     from data_loaders.errors import DatasetError
 

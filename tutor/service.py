@@ -15,6 +15,7 @@ history in event order, so the result never depends on arrival order.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,6 @@ from .blocking import may_block
 from .catalogue import ConceptRef, ItemRef, catalogue, item_refs
 from .clock import as_utc, utcnow
 from .db import (
-    Concept,
     Interaction,
     Item,
     Learner,
@@ -109,7 +109,7 @@ class AnswerIn(Answer):
 def mastery_of(
     model: LoadedModel,
     state: Any,
-    concepts: list[Concept] | tuple[ConceptRef, ...],
+    concepts: Sequence[ConceptRef],
     *,
     evidence: Evidence,
     rule: EvidenceRule,

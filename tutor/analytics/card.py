@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..catalogue import concept_label
 from ..db import LearnerState, ModelVersion, Organisation
 from ..runtime import decode_many
 from ..service import NotFound
@@ -98,7 +99,10 @@ def _static_card(session: Session, ctx: _Context, mv: ModelVersion) -> dict[str,
         order = np.argsort(-p[src, dst], kind="stable")
         graph = {
             "threshold": GRAPH_EDGE_THRESHOLD,
-            "nodes": [{"concept_id": c, "name": names.get(c, "")} for c in model.concept_ids],
+            "nodes": [
+                {"concept_id": c, "name": names.get(c) or concept_label(c, "")}
+                for c in model.concept_ids
+            ],
             "edges": [
                 {
                     "source": model.concept_ids[int(src[k])],

@@ -23,7 +23,7 @@ from .deps import (
     mark_created,
     require_roles,
 )
-from .schemas import ExtId, ItemIn, ItemOut, ItemPage, Limit, Offset
+from .schemas import MAX_ITEM_CONCEPTS, ExtId, ItemIn, ItemOut, ItemPage, Limit, Offset
 
 router = APIRouter(tags=["admin"])
 
@@ -63,7 +63,13 @@ def get_item(item_id: ExtId, view: ViewDep) -> ItemOut:
 @router.put(
     "/items/{item_id}",
     response_model=ItemOut,
-    responses=created_or("Replaced", {422: "Unknown concepts (without ?create_concepts=true)"}),
+    responses=created_or(
+        "Replaced",
+        {
+            422: "Unknown concepts (without ?create_concepts=true), or more than "
+            f"{MAX_ITEM_CONCEPTS} of them"
+        },
+    ),
 )
 def put_item(
     item_id: ExtId,

@@ -115,8 +115,11 @@ def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> 
 def signal_ready(ready: Connection) -> None:
     """Tell the supervisor this worker serves: one byte on the worker's end of its readiness
     pipe. A pipe, not a shared event: a worker killed at any instant (the kernel's OOM
-    killer during start-up, say) leaves nothing held that the supervisor could wait on."""
-    ready.send_bytes(b"1")
+    killer during start-up, say) leaves nothing held that the supervisor could wait on. A
+    supervisor already gone (its end closed) is no error here: the parent-death signal stops
+    this worker."""
+    with contextlib.suppress(BrokenPipeError):
+        ready.send_bytes(b"1")
 
 
 def _worker(
