@@ -48,3 +48,13 @@ def ready_then_killed(
     if len(log.read_text().splitlines()) == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(60)
+
+
+def serves_quietly(
+    host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int
+) -> None:
+    """Says it serves, binds nothing, and waits until it is stopped."""
+    from tutor.api.server import signal_ready
+
+    signal_ready(ready)
+    time.sleep(120)

@@ -196,7 +196,7 @@ def test_a_second_server_on_the_port_is_refused(tmp_path: Path) -> None:
         second = _serve(f"sqlite:///{tmp_path / 'b.db'}", port, 2)
         assert second.wait(60) == 2
         output = second.stdout.read().decode()
-        assert f"cannot listen on 127.0.0.1:{port}" in output, output
+        assert f"cannot listen on 127.0.0.1:{port}: another tutor serve" in output, output
         assert _listeners(port) == 2
     finally:
         first.send_signal(signal.SIGTERM)
@@ -267,6 +267,48 @@ def test_a_worker_failing_after_the_service_served_is_retried_with_a_pause(
     # two or three starts in 7 s, where without the pause a start follows each death
     assert 2 <= len(starts) <= 3, gaps
     assert gaps[0] >= 2.5, gaps
+
+
+def test_a_second_supervisor_is_refused_before_the_first_ones_workers_bind() -> None:
+    """Two ``tutor serve`` on one port started together: the second is refused at once, even
+    while nothing is bound yet (the stand-in workers never bind: the address check alone
+    would let both start), and the port is free to serve again once the first has ended."""
+    import threading
+
+    from tutor.api.server import WorkerFailed, _Supervisor
+
+    port = free_port()
+    first = _Supervisor("127.0.0.1", port, 1, {}, target=standin_workers.serves_quietly)
+    second = _Supervisor("127.0.0.1", port, 1, {}, target=standin_workers.serves_quietly)
+    seen: list[BaseException | None] = []
+
+    def start_second() -> None:  # (a supervisor sets signal handlers: the first is the main
+        # thread's; the second is refused before it would)
+        deadline = time.monotonic() + 30
+        try:
+            while not (first._running() and first._running()[0][1].is_set()):
+                if time.monotonic() > deadline:
+                    seen.append(TimeoutError("the first never served"))
+                    return
+                time.sleep(0.05)
+            try:
+                second.run()
+                seen.append(None)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                seen.append(exc)
+        finally:
+            first.signals = 1
+
+    helper = threading.Thread(target=start_second)
+    helper.start()
+    first.run()
+    helper.join(60)
+    assert len(seen) == 1 and isinstance(seen[0], WorkerFailed), seen
+    assert "another tutor serve of this user" in str(seen[0])
+    assert not second.procs  # refused before it started a worker
+    third = _Supervisor("127.0.0.1", port, 1, {}, target=standin_workers.never_ready)
+    with pytest.raises(WorkerFailed, match="stopped before it served"):
+        third.run()  # the lock was released: it got as far as starting its worker
 
 
 def test_a_worker_killed_right_after_it_said_it_serves_is_replaced(tmp_path: Path) -> None:

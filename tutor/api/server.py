@@ -23,7 +23,8 @@ The parent process supervises:
 - A worker that stops on its own is started again, after a pause when it keeps stopping
   soon after its start (1 s, doubling up to 30 s).
 - Before any worker starts, the address must be free: a port held by another program, or
-  by another ``tutor serve`` whose workers' group the new ones would otherwise join, stops
+  by another ``tutor serve`` whose workers' group the new ones would otherwise join (even
+  one started a moment before, whose workers have not bound yet: :func:`port_lock`), stops
   :func:`serve` with :class:`WorkerFailed`; so does a first worker that stops before it
   serves (the database out of reach, say).
 """
@@ -37,7 +38,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -98,6 +99,41 @@ def address_free(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+@contextlib.contextmanager
+def port_lock(host: str, port: int) -> Iterator[None]:
+    """Held by a supervisor for as long as it runs: one ``tutor serve`` per port and user.
+
+    :func:`address_free` sees another server only once its workers have bound their
+    sockets, seconds after its start; two servers started within those seconds would both
+    pass it, and their workers would then share the port. An exclusive ``flock`` on a file
+    named for the port and the user closes that gap (the system releases it when the process
+    ends, however it ends). Another user's server cannot join the port group (Linux keeps a
+    ``SO_REUSEPORT`` group to one user): its workers' binds fail, as before. Where the lock
+    file cannot be opened (a read-only temporary directory), the probe alone decides."""
+    import fcntl
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"tutor-serve-{os.getuid()}-{port}.lock")
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        _say(f"no lock file for port {port} ({exc}); relying on the address check")
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkerFailed(
+                f"cannot listen on {host}:{port}: another tutor serve of this user is "
+                f"starting or serving on port {port} (it holds {path})"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> None:
@@ -229,6 +265,10 @@ class _Supervisor:
         return [p for p in self.procs if p is not None]
 
     def run(self) -> None:
+        with port_lock(self.host, self.port):
+            self._run()
+
+    def _run(self) -> None:
         taken = address_free(self.host, self.port)
         if taken is not None:
             raise WorkerFailed(f"cannot listen on {self.host}:{self.port}: {taken}")
