@@ -11,7 +11,7 @@ storing. States rebuilt during a read request are written back at its end by
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -160,13 +160,23 @@ def first_answer_priors(
     return priors, shown
 
 
+#: ids bound in one ``IN`` list (a statement's parameters stay well under every driver's limit)
+IN_CHUNK = 1000
+
+
+def in_chunks(ids: list[int]) -> Iterator[list[int]]:
+    """``ids`` in slices of :data:`IN_CHUNK`, one query's ``IN`` list each."""
+    for start in range(0, len(ids), IN_CHUNK):
+        yield ids[start : start + IN_CHUNK]
+
+
 def histories(
     session: Session, learner_ids: list[int]
 ) -> dict[int, list[tuple[str, int, datetime, str]]]:
     """Each learner's answers in event order as (item external id, correct, time, event id),
-    one query per 1,000 learners."""
+    one query per :data:`IN_CHUNK` learners."""
     out: dict[int, list[tuple[str, int, datetime, str]]] = {lid: [] for lid in learner_ids}
-    for start in range(0, len(learner_ids), 1000):
+    for chunk in in_chunks(learner_ids):
         rows = session.execute(
             select(
                 Interaction.learner_id,
@@ -176,7 +186,7 @@ def histories(
                 Interaction.event_id,
             )
             .join(Item, Item.id == Interaction.item_id)
-            .where(Interaction.learner_id.in_(learner_ids[start : start + 1000]))
+            .where(Interaction.learner_id.in_(chunk))
             .order_by(Interaction.learner_id, Interaction.timestamp, Interaction.event_id)
         )
         for lid, item, correct, ts, ev in rows:
@@ -245,8 +255,7 @@ def rebuild_states(
             if row is not None:
                 rows[missing[0]] = row
         else:
-            for start in range(0, len(missing), 1000):
-                chunk = missing[start : start + 1000]
+            for chunk in in_chunks(missing):
                 rows.update(
                     (r.learner_id, r)
                     for r in session.scalars(

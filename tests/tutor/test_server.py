@@ -305,7 +305,7 @@ def test_a_second_supervisor_is_refused_before_the_first_ones_workers_bind() -> 
     helper.join(60)
     assert len(seen) == 1 and isinstance(seen[0], WorkerFailed), seen
     assert "another tutor serve of this user" in str(seen[0])
-    assert not second.procs  # refused before it started a worker
+    assert not second._running()  # refused before it started a worker
     third = _Supervisor("127.0.0.1", port, 1, {}, target=standin_workers.never_ready)
     with pytest.raises(WorkerFailed, match="stopped before it served"):
         third.run()  # the lock was released: it got as far as starting its worker

@@ -32,7 +32,7 @@ from ..evidence import STATUSES, EvidenceRule
 from ..runtime import SECONDS_PER_DAY, LoadedModel, concept_mastery_many, decode_many
 from ..service import as_utc
 from ..settings import org_setting
-from ..states import rebuild_states
+from ..states import in_chunks, rebuild_states
 from .cache import _GROUP
 from .context import _Context, _Members
 
@@ -210,8 +210,8 @@ def _score_rows(
     if stale:
         ids = [int(members.ids[k]) for k in stale]
         learners: dict[int, Learner] = {}
-        for start in range(0, len(ids), 1000):
-            q = select(Learner).where(Learner.id.in_(ids[start : start + 1000]))
+        for chunk in in_chunks(ids):
+            q = select(Learner).where(Learner.id.in_(chunk))
             learners.update((lr.id, lr) for lr in session.scalars(q))
         rebuilt = rebuild_states(
             session,

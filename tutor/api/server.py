@@ -39,6 +39,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -49,7 +50,8 @@ STOP_TIMEOUT = 30.0
 
 
 class WorkerFailed(RuntimeError):
-    """A worker stopped before it served (see its own log lines for why)."""
+    """``tutor serve`` cannot serve: its address is taken (by another program or another
+    ``tutor serve``) or a first worker stopped before it served (see its own log lines)."""
 
 
 def reuse_port_supported() -> bool:
@@ -83,9 +85,9 @@ def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
 
 def address_free(host: str, port: int) -> OSError | None:
     """None if nothing is bound to ``host:port``, else the error a plain bind (or the name's
-    lookup) met. A socket
-    of another server's ``SO_REUSEPORT`` group would not stop the workers' own binds: the
-    kernel would then split the connections between the two servers."""
+    lookup) met. A socket of another server's ``SO_REUSEPORT`` group would not stop the
+    workers' own binds: the kernel would then split the connections between the two
+    servers."""
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -228,12 +230,10 @@ class _Supervisor:
         #: what a worker process runs (tests give another function of the same arguments)
         self.target = target or _worker
         self.ctx = multiprocessing.get_context("spawn")
-        self.procs: list[tuple[SpawnProcess, _Readiness] | None] = []
-        self.started_at: list[float] = []
-        self.backoff: list[float] = []
+        self.slots = [_Slot() for _ in range(workers)]
         self.signals = 0
 
-    def _start(self, k: int) -> None:
+    def _start(self, slot: _Slot) -> None:
         reader, writer = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=self.target,
@@ -244,14 +244,7 @@ class _Supervisor:
             proc.start()
         finally:
             writer.close()  # the worker's end: once the worker ends, the pipe reads as closed
-        ready = _Readiness(reader)
-        if k == len(self.procs):
-            self.procs.append((proc, ready))
-            self.started_at.append(time.monotonic())
-            self.backoff.append(0.0)
-        else:
-            self.procs[k] = (proc, ready)
-            self.started_at[k] = time.monotonic()
+        slot.proc, slot.ready, slot.started_at = proc, _Readiness(reader), time.monotonic()
 
     def _stop_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1
@@ -262,7 +255,7 @@ class _Supervisor:
                 _signal(proc, signal.SIGTERM)
 
     def _running(self) -> list[tuple[SpawnProcess, _Readiness]]:
-        return [p for p in self.procs if p is not None]
+        return [(s.proc, s.ready) for s in self.slots if s.proc is not None and s.ready]
 
     def run(self) -> None:
         with port_lock(self.host, self.port):
@@ -278,8 +271,8 @@ class _Supervisor:
             f"each (supervisor process {os.getpid()})"
         )
         try:
-            for k in range(self.n):
-                self._start(k)
+            for slot in self.slots:
+                self._start(slot)
             self._supervise()
         finally:
             self._stop_all()
@@ -288,7 +281,6 @@ class _Supervisor:
 
     def _supervise(self) -> None:
         serving = False  # every first worker has been ready once
-        due: dict[int, float] = {}  # worker slot -> when to start it again
         while not self.signals:
             live = [p.sentinel for p, _ in self._running()]
             wait(live, timeout=0.5)
@@ -297,13 +289,12 @@ class _Supervisor:
             if not serving:
                 serving = all(ready.is_set() for _, ready in self._running())
             now = time.monotonic()
-            for k, slot in enumerate(self.procs):
-                if slot is None:
-                    if now >= due[k]:
-                        del due[k]
-                        self._start(k)
+            for slot in self.slots:
+                proc, ready = slot.proc, slot.ready
+                if proc is None or ready is None:
+                    if now >= slot.due:
+                        self._start(slot)
                     continue
-                proc, ready = slot
                 if proc.is_alive():
                     continue
                 if not serving and not ready.is_set():
@@ -311,19 +302,18 @@ class _Supervisor:
                         f"a worker stopped before it served (exit code {proc.exitcode}): "
                         "see its lines above"
                     )
-                quick = now - self.started_at[k] < self.QUICK
-                self.backoff[k] = (
-                    min(max(self.backoff[k] * 2, self.FIRST_BACKOFF), self.MAX_BACKOFF)
+                quick = now - slot.started_at < self.QUICK
+                slot.backoff = (
+                    min(max(slot.backoff * 2, self.FIRST_BACKOFF), self.MAX_BACKOFF)
                     if quick
                     else 0.0
                 )
                 _say(
                     f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "
-                    f"another" + (f" in {self.backoff[k]:g} s" if self.backoff[k] else "")
+                    f"another" + (f" in {slot.backoff:g} s" if slot.backoff else "")
                 )
                 ready.close()
-                self.procs[k] = None
-                due[k] = now + self.backoff[k]
+                slot.proc, slot.ready, slot.due = None, None, now + slot.backoff
 
     def _stop_all(self) -> None:
         for proc, _ in self._running():
@@ -336,6 +326,19 @@ class _Supervisor:
                 proc.join()
         for _, ready in self._running():
             ready.close()
+
+
+@dataclass
+class _Slot:
+    """One worker's place: its process and readiness while one runs; else, after a worker
+    stopped, when to start the next one (``due``). ``backoff``: the pause after the last quick
+    stop (0 after a worker that ran a while)."""
+
+    proc: SpawnProcess | None = None
+    ready: _Readiness | None = None
+    started_at: float = 0.0
+    backoff: float = 0.0
+    due: float = 0.0
 
 
 class _Readiness:
