@@ -369,7 +369,9 @@ class AKT(KTModel):
         _, inputs, (y_enc,) = self._encode(x, y, valid, self._next_plan(valid.shape[1]))
         # a candidate at the next position sees at most the last `window` positions
         w = min(self.config.window, valid.shape[1])
-        keys = self._candidate_keys([t[:, -w:] for t in inputs], y_enc[:, -w:], valid[:, -w:])
+        keys = self._candidate_keys(
+            self._key_inputs([t[:, -w:] for t in inputs], y_enc[:, -w:]), valid[:, -w:]
+        )
         x_new, _ = self._embed(items, None)  # [n, m, d]
         per_item = x_new.shape[0] * self.config.heads * (w + 1)
         size = max(1, min(_CANDIDATES, _BUDGET // per_item))
@@ -379,12 +381,66 @@ class AKT(KTModel):
         ]
         return torch.cat(out, 1)
 
+    @torch.no_grad()
+    def multi_step_logits(self, batch: Batch, n: int) -> torch.Tensor:
+        """The ``n``-step protocol (:meth:`KTModel.multi_step_logits`) in one pass: the
+        encoders run once over the whole histories (a position's encodings there are the
+        serving form's, whose buffer holds everything the bands reach), then every cut's
+        candidates attend over the ``window`` positions before the cut, through the serving
+        form's own :meth:`_candidate_keys` and :meth:`_retrieve_next`. The serving loop
+        re-encodes the buffer at every cut (about 40x a forward pass with 10 steps and the
+        default window); this costs one forward plus a candidate's attention per position."""
+        x, y = self._embed(batch.item, batch.correct)
+        assert y is not None
+        valid = batch.mask
+        _, inputs, (y_enc,) = self._encode(x, y, valid)
+        n_b, n_pos = batch.item.shape
+        dev = batch.item.device
+        out = torch.zeros(n_b, n_pos, device=dev)
+        if n >= n_pos:
+            return out
+        cuts = torch.arange(n, n_pos, n, device=dev)
+        # (learner, cut) pairs with a real answer to predict at the cut
+        learner, cut = torch.nonzero(valid[:, cuts], as_tuple=True)
+        cut = cuts[cut]
+        w = min(self.config.window, self.buffer)
+        hist_pos = torch.arange(-w, 0, device=dev)
+        ahead = torch.arange(n, device=dev)
+        projected = self._key_inputs(inputs, y_enc)  # once per position, not per window
+        per_pair = 4 * self.config.n_blocks * w * x.shape[-1]
+        size = max(1, 4 * _BUDGET // per_pair)
+        for lo in range(0, len(cut), size):
+            b, c = learner[lo : lo + size], cut[lo : lo + size]
+            pos = c.unsqueeze(1) + hist_pos  # [P, w]: the window before the cut
+            known = pos >= 0
+            pos = pos.clamp(min=0)
+            rows = b.unsqueeze(1)
+            keys = self._candidate_keys([t[rows, pos] for t in projected], valid[rows, pos] & known)
+            at = c.unsqueeze(1) + ahead  # [P, n]: the positions predicted from this cut
+            inside = at < n_pos
+            at = at.clamp(max=n_pos - 1)
+            x_new = x[rows, at]
+            logits = self._readout(self._retrieve_next(x_new, keys), x_new)
+            rows = rows.expand_as(at)
+            out[rows[inside], at[inside]] = logits[inside]
+        return out
+
+    def _key_inputs(self, inputs: list[torch.Tensor], y_enc: torch.Tensor) -> list[torch.Tensor]:
+        """Per block, the projected keys and values ``[n, L, d]`` that candidates attend over:
+        of the history's question-layer inputs (question encoder) and of its outputs with the
+        encoded answers (retriever)."""
+        out = []
+        for b, (qenc, retr) in enumerate(zip(self.questions, self.retriever, strict=True)):
+            a, r = qenc.attn, retr.attn
+            hist_in, hist_out = inputs[2 * b], inputs[2 * b + 1]
+            out += [a.kq(hist_in), a.v(hist_in), r.kq(hist_out), r.v(y_enc)]
+        return out
+
     def _candidate_keys(
-        self, inputs: list[torch.Tensor], y_enc: torch.Tensor, valid: torch.Tensor
+        self, projected: list[torch.Tensor], valid: torch.Tensor
     ) -> dict[str, object]:
-        """What every candidate of :meth:`_retrieve_next` attends over: per block, the
-        projected keys and values of the history's question-layer inputs (question encoder)
-        and outputs with the encoded answers (retriever), and the allowed keys."""
+        """What every candidate of :meth:`_retrieve_next` attends over: the keys and values
+        of :meth:`_key_inputs` per head, and the allowed keys."""
         n, L = valid.shape
         dev = valid.device
         k_pos = torch.arange(L + 1, device=dev)
@@ -392,18 +448,11 @@ class AKT(KTModel):
         peek, p_dist = self._band(q_pos, k_pos, True)  # [1, L+1]: the last `window` and itself
         past, r_dist = self._band(q_pos, k_pos[:L], False)  # [1, L]
         keys_ok = torch.cat([valid, valid.new_ones(n, 1)], 1)
-        blocks = []
-        for b, (qenc, retr) in enumerate(zip(self.questions, self.retriever, strict=True)):
-            a, r = qenc.attn, retr.attn
-            hist_in, hist_out = inputs[2 * b], inputs[2 * b + 1]
-            blocks.append(
-                (
-                    a.split(a.kq(hist_in)),  # [n, heads, L, dk]
-                    a.split(a.v(hist_in)),
-                    r.split(r.kq(hist_out)),
-                    r.split(r.v(y_enc)),
-                )
-            )
+        split = self.questions[0].attn.split  # [n, L, d] -> [n, heads, L, dk]
+        blocks = [
+            tuple(split(t) for t in projected[4 * b : 4 * b + 4])
+            for b in range(self.config.n_blocks)
+        ]
         return {
             "blocks": blocks,
             "peek": (peek & keys_ok.unsqueeze(1)).unsqueeze(1),  # [n, 1, 1, L+1]

@@ -151,6 +151,14 @@ class KTModel(nn.Module):
     #: whether :meth:`learner_traits` gives per-learner traits
     has_traits: ClassVar[bool] = False
 
+    def multi_step_logits(self, batch: Batch, n: int) -> torch.Tensor | None:
+        """Logits ``[B, T]`` of the ``n``-step protocol in one pass, where the model has a
+        faster form than the serving loop of :func:`kt_models.predictions.predict_multi_step`
+        (position ``p >= n`` predicted after the answers before ``n * (p // n)``, as ``predict``
+        does after ``step`` through them; positions before ``n`` are not read). None: use the
+        loop."""
+        return None
+
     def concept_vectors(self) -> torch.Tensor | None:
         """One vector per concept (rows 1..C) for the curriculum designer, if the model has."""
         return None

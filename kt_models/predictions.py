@@ -140,23 +140,29 @@ def predict_multi_step(
     device: torch.device,
     batch_tokens: int = 262144,
     max_batch: int = 2048,
+    serving: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(answers, probabilities, steps ahead 1..n) for windows of ``n`` after each cut (see
-    :mod:`kt_models.evaluate`), through the serving form, batched over learners."""
+    :mod:`kt_models.evaluate`), through the serving form, batched over learners; a model's
+    :meth:`~kt_models.base.KTModel.multi_step_logits` replaces the loop where it has one
+    (``serving``: the loop all the same, to check that form against it)."""
     model.eval()
     sub = seqs.subset(np.asarray(users, dtype=np.int64))
     ys, ps, ks = [], [], []
     for _, b in learner_batches(sub, device, batch_tokens=batch_tokens, max_batch=max_batch):
         bsz, t_max = b.item.shape
-        state = model.init_state(bsz)
+        # the model's one-pass form of the loop below, where it has one
+        ahead = None if serving else model.multi_step_logits(b, n)
+        state = model.init_state(bsz) if ahead is None else None
         for cut in range(n, t_max, n):
-            # feed the answers of the previous window
-            for t in range(cut - n, cut):
-                state = model.step(state, b.item[:, t], b.correct[:, t], b.time[:, t])
             hi = min(cut + n, t_max)
-            items = b.item[:, cut:hi]
-            times = b.time[:, cut:hi]
-            probs = model.predict(state, items, at_time=times)
+            if ahead is None:
+                # feed the answers of the previous window
+                for t in range(cut - n, cut):
+                    state = model.step(state, b.item[:, t], b.correct[:, t], b.time[:, t])
+                probs = model.predict(state, b.item[:, cut:hi], at_time=b.time[:, cut:hi])
+            else:
+                probs = torch.sigmoid(ahead[:, cut:hi])
             m = b.mask[:, cut:hi]
             ys.append(b.correct[:, cut:hi][m].cpu().numpy())
             ps.append(probs[m].float().cpu().numpy())

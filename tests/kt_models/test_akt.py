@@ -9,6 +9,7 @@ import torch
 from kt_models import akt
 from kt_models.base import build_model, make_config
 from kt_models.data import load_sequences, make_batch
+from kt_models.predictions import predict_multi_step
 
 SMALL = {"d_model": 16, "heads": 2, "d_ff": 16, "final_fc": 16}
 
@@ -67,3 +68,24 @@ def test_the_window_bounds_what_a_prediction_sees(skill_dataset):
     m = batch.mask[:, 3 + reach :]
     torch.testing.assert_close(a[:, 3 + reach :][m], b[:, 3 + reach :][m])
     assert not torch.allclose(a[:, 4], b[:, 4])  # within reach they do
+
+
+def test_the_one_pass_multi_step_equals_the_serving_loop(skill_dataset, monkeypatch):
+    """``multi_step_logits`` (the 10-step evaluation's fast form) gives what the serving
+    loop gives, cut by cut, with two blocks, histories past the buffer, a learner batch of
+    several lengths, a horizon that does not divide them and cuts taken one at a time."""
+    seqs, vocab = load_sequences(skill_dataset)
+    model = _model(vocab, window=3, n_blocks=2)
+    users = np.arange(12)
+    for n in (1, 4, 7, 3):
+        if n == 3:
+            monkeypatch.setattr(akt, "_BUDGET", 1)  # one (learner, cut) pair per call
+        fast = predict_multi_step(model, seqs, users, n, torch.device("cpu"), max_batch=5)
+        loop = predict_multi_step(
+            model, seqs, users, n, torch.device("cpu"), max_batch=5, serving=True
+        )
+        assert len(fast[1]) == len(loop[1]) > 0
+        np.testing.assert_array_equal(fast[0], loop[0])
+        np.testing.assert_array_equal(fast[2], loop[2])
+        np.testing.assert_allclose(fast[1], loop[1], atol=1e-5, rtol=0)
+    assert model.multi_step_logits(make_batch(seqs, users[:2]), 10_000).abs().sum() == 0
