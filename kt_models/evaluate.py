@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -403,6 +403,8 @@ class RunAnalysis:
     results: dict[str, Any] | None  # results.json, when computed on the same dataset
     summary: dict[str, Any]  # the data and learners reported on
     graph: np.ndarray | None = None  # [C, C] prerequisite probabilities (PSI-KT)
+    #: the dataset's concept names by concept id (:func:`dataset_concept_names`)
+    concept_names: dict[str, str] = field(default_factory=dict)
     traits: dict[str, np.ndarray] | None = None  # per learner, after their last answer
     trait_summary: dict[str, dict[str, float]] | None = None
 
@@ -435,6 +437,7 @@ def analyse_run(
     s = answers.scored
     y, p, pos = answers.y[s], answers.p[s], answers.position[s]
     vocab = model.vocab
+    names = dataset_concept_names(lr.data)
     summary = {
         "dataset": str(lr.data),
         "subset": lr.subset,
@@ -455,13 +458,12 @@ def analyse_run(
         metrics=metrics(y, p),
         calibration=calibration_table(y, p),
         auc_by_position=auc_by_position(y, p, pos, max_position),
-        learning_curves=learning_curves(
-            answers, vocab.item_concepts, vocab.concepts, names=dataset_concept_names(lr.data)
-        ),
+        learning_curves=learning_curves(answers, vocab.item_concepts, vocab.concepts, names=names),
         history=read_history(lr.dir / "metrics.jsonl"),
         results=matching_results(lr.dir, lr.data),
         summary=summary,
         graph=graph.float().cpu().numpy() if graph is not None else None,
+        concept_names=names,
         traits=traits,
         trait_summary=trait_summary(traits) if traits is not None else None,
     )

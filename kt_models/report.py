@@ -19,8 +19,9 @@ learners of another dataset; every next-step prediction is computed once):
 * PSI-KT (any model with ``prerequisite_graph`` and ``learner_traits``) also gets
   ``prerequisite_graph.png`` (edges with probability > 0.5, width by probability; the 40
   concepts of highest degree when there are more; layered by a topological order when the
-  edges form a DAG, else on a circle) and ``traits.png`` (histograms of alpha, mu, sigma and
-  gamma of each test learner after their last answer).
+  edges form a DAG, else on a circle; concepts labelled by the dataset's names where it has
+  them, else their ids), a table of its most probable edges by name, and ``traits.png``
+  (histograms of alpha, mu, sigma and gamma of each test learner after their last answer).
 
 ``index.html`` (self-contained: no external URL) shows the images, a metrics table (the run's
 ``results.json`` when it was computed on the same dataset, else computed here), the run's
@@ -37,7 +38,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ from .train import pick_device
 
 MAX_GRAPH_NODES = 40
 MAX_GRAPH_EDGES = 300
+#: the prerequisite edges the report lists by name, most probable first
+STRONGEST_EDGES = 15
 
 
 # ---------------------------------------------------------------------- graph layout
@@ -239,7 +243,48 @@ def plot_training(history: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_prerequisite_graph(probs: np.ndarray, names: Sequence[str], path: Path) -> dict[str, Any]:
+def graph_label(name: str, width: int = 16) -> str:
+    """A node's label: at most two lines of ``width`` characters, cut with an ellipsis."""
+    lines = textwrap.wrap(name, width) or [""]
+    rest = " ".join(lines[1:])
+    if len(rest) > width:
+        rest = rest[: width - 1].rstrip() + "\u2026"
+    return "\n".join([lines[0], rest] if rest else lines[:1])
+
+
+def strongest_edges(
+    probs: np.ndarray,
+    ids: Sequence[str],
+    names: Mapping[str, str] | None = None,
+    n: int = STRONGEST_EDGES,
+) -> list[dict[str, Any]]:
+    """The ``n`` most probable prerequisite edges ``i -> j`` of ``probs`` (``[C, C]``, the
+    diagonal ignored), each with both concepts' ids and names (empty where unnamed)."""
+    p = np.array(probs, dtype=np.float64)
+    np.fill_diagonal(p, -np.inf)
+    flat = np.argsort(-p, axis=None, kind="stable")[: min(n, p.size - len(p))]
+    names = names or {}
+    out = []
+    for i, j in zip(*np.unravel_index(flat, p.shape), strict=True):
+        a, b = str(ids[i]), str(ids[j])
+        out.append(
+            {
+                "prerequisite": a,
+                "prerequisite_name": names.get(a, ""),
+                "dependent": b,
+                "dependent_name": names.get(b, ""),
+                "probability": float(p[i, j]),
+            }
+        )
+    return out
+
+
+def plot_prerequisite_graph(
+    probs: np.ndarray, ids: Sequence[str], path: Path, names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Draw the learned prerequisite graph (its :data:`MAX_GRAPH_NODES` best-connected
+    concepts) with each concept labelled by its name where ``names`` (by id) has one, else
+    its id; returns what was drawn and the :func:`strongest_edges`."""
     c = probs.shape[0]
     strong = probs > 0.5
     degree = strong.sum(0) + strong.sum(1)
@@ -278,7 +323,7 @@ def plot_prerequisite_graph(probs: np.ndarray, names: Sequence[str], path: Path)
     ax.scatter(pos[:, 0], pos[:, 1], s=120, color="C1", zorder=3, edgecolor="k", lw=0.5)
     for k, v in enumerate(keep):
         ax.annotate(
-            str(names[v])[:14],
+            graph_label((names or {}).get(str(ids[v])) or str(ids[v])),
             pos[k],
             textcoords="offset points",
             xytext=(0, 8),
@@ -301,6 +346,7 @@ def plot_prerequisite_graph(probs: np.ndarray, names: Sequence[str], path: Path)
         "edges_above_half": int(strong.sum()),
         "edges_drawn": len(edges),
         "layout": layout,
+        "strongest": strongest_edges(probs, ids, names),
     }
 
 
@@ -464,9 +510,9 @@ def _draw_figures(
             ("training.png", "Training history", "Training loss and validation AUC per epoch.")
         )
     if a.graph is not None:
-        names = a.run.model.vocab.concepts
+        ids = a.run.model.vocab.concepts
         path = out_dir / "prerequisite_graph.png"
-        graph_drawn = plot_prerequisite_graph(a.graph, names, path)
+        graph_drawn = plot_prerequisite_graph(a.graph, ids, path, a.concept_names)
         shown.append(
             (
                 "prerequisite_graph.png",
@@ -553,6 +599,26 @@ def _html(
             f'<figure><h2>{e(title)}</h2><img src="{e(file)}" alt="{e(title)}">'
             f"<figcaption>{e(caption)}</figcaption></figure>"
         )
+    graph = numbers.get("prerequisite_graph")
+    if graph and graph.get("strongest"):
+        parts.append("<h2>Strongest prerequisite edges</h2>")
+
+        def concept(cid: str, name: str) -> str:
+            return f"{name} ({cid})" if name else cid
+
+        parts.append(
+            _table(
+                ["prerequisite", "dependent", "probability"],
+                [
+                    [
+                        concept(r["prerequisite"], r["prerequisite_name"]),
+                        concept(r["dependent"], r["dependent_name"]),
+                        r["probability"],
+                    ]
+                    for r in graph["strongest"]
+                ],
+            )
+        )
     parts.append("<h2>AUC by position</h2>")
     parts.append(
         _table(
@@ -585,5 +651,6 @@ __all__ = [
     "graph_layout",
     "plot_comparison",
     "plot_prerequisite_graph",
+    "strongest_edges",
     "write_report",
 ]

@@ -21,7 +21,13 @@ from kt_models.evaluate import (
     position_buckets,
 )
 from kt_models.predictions import Answers, next_step_answers
-from kt_models.report import graph_layout, plot_prerequisite_graph, write_report
+from kt_models.report import (
+    graph_label,
+    graph_layout,
+    plot_prerequisite_graph,
+    strongest_edges,
+    write_report,
+)
 from kt_models.train import TrainConfig, train
 from tutor.cli import app
 
@@ -232,8 +238,8 @@ def test_graph_layout_and_large_graph(tmp_path):
 
 
 def test_the_report_names_concepts_the_dataset_names(runs, tmp_path):
-    """Learning curves carry the dataset's concept names (the ids where it has none, or
-    where the dataset is gone)."""
+    """Learning curves and the prerequisite graph's edges carry the dataset's concept names
+    (the ids where it has none, or where the dataset is gone)."""
     import shutil
 
     import pyarrow as pa
@@ -261,3 +267,40 @@ def test_the_report_names_concepts_the_dataset_names(runs, tmp_path):
         c["name"] == ("" if c["concept"] == "c0" else f"Skill {c['concept'].upper()}")
         for c in curves
     )
+    # PSI-KT's prerequisite graph: its strongest edges listed by name (and id), on the page
+    psi = tmp_path / "psi"
+    shutil.copytree(runs["psikt"], psi)
+    psi_info = json.loads((psi / "run.json").read_text())
+    (psi / "run.json").write_text(json.dumps({**psi_info, "data": str(data)}))
+    page = write_report(psi, tmp_path / "psi_out", device="cpu").read_text()
+    edges = json.loads((tmp_path / "psi_out" / "report.json").read_text())["prerequisite_graph"]
+    strongest = edges["strongest"]
+    assert len(strongest) == 12  # 4 concepts: every ordered pair
+    assert [e["probability"] for e in strongest] == sorted(
+        (e["probability"] for e in strongest), reverse=True
+    )
+    for e in strongest:
+        for end in ("prerequisite", "dependent"):
+            cid = e[end]
+            assert e[f"{end}_name"] == ("" if cid == "c0" else f"Skill {cid.upper()}")
+    assert "Strongest prerequisite edges" in page
+    top = strongest[0]
+    label = top["prerequisite_name"] or top["prerequisite"]
+    assert f"<td>{label}" in page
+
+
+def test_graph_labels_and_strongest_edges():
+    assert graph_label("c12") == "c12"
+    assert graph_label("Circle Graph") == "Circle Graph"
+    assert graph_label("Addition and Subtraction Integers") == "Addition and\nSubtraction Int\u2026"
+    assert graph_label("Ordering Positive Numbers") == "Ordering\nPositive Numbers"
+    probs = np.array([[0.9, 0.2, 0.7], [0.1, 0.9, 0.6], [0.3, 0.8, 0.9]])
+    top = strongest_edges(probs, ["a", "b", "c"], {"b": "Beta"}, n=3)
+    assert [(e["prerequisite"], e["dependent"]) for e in top] == [
+        ("c", "b"),
+        ("a", "c"),
+        ("b", "c"),
+    ]
+    assert top[0]["dependent_name"] == "Beta" and top[0]["prerequisite_name"] == ""
+    assert top[0]["probability"] == pytest.approx(0.8)
+    assert len(strongest_edges(probs, ["a", "b", "c"])) == 6  # the diagonal is no edge
