@@ -225,6 +225,24 @@ def test_clustering_separates_clear_groups():
         assert len(set(labels[b * 8 : (b + 1) * 8])) == 1
 
 
+def test_a_class_with_two_far_weaker_students_still_splits():
+    """Eighteen students: sixteen close together, two far weaker (a real class: k-means
+    puts those two alone, too few for a group, and the class used to become one group of
+    18). The two get a group with the classmate nearest to them; the rest stay together."""
+    from tutor.analytics.teaching import MIN_GROUP_STUDENTS, _cluster
+
+    rng = np.random.default_rng(3)
+    cloud = np.clip(0.7 + rng.normal(0, 0.08, (16, 6)), 0, 1)
+    weakest = np.array([[0.05] * 6, [0.1] * 6])
+    x = np.vstack([cloud, weakest])
+    labels = _cluster(x, 5)
+    sizes = np.bincount(labels)
+    assert len(sizes) == 2 and sizes.min() == MIN_GROUP_STUDENTS
+    assert labels[16] == labels[17]
+    third = [k for k in np.flatnonzero(labels == labels[16]) if k < 16]
+    assert third == [int(np.argmin(np.linalg.norm(cloud - weakest.mean(0), axis=1)))]
+
+
 def _csv(r) -> list[dict[str, str]]:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv")

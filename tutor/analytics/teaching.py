@@ -184,9 +184,12 @@ def reteach(
 # ---------------------------------------------------------------------- suggested groups
 def _cluster(x: np.ndarray, max_groups: int) -> np.ndarray:
     """k-means labels (deterministic) for groups a teacher can take aside: k aims at
-    :data:`TARGET_GROUP_SIZE` students a group (at least 2, at most ``max_groups``) and is
-    lowered until every group has at least :data:`MIN_GROUP_STUDENTS`; one group where no
-    split allows that."""
+    :data:`TARGET_GROUP_SIZE` students a group (at least 2, at most ``max_groups``, at most
+    one group per :data:`MIN_GROUP_STUDENTS` students). A group k-means leaves smaller than
+    :data:`MIN_GROUP_STUDENTS` (a few students far from the rest: the class's weakest two)
+    is filled with the students nearest to it (:func:`_fill_small`), so that those students
+    get a group with the classmates closest to them instead of the class becoming one
+    group; one group only where there are too few students or too few distinct ones."""
     n = len(x)
     uniq = len(np.unique(x, axis=0)) if n else 0
     k = int(np.clip(round(n / TARGET_GROUP_SIZE), 2, max(max_groups, 2)))
@@ -195,12 +198,30 @@ def _cluster(x: np.ndarray, max_groups: int) -> np.ndarray:
         return np.zeros(n, dtype=np.int64)
     from sklearn.cluster import KMeans
 
-    while k >= 2:
-        labels = KMeans(n_clusters=k, n_init=4, random_state=0).fit_predict(x)
-        if np.bincount(labels, minlength=k).min() >= MIN_GROUP_STUDENTS:
-            return labels.astype(np.int64)
-        k -= 1
-    return np.zeros(n, dtype=np.int64)
+    km = KMeans(n_clusters=k, n_init=4, random_state=0).fit(x)
+    labels = _fill_small(x, km.labels_.astype(np.int64), km.cluster_centers_, MIN_GROUP_STUDENTS)
+    # k-means may leave a cluster empty on ties; number the groups 0.. without gaps
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def _fill_small(x: np.ndarray, labels: np.ndarray, centres: np.ndarray, least: int) -> np.ndarray:
+    """``labels`` with every group brought to at least ``least`` members (the caller keeps
+    ``k * least <= n``): one student at a time, the one whose move costs least (distance to
+    the small group's centre minus distance to their own) from a group that can spare one."""
+    labels = labels.copy()
+    k = len(centres)
+    dist = np.linalg.norm(x[:, None, :] - centres[None, :, :], axis=2)  # [n, k]
+    while True:
+        sizes = np.bincount(labels, minlength=k)
+        small = np.flatnonzero(sizes < least)
+        if not len(small):
+            return labels
+        g = int(small[np.argmin(sizes[small])])
+        donors = np.flatnonzero(sizes[labels] > least)
+        if not len(donors):  # cannot happen when k * least <= n; stop rather than loop
+            return labels
+        cost = dist[donors, g] - dist[donors, labels[donors]]
+        labels[donors[np.argmin(cost)]] = g
 
 
 def suggested_groups(
