@@ -388,8 +388,8 @@ class AKT(KTModel):
         serving form's, whose buffer holds everything the bands reach), then every cut's
         candidates attend over the ``window`` positions before the cut, through the serving
         form's own :meth:`_candidate_keys` and :meth:`_retrieve_next`. The serving loop
-        re-encodes the buffer at every cut (about 40x a forward pass with 10 steps and the
-        default window); this costs one forward plus a candidate's attention per position."""
+        encodes the window's reach again at every cut (measured 13x slower with 10 steps and
+        the defaults); this costs one forward plus a candidate's attention per position."""
         x, y = self._embed(batch.item, batch.correct)
         assert y is not None
         valid = batch.mask
@@ -407,7 +407,9 @@ class AKT(KTModel):
         hist_pos = torch.arange(-w, 0, device=dev)
         ahead = torch.arange(n, device=dev)
         projected = self._key_inputs(inputs, y_enc)  # once per position, not per window
-        per_pair = 4 * self.config.n_blocks * w * x.shape[-1]
+        # per pair: the gathered keys and values, the candidates' attention and activations
+        d, heads = x.shape[-1], self.config.heads
+        per_pair = 4 * self.config.n_blocks * w * d + n * (heads * (w + 1) + 8 * d)
         size = max(1, 4 * _BUDGET // per_pair)
         for lo in range(0, len(cut), size):
             b, c = learner[lo : lo + size], cut[lo : lo + size]

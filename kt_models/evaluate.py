@@ -314,7 +314,7 @@ def dataset_concept_names(data: Path | str) -> dict[str, str]:
     except (DatasetError, OSError, ValueError):
         return {}
     ids, names = table.column("concept_id").to_pylist(), table.column("name").to_pylist()
-    return {str(c): str(n) for c, n in zip(ids, names, strict=True) if n}
+    return {str(c): str(n).strip() for c, n in zip(ids, names, strict=True) if n and str(n).strip()}
 
 
 def learning_curves(

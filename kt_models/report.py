@@ -262,7 +262,8 @@ def strongest_edges(
     diagonal ignored), each with both concepts' ids and names (empty where unnamed)."""
     p = np.array(probs, dtype=np.float64)
     np.fill_diagonal(p, -np.inf)
-    flat = np.argsort(-p, axis=None, kind="stable")[: min(n, p.size - len(p))]
+    flat = np.argsort(-p, axis=None, kind="stable")
+    flat = flat[np.isfinite(p.flat[flat])][: max(n, 0)]  # no diagonal, no NaN
     names = names or {}
     out = []
     for i, j in zip(*np.unravel_index(flat, p.shape), strict=True):

@@ -77,10 +77,17 @@ def test_the_one_pass_multi_step_equals_the_serving_loop(skill_dataset, monkeypa
     seqs, vocab = load_sequences(skill_dataset)
     model = _model(vocab, window=3, n_blocks=2)
     users = np.arange(12)
+    step = model.step
+
+    def no_step(*_args):  # noqa: ANN002, ANN202
+        raise AssertionError("the one-pass form stepped the serving state")
+
     for n in (1, 4, 7, 3):
         if n == 3:
             monkeypatch.setattr(akt, "_BUDGET", 1)  # one (learner, cut) pair per call
+        monkeypatch.setattr(model, "step", no_step)
         fast = predict_multi_step(model, seqs, users, n, torch.device("cpu"), max_batch=5)
+        monkeypatch.setattr(model, "step", step)
         loop = predict_multi_step(
             model, seqs, users, n, torch.device("cpu"), max_batch=5, serving=True
         )

@@ -304,3 +304,6 @@ def test_graph_labels_and_strongest_edges():
     assert top[0]["dependent_name"] == "Beta" and top[0]["prerequisite_name"] == ""
     assert top[0]["probability"] == pytest.approx(0.8)
     assert len(strongest_edges(probs, ["a", "b", "c"])) == 6  # the diagonal is no edge
+    probs[0, 1] = np.nan
+    assert len(strongest_edges(probs, ["a", "b", "c"])) == 5  # nor is a NaN
+    assert strongest_edges(probs, ["a", "b", "c"], n=-1) == []

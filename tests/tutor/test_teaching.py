@@ -243,6 +243,17 @@ def test_a_class_with_two_far_weaker_students_still_splits():
     assert third == [int(np.argmin(np.linalg.norm(cloud - weakest.mean(0), axis=1)))]
 
 
+def test_a_small_group_takes_the_students_nearest_to_its_centre():
+    from tutor.analytics.teaching import _fill_small
+
+    # group 0 (one student at its centre) needs one more; group 1 can spare two. The student
+    # at -1.9 is 2.0 from group 0's centre but far from their own; the one at 1.0 is nearer
+    x = np.array([[0.1, 0.0], [-1.9, 0.0], [1.0, 0.0], [5.0, 0.0], [5.1, 0.0]])
+    centres = np.array([[0.1, 0.0], [5.0, 0.0]])
+    labels = _fill_small(x, np.array([0, 1, 1, 1, 1]), centres, 2)
+    assert labels.tolist() == [0, 1, 0, 1, 1]
+
+
 def _csv(r) -> list[dict[str, str]]:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv")

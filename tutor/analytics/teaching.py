@@ -187,9 +187,9 @@ def _cluster(x: np.ndarray, max_groups: int) -> np.ndarray:
     :data:`TARGET_GROUP_SIZE` students a group (at least 2, at most ``max_groups``, at most
     one group per :data:`MIN_GROUP_STUDENTS` students). A group k-means leaves smaller than
     :data:`MIN_GROUP_STUDENTS` (a few students far from the rest: the class's weakest two)
-    is filled with the students nearest to it (:func:`_fill_small`), so that those students
-    get a group with the classmates closest to them instead of the class becoming one
-    group; one group only where there are too few students or too few distinct ones."""
+    is filled with the students nearest to its centre (:func:`_fill_small`), so that those
+    students get a group with the classmates closest to them instead of the class becoming
+    one group; one group only where there are too few students or too few distinct ones."""
     n = len(x)
     uniq = len(np.unique(x, axis=0)) if n else 0
     k = int(np.clip(round(n / TARGET_GROUP_SIZE), 2, max(max_groups, 2)))
@@ -199,15 +199,15 @@ def _cluster(x: np.ndarray, max_groups: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
     km = KMeans(n_clusters=k, n_init=4, random_state=0).fit(x)
-    labels = _fill_small(x, km.labels_.astype(np.int64), km.cluster_centers_, MIN_GROUP_STUDENTS)
-    # k-means may leave a cluster empty on ties; number the groups 0.. without gaps
-    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+    # a cluster k-means left empty (ties) is no group: number the others 0.. first
+    used, labels = np.unique(km.labels_, return_inverse=True)
+    return _fill_small(x, labels.astype(np.int64), km.cluster_centers_[used], MIN_GROUP_STUDENTS)
 
 
 def _fill_small(x: np.ndarray, labels: np.ndarray, centres: np.ndarray, least: int) -> np.ndarray:
     """``labels`` with every group brought to at least ``least`` members (the caller keeps
-    ``k * least <= n``): one student at a time, the one whose move costs least (distance to
-    the small group's centre minus distance to their own) from a group that can spare one."""
+    ``k * least <= n``): one student at a time, the one nearest to the smallest group's
+    centre among the groups that can spare one."""
     labels = labels.copy()
     k = len(centres)
     dist = np.linalg.norm(x[:, None, :] - centres[None, :, :], axis=2)  # [n, k]
@@ -220,8 +220,7 @@ def _fill_small(x: np.ndarray, labels: np.ndarray, centres: np.ndarray, least: i
         donors = np.flatnonzero(sizes[labels] > least)
         if not len(donors):  # cannot happen when k * least <= n; stop rather than loop
             return labels
-        cost = dist[donors, g] - dist[donors, labels[donors]]
-        labels[donors[np.argmin(cost)]] = g
+        labels[donors[np.argmin(dist[donors, g])]] = g
 
 
 def suggested_groups(
