@@ -146,6 +146,8 @@ def predict_multi_step(
     :mod:`kt_models.evaluate`), through the serving form, batched over learners; a model's
     :meth:`~kt_models.base.KTModel.multi_step_logits` replaces the loop where it has one
     (``serving``: the loop all the same, to check that form against it)."""
+    if n < 1:
+        raise ValueError(f"the multi-step horizon must be at least 1 answer, got {n}")
     model.eval()
     sub = seqs.subset(np.asarray(users, dtype=np.int64))
     ys, ps, ks = [], [], []

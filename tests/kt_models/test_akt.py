@@ -4,6 +4,7 @@ equal to the forward pass with several blocks over histories longer than its buf
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from kt_models import akt
@@ -96,3 +97,5 @@ def test_the_one_pass_multi_step_equals_the_serving_loop(skill_dataset, monkeypa
         np.testing.assert_array_equal(fast[2], loop[2])
         np.testing.assert_allclose(fast[1], loop[1], atol=1e-5, rtol=0)
     assert model.multi_step_logits(make_batch(seqs, users[:2]), 10_000).abs().sum() == 0
+    with pytest.raises(ValueError, match="at least 1 answer"):
+        predict_multi_step(model, seqs, users, 0, torch.device("cpu"))

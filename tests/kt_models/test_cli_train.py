@@ -53,6 +53,9 @@ def test_train_then_evaluate_writes_results(skill_dataset, tmp_path):
         assert 0 <= res["test"][k] <= 1 or k == "logloss"
     assert res["multi_step"]["horizon"] == 5 and res["learners"] > 0
     assert "dkt" in r.output
+    for bad in ("-3", "1001"):  # a horizon out of range is refused before any work
+        r = runner.invoke(app, ["evaluate", str(run), "--multi-step", bad])
+        assert r.exit_code == 2 and "--multi-step" in r.output, r.output
 
 
 def test_resume_continues_the_epoch_count(skill_dataset, tmp_path):

@@ -122,7 +122,9 @@ def evaluate_cmd(
     data: Annotated[
         Path | None, typer.Option("--data", "-d", help="Evaluate on another dataset.")
     ] = None,
-    multi_step: Annotated[int, typer.Option(help="Multi-step horizon n (0: off).")] = 10,
+    multi_step: Annotated[
+        int, typer.Option(min=0, max=1000, help="Multi-step horizon n (0: off).")
+    ] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     plot: Annotated[
         Path | None,
