@@ -104,18 +104,23 @@ def test_overfits_tiny_dataset(name, options, tiny_dataset):
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     users = np.arange(seqs.n_users)
     batch = make_batch(seqs, users)
-    model.train()
-    first = None
-    for _ in range(150):
-        logits = model(batch)
-        loss = model.loss(batch, logits)
+    first, reached, auc = None, None, None
+    # up to 150 updates; checked every 10th (every model here gets there in 10-20, and the
+    # 150 updates CAKT took to the end cost 7 s a variant)
+    for update in range(1, 151):
+        model.train()
+        loss = model.loss(batch, model(batch))
         opt.zero_grad()
         loss.backward()
         opt.step()
         first = float(loss.detach()) if first is None else first
-    y, p = predict_next_step(model, seqs, users, torch.device("cpu"))
-    assert float(loss.detach()) < 0.8 * first
-    assert metrics(y, p)["auc"] > 0.85
+        if update % 10 == 0 and float(loss.detach()) < 0.8 * first:
+            y, p = predict_next_step(model, seqs, users, torch.device("cpu"))
+            auc = metrics(y, p)["auc"]
+            if auc > 0.85:
+                reached = update
+                break
+    assert reached is not None, f"loss {float(loss.detach()):.3f} from {first:.3f}, AUC {auc}"
 
 
 @pytest.mark.parametrize(("name", "options"), VARIANTS)
