@@ -46,6 +46,8 @@ Choices where the paper is silent or where the interface needs them:
   encoded, :meth:`AKT._next_plan`). Measured on one CPU thread with the defaults: a step
   0.02 ms, a prediction about 35 ms for the history plus 65 ms per 1,000
   candidate items (DKT: 0.2 ms and 0.4 ms per 10,000). The state is about 5 KB a learner.
+  A service reads concept mastery (the mean over a concept's items) through 9 items per
+  concept set (:attr:`mastery_nodes`, interpolated in ``mu``: ``tutor.runtime.ConceptSets``).
 
 Defaults are pyKT's for AKT: ``d = 256``, 8 heads, ``n_blocks = 1``, feed-forward 256,
 final layer 512, dropout 0.05, Adam with lr 1e-4. Linear layers keep PyTorch's default
@@ -58,6 +60,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,6 +185,8 @@ class AKT(KTModel):
     config_class = AKTConfig
     default_lr = 1e-4
     item_aware = True
+    #: concept mastery from 9 items per concept set (see :meth:`item_difficulties`)
+    mastery_nodes = 9
 
     def __init__(self, config: AKTConfig, vocab: Vocab) -> None:
         super().__init__(config, vocab)
@@ -234,6 +239,13 @@ class AKT(KTModel):
                 assert correct is not None
                 y = y + mu * (dvar + self.response_vary(correct.long()))
         return x, y
+
+    def item_difficulties(self) -> np.ndarray | None:
+        """``mu`` per item: the items of one concept set differ in nothing else (their
+        ``c`` and ``d`` are the set's), so a prediction is a function of the set and ``mu``."""
+        if self.mu is None:
+            return None
+        return self.mu.weight.detach()[:, 0].cpu().numpy().astype(np.float64)
 
     def item_penalty(self, batch: Batch) -> torch.Tensor | float:
         if self.mu is None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +71,13 @@ class KTModel(nn.Module):
     #: precompute, once per model, a matrix and offset per item, so that a prediction over
     #: thousands of items is one matrix product (``tutor.runtime.LoadedModel``)
     affine_readout: ClassVar[bool] = False
+    #: for an item-aware model whose prediction of an item depends on the item only through
+    #: its concepts and one scalar difficulty (:meth:`item_difficulties`), and whose
+    #: prediction per item is costly: how many items of each concept set a server predicts
+    #: for the concepts' mastery, the others read off by linear interpolation in the
+    #: difficulty (``tutor.runtime.ConceptSets``); 0: every item (exact). Predictions of
+    #: the items themselves (recommendations) are always the model's own
+    mastery_nodes: ClassVar[int] = 0
     #: the Adam learning rate ``tutor train`` uses unless told otherwise
     default_lr: ClassVar[float] = 2e-3
     #: the Adam L2 weight decay ``tutor train`` uses unless told otherwise
@@ -132,6 +140,12 @@ class KTModel(nn.Module):
     ) -> torch.Tensor:
         """Success probabilities ``[n, m]`` of items ``[n, m]`` for the ``n`` learners."""
         return torch.sigmoid(self.predict_logits(state, items, at_time))
+
+    def item_difficulties(self) -> np.ndarray | None:
+        """The scalar difficulty of every model item ``[n_items + 1]`` where the model's
+        predictions depend on an item only through its concepts and that number (see
+        :attr:`mastery_nodes`), else None."""
+        return None
 
     def compile_training(self) -> bool:
         """Compile the training form's per-step code with ``torch.compile``

@@ -46,18 +46,39 @@ class ItemPredictions:
     (a policy looks at a few concepts' items, never scores the whole catalogue): from the
     model's prediction per concept set, shifted by each item's logit offset against its
     concept's success rate for a model that does not tell items apart (``shift``).
-    Indexed like the ``[I]`` array it stands for: by an item position or an array of them."""
+    Indexed like the ``[I]`` array it stands for: by an item position or an array of them.
+    Where the model's sets are nodes (``item_sig`` None, see ``tutor.runtime.ConceptSets``),
+    ``own(positions)`` predicts the items themselves, each once per request."""
 
     def __init__(
-        self, p_sets: np.ndarray, item_sig: np.ndarray, offset: np.ndarray, *, shift: bool
+        self,
+        p_sets: np.ndarray,
+        item_sig: np.ndarray | None,
+        offset: np.ndarray,
+        *,
+        shift: bool,
+        own: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
+        if item_sig is None and own is None:
+            raise ValueError("items without a signature need their own predictions (own)")
         self.p_sets, self.item_sig, self.offset, self.shift = p_sets, item_sig, offset, shift
+        self.own = own
+        #: the items' own predictions so far (nan: not yet asked)
+        self._own = np.full(len(offset), np.nan) if item_sig is None else None
 
     def __len__(self) -> int:
-        return len(self.item_sig)
+        return len(self.offset) if self.item_sig is None else len(self.item_sig)
 
     def __getitem__(self, positions: Any) -> Any:
-        p = np.asarray(self.p_sets[self.item_sig[positions]], dtype=np.float64)
+        if self._own is not None:
+            assert self.own is not None
+            want = np.unique(np.asarray(positions, dtype=np.int64).reshape(-1))
+            new = want[np.isnan(self._own[want])]
+            if len(new):
+                self._own[new] = self.own(new)
+            p = self._own[positions]
+        else:
+            p = np.asarray(self.p_sets[self.item_sig[positions]], dtype=np.float64)
         if self.shift:
             p = 1.0 / (1.0 + np.exp(-(logit(p) + self.offset[positions])))
         return p

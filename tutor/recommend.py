@@ -159,7 +159,7 @@ def model_view(cat: Catalogue, model: LoadedModel) -> dict[str, Any]:
     view = {
         "edges": np.array(gates, dtype=np.int64).reshape(-1, 2),
         "item_idx": item_idx,
-        "item_sig": model.sets.item_sig[item_idx],
+        "item_sig": None if model.sets.item_sig is None else model.sets.item_sig[item_idx],
         "concept_idx": concept_idx,
         "curriculum": curriculum,
         "curriculum_pos": cur_pos,
@@ -214,8 +214,14 @@ def learner_view(
     # set 0 holds the items it was not trained on), read both per catalogue item and as
     # concept estimates
     p_sets = model.predict_sets(state, t_now)
+    own = None
+    if view["item_sig"] is None:  # the sets are nodes: items are predicted one by one
+
+        def own(positions: np.ndarray) -> np.ndarray:
+            return model.predict(state, view["item_idx"][positions], t_now)
+
     p_items = ItemPredictions(
-        p_sets, view["item_sig"], cat.item_offset, shift=not view["item_aware"]
+        p_sets, view["item_sig"], cat.item_offset, shift=not view["item_aware"], own=own
     )
     full = model.mastery_from(p_sets)
     if scale == "reachable":

@@ -53,12 +53,21 @@ class ConceptSets:
     signature. A concept's mastery is the mean predicted success over its items:
     ``weights @ p_sig``, ``weights`` ``[C + 1, S]`` sparse (the share of the concept's items
     that carry each signature).
+
+    A model whose prediction of an item depends on the item only through its concept set
+    and one scalar difficulty, and is costly per item (``KTModel.mastery_nodes``: AKT), gets
+    *nodes* instead: per concept set, ``nodes`` of its items at evenly spaced ranks of
+    difficulty (the easiest and the hardest among them) are the signatures, and every other
+    item's prediction counts in its concepts' mastery as the linear interpolation, in the
+    difficulty, between the two nodes around it (``weights`` folds that in). Its items have
+    no signature of their own then (``item_sig`` None): they are predicted one by one.
     """
 
-    #: [S] a model item index of each signature (its first item)
+    #: [S] a model item index of each signature (its first item, or a node)
     sig_item: np.ndarray
-    #: [n_items + 1] the signature of each model item (item 0: the model's unknown item)
-    item_sig: np.ndarray
+    #: [n_items + 1] the signature of each model item (item 0: the model's unknown item);
+    #: None with nodes (each item is predicted itself)
+    item_sig: np.ndarray | None
     #: [C + 1, S] sparse (scipy CSR), float32: concept mastery = weights @ p_sig
     weights: sparse.csr_matrix
     #: concept c's model items: ``concept_item[concept_start[c]:concept_start[c + 1]]``
@@ -69,10 +78,75 @@ class ConceptSets:
     )
 
     @classmethod
-    def build(cls, item_concepts: np.ndarray, n_concepts: int, per_set: bool) -> ConceptSets:
+    def build(
+        cls,
+        item_concepts: np.ndarray,
+        n_concepts: int,
+        per_set: bool,
+        difficulty: np.ndarray | None = None,
+        nodes: int = 0,
+    ) -> ConceptSets:
         """From the vocabulary's ``[n_items + 1, K]`` concept table (0: none) over
         ``n_concepts`` concepts (some may have no item); ``per_set``: one signature per
-        distinct concept set (a concept-level model), else one per item."""
+        distinct concept set (a concept-level model), else one per item, or, with
+        ``difficulty`` ``[n_items + 1]`` and ``nodes`` > 0, ``nodes`` per concept set (see
+        the class)."""
+        plain = cls._build(item_concepts, n_concepts, per_set)
+        if per_set or difficulty is None or nodes < 1:
+            return plain
+        return plain._with_nodes(np.asarray(item_concepts), difficulty, nodes)
+
+    def _with_nodes(
+        self, item_concepts: np.ndarray, difficulty: np.ndarray, nodes: int
+    ) -> ConceptSets:
+        """These per-item sets, read through ``nodes`` items per concept set."""
+        n_items1 = len(self.item_sig)  # type: ignore[arg-type]
+        mu = np.asarray(difficulty, dtype=np.float64).reshape(-1)
+        if len(mu) != n_items1:
+            raise ValueError(f"{len(mu)} item difficulties for {n_items1} items (with item 0)")
+        qs = np.sort(np.where(item_concepts > 0, item_concepts, 0), axis=1)
+        _, group = np.unique(qs[1:], axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        items = np.arange(1, n_items1, dtype=np.int64)
+        # items by concept set, then difficulty (then id: ties stay in a fixed order)
+        order = np.lexsort((items, mu[1:], group))
+        g_sorted = group[order]
+        starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        node_items: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]  # item 0: itself
+        rows, cols, vals = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], [np.ones(1)]
+        n_sig = 1
+        for a, b in zip(starts, ends, strict=True):
+            members = items[order[a:b]]  # this set's items, easiest... (ascending mu)
+            size = b - a
+            ranks = np.unique(np.round(np.linspace(0, size - 1, min(nodes, size))).astype(int))
+            picked = members[ranks]
+            node_items.append(picked)
+            x = mu[picked]
+            # each member between the nodes ranked around it: weights on the two nodes
+            right = np.clip(np.searchsorted(ranks, np.arange(size), side="left"), 0, len(ranks) - 1)
+            left = np.clip(right - 1, 0, len(ranks) - 1)
+            exact = ranks[right] == np.arange(size)
+            left = np.where(exact, right, left)
+            span = x[right] - x[left]
+            share = np.where(span > 0, (mu[members] - x[left]) / np.where(span > 0, span, 1.0), 1.0)
+            share = np.clip(share, 0.0, 1.0)
+            rows += [members, members]
+            cols += [n_sig + left, n_sig + right]
+            vals += [1.0 - share, share]
+            n_sig += len(picked)
+        interp = sparse.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n_items1, n_sig),
+        )  # [n_items + 1, S]: each item's prediction from the nodes (duplicates summed)
+        weights = sparse.csr_matrix(self.weights @ interp, dtype=np.float32)
+        weights.eliminate_zeros()
+        return ConceptSets(
+            np.concatenate(node_items), None, weights, self.concept_start, self.concept_item
+        )
+
+    @classmethod
+    def _build(cls, item_concepts: np.ndarray, n_concepts: int, per_set: bool) -> ConceptSets:
         q = np.asarray(item_concepts, dtype=np.int64)
         n_items1, n_c1 = q.shape[0], max(int(n_concepts), int(q.max(initial=0))) + 1
         # the signature: the item's concept entries, sorted (a model reads them in any order)
@@ -229,7 +303,11 @@ class LoadedModel:
             item_index={items_map.get(it, it): i + 1 for i, it in enumerate(vocab.items)},
             concept_ids=[concepts_map.get(c, c) for c in vocab.concepts],
             sets=ConceptSets.build(
-                np.asarray(vocab.item_concepts), vocab.n_concepts, bool(model.concept_level)
+                np.asarray(vocab.item_concepts),
+                vocab.n_concepts,
+                bool(model.concept_level),
+                model.item_difficulties() if model.item_aware else None,
+                model.mastery_nodes,
             ),
             _template=template,
             _layout=layout,
@@ -368,7 +446,10 @@ class LoadedModel:
 
     def predict_all(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Success probabilities of every model item ``[n_items + 1]``, index 0 included (the
-        prediction for an item the model was not trained on), from :meth:`predict_sets`."""
+        prediction for an item the model was not trained on), from :meth:`predict_sets`
+        (or item by item, where the sets are nodes)."""
+        if self.sets.item_sig is None:
+            return self.predict(state, np.arange(len(self.item_index) + 1), at_time)
         return self.predict_sets(state, at_time)[self.sets.item_sig]
 
     def mastery_from(self, p_sets: np.ndarray) -> np.ndarray:

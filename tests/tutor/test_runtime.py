@@ -110,6 +110,94 @@ def test_sets_of_a_model_with_item_terms_are_the_items():
     np.testing.assert_allclose(sets.mastery(p), _dense_mastery(Q, p), rtol=1e-6)
 
 
+# items 1..10 over concept sets {1} (1-5), {1, 2} (6-8), {2} (9, 10); their difficulties
+Q_NODES = np.array([[0, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 0], [1, 2], [2, 1], [1, 2],
+                    [2, 0], [2, 0]])  # fmt: skip
+MU = np.array([0.0, 0.3, -1.0, 2.0, 0.5, -0.2, 0.7, -0.4, 0.1, 1.5, 1.5])
+
+
+def test_nodes_read_a_concept_sets_items_through_a_few_of_them():
+    """With nodes, a concept set's easiest and hardest items and some between are predicted;
+    the others count in their concepts' mastery as the linear interpolation in difficulty
+    between the nodes around them: exact where a prediction is linear in the difficulty
+    within a set, and the plain per-item mastery where a set has no more items than nodes."""
+    sets = ConceptSets.build(Q_NODES, 2, per_set=False, difficulty=MU, nodes=3)
+    assert sets.item_sig is None
+    sig = sets.sig_item.tolist()
+    assert sig[0] == 0 and len(sig) == 1 + 3 + 3 + 2
+    # the set {1}: items 2 (easiest, mu -1), 3 (hardest, 2) and the middle rank (item 1, 0.3)
+    assert {2, 3, 1} <= set(sig) and not {4, 5} & set(sig)
+    # predictions linear in mu within each set (a different line per set): exact
+    line = {1: (0.5, 0.1), 2: (0.4, -0.05), 3: (0.6, 0.08)}
+    which = {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 2, 8: 2, 9: 3, 10: 3}
+    p_items = np.array(
+        [0.5] + [line[which[i]][0] + line[which[i]][1] * MU[i] for i in range(1, 11)]
+    )
+    np.testing.assert_allclose(
+        sets.mastery(p_items[sig]), _dense_mastery(Q_NODES, p_items), atol=1e-6
+    )
+    cols, w = sets.rows(np.array([2]))
+    np.testing.assert_allclose(
+        w @ p_items[sets.sig_item[cols]], _dense_mastery(Q_NODES, p_items)[2:3], atol=1e-6
+    )
+    # a curve is only approximated between nodes (so the test above can fail)...
+    curved = 1 / (1 + np.exp(3 * MU))
+    assert abs(sets.mastery(curved[sig])[1] - _dense_mastery(Q_NODES, curved)[1]) > 1e-3
+    # ...and is exact with as many nodes as a set has items
+    every = ConceptSets.build(Q_NODES, 2, per_set=False, difficulty=MU, nodes=5)
+    assert sorted(every.sig_item.tolist()) == list(range(11))
+    np.testing.assert_allclose(
+        every.mastery(curved[every.sig_item]), _dense_mastery(Q_NODES, curved), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="difficulties"):
+        ConceptSets.build(Q_NODES, 2, per_set=False, difficulty=MU[:5], nodes=3)
+
+
+def test_akt_mastery_reads_nodes_and_its_items_are_its_own(akt_run, tmp_path, monkeypatch):
+    """AKT (``mastery_nodes``): concept mastery from a few items per concept set stays within
+    0.002 of the mean over every item (difficulties spread as a trained model's), while
+    ``predict_all`` and recommendations (``tutor.policies.ItemPredictions``) keep each
+    item's own prediction."""
+    import torch
+
+    from kt_models.base import load_checkpoint, save_checkpoint
+    from tutor.policies import ItemPredictions
+
+    akt, _ = load_checkpoint(akt_run / "best.pt")
+    with torch.no_grad():  # difficulties spread as a trained model's (this one barely moved)
+        mu = akt.mu.weight
+        mu[1:] = torch.as_tensor(np.random.default_rng(0).normal(0, 0.8, (len(mu) - 1, 1)))
+    save_checkpoint(akt, tmp_path / "spread.pt")
+    # this catalogue's concept sets hold 5 items or fewer: 3 nodes a set, not AKT's 9
+    monkeypatch.setattr(type(akt), "mastery_nodes", 3)
+    model = LoadedModel.from_bytes(1, (tmp_path / "spread.pt").read_bytes())
+    assert model.sets.item_sig is None
+    n_items = len(model.item_index)
+    assert len(model.sets.sig_item) < n_items
+    state = model.step_many(
+        model.model.init_state(1), [1, 2, 3, 4], [1, 0, 1, 1], [0.0, 0.1, 0.2, 0.3]
+    )
+    per_item = model.predict(state, np.arange(n_items + 1))
+    np.testing.assert_allclose(model.predict_all(state), per_item, atol=1e-6)
+    q = np.asarray(model.model.vocab.item_concepts)
+    exact = _dense_mastery(q, per_item)[1:]
+    approx = model.concept_mastery(state)[1:]
+    assert np.abs(approx - exact).max() < 2e-3
+    assert np.abs(approx - exact).max() > 0  # nodes were read, not every item
+    asked = []
+
+    def own(positions: np.ndarray) -> np.ndarray:
+        asked.append(positions.tolist())
+        return model.predict(state, positions + 1)
+
+    p = ItemPredictions(np.zeros(1), None, np.zeros(n_items), shift=False, own=own)
+    np.testing.assert_allclose(p[np.array([4, 0, 4])], per_item[[5, 1, 5]], atol=1e-6)
+    assert float(p[0]) == pytest.approx(float(per_item[1]), abs=1e-6)
+    assert asked == [[0, 4]]  # each item predicted once
+    with pytest.raises(ValueError, match="own"):
+        ItemPredictions(np.zeros(1), None, np.zeros(3), shift=False)
+
+
 @pytest.mark.parametrize("which", ["dkt_run", "psikt_run"])
 def test_predictions_per_concept_set_equal_predictions_per_item(which, request):
     """The invariant concept sets rest on: a concept-level model (DKT) predicts the same for
