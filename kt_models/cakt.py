@@ -89,7 +89,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import KTModel, ModelConfig, register
-from .concepts import concept_logits, concept_weights, embed_answers
+from .concepts import concept_logits, concept_rows, concept_weights, embed_answers
 from .data import Batch, Vocab
 from .items import RaschItems, check_items_option
 
@@ -389,8 +389,31 @@ class CAKT(KTModel):
         return z.reshape(n, m, -1), hn, cn
 
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
-        z, _, _ = self._lstm2_step(state, self._fused_next(state, items))
-        return self._item_logits(z, items)  # z: [n, m, hidden]
+        """The learning-curve volumes and the second LSTM's step depend on a candidate only
+        through the concepts of the item that keys the history, so they are computed once per
+        distinct concept row among the candidates (once in all for ``history_key='current'``,
+        where the last answer keys it), then each item's own logit (its difficulty with
+        ``items='rasch'``). An item-aware CAKT over a 13,400-item catalogue: 340 ms -> a few."""
+        n, m = items.shape
+        if self.config.history_key == "current":
+            z, _, _ = self._lstm2_step(state, self._fused_next(state, items[:, :1]))
+            return self._item_logits(z.expand(n, m, -1), items)
+        rows, where = torch.unique(
+            concept_rows(self.item_concepts)[items].reshape(-1), return_inverse=True
+        )
+        if len(rows) >= m:  # nothing shared
+            z, _, _ = self._lstm2_step(state, self._fused_next(state, items))
+            return self._item_logits(z, items)  # z: [n, m, hidden]
+        # an item of each distinct row (any: items of one row get the same volumes), its
+        # concept readout (and variation readout) per row, then per item
+        reps = items.new_zeros(len(rows)).scatter_(0, where, items.reshape(-1)).expand(n, -1)
+        z, _, _ = self._lstm2_step(state, self._fused_next(state, reps))  # [n, S, hidden]
+        where = where.view(n, m)
+        out = self._gather(self.out(z), reps.unsqueeze(-1)).squeeze(-1).gather(1, where)
+        if self.rasch is None:
+            return out
+        vary = self.rasch.variation(self.item_concepts, z, reps).gather(1, where)
+        return out + self.rasch.difficulty(items) * vary
 
     @torch.no_grad()
     def step(self, state, item, correct, time=None):  # type: ignore[override]

@@ -108,10 +108,17 @@ class RaschItems(nn.Module):
     ) -> torch.Tensor:
         """Item logits ``base`` ``[..., M]`` (the concept readout of state ``h`` ``[..., H]``,
         gathered for ``items`` ``[..., M]``) plus ``mu_q`` times the variation readout."""
+        return base + self.difficulty(items) * self.variation(item_concepts, h, items)
+
+    def variation(
+        self, item_concepts: torch.Tensor, h: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """The variation readout ``[..., M]`` of state ``h`` for ``items``: what ``mu_q``
+        multiplies in :meth:`logits` (it depends on an item only through its concepts)."""
         assert self.vary_out is not None
         vary_all = self.vary_out(h)  # [..., C+1]
         vary = concept_logits(item_concepts, per_item(vary_all, items), items.unsqueeze(-1))
-        return base + self.difficulty(items) * vary.squeeze(-1)
+        return vary.squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor:
         """AKT's regulariser: ``l2`` times the sum of ``mu_q^2`` over the batch's answers."""

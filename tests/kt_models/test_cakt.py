@@ -170,6 +170,49 @@ def test_predict_is_pure_and_state_is_constant_size(skill_dataset):
         )
 
 
+@pytest.mark.parametrize("key", ["next", "current"])
+@pytest.mark.parametrize("items_option", ["none", "rasch"])
+def test_candidates_sharing_concepts_are_predicted_as_each_alone(key, items_option):
+    """``predict_logits`` computes the volumes and the second LSTM's step once per distinct
+    concept row among the candidates: every item's logit equals its logit asked alone, with
+    item difficulties that differ within a row, for one candidate list or one per learner."""
+    vocab = Vocab(
+        items=[f"i{k}" for k in range(1, 9)],
+        concepts=["c1", "c2"],
+        item_concepts=np.array(
+            [[0, 0], [1, 0], [1, 0], [2, 0], [2, 0], [1, 2], [1, 2], [0, 0], [2, 0]]
+        ),
+    )
+    torch.manual_seed(4)
+    opts = {"H": 5, "hidden": 20, "k": 3, "history_key": key, "items": items_option}
+    model = build_model("cakt", vocab, make_config("cakt", opts)).eval()
+    if model.rasch is not None:
+        with torch.no_grad():
+            model.rasch.mu.weight[1:] = torch.linspace(-1.0, 1.0, 8).unsqueeze(1)
+    state = model.init_state(3)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(6):
+            item = torch.randint(1, 9, (3,), generator=gen)
+            state = model.step(state, item, (torch.rand(3, generator=gen) < 0.6).float())
+        every = torch.arange(1, 9).expand(3, -1)
+        mixed = torch.tensor([[1, 2, 2, 7, 3], [4, 3, 4, 8, 1], [6, 5, 6, 6, 2]])
+        got = {}
+        for name, items in (("every", every), ("mixed", mixed)):
+            got[name] = together = model.predict_logits(state, items)
+            alone = torch.stack(
+                [
+                    model.predict_logits(state, items[:, j : j + 1])[:, 0]
+                    for j in range(items.shape[1])
+                ],
+                1,
+            )
+            torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    # items 1 and 2 share their concepts: told apart by their difficulties alone
+    gap = (got["every"][:, 0] - got["every"][:, 1]).abs().max()
+    assert gap > 1e-4 if model.rasch is not None else gap < 1e-6
+
+
 def test_decay_weights_are_positive_and_learnable():
     torch.manual_seed(0)
     model = CAKT(CAKTConfig(k=4, decay_init=0.3), VOCAB)
