@@ -78,7 +78,7 @@ class TrainConfig:
     ema: float = 0.995
     #: compile the model's per-step training code with ``torch.compile``
     #: (:meth:`KTModel.compile_training`; PSI-KT: about 3x faster an epoch on a CPU, after
-    #: about a minute of compiling; needs a C++ compiler on CPUs). Models without such code
+    #: about 30 s of compiling; needs a C++ compiler on CPUs). Models without such code
     #: ignore it.
     compile: bool = False
 
