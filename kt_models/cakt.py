@@ -89,7 +89,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .base import KTModel, ModelConfig, register
-from .concepts import concept_logits, concept_rows, concept_weights, embed_answers
+from .concepts import concept_logits, concept_weights, embed_answers
 from .data import Batch, Vocab
 from .items import RaschItems, check_items_option
 
@@ -398,15 +398,13 @@ class CAKT(KTModel):
         if self.config.history_key == "current":
             z, _, _ = self._lstm2_step(state, self._fused_next(state, items[:, :1]))
             return self._item_logits(z.expand(n, m, -1), items)
-        rows, where = torch.unique(
-            concept_rows(self.item_concepts)[items].reshape(-1), return_inverse=True
-        )
+        rows, where = torch.unique(self.item_class[items].reshape(-1), return_inverse=True)
         if len(rows) >= m:  # nothing shared
             z, _, _ = self._lstm2_step(state, self._fused_next(state, items))
             return self._item_logits(z, items)  # z: [n, m, hidden]
-        # an item of each distinct row (any: items of one row get the same volumes), its
+        # the first item of each distinct row (items of one row get the same volumes), its
         # concept readout (and variation readout) per row, then per item
-        reps = items.new_zeros(len(rows)).scatter_(0, where, items.reshape(-1)).expand(n, -1)
+        reps = self.class_item[rows].expand(n, -1)
         z, _, _ = self._lstm2_step(state, self._fused_next(state, reps))  # [n, S, hidden]
         where = where.view(n, m)
         out = self._gather(self.out(z), reps.unsqueeze(-1)).squeeze(-1).gather(1, where)

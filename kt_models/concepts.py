@@ -5,7 +5,6 @@ that every model treats multi-skill items and untagged items alike."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,17 +45,6 @@ def concept_weights(
         table = w / w.sum(-1, keepdim=True)
         item_concepts._kt_concept_weights = table  # type: ignore[attr-defined]
     return item_concepts[items], table[items]
-
-
-def concept_rows(item_concepts: torch.Tensor) -> torch.Tensor:
-    """An id per item ``[n_items + 1]``, equal for items whose concept rows are equal
-    (computed once per ``item_concepts`` tensor, a model's buffer, and kept on it)."""
-    rows = getattr(item_concepts, "_kt_concept_rows", None)
-    if rows is None:
-        _, inverse = np.unique(item_concepts.cpu().numpy(), axis=0, return_inverse=True)
-        rows = torch.as_tensor(inverse.reshape(-1), device=item_concepts.device)
-        item_concepts._kt_concept_rows = rows  # type: ignore[attr-defined]
-    return rows
 
 
 def embed_answers(

@@ -377,8 +377,9 @@ class PSIKT(KTModel):
         logits, elbos = [], []
         update = self._train_update if self.training and self._train_update else self._update
         for t in range(t_max):
-            # the first position plain: the initial state carries no gradient, later ones do,
-            # so a compiled update would be traced and compiled twice (about 15 s each on CPU)
+            # the first position plain: the initial state's h and d need no gradient (and its
+            # prior is expanded), later states' do, so a compiled update would be guarded
+            # and compiled twice (about 15 s each on a CPU)
             state, logit, elbo = (update if t else self._update)(
                 state, batch.item[:, t], batch.correct[:, t], batch.time[:, t], w_graph
             )

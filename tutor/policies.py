@@ -72,11 +72,14 @@ class ItemPredictions:
     def __getitem__(self, positions: Any) -> Any:
         if self._own is not None:
             assert self.own is not None
-            want = np.unique(np.asarray(positions, dtype=np.int64).reshape(-1))
+            # any index of the [I] array (a position, positions, a mask, a slice)
+            idx = np.arange(len(self))[positions]
+            want = np.unique(np.asarray(idx, dtype=np.int64).reshape(-1))
             new = want[np.isnan(self._own[want])]
             if len(new):
                 self._own[new] = self.own(new)
-            p = self._own[positions]
+            p = self._own[idx]
+            positions = idx
         else:
             p = np.asarray(self.p_sets[self.item_sig[positions]], dtype=np.float64)
         if self.shift:

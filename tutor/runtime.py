@@ -92,8 +92,10 @@ class ConceptSets:
         ``difficulty`` ``[n_items + 1]`` and ``nodes`` > 0, ``nodes`` per concept set (see
         the class)."""
         plain = cls._build(item_concepts, n_concepts, per_set)
-        if per_set or difficulty is None or nodes < 1:
+        if per_set or difficulty is None or nodes == 0:
             return plain
+        if nodes < 2:
+            raise ValueError(f"nodes must be 0 (every item) or at least 2, got {nodes}")
         return plain._with_nodes(np.asarray(item_concepts), difficulty, nodes)
 
     def _with_nodes(
@@ -118,6 +120,8 @@ class ConceptSets:
         n_sig = 1
         for a, b in zip(starts, ends, strict=True):
             members = items[order[a:b]]  # this set's items, easiest... (ascending mu)
+            if not qs[members[0]].any():
+                continue  # items without a concept: no concept's mastery reads them
             size = b - a
             ranks = np.unique(np.round(np.linspace(0, size - 1, min(nodes, size))).astype(int))
             picked = members[ranks]

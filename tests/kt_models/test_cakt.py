@@ -208,6 +208,10 @@ def test_candidates_sharing_concepts_are_predicted_as_each_alone(key, items_opti
                 1,
             )
             torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+            # and as every candidate's own volumes and step give it
+            z, _, _ = model._lstm2_step(state, model._fused_next(state, items))
+            full = model._item_logits(z, items)
+            torch.testing.assert_close(together, full, atol=1e-5, rtol=1e-5)
     # items 1 and 2 share their concepts: told apart by their difficulties alone
     gap = (got["every"][:, 0] - got["every"][:, 1]).abs().max()
     assert gap > 1e-4 if model.rasch is not None else gap < 1e-6

@@ -151,6 +151,8 @@ def test_nodes_read_a_concept_sets_items_through_a_few_of_them():
     )
     with pytest.raises(ValueError, match="difficulties"):
         ConceptSets.build(Q_NODES, 2, per_set=False, difficulty=MU[:5], nodes=3)
+    with pytest.raises(ValueError, match="at least 2"):
+        ConceptSets.build(Q_NODES, 2, per_set=False, difficulty=MU, nodes=1)
 
 
 def test_akt_mastery_reads_nodes_and_its_items_are_its_own(akt_run, tmp_path, monkeypatch):
@@ -194,6 +196,12 @@ def test_akt_mastery_reads_nodes_and_its_items_are_its_own(akt_run, tmp_path, mo
     np.testing.assert_allclose(p[np.array([4, 0, 4])], per_item[[5, 1, 5]], atol=1e-6)
     assert float(p[0]) == pytest.approx(float(per_item[1]), abs=1e-6)
     assert asked == [[0, 4]]  # each item predicted once
+    # any index of the array it stands for: a mask, a slice
+    mask = np.zeros(n_items, dtype=bool)
+    mask[[1, 4]] = True
+    np.testing.assert_allclose(p[mask], per_item[[2, 5]], atol=1e-6)
+    np.testing.assert_allclose(p[1:3], per_item[2:4], atol=1e-6)
+    assert asked == [[0, 4], [1], [2]]
     with pytest.raises(ValueError, match="own"):
         ItemPredictions(np.zeros(1), None, np.zeros(3), shift=False)
 
