@@ -46,7 +46,7 @@ Choices where the paper is silent or where the interface needs them:
   encoded, :meth:`AKT._next_plan`; the buffer's positions before the learner's first answer
   are left out, and attention over keys that are all allowed skips its masking). Measured on
   one CPU thread with the defaults: a step 0.02 ms, a prediction with a full buffer about
-  25 ms for the history plus 75 ms per 1,000 candidate items, with 30 answers 3 + 25 ms
+  25 ms for the history plus 50-60 ms per 1,000 candidate items, with 30 answers 3 + 25 ms
   (DKT: 0.2 ms and 0.4 ms per 10,000). The state is about 5 KB a learner.
   A service reads concept mastery (the mean over a concept's items) through 9 items per
   concept set (:attr:`mastery_nodes`, interpolated in ``mu``: ``tutor.runtime.ConceptSets``).
@@ -495,6 +495,14 @@ class AKT(KTModel):
         ]
         peek = (peek & keys_ok.unsqueeze(1)).unsqueeze(1)  # [n, 1, 1, L+1]
         past = (past & valid.unsqueeze(1)).unsqueeze(1)  # [n, 1, 1, L]
+        # the question encoder's leading keys no candidate may see (with a full window: the
+        # oldest, one step past its band) are left out of its keys
+        drop = min(int((~peek[:, 0, 0]).all(0).long().cumprod(0).sum()), L)
+        if drop:
+            peek, p_dist = peek[..., drop:], p_dist[:, drop:]
+            blocks = [
+                (k_q[..., drop:, :], v_q[..., drop:, :], k_r, v_r) for k_q, v_q, k_r, v_r in blocks
+            ]
         return {
             "blocks": blocks,
             # None where every key is allowed (a history shorter than the window)
