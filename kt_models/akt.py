@@ -60,6 +60,7 @@ biases); ``mu`` starts at 0 as in theirs.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,6 +230,8 @@ class AKT(KTModel):
         #: retriever, and the knowledge encoder's layers), so serving is exact
         w, n = cfg.window, cfg.n_blocks
         self.buffer = w + (2 * w - 1) * (n - 1) + n * (w - 1)
+        #: the last state's encoded history (:meth:`_history_keys`)
+        self._last_history: tuple | None = None
 
     # ----------------------------------------------------------------- embeddings
     def _embed(
@@ -395,6 +398,27 @@ class AKT(KTModel):
             return torch.cat(
                 [self.predict_logits(self.state_select(state, i), items[i]) for i in one]
             )
+        keys, w = self._history_keys(hist_items, resp)
+        x_new, _ = self._embed(items, None)  # [n, m, d]
+        per_item = x_new.shape[0] * self.config.heads * (w + 1)
+        size = max(1, min(_CANDIDATES, _BUDGET // per_item))
+        out = [
+            self._readout(self._retrieve_next(part, keys), part)
+            for part in x_new.split(size, dim=1)
+        ]
+        return torch.cat(out, 1)
+
+    def _history_keys(self, hist_items: torch.Tensor, resp: torch.Tensor) -> tuple[dict, int]:
+        """The encoded history that candidates attend over (:meth:`_candidate_keys`) and its
+        length. Kept for the last state asked, while its tensors and the weights are unchanged
+        (outside autograd): a service asks one learner's state twice in a request (its
+        concepts' nodes, then the items a policy looks at), and the encoding is most of a
+        short request's cost."""
+        tag = (hist_items._version, resp._version, tuple(p._version for p in self.parameters()))
+        last = self._last_history
+        if last is not None and last[0]() is hist_items and last[1]() is resp and last[2] == tag:
+            return last[3]
+        state_items, state_resp = hist_items, resp
         valid = resp >= 0
         # the buffer fills from the right, and a position before a learner's first answer is
         # never attended (it is masked as a key): the positions empty for every learner are
@@ -410,14 +434,10 @@ class AKT(KTModel):
         keys = self._candidate_keys(
             self._key_inputs([t[:, -w:] for t in inputs], y_enc[:, -w:]), valid[:, -w:]
         )
-        x_new, _ = self._embed(items, None)  # [n, m, d]
-        per_item = x_new.shape[0] * self.config.heads * (w + 1)
-        size = max(1, min(_CANDIDATES, _BUDGET // per_item))
-        out = [
-            self._readout(self._retrieve_next(part, keys), part)
-            for part in x_new.split(size, dim=1)
-        ]
-        return torch.cat(out, 1)
+        if not torch.is_grad_enabled():
+            ref = weakref.ref
+            self._last_history = (ref(state_items), ref(state_resp), tag, (keys, w))
+        return keys, w
 
     @torch.no_grad()
     def multi_step_logits(self, batch: Batch, n: int) -> torch.Tensor:

@@ -99,3 +99,41 @@ def test_the_one_pass_multi_step_equals_the_serving_loop(skill_dataset, monkeypa
     assert model.multi_step_logits(make_batch(seqs, users[:2]), 10_000).abs().sum() == 0
     with pytest.raises(ValueError, match="at least 1 answer"):
         predict_multi_step(model, seqs, users, 0, torch.device("cpu"))
+
+
+def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_dataset):
+    """``predict`` keeps the last state's encoded history: a second question about the same
+    state reuses it, and a different state, a state changed in place or changed weights
+    are encoded again (each compared with a model that never saw the state before)."""
+    seqs, vocab = load_sequences(skill_dataset)
+    model = _model(vocab).eval()
+    fresh = _model(vocab).eval()
+    fresh.load_state_dict(model.state_dict())
+    batch = make_batch(seqs, np.arange(1))
+    state = model.init_state(1)
+    for t in range(7):
+        state = model.step(state, batch.item[:, t], batch.correct[:, t])
+    a, b = torch.arange(1, 6).unsqueeze(0), torch.arange(6, vocab.n_items + 1).unsqueeze(0)
+    calls = []
+    encode = model._encode
+
+    def counted(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return encode(*args, **kw)
+
+    model._encode = counted  # type: ignore[method-assign]
+    with torch.no_grad():
+        model.predict(state, a)
+        torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
+        assert len(calls) == 1  # the second question reused the encoding
+        other = (state[0].clone(), state[1].clone())
+        other[1][0, -1] = 1 - other[1][0, -1]  # the last answer the other way
+        torch.testing.assert_close(model.predict(other, b), fresh.predict(other, b))
+        assert len(calls) == 2
+        state[1][0, -1] = 1 - state[1][0, -1]  # changed in place: encoded again
+        torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
+        assert len(calls) == 3
+        model.knowledge[0].attn.v.weight.mul_(1.5)  # changed weights: encoded again
+        fresh.knowledge[0].attn.v.weight.mul_(1.5)
+        torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
+        assert len(calls) == 4
