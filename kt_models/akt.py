@@ -414,10 +414,15 @@ class AKT(KTModel):
         (outside autograd): a service asks one learner's state twice in a request (its
         concepts' nodes, then the items a policy looks at), and the encoding is most of a
         short request's cost."""
-        tag = (hist_items._version, resp._version, tuple(p._version for p in self.parameters()))
-        last = self._last_history
-        if last is not None and last[0]() is hist_items and last[1]() is resp and last[2] == tag:
-            return last[3]
+        # (tensors made under inference_mode have no version counter: not kept)
+        keep = not (torch.is_grad_enabled() or hist_items.is_inference() or resp.is_inference())
+        tag = None
+        if keep:
+            versions = tuple(p._version for p in self.parameters())
+            tag = (hist_items._version, resp._version, versions)
+            last = self._last_history
+            if last and last[0]() is hist_items and last[1]() is resp and last[2] == tag:
+                return last[3]
         state_items, state_resp = hist_items, resp
         valid = resp >= 0
         # the buffer fills from the right, and a position before a learner's first answer is
@@ -434,7 +439,7 @@ class AKT(KTModel):
         keys = self._candidate_keys(
             self._key_inputs([t[:, -w:] for t in inputs], y_enc[:, -w:]), valid[:, -w:]
         )
-        if not torch.is_grad_enabled():
+        if keep:
             ref = weakref.ref
             self._last_history = (ref(state_items), ref(state_resp), tag, (keys, w))
         return keys, w

@@ -137,3 +137,8 @@ def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_d
         fresh.knowledge[0].attn.v.weight.mul_(1.5)
         torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
         assert len(calls) == 4
+    with torch.inference_mode():  # tensors without a version counter: nothing kept
+        made = (state[0].clone(), state[1].clone())
+        torch.testing.assert_close(model.predict(made, b), fresh.predict(state, b))
+        torch.testing.assert_close(model.predict(made, b), fresh.predict(state, b))
+        assert len(calls) == 6
