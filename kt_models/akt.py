@@ -233,6 +233,17 @@ class AKT(KTModel):
         #: the last state's encoded history (:meth:`_history_keys`)
         self._last_history: tuple | None = None
 
+    def __getstate__(self) -> dict:
+        # the kept history (weak references) is neither pickled nor copied
+        state = self.__dict__.copy()
+        state["_last_history"] = None
+        return state
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
+        # .to(), .double(), .half() may keep the parameters' objects and versions
+        self._last_history = None
+        return super()._apply(fn, recurse)
+
     # ----------------------------------------------------------------- embeddings
     def _embed(
         self, item: torch.Tensor, correct: torch.Tensor | None
@@ -396,9 +407,14 @@ class AKT(KTModel):
             # with 1,071 candidates each: 5.1 s batched, with one learner's empty positions)
             one = torch.arange(len(resp), device=resp.device).unsqueeze(1)
             return torch.cat(
-                [self.predict_logits(self.state_select(state, i), items[i]) for i in one]
+                [self._predict_one(self.state_select(state, i), items[i]) for i in one]
             )
-        keys, w = self._history_keys(hist_items, resp)
+        return self._predict_one(state, items, keep=True)
+
+    def _predict_one(self, state, items: torch.Tensor, keep: bool = False) -> torch.Tensor:  # noqa: ANN001
+        """One learner's logits of ``items`` ``[1, m]``; ``keep``: keep its encoded history
+        (:meth:`_history_keys`)."""
+        keys, w = self._history_keys(*state, keep=keep)
         x_new, _ = self._embed(items, None)  # [n, m, d]
         per_item = x_new.shape[0] * self.config.heads * (w + 1)
         size = max(1, min(_CANDIDATES, _BUDGET // per_item))
@@ -408,18 +424,23 @@ class AKT(KTModel):
         ]
         return torch.cat(out, 1)
 
-    def _history_keys(self, hist_items: torch.Tensor, resp: torch.Tensor) -> tuple[dict, int]:
+    def _history_keys(
+        self, hist_items: torch.Tensor, resp: torch.Tensor, keep: bool = False
+    ) -> tuple[dict, int]:
         """The encoded history that candidates attend over (:meth:`_candidate_keys`) and its
-        length. Kept for the last state asked, while its tensors and the weights are unchanged
-        (outside autograd): a service asks one learner's state twice in a request (its
-        concepts' nodes, then the items a policy looks at), and the encoding is most of a
-        short request's cost."""
-        # (tensors made under inference_mode have no version counter: not kept)
-        keep = not (torch.is_grad_enabled() or hist_items.is_inference() or resp.is_inference())
+        length. With ``keep``, kept for the last state asked, while its tensors, the weights
+        and buffers are the same objects, unchanged (their version counters; a change through
+        ``.data`` is not seen), in eval mode and outside autograd: a service asks one
+        learner's state twice in a request (its concepts' nodes, then the items a policy
+        looks at), and the encoding is most of a short request's cost."""
+        tensors = [*self.parameters(), *self.buffers(), hist_items, resp]
+        # (tensors made under inference_mode have no version counter: nothing kept)
+        keep = keep and not (
+            self.training or torch.is_grad_enabled() or any(t.is_inference() for t in tensors)
+        )
         tag = None
         if keep:
-            versions = tuple(p._version for p in self.parameters())
-            tag = (hist_items._version, resp._version, versions)
+            tag = tuple((id(t), t._version) for t in tensors)
             last = self._last_history
             if last and last[0]() is hist_items and last[1]() is resp and last[2] == tag:
                 return last[3]

@@ -142,3 +142,42 @@ def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_d
         torch.testing.assert_close(model.predict(made, b), fresh.predict(state, b))
         torch.testing.assert_close(model.predict(made, b), fresh.predict(state, b))
         assert len(calls) == 6
+    with torch.no_grad():
+        model.predict(state, a)
+        assert len(calls) == 6  # what was kept before inference_mode still holds
+        # another dtype (parameters converted in place, objects and versions kept): the
+        # same state is encoded again, in that dtype
+        model.double()
+        assert model.predict(state, b).dtype == torch.float64
+        assert len(calls) == 7
+        model.float()
+        # new parameter objects (load_state_dict with assign=True): encoded again
+        model.predict(state, a)
+        calls.clear()
+        model.load_state_dict(
+            {k: v.clone() * 1.1 for k, v in model.state_dict().items()}, assign=True
+        )
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
+        assert len(calls) == 1
+        # train mode (dropout): nothing kept
+        model.train()
+        model.predict(state, a)
+        model.predict(state, a)
+        assert len(calls) == 3
+    model.eval()
+    with torch.no_grad():
+        model.predict(state, a)
+    assert model._last_history is not None
+    # what is kept is neither pickled nor copied
+    import copy
+    import io
+    import pickle
+
+    del model._encode  # the counting stand-in above
+    copied = copy.deepcopy(model)
+    assert copied._last_history is None and model._last_history is not None
+    restored = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        torch.testing.assert_close(restored.predict(state, b), model.predict(state, b))
+    torch.save(model, io.BytesIO())
