@@ -46,7 +46,7 @@ Choices where the paper is silent or where the interface needs them:
   encoded, :meth:`AKT._next_plan`; the buffer's positions before the learner's first answer
   are left out, and attention over keys that are all allowed skips its masking). Measured on
   one CPU thread with the defaults: a step 0.02 ms, a prediction with a full buffer about
-  25 ms for the history plus 50-60 ms per 1,000 candidate items, with 30 answers 3 + 25 ms
+  25 ms for the history plus 40-55 ms per 1,000 candidate items, with 30 answers 3 + 25 ms
   (DKT: 0.2 ms and 0.4 ms per 10,000). The state is about 5 KB a learner.
   A service reads concept mastery (the mean over a concept's items) through 9 items per
   concept set (:attr:`mastery_nodes`, interpolated in ``mu``: ``tutor.runtime.ConceptSets``).
@@ -433,12 +433,12 @@ class AKT(KTModel):
         ``.data`` is not seen), in eval mode and outside autograd: a service asks one
         learner's state twice in a request (its concepts' nodes, then the items a policy
         looks at), and the encoding is most of a short request's cost."""
-        tensors = [*self.parameters(), *self.buffers(), hist_items, resp]
-        # (tensors made under inference_mode have no version counter: nothing kept)
-        keep = keep and not (
-            self.training or torch.is_grad_enabled() or any(t.is_inference() for t in tensors)
-        )
+        keep = keep and not (self.training or torch.is_grad_enabled())
         tag = None
+        if keep:
+            tensors = [*self.parameters(), *self.buffers(), hist_items, resp]
+            # (tensors made under inference_mode have no version counter: nothing kept)
+            keep = not any(t.is_inference() for t in tensors)
         if keep:
             tag = tuple((id(t), t._version) for t in tensors)
             last = self._last_history

@@ -393,7 +393,7 @@ class CAKT(KTModel):
         through the concepts of the item that keys the history, so they are computed once per
         distinct concept row among the candidates (once in all for ``history_key='current'``,
         where the last answer keys it), then each item's own logit (its difficulty with
-        ``items='rasch'``). An item-aware CAKT over a 13,400-item catalogue: 340 ms -> a few."""
+        ``items='rasch'``). An item-aware CAKT over a 13,400-item catalogue: 340 ms -> 21-69 ms."""
         n, m = items.shape
         if self.config.history_key == "current":
             z, _, _ = self._lstm2_step(state, self._fused_next(state, items[:, :1]))
