@@ -12,15 +12,23 @@ as after a lost write race, ``commit_with_retries``) and the whole body runs aga
 worker thread, where it may take as long as it needs. Nothing is committed before that
 point: the answer path applies its writes at the end (a learner or item it auto-created
 earlier in the transaction goes with the rollback and is created again).
+
+Background work (the analytics warm-up, :class:`tutor.analytics.Warmer`) runs under
+:func:`stoppable`: :func:`checkpoint`, called by :func:`may_block` and between the batches
+or steps of a replay, raises :class:`Stopped` once its stop is asked. A worker that stops
+then waits for one batch, not for a whole pass (a process that ends while a thread is
+inside PyTorch aborts: "terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 _INLINE: ContextVar[bool] = ContextVar("tutor_inline", default=False)
+_STOP: ContextVar[threading.Event | None] = ContextVar("tutor_stop", default=None)
 
 
 class MustHop(Exception):  # noqa: N818 - a signal, not an error
@@ -29,9 +37,11 @@ class MustHop(Exception):  # noqa: N818 - a signal, not an error
 
 def may_block(what: str) -> None:
     """Say that ``what`` may take long: on the event loop (:func:`inline`) this raises
-    :class:`MustHop`; anywhere else it does nothing."""
+    :class:`MustHop`; in work run under :func:`stoppable` whose stop is asked it raises
+    :class:`Stopped`; anywhere else it does nothing."""
     if _INLINE.get():
         raise MustHop(what)
+    checkpoint()
 
 
 @contextmanager
@@ -42,3 +52,27 @@ def inline() -> Iterator[None]:
         yield
     finally:
         _INLINE.reset(token)
+
+
+class Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by :func:`checkpoint` in work run under :func:`stoppable` once its stop is
+    set: the work ends there (a read-only pass; nothing of it is kept half-done)."""
+
+
+def checkpoint() -> None:
+    """A point where work run under :func:`stoppable` ends (:class:`Stopped`) once its
+    stop is set; elsewhere (requests) it does nothing. Cheap: a context variable read."""
+    stop = _STOP.get()
+    if stop is not None and stop.is_set():
+        raise Stopped
+
+
+@contextmanager
+def stoppable(stop: threading.Event) -> Iterator[None]:
+    """The block's :func:`checkpoint` calls (its thread's) raise :class:`Stopped` once
+    ``stop`` is set."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)

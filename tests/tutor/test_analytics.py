@@ -754,6 +754,53 @@ def test_warm_up_fills_the_caches_at_start_and_after_activation(posted, world, m
     assert c.app.state.analytics_warmer._thread is None  # stopped with the app
 
 
+def test_warm_up_stops_within_a_group_and_caches_nothing_half_done(posted, world, monkeypatch):
+    """A stop asked while a group is replayed ends the pass at the replay's next batch (a
+    worker that ends while its warm-up thread is inside PyTorch aborts); what it had not
+    finished is not cached, and a later pass or request computes the same numbers."""
+    import threading
+
+    from tutor import analytics
+    from tutor.analytics import replay, warm_up
+    from tutor.blocking import Stopped, checkpoint, stoppable
+    from tutor.db import create_db_engine, make_sessionmaker
+
+    h = world.headers("admin")
+    curves = "/v1/analytics/groups/g1/learning-curves"
+    expected = posted.get(curves, headers=h).json()
+    analytics.clear_caches()
+    # outside stoppable work (a request) a checkpoint does nothing, set stop or not
+    checkpoint()
+    stop = threading.Event()
+    with stoppable(stop):
+        checkpoint()
+        stop.set()
+        with pytest.raises(Stopped):
+            checkpoint()
+    checkpoint()
+
+    real = replay.scored_batches
+    batches = []
+
+    def stop_after_first_batch(*args, **kwargs):
+        for out in real(*args, **kwargs):
+            batches.append(out)
+            stop.set()  # as Warmer.stop does from another thread
+            yield out
+
+    monkeypatch.setattr(replay, "scored_batches", stop_after_first_batch)
+    stop.clear()
+    engine = create_db_engine(world.url)
+    try:
+        out = warm_up(make_sessionmaker(engine), max_groups=5, stop=stop)
+    finally:
+        engine.dispose()
+    assert len(batches) == 1 and out["groups"] == 0 and out["learners"] == 0
+    assert replay._SEQS._rows == 0  # the per-learner cache holds nothing of the replay
+    monkeypatch.undo()
+    assert posted.get(curves, headers=h).json() == expected
+
+
 def test_at_risk_after_new_answers_equals_a_fresh_computation(posted, world):
     """The state some answers back is stepped forward from the cached one after new answers
     (not replayed from the start): the same numbers as computed from nothing."""

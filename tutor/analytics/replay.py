@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from kt_models.data import Sequences
 from kt_models.predictions import scored_batches
 
+from ..blocking import checkpoint
 from ..db import Group, Organisation
 from ..runtime import LoadedModel
 from .cache import _SEQS, _Seq
@@ -71,6 +72,7 @@ def _predict_before(
         max_batch=1024,
     ):
         p[rows] = prob
+        checkpoint()  # a warm-up asked to stop ends here, not after the whole group
     p[item_idx == 0] = np.nan
     return p
 

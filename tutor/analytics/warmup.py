@@ -13,6 +13,7 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..blocking import Stopped, stoppable
 from ..db import Group, GroupMembership, Organisation
 from ..service import NotFound
 from .cache import _GROUP, GROUP_RESULTS_PER_GROUP
@@ -36,8 +37,10 @@ def warm_up(
     the per-learner prediction cache behind the curves, item statistics and timelines) and
     :func:`at_risk` (the states some answers back, the members' statuses), then the
     suggested groups (which import the clustering library once). Afterwards a request replays
-    only the learners who answered since. Read-only: one short read transaction per group; stops
-    between groups when ``stop`` is set. Returns ``{"groups", "learners", "seconds"}``."""
+    only the learners who answered since. Read-only: one short read transaction per group.
+    When ``stop`` is set it stops within a group too, at the next batch or step of a replay
+    (:func:`tutor.blocking.checkpoint`): what the group cached so far stays valid, nothing
+    half-computed is cached. Returns ``{"groups", "learners", "seconds"}``."""
     t0 = time.perf_counter()
     done = learners = 0
     # room for every warmed group's results (statistics, statuses, snapshots back, groups)
@@ -49,6 +52,8 @@ def warm_up(
         ).scalars()
         org_ids = list(orgs)
     for org_id in org_ids:
+        if stop is not None and stop.is_set():
+            break
         with make_session() as session:
             size = func.count(GroupMembership.learner_id)
             groups = session.execute(
@@ -62,19 +67,23 @@ def warm_up(
             group_ids = list(groups)
         for group_id in group_ids:
             if stop is not None and stop.is_set():
-                return {"groups": done, "learners": learners, "seconds": time.perf_counter() - t0}
+                break
             with make_session() as session:
                 org = session.get(Organisation, org_id)
                 group = session.get(Group, group_id)
                 if org is None or group is None or org.active_model_id is None:
                     continue
                 try:
-                    out = learning_curves(session, org=org, group=group)
-                    at_risk(session, org=org, group=group, settings=settings, limit=1)
-                    # the statuses (cached by at_risk) and the clustering library's import
-                    suggested_groups(session, org=org, group=group, settings=settings)
+                    with stoppable(stop or threading.Event()):
+                        out = learning_curves(session, org=org, group=group)
+                        at_risk(session, org=org, group=group, settings=settings, limit=1)
+                        # the statuses (cached by at_risk) and the clustering library's
+                        # import
+                        suggested_groups(session, org=org, group=group, settings=settings)
                 except NotFound:
                     continue  # the model went away meanwhile
+                except Stopped:  # within the group, at a replay's next batch or step
+                    break
                 done += 1
                 learners += out["group"]["learners"]
     return {"groups": done, "learners": learners, "seconds": time.perf_counter() - t0}
@@ -83,7 +92,7 @@ def warm_up(
 class Warmer:
     """A daemon thread that runs :func:`warm_up` when kicked: at start-up and after a model
     is activated (``kick``). At most one pass runs at a time; a kick during a pass queues one
-    more. ``stop`` ends the thread after the current group."""
+    more. ``stop`` ends the thread at the pass's next batch or step (``warm_up``)."""
 
     def __init__(
         self, make_session: sessionmaker[Session], *, max_groups: int, settings: Any = None
@@ -115,6 +124,8 @@ class Warmer:
         self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():  # a batch longer than the timeout
+                log.warning("the analytics warm-up did not stop within %.0f s", timeout)
             self._thread = None
 
     def _run(self) -> None:
