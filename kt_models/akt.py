@@ -47,7 +47,10 @@ Choices where the paper is silent or where the interface needs them:
   are left out, and attention over keys that are all allowed skips its masking). Measured on
   one CPU thread with the defaults: a step 0.02 ms, a prediction with a full buffer about
   25 ms for the history plus 40-55 ms per 1,000 candidate items, with 30 answers 3 + 25 ms
-  (DKT: 0.2 ms and 0.4 ms per 10,000). The state is about 5 KB a learner.
+  (DKT: 0.2 ms and 0.4 ms per 10,000). The state is about 5 KB a learner. The encoded
+  histories of the last :data:`KEPT_HISTORIES` states asked are kept, by their content
+  (:meth:`AKT._history_keys`): a service asks about one state several times (an answer's
+  estimates after it, then that learner's next-items, which decodes the same state anew).
   A service reads concept mastery (the mean over a concept's items) through 9 items per
   concept set (:attr:`mastery_nodes`, interpolated in ``mu``: ``tutor.runtime.ConceptSets``).
 
@@ -59,8 +62,10 @@ biases); ``mu`` starts at 0 as in theirs.
 
 from __future__ import annotations
 
+import hashlib
 import math
-import weakref
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,12 +93,63 @@ class AKTConfig(ModelConfig):
 
 
 _NEG = -1e32
+#: learners' encoded histories AKT keeps for serving (:class:`_KeptHistories`), about 0.8 MB
+#: each with the defaults
+KEPT_HISTORIES = 16
 #: candidate items per attention call in ``predict`` (bounds its memory)
 _CANDIDATES = 1024
 #: query positions per attention call over a history (at least the window)
 _CHUNK = 256
 #: attention scores per call (batch x heads x queries x keys): bounds the memory of a call
 _BUDGET = 1 << 24
+
+
+class _KeptHistories:
+    """Encoded histories (:meth:`AKT._history_keys`) by the content of a learner's state, the
+    least recently used dropped beyond ``size``, all made with one version of the weights
+    (``tag``: another tag empties it). Thread-safe: a service's request threads share the
+    model. A hit is checked against a copy of the state, not only its digest."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.tag: tuple | None = None
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(items: torch.Tensor, resp: torch.Tensor) -> tuple:
+        digest = hashlib.blake2b(digest_size=16)
+        for t in (items, resp):
+            digest.update(t.contiguous().numpy().tobytes())
+        return (tuple(items.shape), items.dtype, resp.dtype, digest.digest())
+
+    def get(self, tag: tuple, key: tuple, items: torch.Tensor, resp: torch.Tensor) -> tuple | None:
+        with self._lock:
+            hit = self._entries.get(key) if tag == self.tag else None
+            if hit is None or not (torch.equal(hit[0], items) and torch.equal(hit[1], resp)):
+                return None
+            self._entries.move_to_end(key)
+            return hit[2]
+
+    def put(
+        self, tag: tuple, key: tuple, items: torch.Tensor, resp: torch.Tensor, value: tuple
+    ) -> None:
+        with self._lock:
+            if tag != self.tag:
+                self._entries.clear()
+                self.tag = tag
+            self._entries[key] = (items.clone(), resp.clone(), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.tag = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class _Attention(nn.Module):
@@ -230,18 +286,19 @@ class AKT(KTModel):
         #: retriever, and the knowledge encoder's layers), so serving is exact
         w, n = cfg.window, cfg.n_blocks
         self.buffer = w + (2 * w - 1) * (n - 1) + n * (w - 1)
-        #: the last state's encoded history (:meth:`_history_keys`)
-        self._last_history: tuple | None = None
+        #: learners' encoded histories (:meth:`_history_keys`), made when first needed
+        self._kept: _KeptHistories | None = None
 
     def __getstate__(self) -> dict:
-        # the kept history (weak references) is neither pickled nor copied
+        # the kept histories (and their lock) are neither pickled nor copied
         state = self.__dict__.copy()
-        state["_last_history"] = None
+        state["_kept"] = None
         return state
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
         # .to(), .double(), .half() may keep the parameters' objects and versions
-        self._last_history = None
+        if self._kept is not None:
+            self._kept.clear()
         return super()._apply(fn, recurse)
 
     # ----------------------------------------------------------------- embeddings
@@ -407,7 +464,7 @@ class AKT(KTModel):
             # with 1,071 candidates each: 5.1 s batched, with one learner's empty positions)
             one = torch.arange(len(resp), device=resp.device).unsqueeze(1)
             return torch.cat(
-                [self._predict_one(self.state_select(state, i), items[i]) for i in one]
+                [self._predict_one(self.state_select(state, i), items[i], True) for i in one]
             )
         return self._predict_one(state, items, keep=True)
 
@@ -428,22 +485,30 @@ class AKT(KTModel):
         self, hist_items: torch.Tensor, resp: torch.Tensor, keep: bool = False
     ) -> tuple[dict, int]:
         """The encoded history that candidates attend over (:meth:`_candidate_keys`) and its
-        length. With ``keep``, kept for the last state asked, while its tensors, the weights
-        and buffers are the same objects, unchanged (their version counters; a change through
-        ``.data`` is not seen), in eval mode and outside autograd: a service asks one
-        learner's state twice in a request (its concepts' nodes, then the items a policy
-        looks at), and the encoding is most of a short request's cost."""
+        length. With ``keep`` (one learner's state, on the CPU), kept by the state's content
+        (:class:`_KeptHistories`, the last :data:`KEPT_HISTORIES` states asked) while the
+        weights and buffers are the same objects, unchanged (their version counters; a
+        change through ``.data`` is not seen), in eval mode and outside autograd. A service
+        asks about one state several times: its concepts' nodes, then the items a policy
+        looks at, and across requests (an answer's estimates after it, then that learner's
+        next-items, which decodes the same state anew); the encoding is most of a short
+        request's cost."""
         keep = keep and not (self.training or torch.is_grad_enabled())
-        tag = None
+        keep = keep and hist_items.device.type == "cpu" and resp.device.type == "cpu"
+        tag = key = kept = None
         if keep:
-            tensors = [*self.parameters(), *self.buffers(), hist_items, resp]
+            tensors = [*self.parameters(), *self.buffers()]
             # (tensors made under inference_mode have no version counter: nothing kept)
-            keep = not any(t.is_inference() for t in tensors)
+            keep = not any(t.is_inference() for t in (*tensors, hist_items, resp))
         if keep:
             tag = tuple((id(t), t._version) for t in tensors)
-            last = self._last_history
-            if last and last[0]() is hist_items and last[1]() is resp and last[2] == tag:
-                return last[3]
+            kept = self._kept
+            if kept is None:
+                kept = self._kept = _KeptHistories(KEPT_HISTORIES)
+            key = kept.key(hist_items, resp)
+            hit = kept.get(tag, key, hist_items, resp)
+            if hit is not None:
+                return hit
         state_items, state_resp = hist_items, resp
         valid = resp >= 0
         # the buffer fills from the right, and a position before a learner's first answer is
@@ -460,9 +525,8 @@ class AKT(KTModel):
         keys = self._candidate_keys(
             self._key_inputs([t[:, -w:] for t in inputs], y_enc[:, -w:]), valid[:, -w:]
         )
-        if keep:
-            ref = weakref.ref
-            self._last_history = (ref(state_items), ref(state_resp), tag, (keys, w))
+        if kept is not None:
+            kept.put(tag, key, state_items, state_resp, (keys, w))  # type: ignore[arg-type]
         return keys, w
 
     @torch.no_grad()

@@ -101,10 +101,59 @@ def test_the_one_pass_multi_step_equals_the_serving_loop(skill_dataset, monkeypa
         predict_multi_step(model, seqs, users, 0, torch.device("cpu"))
 
 
+def test_encoded_histories_are_kept_by_content_for_recent_learners(skill_dataset, monkeypatch):
+    """A state decoded anew (a copy, as the next request reads it) and each learner of a
+    batch reuse what was encoded for the same content; at most KEPT_HISTORIES are kept,
+    the least recently used dropped first; the predictions equal a fresh model's."""
+    from kt_models import akt
+
+    monkeypatch.setattr(akt, "KEPT_HISTORIES", 3)
+    seqs, vocab = load_sequences(skill_dataset)
+    model = _model(vocab).eval()
+    fresh = _model(vocab).eval()
+    fresh.load_state_dict(model.state_dict())
+    batch = make_batch(seqs, np.arange(5))
+    states = []
+    for n in range(5):
+        st = model.init_state(1)
+        for t in range(3 + n):
+            st = model.step(st, batch.item[n : n + 1, t], batch.correct[n : n + 1, t])
+        states.append(st)
+    b = torch.arange(1, vocab.n_items + 1).unsqueeze(0)
+    calls = []
+    encode = model._encode
+
+    def counted(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return encode(*args, **kw)
+
+    model._encode = counted  # type: ignore[method-assign]
+    with torch.no_grad():
+        for st in states[:3]:
+            model.predict(st, b)
+        assert len(calls) == 3
+        for st in states[:3]:  # copies, as decoded from the stored bytes
+            copy = (st[0].clone(), st[1].clone())
+            torch.testing.assert_close(model.predict(copy, b), fresh.predict(st, b))
+        assert len(calls) == 3
+        # a batch of learners: each learner's copy is looked up (and kept) too
+        both = tuple(torch.cat([states[1][k], states[3][k]]) for k in range(2))
+        torch.testing.assert_close(
+            model.predict(both, b.expand(2, -1)), fresh.predict(both, b.expand(2, -1))
+        )
+        assert len(calls) == 4  # states[3] only; states[0] (least recently used) dropped
+        assert len(model._kept) == 3
+        model.predict(states[0], b)
+        assert len(calls) == 5
+        model.predict(states[1], b)
+        assert len(calls) == 5
+
+
 def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_dataset):
-    """``predict`` keeps the last state's encoded history: a second question about the same
-    state reuses it, and a different state, a state changed in place or changed weights
-    are encoded again (each compared with a model that never saw the state before)."""
+    """``predict`` keeps recent states' encoded histories by content: a second question
+    about the same state reuses it, and a different state, a state changed in place or
+    changed weights are encoded again (each compared with a model that never saw the state
+    before)."""
     seqs, vocab = load_sequences(skill_dataset)
     model = _model(vocab).eval()
     fresh = _model(vocab).eval()
@@ -130,9 +179,11 @@ def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_d
         other[1][0, -1] = 1 - other[1][0, -1]  # the last answer the other way
         torch.testing.assert_close(model.predict(other, b), fresh.predict(other, b))
         assert len(calls) == 2
-        state[1][0, -1] = 1 - state[1][0, -1]  # changed in place: encoded again
+        state[1][0, -2] = 1 - state[1][0, -2]  # changed in place: encoded again
         torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
         assert len(calls) == 3
+        torch.testing.assert_close(model.predict(other, a), fresh.predict(other, a))
+        assert len(calls) == 3  # still kept
         model.knowledge[0].attn.v.weight.mul_(1.5)  # changed weights: encoded again
         fresh.knowledge[0].attn.v.weight.mul_(1.5)
         torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
@@ -168,7 +219,7 @@ def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_d
     model.eval()
     with torch.no_grad():
         model.predict(state, a)
-    assert model._last_history is not None
+    assert model._kept is not None and len(model._kept) == 1
     # what is kept is neither pickled nor copied
     import copy
     import io
@@ -176,7 +227,7 @@ def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_d
 
     del model._encode  # the counting stand-in above
     copied = copy.deepcopy(model)
-    assert copied._last_history is None and model._last_history is not None
+    assert copied._kept is None and len(model._kept) == 1
     restored = pickle.loads(pickle.dumps(model))
     with torch.no_grad():
         torch.testing.assert_close(restored.predict(state, b), model.predict(state, b))
