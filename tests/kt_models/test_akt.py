@@ -101,6 +101,19 @@ def test_the_one_pass_multi_step_equals_the_serving_loop(skill_dataset, monkeypa
         predict_multi_step(model, seqs, users, 0, torch.device("cpu"))
 
 
+def _count_encodings(model) -> list:  # noqa: ANN001
+    """A list that gets an entry per run of ``model``'s encoders (an encoded history)."""
+    calls: list = []
+    encode = model._encode
+
+    def counted(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return encode(*args, **kw)
+
+    model._encode = counted
+    return calls
+
+
 def test_encoded_histories_are_kept_by_content_for_recent_learners(skill_dataset, monkeypatch):
     """A state decoded anew (a copy, as the next request reads it) and each learner of a
     batch reuse what was encoded for the same content; at most KEPT_HISTORIES are kept,
@@ -120,14 +133,7 @@ def test_encoded_histories_are_kept_by_content_for_recent_learners(skill_dataset
             st = model.step(st, batch.item[n : n + 1, t], batch.correct[n : n + 1, t])
         states.append(st)
     b = torch.arange(1, vocab.n_items + 1).unsqueeze(0)
-    calls = []
-    encode = model._encode
-
-    def counted(*args, **kw):  # noqa: ANN002, ANN003, ANN202
-        calls.append(1)
-        return encode(*args, **kw)
-
-    model._encode = counted  # type: ignore[method-assign]
+    calls = _count_encodings(model)
     with torch.no_grad():
         for st in states[:3]:
             model.predict(st, b)
@@ -163,14 +169,7 @@ def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_d
     for t in range(7):
         state = model.step(state, batch.item[:, t], batch.correct[:, t])
     a, b = torch.arange(1, 6).unsqueeze(0), torch.arange(6, vocab.n_items + 1).unsqueeze(0)
-    calls = []
-    encode = model._encode
-
-    def counted(*args, **kw):  # noqa: ANN002, ANN003, ANN202
-        calls.append(1)
-        return encode(*args, **kw)
-
-    model._encode = counted  # type: ignore[method-assign]
+    calls = _count_encodings(model)
     with torch.no_grad():
         model.predict(state, a)
         torch.testing.assert_close(model.predict(state, b), fresh.predict(state, b))
