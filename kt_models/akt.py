@@ -120,7 +120,7 @@ class _KeptHistories:
     def key(items: torch.Tensor, resp: torch.Tensor) -> tuple:
         digest = hashlib.blake2b(digest_size=16)
         for t in (items, resp):
-            digest.update(t.contiguous().numpy().tobytes())
+            digest.update(t.detach().contiguous().numpy().tobytes())
         return (tuple(items.shape), items.dtype, resp.dtype, digest.digest())
 
     def get(self, tag: tuple, key: tuple, items: torch.Tensor, resp: torch.Tensor) -> tuple | None:
