@@ -550,7 +550,7 @@ def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (str, bool, int)):
         return v
     if isinstance(v, float):
-        return None if math.isnan(v) else v
+        return v if math.isfinite(v) else None  # (JSON has no NaN or infinity)
     if isinstance(v, (datetime, date)):
         return v.isoformat()
     if isinstance(v, dict):

