@@ -462,16 +462,25 @@ class AKT(KTModel):
             # one learner at a time: each leaves out its own empty positions and, with a
             # history shorter than the window, attends without masks (a class of 30 learners
             # with 1,071 candidates each: 5.1 s batched, with one learner's empty positions)
+            # (each learner's kept encoding is looked up; a batch larger than what is kept
+            # would only push out the encodings of the learners a service is serving)
             one = torch.arange(len(resp), device=resp.device).unsqueeze(1)
+            store = len(resp) <= KEPT_HISTORIES
             return torch.cat(
-                [self._predict_one(self.state_select(state, i), items[i], True) for i in one]
+                [self._predict_one(self.state_select(state, i), items[i], True, store) for i in one]
             )
         return self._predict_one(state, items, keep=True)
 
-    def _predict_one(self, state, items: torch.Tensor, keep: bool = False) -> torch.Tensor:  # noqa: ANN001
-        """One learner's logits of ``items`` ``[1, m]``; ``keep``: keep its encoded history
-        (:meth:`_history_keys`)."""
-        keys, w = self._history_keys(*state, keep=keep)
+    def _predict_one(
+        self,
+        state,  # noqa: ANN001
+        items: torch.Tensor,
+        keep: bool = False,
+        store: bool = True,
+    ) -> torch.Tensor:
+        """One learner's logits of ``items`` ``[1, m]``; ``keep``: look up and (``store``)
+        keep its encoded history (:meth:`_history_keys`)."""
+        keys, w = self._history_keys(*state, keep=keep, store=store)
         x_new, _ = self._embed(items, None)  # [n, m, d]
         per_item = x_new.shape[0] * self.config.heads * (w + 1)
         size = max(1, min(_CANDIDATES, _BUDGET // per_item))
@@ -482,7 +491,7 @@ class AKT(KTModel):
         return torch.cat(out, 1)
 
     def _history_keys(
-        self, hist_items: torch.Tensor, resp: torch.Tensor, keep: bool = False
+        self, hist_items: torch.Tensor, resp: torch.Tensor, keep: bool = False, store: bool = True
     ) -> tuple[dict, int]:
         """The encoded history that candidates attend over (:meth:`_candidate_keys`) and its
         length. With ``keep`` (one learner's state, on the CPU), kept by the state's content
@@ -492,7 +501,7 @@ class AKT(KTModel):
         asks about one state several times: its concepts' nodes, then the items a policy
         looks at, and across requests (an answer's estimates after it, then that learner's
         next-items, which decodes the same state anew); the encoding is most of a short
-        request's cost."""
+        request's cost. ``store=False`` looks up without keeping."""
         keep = keep and not (self.training or torch.is_grad_enabled())
         keep = keep and hist_items.device.type == "cpu" and resp.device.type == "cpu"
         tag = key = kept = None
@@ -525,7 +534,7 @@ class AKT(KTModel):
         keys = self._candidate_keys(
             self._key_inputs([t[:, -w:] for t in inputs], y_enc[:, -w:]), valid[:, -w:]
         )
-        if kept is not None:
+        if kept is not None and store:
             kept.put(tag, key, state_items, state_resp, (keys, w))  # type: ignore[arg-type]
         return keys, w
 

@@ -26,7 +26,7 @@ from scipy import sparse, special
 
 from kt_models.base import CheckpointError, KTModel, load_checkpoint
 
-from .blocking import may_block
+from .blocking import checkpoint, may_block
 
 SECONDS_PER_DAY = 86400.0
 #: the reachable mastery scale's reference (:meth:`LoadedModel.scaled_mastery`): a learner who
@@ -704,6 +704,7 @@ def concept_mastery_many(
     step = max(1, chunk_cells // max(len(sig_item), 1))
     out = []
     for s in range(0, n, step):
+        checkpoint()  # background work asked to stop ends here (tutor.blocking)
         idx = torch.arange(s, min(s + step, n))
         part = state if (s == 0 and step >= n) else model.model.state_select(state, idx)
         at = None if at_times is None else np.asarray(at_times)[s : s + step]
@@ -729,7 +730,8 @@ def step_through(
     ``state`` (default the initial state). ``visit(t, state)`` sees the batched state after
     ``t`` answers, for ``t = 0 .. stop`` (before each step, and once at the end). Returns the
     final state. Positions past a learner's history are padding: its state there is not its
-    own (read it at its length)."""
+    own (read it at its length). Background work asked to stop ends at a step
+    (:func:`tutor.blocking.checkpoint`; nothing for a request)."""
     n, t_max = np.shape(items)
     stop = t_max if stop is None else min(stop, t_max)
     it = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64))
@@ -738,6 +740,7 @@ def step_through(
     if state is None:
         state = model.model.init_state(n)
     for t in range(stop):
+        checkpoint()
         if visit is not None:
             visit(t, state)
         state = model.model.step(state, it[:, t], cc[:, t], tt[:, t])

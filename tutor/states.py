@@ -21,7 +21,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from . import evidence as evidence_mod
-from .blocking import checkpoint, may_block
+from .blocking import may_block
 from .clock import as_utc
 from .db import Concept, Interaction, Item, ItemConcept, Learner, LearnerState
 from .evidence import Evidence
@@ -86,7 +86,6 @@ def replay_histories(
     def visit(t: int, state: Any) -> None:
         # ``state``: after ``t`` answers; answer ``t`` (if any) is folded into the evidence
         # here, from the estimates before it, and into the state by the step that follows
-        checkpoint()  # background work asked to stop (a warm-up's statuses) ends here
         if t > 0:
             if after_step is not None:
                 after_step(t - 1, state, evs)

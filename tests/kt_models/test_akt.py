@@ -153,6 +153,14 @@ def test_encoded_histories_are_kept_by_content_for_recent_learners(skill_dataset
         assert len(calls) == 5
         model.predict(states[1], b)
         assert len(calls) == 5
+        # a batch larger than what is kept looks its learners up but keeps none of the rest
+        kept = list(model._kept._entries)
+        four = tuple(torch.cat([states[k][j] for k in (0, 1, 2, 4)]) for j in range(2))
+        torch.testing.assert_close(
+            model.predict(four, b.expand(4, -1)), fresh.predict(four, b.expand(4, -1))
+        )
+        assert len(calls) == 7  # states[2] and states[4]; states[0] and states[1] were kept
+        assert sorted(model._kept._entries) == sorted(kept)
 
 
 def test_the_encoded_history_is_reused_only_for_the_same_unchanged_state(skill_dataset):

@@ -75,6 +75,39 @@ def _dense_mastery(q: np.ndarray, p_items: np.ndarray) -> np.ndarray:
     return out
 
 
+def test_background_work_asked_to_stop_ends_at_a_step(dkt_run):
+    """The loop that steps a model over histories and the many-learner mastery read end at
+    their next step or chunk once a stoppable block's stop is set (the analytics warm-up),
+    and run as before elsewhere."""
+    import threading
+
+    from tutor.blocking import Stopped, stoppable
+    from tutor.runtime import step_through
+
+    model = _load(dkt_run)
+    items = np.ones((2, 5), dtype=np.int64)
+    correct, times = np.ones((2, 5)), np.zeros((2, 5))
+    seen = []
+    stop = threading.Event()
+
+    def visit(t, state):  # noqa: ANN001
+        seen.append(t)
+        if t == 2:
+            stop.set()  # as Warmer.stop does from another thread
+
+    step_through(model, items, correct, times, visit=visit)
+    assert seen == [0, 1, 2, 3, 4, 5]
+    seen.clear()
+    stop.clear()
+    with stoppable(stop), pytest.raises(Stopped):
+        step_through(model, items, correct, times, visit=visit)
+    assert seen == [0, 1, 2]
+    state = model.model.init_state(3)
+    assert concept_mastery_many(model, state).shape[0] == 3
+    with stoppable(stop), pytest.raises(Stopped):
+        concept_mastery_many(model, state)
+
+
 def test_concept_sets_group_items_by_their_concepts():
     sets = ConceptSets.build(Q, 2, per_set=True)
     sig = sets.item_sig

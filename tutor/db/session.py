@@ -6,6 +6,7 @@ interleave a read-modify-write of the same learner's state."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -32,9 +33,19 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+#: a run of digits that may be an integer beyond 64 bits, which orjson reads as a float
+_LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS_B = re.compile(rb"\d{19}")
+
+
 def json_loads(text: str | bytes) -> Any:
-    """JSON columns read by orjson; what it refuses (integers beyond 64 bits, a ``NaN`` an
-    older SQLite database may hold) by the standard library."""
+    """JSON columns read by orjson; by the standard library where a run of 19 digits may be
+    an integer beyond 64 bits (orjson would read it as a float; a float as Python writes it
+    has at most 17 digits) and what orjson refuses (a ``NaN`` an older SQLite database may
+    hold)."""
+    long = _LONG_DIGITS_B if isinstance(text, (bytes, bytearray)) else _LONG_DIGITS
+    if long.search(text) is not None:  # type: ignore[arg-type]
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
