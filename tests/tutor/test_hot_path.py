@@ -304,6 +304,78 @@ def test_next_items_reads_recent_items_with_the_learner(client, world):
         assert recommended(then) == got
 
 
+def test_a_cancelled_hot_request_waits_for_its_body_and_keeps_context():
+    """A hot body holds its request's session: a cancellation of the request (a server
+    stopping) goes on only once the body has ended, as with the framework's threads; the
+    body sees the caller's context variables."""
+    import asyncio
+    import contextvars
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tutor.api.deps import in_hot_thread
+
+    var = contextvars.ContextVar("var", default="unset")
+    started, seen = threading.Event(), []
+
+    def body() -> int:
+        seen.append(var.get())
+        started.set()
+        time.sleep(0.3)
+        seen.append("ended")
+        return 1
+
+    async def main() -> None:
+        var.set("the request's")
+        with ThreadPoolExecutor(1) as pool:
+            assert await in_hot_thread(pool, lambda: var.get()) == "the request's"
+            task = asyncio.ensure_future(in_hot_thread(pool, body))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert seen == ["the request's", "ended"]
+
+    asyncio.run(main())
+
+
+def test_slow_routes_filling_their_threads_hold_up_no_answer(world, monkeypatch):
+    """Every thread of the other routes busy (two slow learner lists, ``request_threads`` =
+    2): an answer, mastery and next-items still run, in the hot routes' own threads, and the
+    slow requests then finish too."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tutor import learners_admin
+
+    release, entered = threading.Event(), threading.Semaphore(0)
+    real = learners_admin.learners_page
+
+    def slow(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        entered.release()
+        assert release.wait(30), "never released"
+        return real(*a, **k)
+
+    monkeypatch.setattr(learners_admin, "learners_page", slow)
+    settings = world.settings.model_copy(update={"request_threads": 2})
+    ing, adm = world.headers("ingest"), world.headers("admin")
+    with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
+        lists = [pool.submit(c.get, "/v1/learners", headers=adm) for _ in range(2)]
+        try:
+            for _ in range(2):
+                assert entered.acquire(timeout=30)  # both framework threads are held
+            r = c.post("/v1/answers", json=_answer("e0"), headers=ing)
+            assert r.status_code == 201, r.text
+            assert c.get("/v1/learners/u1/mastery", headers=adm).status_code == 200
+            assert c.get("/v1/learners/u1/next-items", headers=adm).status_code == 200
+            assert not any(f.done() for f in lists)  # still held meanwhile
+        finally:
+            release.set()
+        assert [f.result(30).status_code for f in lists] == [200, 200]
+
+
 @pytest.mark.parametrize("inline", [True, False])
 def test_hot_routes_run_on_the_event_loop_until_slow_work(world, monkeypatch, inline):
     """On PostgreSQL (and with ``inline_hot_routes``) an answer, next-items and mastery run on
@@ -335,7 +407,7 @@ def test_hot_routes_run_on_the_event_loop_until_slow_work(world, monkeypatch, in
         assert c.post("/v1/answers", json=_answer("e2"), headers=ing).status_code == 201
         assert c.get("/v1/learners/u1/mastery", headers=adm).status_code == 200
         assert c.get("/v1/learners/u1/next-items", headers=adm).status_code == 200
-        in_pool = ["AnyIO worker" in t for t in threads]
+        in_pool = ["tutor-hot" in t for t in threads]
         assert in_pool == [not on_loop] * 2, threads
         assert app.state.route_hops == hops
         # a late answer: a replay of the history, in a thread
@@ -344,7 +416,7 @@ def test_hot_routes_run_on_the_event_loop_until_slow_work(world, monkeypatch, in
         r = c.post("/v1/answers", json=late, headers=ing)
         assert r.status_code == 201, r.text
         assert app.state.route_hops == hops + (1 if on_loop else 0)
-        assert ["AnyIO worker" in t for t in threads] == ([False, True] if on_loop else [True])
+        assert ["tutor-hot" in t for t in threads] == ([False, True] if on_loop else [True])
         mastery = c.get("/v1/learners/u1/mastery", headers=adm).json()
     assert r.json()["replayed"] is False and mastery["n_answers"] == 4
     answered = next(m for m in mastery["concepts"] if m["answers"])

@@ -32,7 +32,7 @@ from ..db.session import is_sqlite
 from ..security import AuthCache
 from ..service import ServiceError
 from ..settings import Settings, get_settings
-from .deps import CloseSessions, detail_response, validation_errors
+from .deps import CloseSessions, detail_response, hot_threads, validation_errors
 
 log = logging.getLogger("tutor.api")
 
@@ -214,8 +214,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning(warning)
         # one request = a few small tensor ops: intra-op threads only add overhead
         torch.set_num_threads(1)
-        # the thread pool that runs the (synchronous) routes: a few threads, see the setting
+        # the thread pool that runs the (synchronous) routes: a few threads, see the setting;
+        # the hot routes have as many of their own (deps.hot_threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        threads = app.state.hot_threads = hot_threads(settings)
         # load the active models and build their catalogues before serving: no request
         # waits seconds for a catalogue build (in a thread: the event loop stays free)
         await anyio.to_thread.run_sync(_warm, app.state.read_sessionmaker)
@@ -236,6 +238,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if warmer is not None:
                 warmer.stop()
+            threads.shutdown(wait=True)
+            if app.state.hot_threads is threads:  # (a test may run the start-up twice)
+                app.state.hot_threads = None
             app.state.engine.dispose()
 
     app = FastAPI(
