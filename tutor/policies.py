@@ -63,17 +63,18 @@ class ItemPredictions:
             raise ValueError("items without a signature need their own predictions (own)")
         self.p_sets, self.item_sig, self.offset, self.shift = p_sets, item_sig, offset, shift
         self.own = own
-        #: the items' own predictions so far (nan: not yet asked)
+        #: the items' own predictions so far (nan: not yet asked), and their positions (to
+        #: resolve any index of the [I] array: a position, positions, a mask, a slice)
         self._own = np.full(len(offset), np.nan) if item_sig is None else None
+        self._positions = np.arange(len(offset)) if item_sig is None else None
 
     def __len__(self) -> int:
         return len(self.offset) if self.item_sig is None else len(self.item_sig)
 
     def __getitem__(self, positions: Any) -> Any:
         if self._own is not None:
-            assert self.own is not None
-            # any index of the [I] array (a position, positions, a mask, a slice)
-            idx = np.arange(len(self))[positions]
+            assert self.own is not None and self._positions is not None
+            idx = self._positions[positions]
             want = np.unique(np.asarray(idx, dtype=np.int64).reshape(-1))
             new = want[np.isnan(self._own[want])]
             if len(new):

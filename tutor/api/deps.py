@@ -100,11 +100,7 @@ async def get_principal(request: Request) -> Principal:
     if principal is None:
         generation = cache.generation()
         # a short query: in the hot routes' threads, which no slow route holds up
-        threads = getattr(state, "hot_threads", None)
-        if threads is None:
-            principal = await run_in_threadpool(_lookup_key, request, token, key_hash)
-        else:
-            principal = await in_hot_thread(threads, _lookup_key, request, token, key_hash)
+        principal = await run_short(request, _lookup_key, request, token, key_hash)
         if principal is not None:
             cache.put(key_hash, principal, generation)
     if principal is None:
@@ -172,8 +168,14 @@ async def run_route(view: View, body: Callable[..., T], /, *args: Any) -> T:
             view.session.rollback()
             view.request.app.state.route_hops += 1
             log.info("%s %s runs in a thread: %s", view.request.method, view.request.url.path, hop)
-    threads = getattr(view.request.app.state, "hot_threads", None)
-    if threads is None:  # an app whose start-up (lifespan) did not run
+    return await run_short(view.request, body, *args)
+
+
+async def run_short(request: Request, body: Callable[..., T], /, *args: Any) -> T:
+    """``body(*args)`` in the hot routes' threads (:func:`hot_threads`), or, in an app whose
+    start-up (lifespan) did not run, in the framework's."""
+    threads = getattr(request.app.state, "hot_threads", None)
+    if threads is None:
         return await run_in_threadpool(body, *args)
     return await in_hot_thread(threads, body, *args)
 
