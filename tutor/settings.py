@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     #: (one run at 16 connections: 344 req/s, neither worker busy), see the README. SQLite
     #: always uses threads (a writer may wait for the database lock)
     inline_hot_routes: bool = False
-    #: database connections per process (PostgreSQL; as many again may overflow under bursts)
+    #: database connections per process and pool (PostgreSQL; as many again may overflow
+    #: under bursts). Reads (GET) and writes have a pool each: the reads' connections stay
+    #: in autocommit, so no request switches a connection's mode and back
     pool_size: int = Field(10, ge=1)
     #: test each pooled connection with a round trip before use (PostgreSQL). Off: a
     #: connection that died (database restart) fails one request with 503, the pool is then

@@ -30,19 +30,29 @@ MAX_MASTERY_STATEMENTS = 1
 
 @contextmanager
 def statements(app):  # noqa: ANN001, ANN201
-    """The SQL statements the app's engine runs inside the block (BEGIN excluded)."""
+    """The SQL statements the app's engines (the writes' and, on PostgreSQL, the reads' of
+    their own) run inside the block (BEGIN excluded)."""
     seen: list[str] = []
 
     def record(conn, cursor, statement, params, context, executemany):  # noqa: ANN001, ARG001
         if not statement.lstrip().upper().startswith("BEGIN"):
             seen.append(statement)
 
-    engine = app.state.engine
-    event.listen(engine, "before_cursor_execute", record)
+    engines = _engines(app)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+
+
+def _engines(app):  # noqa: ANN001, ANN202
+    """The app's engines: the one reads share on SQLite (an option of the same engine, whose
+    events and pool are the engine's), two on PostgreSQL."""
+    engine, read = app.state.engine, app.state.read_engine
+    return [engine] if read.pool is engine.pool else [engine, read]
 
 
 def _answer(event_id: str, learner: str = "u1", item: str = "i5", **kw) -> dict:
@@ -249,7 +259,7 @@ def test_every_request_session_is_closed(world, monkeypatch):
     from tutor import service
 
     app = create_app(world.settings)
-    pool = app.state.engine.pool
+    pools = [engine.pool for engine in _engines(app)]
     ing, adm = world.headers("ingest"), world.headers("admin")
     with TestClient(app, raise_server_exceptions=False) as c:
         calls = [
@@ -262,7 +272,7 @@ def test_every_request_session_is_closed(world, monkeypatch):
         for call in calls:
             r = call()
             assert r.status_code in (200, 201, 403, 404), r.text
-            assert pool.checkedout() == 0, r.request.url
+            assert [pool.checkedout() for pool in pools] == [0] * len(pools), r.request.url
 
         def boom(*a, **k):  # noqa: ANN002, ANN003, ARG001
             raise RuntimeError("boom")
@@ -270,7 +280,43 @@ def test_every_request_session_is_closed(world, monkeypatch):
         monkeypatch.setattr(service, "learner_mastery", boom)
         r = c.get("/v1/learners/u1/mastery", headers=adm)
         assert r.status_code == 500
-        assert pool.checkedout() == 0
+        assert [pool.checkedout() for pool in pools] == [0] * len(pools)
+
+
+def test_reads_take_connections_already_in_autocommit(client, world, monkeypatch):
+    """PostgreSQL: GET requests take their connections from a pool of their own whose
+    connections are in autocommit from the start, and return them without a reset: no read
+    switches a connection's mode (SQLAlchemy's per-connection isolation option, on a pool
+    shared with the writes, set it at every checkout and reset it at every return)."""
+    import psycopg
+
+    if not world.url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only (SQLite reads in a plain read transaction)")
+    adm, ing = world.headers("admin"), world.headers("ingest")
+    reads = [
+        lambda: client.get("/v1/learners/u1/mastery", headers=adm),
+        lambda: client.get("/v1/learners/u1/next-items", headers=adm),
+    ]
+    for read in reads:  # warm: the read pool's connection opened (set to autocommit once)
+        assert read().status_code == 200
+    switches, mode = [], psycopg.Connection.autocommit
+
+    def record(conn, value):  # noqa: ANN001
+        switches.append(value)
+        mode.fset(conn, value)
+
+    monkeypatch.setattr(psycopg.Connection, "autocommit", property(mode.fget, record))
+    for read in reads * 3:
+        assert read().status_code == 200
+    assert switches == []
+    # and an answer still commits in a transaction of its own, on the writes' pool
+    r = client.post("/v1/answers", json=_answer("ac1"), headers=ing)
+    assert r.status_code == 201, r.text
+    assert switches == []
+    with client.app.state.read_engine.connect() as c:
+        assert c.connection.dbapi_connection.autocommit is True
+    with client.app.state.engine.connect() as c:
+        assert c.connection.dbapi_connection.autocommit is False
 
 
 def test_next_items_reads_recent_items_with_the_learner(client, world):

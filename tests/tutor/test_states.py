@@ -149,4 +149,5 @@ def test_a_read_session_never_writes_what_it_holds(world):
             s.rollback()
     finally:
         app.state.engine.dispose()
+        app.state.read_engine.dispose()
     assert "u5" not in _rows(world)

@@ -242,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.state.hot_threads is threads:  # (a test may run the start-up twice)
                 app.state.hot_threads = None
             app.state.engine.dispose()
+            app.state.read_engine.dispose()
 
     app = FastAPI(
         title="kt-tutor",
@@ -265,13 +266,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # reads need no transaction of their own: on SQLite a read transaction (plain BEGIN, never
     # waiting for writers); on PostgreSQL autocommit, which saves the BEGIN and ROLLBACK round
     # trips of every GET (at READ COMMITTED each statement sees its own snapshot either way)
-    read_engine = engine.execution_options(
-        **(
-            {"readonly": True}
-            if is_sqlite(settings.database_url)
-            else {"isolation_level": "AUTOCOMMIT"}
+    if is_sqlite(settings.database_url):
+        read_engine = engine.execution_options(readonly=True)
+    else:
+        read_engine = create_db_engine(
+            settings.database_url,
+            pool_size=settings.pool_size,
+            pool_pre_ping=settings.pool_pre_ping,
+            autocommit=True,
         )
-    )
+    app.state.read_engine = read_engine
     # and no autoflush: on PostgreSQL's autocommit a flush would write at once (a state a read
     # rebuilt, past the guards of states.keep_rebuilt_states)
     app.state.read_sessionmaker = make_sessionmaker(read_engine, autoflush=False)

@@ -53,7 +53,12 @@ def json_loads(text: str | bytes) -> Any:
 
 
 def create_db_engine(
-    url: str, *, sqlite_timeout: float = 30.0, pool_size: int = 10, pool_pre_ping: bool = False
+    url: str,
+    *,
+    sqlite_timeout: float = 30.0,
+    pool_size: int = 10,
+    pool_pre_ping: bool = False,
+    autocommit: bool = False,
 ) -> Engine:
     """The engine for ``url``. ``pool_pre_ping`` (PostgreSQL) tests each connection with a
     round trip when it leaves the pool: off by default, since it costs a round trip per
@@ -93,6 +98,8 @@ def create_db_engine(
         pool_pre_ping=pool_pre_ping,
         json_serializer=json_dumps,
         json_deserializer=json_loads,
+        # a connection in autocommit has no transaction to roll back when it returns
+        **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}),
     )
 
 
