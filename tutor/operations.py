@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -435,7 +435,11 @@ def rebuild_states(
     """Eagerly (re)build every learner's state for a model version (default: the active
     one), replaying histories in batches through the model's serving form (one history
     query per batch; one torch thread: batches of small steps gain nothing from more, and on
-    a busy machine the extra threads' spin-waits made it several times slower)."""
+    a busy machine the extra threads' spin-waits made it several times slower).
+
+    All of it in the caller's one transaction: for a database nobody else writes meanwhile
+    (an import, the demo's set-up). On a database that serves, an answer stored during the
+    rebuild would be undone by the stale replay: :func:`rebuild_states_live` is for that."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -488,6 +492,145 @@ def _rebuild_states(
         if progress is not None:
             progress(len(chunk))
     return done
+
+
+#: learners per batch of :func:`rebuild_states_live` (a batch's write holds the database's
+#: write lock, on SQLite, for a few milliseconds)
+LIVE_BATCH = 64
+
+
+def rebuild_states_live(
+    read_factory: Callable[[], Session],
+    write_factory: Callable[[], Session],
+    *,
+    org_id: int,
+    model_id: int | None = None,
+    batch_size: int = LIVE_BATCH,
+    progress: Any = None,
+) -> tuple[int, int]:
+    """:func:`rebuild_states` for a database that is serving: returns (states rebuilt,
+    learners skipped).
+
+    :func:`rebuild_states` runs in its caller's one transaction, which on SQLite holds the
+    database's write lock from its first write to its commit: every answer of every learner
+    waited for the whole rebuild (2.4 s for the demo's 900 learners on an idle machine), and
+    a client calling it again and again (a fuzzer did) kept other writes waiting past the
+    busy timeout (503); on PostgreSQL an answer stored meanwhile was undone in its
+    learner's state and answer count by the stale replay.
+
+    Here each batch of ``batch_size`` learners is read and replayed outside any write
+    (``read_factory``: a read transaction on SQLite, autocommit on PostgreSQL), then
+    written in a short transaction of its own (``write_factory``) that locks the batch's
+    learners (in external id order, as answers lock them) and writes a learner's state, and
+    corrects its answer count and first-seen time, only where no answer was stored since
+    the read. The others are skipped: the answer path keeps the active model's states
+    current, and any stale state is rebuilt at its learner's next request."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as rebuild_states
+    try:
+        return _rebuild_states_live(
+            read_factory,
+            write_factory,
+            org_id=org_id,
+            model_id=model_id,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rebuild_states_live(
+    read_factory: Callable[[], Session],
+    write_factory: Callable[[], Session],
+    *,
+    org_id: int,
+    model_id: int | None,
+    batch_size: int,
+    progress: Any,
+) -> tuple[int, int]:
+    from .service import MODELS, db_scope
+    from .states import concepts_of_items
+    from .states import rebuild_states as rebuild
+
+    with read_factory() as s:
+        org = s.get(Organisation, org_id)
+        if org is None:
+            raise OperationError(f"organisation {org_id} not found")
+        mid = model_id or org.active_model_id
+        if mid is None:
+            raise OperationError(f"organisation {org.slug!r} has no active model")
+        mv = s.get(ModelVersion, mid)
+        if mv is None or mv.org_id != org.id:
+            raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
+        model = MODELS.get(mid, lambda: mv.checkpoint, scope=db_scope(s))
+        ids = list(s.scalars(select(Learner.id).where(Learner.org_id == org.id)))
+        concepts_of = concepts_of_items(s, org_id=org.id)
+    rebuilt = skipped = 0
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        with read_factory() as rs:
+            learners = list(rs.scalars(select(Learner).where(Learner.id.in_(chunk))))
+            seen = {lr.id: lr.n_answers for lr in learners}
+            out = rebuild(
+                rs,
+                model=model,
+                learners=learners,
+                update_learners=True,
+                keep_after_read=False,
+                concepts_of=concepts_of,
+            )
+            # (the read session never flushes: nothing of this is written here)
+            done = {
+                lr.id: (
+                    row.state,
+                    row.evidence,
+                    row.n_applied,
+                    row.last_timestamp,
+                    row.last_event_id,
+                    lr.first_seen,
+                    lr.n_answers,
+                )
+                for lr, (_, row) in zip(learners, out, strict=True)
+            }
+        with write_factory() as ws, ws.begin():
+            locked = {
+                lr.id: lr
+                for lr in ws.scalars(
+                    select(Learner)
+                    .where(Learner.id.in_(list(done)))
+                    .order_by(Learner.external_id)
+                    .with_for_update()
+                )
+            }
+            rows = {
+                r.learner_id: r
+                for r in ws.scalars(
+                    select(LearnerState).where(
+                        LearnerState.model_id == mid, LearnerState.learner_id.in_(list(done))
+                    )
+                )
+            }
+            for lid, (blob, evid, n, ts, ev, first, n_answers) in done.items():
+                lr = locked.get(lid)
+                if lr is None or lr.n_answers != seen[lid]:  # deleted, or answered meanwhile
+                    skipped += 1
+                    continue
+                row = rows.get(lid)
+                if row is None:
+                    row = LearnerState(learner_id=lid, model_id=mid, state=blob)
+                    ws.add(row)
+                row.state, row.evidence, row.n_applied = blob, evid, n
+                row.last_timestamp, row.last_event_id = ts, ev
+                if lr.first_seen != first:
+                    lr.first_seen = first
+                if lr.n_answers != n_answers:
+                    lr.n_answers = n_answers
+                rebuilt += 1
+        skipped += len(chunk) - len(done)  # deleted before the batch was read
+        if progress is not None:
+            progress(len(chunk))
+    return rebuilt, skipped
 
 
 # ---------------------------------------------------------------------- model versions (API)
@@ -552,12 +695,22 @@ def activate_version(
     return model_version(session, org=org, model_id=model_id)
 
 
-def rebuild_version_states(session: Session, *, org: Organisation, model_id: int) -> int:
-    """:func:`rebuild_states` for the API: an unknown version is
-    :class:`~tutor.errors.NotFound`, a refused rebuild :class:`~tutor.errors.Invalid`."""
+def rebuild_version_states(
+    session: Session,
+    *,
+    org: Organisation,
+    model_id: int,
+    read_factory: Callable[[], Session],
+    write_factory: Callable[[], Session],
+) -> tuple[int, int]:
+    """:func:`rebuild_states_live` for the API (``session``: the request's, which only reads):
+    an unknown version is :class:`~tutor.errors.NotFound`, a refused rebuild
+    :class:`~tutor.errors.Invalid`."""
     model_version(session, org=org, model_id=model_id)
+    org_id = org.id
+    session.rollback()  # no transaction of the request's stays open meanwhile
     try:
-        return rebuild_states(session, org=org, model_id=model_id)
+        return rebuild_states_live(read_factory, write_factory, org_id=org_id, model_id=model_id)
     except OperationError as exc:
         raise Invalid(str(exc)) from None
 

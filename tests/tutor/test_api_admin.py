@@ -367,7 +367,7 @@ def test_model_activation_switches_and_rebuilds(client, world, dkt_run):
     assert m.status_code == 200 and m.json()["model"]["id"] == new_id  # lazy rebuild
     assert m.json()["n_answers"] == 1
     r = client.post(f"/v1/models/{new_id}/rebuild-states", headers=h)
-    assert r.status_code == 200 and r.json() == {"model_id": new_id, "learners": 6}
+    assert r.status_code == 200 and r.json() == {"model_id": new_id, "learners": 6, "skipped": 0}
     assert client.get(f"/v1/models/{new_id}", headers=h).json()["states"] == 6
     assert client.get("/v1/models/999999", headers=h).status_code == 404
     assert client.post(f"/v1/models/{world.model_id}/activate", headers=h).status_code == 200
@@ -423,3 +423,60 @@ def test_register_a_run_whose_results_hold_nan(db_url, dkt_run, tmp_path):
         mv = ops.register_model(s, org=org, run_dir=run)
         assert mv.info["results"]["test"] == {"auc": 0.7, "ece": None}
     engine.dispose()
+
+
+def test_rebuilding_states_leaves_answers_free_to_be_stored(client, world, monkeypatch):
+    """``rebuild-states`` replays a batch outside any write and writes it in a short
+    transaction of its own: an answer stored while the batch is replayed neither waits for
+    the rebuild (before, the rebuild's one transaction held SQLite's write lock, or the
+    learners' rows on PostgreSQL, to its end) nor is overwritten by the stale replay (that
+    learner is skipped, and its state stays the one the answer path wrote)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from tutor import service, states
+    from tutor.db import Learner, LearnerState, Organisation, create_db_engine, make_sessionmaker
+
+    h = world.headers("admin")
+    before = client.get("/v1/learners/u1/mastery", headers=h).json()["n_answers"]
+    engine = create_db_engine(world.url, sqlite_timeout=2)
+    stored = []
+    replay = states.replay_histories
+
+    def answer_meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not stored:  # the first batch's replay: another client answers for u1
+            with make_sessionmaker(engine)() as s, s.begin():
+                if world.url.startswith("postgresql"):
+                    s.execute(text("SET LOCAL lock_timeout = '2s'"))
+                org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
+                a = service.AnswerIn(
+                    event_id="during-rebuild",
+                    learner_id="u1",
+                    item_id="i3",
+                    correct=1,
+                    timestamp=datetime.now(UTC),
+                )
+                stored.extend(service.record_answers(s, org=org, answers=[a]))
+        return replay(*args, **kwargs)
+
+    monkeypatch.setattr(states, "replay_histories", answer_meanwhile)
+    try:
+        r = client.post(f"/v1/models/{world.model_id}/rebuild-states", headers=h)
+    finally:
+        engine.dispose()
+    assert r.status_code == 200, r.text
+    assert stored and not stored[0]["replayed"]
+    assert r.json() == {"model_id": world.model_id, "learners": 5, "skipped": 1}
+    check = create_db_engine(world.url)
+    try:
+        with make_sessionmaker(check)() as s:
+            acme = select(Organisation.id).where(Organisation.slug == "acme").scalar_subquery()
+            learners = s.scalars(select(Learner).where(Learner.org_id == acme)).all()
+            assert len(learners) == 6
+            for learner in learners:
+                row = s.get(LearnerState, (learner.id, world.model_id))
+                assert row is not None and row.n_applied == learner.n_answers, learner.external_id
+    finally:
+        check.dispose()
+    assert client.get("/v1/learners/u1/mastery", headers=h).json()["n_answers"] == before + 1

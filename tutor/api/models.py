@@ -70,7 +70,17 @@ def activate_model(model_id: ModelId, view: ViewDep) -> ModelOut:
 @router.post("/models/{model_id}/rebuild-states", response_model=RebuildOut)
 def rebuild_states(model_id: ModelId, view: ViewDep) -> RebuildOut:
     """Rebuild every learner's state for this version now (replaying their histories), e.g.
-    before activating it so that the swap costs learners nothing. Runs within the request."""
-    with admin_write(view) as session:
-        n = ops.rebuild_version_states(session, org=view.org, model_id=model_id)
-    return RebuildOut(model_id=model_id, learners=n)
+    before activating it so that the swap costs learners nothing. Runs within the request,
+    in batches of learners, each written in a short transaction of its own, so answers keep
+    being stored meanwhile; a learner who answers during the rebuild is skipped (counted in
+    ``skipped``): the answer path keeps its state current."""
+    require_roles(view.principal, "admin")
+    state = view.request.app.state
+    n, skipped = ops.rebuild_version_states(
+        view.session,
+        org=view.org,
+        model_id=model_id,
+        read_factory=state.read_sessionmaker,
+        write_factory=state.sessionmaker,
+    )
+    return RebuildOut(model_id=model_id, learners=n, skipped=skipped)

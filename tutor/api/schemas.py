@@ -370,6 +370,12 @@ class ModelOut(BaseModel):
 class RebuildOut(BaseModel):
     model_id: int
     learners: int = Field(description="Learner states rebuilt")
+    skipped: int = Field(
+        0,
+        description="Learners who answered (or were deleted) while their batch was rebuilt: "
+        "not written (the answer path keeps the active model's states current; a stale one "
+        "is rebuilt at its learner's next request)",
+    )
 
 
 class OrganisationOut(BaseModel):

@@ -18,6 +18,7 @@ from .common import (
     OrgOption,
     console,
     db_error,
+    db_factories,
     db_session,
     fail,
     find_org,
@@ -280,29 +281,37 @@ def states_rebuild(
     from sqlalchemy import func, select
 
     from tutor.db import Learner
-    from tutor.operations import rebuild_states
+    from tutor.operations import rebuild_states_live
 
     progress = RichProgress(enabled=not quiet)
     t0 = time.perf_counter()
-    try:
-        with db_session(database_url) as s:
-            o = find_org(s, org)
-            if model is None and o.active_model_id is None:
-                fail(
-                    f"organisation {org!r} has no active model (register one: tutor models "
-                    f"register RUN_DIR --org {org} --activate, or name one with --model)"
-                )
-            total = s.scalar(
-                select(func.count()).select_from(Learner).where(Learner.org_id == o.id)
+    with db_session(database_url) as s:
+        o = find_org(s, org)
+        if model is None and o.active_model_id is None:
+            fail(
+                f"organisation {org!r} has no active model (register one: tutor models "
+                f"register RUN_DIR --org {org} --activate, or name one with --model)"
             )
+        total = s.scalar(select(func.count()).select_from(Learner).where(Learner.org_id == o.id))
+        org_id, mid = o.id, model or o.active_model_id
+    # batch by batch, each written in a short transaction of its own: a server using the
+    # database meanwhile keeps storing answers (rebuild_states_live)
+    try:
+        with db_factories(database_url) as (read_factory, write_factory):
             progress.start("rebuilding learner states", total)
-            n = rebuild_states(s, org=o, model_id=model, progress=progress.advance)
-            mid = model or o.active_model_id
+            n, skipped = rebuild_states_live(
+                read_factory,
+                write_factory,
+                org_id=org_id,
+                model_id=mid,
+                progress=progress.advance,
+            )
     finally:
         progress.finish()
     out.print(
         f"rebuilt {n:,} learner states of {org!r} for model {mid} in "
-        f"{time.perf_counter() - t0:.1f} s",
+        f"{time.perf_counter() - t0:.1f} s"
+        + (f"; {skipped:,} skipped (they answered meanwhile)" if skipped else ""),
         highlight=False,
     )
 

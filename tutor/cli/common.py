@@ -9,7 +9,7 @@ naming the problem and exit code 2.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -89,6 +89,38 @@ def db_error(url: str, exc: Exception) -> NoReturn:
     if "no such table" in msg or ("relation" in msg and "does not exist" in msg):
         hint = " (is the schema there? run: tutor db upgrade)"
     fail(f"database {safe_url(url)}: {msg}{hint}")
+
+
+@contextmanager
+def db_factories(
+    database_url: str | None,
+) -> Iterator[tuple[Callable[[], Session], Callable[[], Session]]]:
+    """Session factories for work in many short transactions (reads, writes), as the
+    service has them: reads in a read transaction on SQLite (which never waits for a
+    writer) and in autocommit on PostgreSQL. Errors end the command as :func:`db_session`'s."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tutor.db import create_db_engine, make_sessionmaker
+    from tutor.db.session import is_sqlite
+    from tutor.operations import OperationError
+
+    url = resolve_url(database_url)
+    try:
+        engine = create_db_engine(url)
+        own = None if is_sqlite(url) else create_db_engine(url, autocommit=True)
+    except (SQLAlchemyError, ValueError) as exc:
+        db_error(url, exc)
+    reads = engine.execution_options(readonly=True) if own is None else own
+    try:
+        yield make_sessionmaker(reads, autoflush=False), make_sessionmaker(engine)
+    except OperationError as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        db_error(url, exc)
+    finally:
+        engine.dispose()
+        if own is not None:
+            own.dispose()
 
 
 @contextmanager
