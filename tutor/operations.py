@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from kt_models.metrics import json_safe
@@ -41,6 +43,8 @@ from .runtime import LoadedModel, sha256
 from .settings import MASTERY_SCALES, POLICIES, Settings
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class OperationError(ValueError):
@@ -468,7 +472,7 @@ def _rebuild_states(
     mv = session.get(ModelVersion, mid)
     if mv is None or mv.org_id != org.id:
         raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
-    model = MODELS.get(mid, lambda: mv.checkpoint, scope=db_scope(session))
+    model = MODELS.get(mid, _loader(mv), scope=db_scope(session))
     learners = list(session.scalars(select(Learner).where(Learner.org_id == org.id)))
     concepts_of = concepts_of_items(session, org_id=org.id)
     existing = {
@@ -494,6 +498,13 @@ def _rebuild_states(
     return done
 
 
+def _loader(mv: ModelVersion) -> Callable[[], tuple[bytes, dict | None]]:
+    """How the model cache loads a version: its checkpoint and its id mapping (a model
+    loaded without its mapping would replay under the wrong ids, and the cache would then
+    serve it so)."""
+    return lambda: (mv.checkpoint, (mv.info or {}).get("mapping"))
+
+
 #: learners per batch of :func:`rebuild_states_live` (a batch's write holds the database's
 #: write lock, on SQLite, for a few milliseconds)
 LIVE_BATCH = 64
@@ -505,7 +516,7 @@ def rebuild_states_live(
     *,
     org_id: int,
     model_id: int | None = None,
-    batch_size: int = LIVE_BATCH,
+    batch_size: int | None = None,
     progress: Any = None,
 ) -> tuple[int, int]:
     """:func:`rebuild_states` for a database that is serving: returns (states rebuilt,
@@ -533,7 +544,7 @@ def rebuild_states_live(
             write_factory,
             org_id=org_id,
             model_id=model_id,
-            batch_size=batch_size,
+            batch_size=batch_size or LIVE_BATCH,
             progress=progress,
         )
     finally:
@@ -563,10 +574,13 @@ def _rebuild_states_live(
         mv = s.get(ModelVersion, mid)
         if mv is None or mv.org_id != org.id:
             raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
-        model = MODELS.get(mid, lambda: mv.checkpoint, scope=db_scope(s))
-        ids = list(s.scalars(select(Learner.id).where(Learner.org_id == org.id)))
+        model = MODELS.get(mid, _loader(mv), scope=db_scope(s))
+        ids = list(
+            s.scalars(select(Learner.id).where(Learner.org_id == org.id).order_by(Learner.id))
+        )
         concepts_of = concepts_of_items(s, org_id=org.id)
     rebuilt = skipped = 0
+    failed: Exception | None = None
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
         with read_factory() as rs:
@@ -593,43 +607,67 @@ def _rebuild_states_live(
                 )
                 for lr, (_, row) in zip(learners, out, strict=True)
             }
-        with write_factory() as ws, ws.begin():
-            locked = {
-                lr.id: lr
-                for lr in ws.scalars(
-                    select(Learner)
-                    .where(Learner.id.in_(list(done)))
-                    .order_by(Learner.external_id)
-                    .with_for_update()
-                )
-            }
-            rows = {
-                r.learner_id: r
-                for r in ws.scalars(
-                    select(LearnerState).where(
-                        LearnerState.model_id == mid, LearnerState.learner_id.in_(list(done))
-                    )
-                )
-            }
-            for lid, (blob, evid, n, ts, ev, first, n_answers) in done.items():
-                lr = locked.get(lid)
-                if lr is None or lr.n_answers != seen[lid]:  # deleted, or answered meanwhile
-                    skipped += 1
-                    continue
-                row = rows.get(lid)
-                if row is None:
-                    row = LearnerState(learner_id=lid, model_id=mid, state=blob)
-                    ws.add(row)
-                row.state, row.evidence, row.n_applied = blob, evid, n
-                row.last_timestamp, row.last_event_id = ts, ev
-                if lr.first_seen != first:
-                    lr.first_seen = first
-                if lr.n_answers != n_answers:
-                    lr.n_answers = n_answers
-                rebuilt += 1
+        try:
+            n, k = _write_batch(write_factory, mid, done, seen)
+        except OperationalError as exc:
+            # a lock not granted (SQLite's busy timeout, a PostgreSQL deadlock with another
+            # writer): this batch is left for the lazy rebuild, the others go on
+            log.warning("rebuilding states: a batch of %d learners not written: %s", len(done), exc)
+            failed, n, k = exc, 0, len(done)
+        rebuilt, skipped = rebuilt + n, skipped + k
         skipped += len(chunk) - len(done)  # deleted before the batch was read
         if progress is not None:
             progress(len(chunk))
+    if failed is not None and not rebuilt:
+        raise failed  # nothing could be written: the database is the problem
+    return rebuilt, skipped
+
+
+def _write_batch(
+    write_factory: Callable[[], Session],
+    model_id: int,
+    done: dict[int, tuple[Any, ...]],
+    seen: dict[int, int],
+) -> tuple[int, int]:
+    """One batch of :func:`rebuild_states_live` in a short write transaction: (written,
+    skipped). The learners are locked ``FOR NO KEY UPDATE`` in external id order: that
+    serialises with answers (``FOR UPDATE``, the same order) but not with inserts that
+    reference them (foreign keys take ``FOR KEY SHARE``)."""
+    rebuilt = skipped = 0
+    with write_factory() as ws, ws.begin():
+        locked = {
+            lr.id: lr
+            for lr in ws.scalars(
+                select(Learner)
+                .where(Learner.id.in_(list(done)))
+                .order_by(Learner.external_id)
+                .with_for_update(key_share=True)
+            )
+        }
+        rows = {
+            r.learner_id: r
+            for r in ws.scalars(
+                select(LearnerState).where(
+                    LearnerState.model_id == model_id, LearnerState.learner_id.in_(list(done))
+                )
+            )
+        }
+        for lid, (blob, evid, n, ts, ev, first, n_answers) in done.items():
+            lr = locked.get(lid)
+            if lr is None or lr.n_answers != seen[lid]:  # deleted, or answered meanwhile
+                skipped += 1
+                continue
+            row = rows.get(lid)
+            if row is None:
+                row = LearnerState(learner_id=lid, model_id=model_id, state=blob)
+                ws.add(row)
+            row.state, row.evidence, row.n_applied = blob, evid, n
+            row.last_timestamp, row.last_event_id = ts, ev
+            if lr.first_seen != first:
+                lr.first_seen = first
+            if lr.n_answers != n_answers:
+                lr.n_answers = n_answers
+            rebuilt += 1
     return rebuilt, skipped
 
 
@@ -696,19 +734,20 @@ def activate_version(
 
 
 def rebuild_version_states(
-    session: Session,
     *,
-    org: Organisation,
+    org_id: int,
     model_id: int,
     read_factory: Callable[[], Session],
     write_factory: Callable[[], Session],
 ) -> tuple[int, int]:
-    """:func:`rebuild_states_live` for the API (``session``: the request's, which only reads):
-    an unknown version is :class:`~tutor.errors.NotFound`, a refused rebuild
-    :class:`~tutor.errors.Invalid`."""
-    model_version(session, org=org, model_id=model_id)
-    org_id = org.id
-    session.rollback()  # no transaction of the request's stays open meanwhile
+    """:func:`rebuild_states_live` for the API: an unknown version is
+    :class:`~tutor.errors.NotFound` (checked in a read session: no write lock is taken to
+    find out), a refused rebuild :class:`~tutor.errors.Invalid`."""
+    with read_factory() as s:
+        org = s.get(Organisation, org_id)
+        if org is None:
+            raise NotFound(f"organisation {org_id} not found")
+        model_version(s, org=org, model_id=model_id)
     try:
         return rebuild_states_live(read_factory, write_factory, org_id=org_id, model_id=model_id)
     except OperationError as exc:

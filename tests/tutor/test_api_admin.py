@@ -427,37 +427,56 @@ def test_register_a_run_whose_results_hold_nan(db_url, dkt_run, tmp_path):
 
 def test_rebuilding_states_leaves_answers_free_to_be_stored(client, world, monkeypatch):
     """``rebuild-states`` replays a batch outside any write and writes it in a short
-    transaction of its own: an answer stored while the batch is replayed neither waits for
-    the rebuild (before, the rebuild's one transaction held SQLite's write lock, or the
-    learners' rows on PostgreSQL, to its end) nor is overwritten by the stale replay (that
-    learner is skipped, and its state stays the one the answer path wrote)."""
+    transaction of its own. While the second batch is replayed, answers are stored for a
+    learner of the first batch (already written) and for one of the second: neither waits
+    for the rebuild (before, its one transaction held SQLite's write lock, or the written
+    rows on PostgreSQL, to its end: the answer waited past its 2 s timeout), and neither is
+    undone by a stale replay (the second batch's learner is skipped; before, its answer
+    count and state were reset to the replay's)."""
     from datetime import UTC, datetime
 
     from sqlalchemy import text
 
-    from tutor import service, states
+    from tutor import operations, service, states
     from tutor.db import Learner, LearnerState, Organisation, create_db_engine, make_sessionmaker
 
     h = world.headers("admin")
-    before = client.get("/v1/learners/u1/mastery", headers=h).json()["n_answers"]
+    monkeypatch.setattr(operations, "LIVE_BATCH", 2)
+    check = create_db_engine(world.url)
+    acme = select(Organisation.id).where(Organisation.slug == "acme").scalar_subquery()
+    with make_sessionmaker(check)() as s:
+        order = s.scalars(
+            select(Learner.external_id).where(Learner.org_id == acme).order_by(Learner.id)
+        ).all()
+    assert len(order) == 6
+    early, current = order[0], order[2]  # the first batch's, the second's
+    before = {
+        ext: client.get(f"/v1/learners/{ext}/mastery", headers=h).json()["n_answers"]
+        for ext in (early, current)
+    }
     engine = create_db_engine(world.url, sqlite_timeout=2)
-    stored = []
+    replays, stored = [], []
     replay = states.replay_histories
 
     def answer_meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        if not stored:  # the first batch's replay: another client answers for u1
+        replays.append(1)
+        if len(replays) == 2:  # the second batch's replay: another client answers
             with make_sessionmaker(engine)() as s, s.begin():
                 if world.url.startswith("postgresql"):
                     s.execute(text("SET LOCAL lock_timeout = '2s'"))
                 org = s.scalar(select(Organisation).where(Organisation.slug == "acme"))
-                a = service.AnswerIn(
-                    event_id="during-rebuild",
-                    learner_id="u1",
-                    item_id="i3",
-                    correct=1,
-                    timestamp=datetime.now(UTC),
-                )
-                stored.extend(service.record_answers(s, org=org, answers=[a]))
+                now = datetime.now(UTC)
+                answers = [
+                    service.AnswerIn(
+                        event_id=f"during-{ext}",
+                        learner_id=ext,
+                        item_id="i3",
+                        correct=1,
+                        timestamp=now,
+                    )
+                    for ext in (early, current)
+                ]
+                stored.extend(service.record_answers(s, org=org, answers=answers))
         return replay(*args, **kwargs)
 
     monkeypatch.setattr(states, "replay_histories", answer_meanwhile)
@@ -466,17 +485,15 @@ def test_rebuilding_states_leaves_answers_free_to_be_stored(client, world, monke
     finally:
         engine.dispose()
     assert r.status_code == 200, r.text
-    assert stored and not stored[0]["replayed"]
+    assert len(replays) == 3 and len(stored) == 2 and not any(a["replayed"] for a in stored)
     assert r.json() == {"model_id": world.model_id, "learners": 5, "skipped": 1}
-    check = create_db_engine(world.url)
     try:
         with make_sessionmaker(check)() as s:
-            acme = select(Organisation.id).where(Organisation.slug == "acme").scalar_subquery()
-            learners = s.scalars(select(Learner).where(Learner.org_id == acme)).all()
-            assert len(learners) == 6
-            for learner in learners:
+            for learner in s.scalars(select(Learner).where(Learner.org_id == acme)):
                 row = s.get(LearnerState, (learner.id, world.model_id))
                 assert row is not None and row.n_applied == learner.n_answers, learner.external_id
     finally:
         check.dispose()
-    assert client.get("/v1/learners/u1/mastery", headers=h).json()["n_answers"] == before + 1
+    for ext in (early, current):
+        m = client.get(f"/v1/learners/{ext}/mastery", headers=h).json()
+        assert m["n_answers"] == before[ext] + 1, ext

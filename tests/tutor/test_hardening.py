@@ -435,6 +435,15 @@ def test_a_model_under_other_ids_serves_through_an_explicit_mapping(client, worl
     assert r.status_code == 201, r.text
     assert {m["concept_id"] for m in r.json()["mastery"]} == set(single[0]["concepts"])
     assert all(m["estimate"] is not None for m in r.json()["mastery"]), "a concept it knows"
+    # an eager rebuild that is the first to load it (as `tutor states rebuild` always is)
+    # loads it with its mapping too: the states it writes, and the model it leaves cached
+    # for the answers, know acme's ids
+    MODELS.clear()
+    r = client.post(f"/v1/models/{mid}/rebuild-states", headers=h)
+    assert r.status_code == 200 and r.json()["learners"] == 6, r.text
+    r = client.post("/v1/answers", json=answer("mapped2", item=single[1]["id"]), headers=h)
+    assert r.status_code == 201, r.text
+    assert all(m["estimate"] is not None for m in r.json()["mastery"]), "a concept it knows"
     # a malformed mapping names its line
     bad = tmp_path / "bad.csv"
     bad.write_text("kind,model_id,catalogue_id\nthing,a,b\n")

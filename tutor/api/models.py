@@ -77,8 +77,7 @@ def rebuild_states(model_id: ModelId, view: ViewDep) -> RebuildOut:
     require_roles(view.principal, "admin")
     state = view.request.app.state
     n, skipped = ops.rebuild_version_states(
-        view.session,
-        org=view.org,
+        org_id=view.principal.org_id,
         model_id=model_id,
         read_factory=state.read_sessionmaker,
         write_factory=state.sessionmaker,

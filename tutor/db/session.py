@@ -66,6 +66,8 @@ def create_db_engine(
     an OperationalError (503), SQLAlchemy then invalidates the pool and the next request
     reconnects."""
     if is_sqlite(url):
+        if autocommit:
+            raise ValueError("autocommit is for PostgreSQL (SQLite reads in a read transaction)")
         engine = create_engine(
             url,
             connect_args={"timeout": sqlite_timeout, "check_same_thread": False},
