@@ -39,6 +39,56 @@ ROWS_CACHE = 4096
 ROWS_CACHE_CONCEPTS = 16
 #: the largest affine readout (concept sets x features) a loaded model keeps (32 MB)
 READOUT_MAX_CELLS = 8_000_000
+#: single learners' whole-catalogue predictions a loaded model without an affine readout
+#: keeps, by state content (:class:`KeptPredictions`)
+KEPT_PREDICTIONS = 32
+
+
+class KeptPredictions:
+    """The last few whole-catalogue predictions (every concept set) of single learners'
+    states, by the state's content and the time asked (for models that forget), for models
+    whose prediction is costly (no affine readout: AKT, PSI-KT, BKT, CAKT). A learner's
+    answer is usually followed by next-items and mastery reads of the state it stored, and
+    each of those predicted every set anew (AKT on the demo: about 80 ms each). A hit is
+    checked against a copy of the state, not only its digest; the kept arrays are read-only.
+    A loaded model never changes its weights, so nothing else invalidates them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: OrderedDict[tuple, tuple[list[torch.Tensor], np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(leaves: list[torch.Tensor], at: float | None) -> tuple:
+        digest = hashlib.blake2b(digest_size=16)
+        shapes = []
+        for t in leaves:
+            digest.update(t.detach().contiguous().cpu().numpy().tobytes())
+            shapes.append((tuple(t.shape), t.dtype))
+        return (tuple(shapes), at, digest.digest())
+
+    def get(self, key: tuple, leaves: list[torch.Tensor]) -> np.ndarray | None:
+        with self._lock:
+            hit = self._kept.get(key)
+            if hit is None or not all(
+                torch.equal(a, b) for a, b in zip(hit[0], leaves, strict=True)
+            ):
+                return None
+            self._kept.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: tuple, leaves: list[torch.Tensor], p: np.ndarray) -> np.ndarray:
+        p = np.array(p, copy=True)
+        p.flags.writeable = False
+        with self._lock:
+            self._kept[key] = ([t.detach().clone() for t in leaves], p)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return p
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 @dataclass(frozen=True)
@@ -267,6 +317,8 @@ class LoadedModel:
     #: the affine readout per concept set, ``(A [S, F], b [S])`` float32 (see
     #: :meth:`set_readout`); ``False`` until first asked, ``None`` where there is none
     _readout: tuple[np.ndarray, np.ndarray] | None | bool = False
+    #: recent single learners' whole-catalogue predictions (models without an affine readout)
+    _kept: KeptPredictions = field(default_factory=lambda: KeptPredictions(KEPT_PREDICTIONS))
 
     def __post_init__(self) -> None:
         self._concept_pos = {c: i + 1 for i, c in enumerate(self.concept_ids)}
@@ -440,13 +492,36 @@ class LoadedModel:
         product (the same numbers to float32 rounding), else the model's ``predict``."""
         readout = self.set_readout()
         if readout is None:
-            items = self.sets.sig_item if cols is None else self.sets.sig_item[cols]
-            return predict_many(self, state, items, at_times)
+            return self._predict_sets_kept(state, cols, at_times)
         a, b = readout
         if cols is not None:
             a, b = a[cols], b[cols]
         feats = self.model.readout_features(state).numpy()  # [n, F]
         return special.expit(feats @ a.T + b).astype(np.float32, copy=False)
+
+    def _predict_sets_kept(
+        self, state: Any, cols: np.ndarray | None, at_times: np.ndarray | None
+    ) -> np.ndarray:
+        """:meth:`predict_set_columns` through the model's ``predict``, a single learner's
+        whole-catalogue predictions kept (:class:`KeptPredictions`): a few columns of a
+        kept state are read off them; a few columns of another state are predicted alone
+        (an answer's estimates), not kept."""
+        leaves = _leaves(state)
+        if state_batch_size(self, state) != 1 or any(t.device.type != "cpu" for t in leaves):
+            items = self.sets.sig_item if cols is None else self.sets.sig_item[cols]
+            return predict_many(self, state, items, at_times)
+        at = None
+        if at_times is not None and self.forgets:
+            at = float(np.nan_to_num(np.asarray(at_times, dtype=np.float64), nan=0.0)[0])
+        key = self._kept.key(leaves, at)
+        full = self._kept.get(key, leaves)
+        if full is None:
+            if cols is not None:
+                return predict_many(self, state, self.sets.sig_item[cols], at_times)
+            full = self._kept.put(
+                key, leaves, predict_many(self, state, self.sets.sig_item, at_times)
+            )
+        return full if cols is None else full[:, cols]
 
     def predict_all(self, state: Any, at_time: float | None = None) -> np.ndarray:
         """Success probabilities of every model item ``[n_items + 1]``, index 0 included (the

@@ -293,3 +293,55 @@ def test_affine_readout_gives_the_models_predictions(which, request, monkeypatch
         monkeypatch.setattr(runtime, "READOUT_MAX_CELLS", readout[0].size - 1)
         assert fresh.set_readout() is None
         np.testing.assert_allclose(fresh.predict_set_columns(both), own, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["akt_run", "psikt_run"])
+def test_whole_catalogue_predictions_of_a_state_are_kept(which, request, monkeypatch):
+    """A model without an affine readout keeps a single learner's whole-catalogue
+    predictions by the state's content (and, for a model that forgets, the time asked):
+    the next read of that state (a copy, as decoded from the database) predicts nothing, a
+    few columns are read off them, and another state, another time or a batch is predicted
+    anew, with the model's own numbers."""
+    from tutor import runtime
+
+    model = _load(request.getfixturevalue(which))
+    assert model.set_readout() is None
+    calls = []
+    predict = runtime.predict_many
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "predict_many", counted)
+    state = model.step_many(model.model.init_state(1), [1, 2, 3], [1, 0, 1], [0.0, 0.1, 0.2])
+    at = np.array([0.5])
+    first = model.predict_set_columns(state, None, at)
+    assert len(calls) == 1 and not first.flags.writeable
+    copy = model.decode(model.encode(state))
+    again = model.predict_set_columns(copy, None, at)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(again, first)
+    cols = np.array([len(model.sets.sig_item) - 1, 0])
+    np.testing.assert_array_equal(model.predict_set_columns(copy, cols, at), first[:, cols])
+    assert len(calls) == 1
+    own = predict(model, state, model.sets.sig_item, at)
+    np.testing.assert_allclose(first, own, atol=1e-6)
+    # another state: predicted, and differently
+    other = model.step_many(state, [2], [0], [0.3])
+    p_other = model.predict_set_columns(other, None, at)
+    assert len(calls) == 2 and np.abs(p_other - first).max() > 1e-4
+    # a few columns of a state not kept: those alone, not kept
+    fresh = model.step_many(other, [3], [1], [0.4])
+    model.predict_set_columns(fresh, cols, at)
+    assert len(calls) == 3 and len(model._kept) == 2
+    # another time: kept apart for a model that forgets, the same for one that does not
+    later = model.predict_set_columns(state, None, np.array([5.0]))
+    assert len(calls) == (4 if model.forgets else 3)
+    if model.forgets:
+        assert np.abs(later - first).max() > 1e-6
+    # a batch of learners: always predicted
+    both = runtime.stack_states(model, [state, other])
+    n = len(calls)
+    model.predict_set_columns(both, None, np.array([0.5, 0.5]))
+    assert len(calls) == n + 1
