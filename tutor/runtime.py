@@ -47,11 +47,15 @@ KEPT_PREDICTIONS = 32
 class KeptPredictions:
     """The last few whole-catalogue predictions (every concept set) of single learners'
     states, by the state's content and the time asked (for models that forget), for models
-    whose prediction is costly (no affine readout: AKT, PSI-KT, BKT, CAKT). A learner's
+    predicted through their own ``predict`` (no affine readout: AKT, PSI-KT, BKT, CAKT, the
+    logistic model, a DKT whose readout is over :data:`READOUT_MAX_CELLS`). A learner's
     answer is usually followed by next-items and mastery reads of the state it stored, and
     each of those predicted every set anew (AKT on the demo: about 80 ms each). A hit is
     checked against a copy of the state, not only its digest; the kept arrays are read-only.
-    A loaded model never changes its weights, so nothing else invalidates them."""
+    A loaded model never changes its weights (it is in eval mode; a model in training mode
+    is never kept for), so nothing else invalidates them. A few columns read off a kept
+    array may differ from the same columns predicted alone in the last float bits (AKT
+    chunks its candidates differently)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -507,7 +511,11 @@ class LoadedModel:
         kept state are read off them; a few columns of another state are predicted alone
         (an answer's estimates), not kept."""
         leaves = _leaves(state)
-        if state_batch_size(self, state) != 1 or any(t.device.type != "cpu" for t in leaves):
+        if (
+            self.model.training
+            or state_batch_size(self, state) != 1
+            or any(t.device.type != "cpu" for t in leaves)
+        ):
             items = self.sets.sig_item if cols is None else self.sets.sig_item[cols]
             return predict_many(self, state, items, at_times)
         at = None

@@ -320,7 +320,7 @@ def test_whole_catalogue_predictions_of_a_state_are_kept(which, request, monkeyp
     assert len(calls) == 1 and not first.flags.writeable
     copy = model.decode(model.encode(state))
     again = model.predict_set_columns(copy, None, at)
-    assert len(calls) == 1
+    assert len(calls) == 1 and not again.flags.writeable
     np.testing.assert_array_equal(again, first)
     cols = np.array([len(model.sets.sig_item) - 1, 0])
     np.testing.assert_array_equal(model.predict_set_columns(copy, cols, at), first[:, cols])
@@ -345,3 +345,18 @@ def test_whole_catalogue_predictions_of_a_state_are_kept(which, request, monkeyp
     n = len(calls)
     model.predict_set_columns(both, None, np.array([0.5, 0.5]))
     assert len(calls) == n + 1
+    # what is kept is a copy of the state: changing the state asked about in place
+    # afterwards changes neither what was kept nor the hit for its former content
+    for leaf in runtime._leaves(state):
+        if leaf.is_floating_point():
+            leaf.add_(0.25)
+            break
+    np.testing.assert_array_equal(model.predict_set_columns(copy, None, at), first)
+    assert len(calls) == n + 1
+    model.predict_set_columns(state, None, at)
+    assert len(calls) == n + 2
+    # at most KEPT_PREDICTIONS states
+    monkeypatch.setattr(model._kept, "size", 3)
+    for k in range(5):
+        model.predict_set_columns(model.step_many(other, [1 + k % 3], [k % 2], [0.5 + k]), None, at)
+    assert len(model._kept) == 3
