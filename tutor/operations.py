@@ -462,17 +462,10 @@ def _rebuild_states(
     batch_size: int,
     progress: Any,
 ) -> int:
-    from .service import MODELS, db_scope
     from .states import concepts_of_items
     from .states import rebuild_states as rebuild
 
-    mid = model_id or org.active_model_id
-    if mid is None:
-        raise OperationError(f"organisation {org.slug!r} has no active model")
-    mv = session.get(ModelVersion, mid)
-    if mv is None or mv.org_id != org.id:
-        raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
-    model = MODELS.get(mid, _loader(mv), scope=db_scope(session))
+    mid, model = _rebuild_model(session, org, model_id)
     learners = list(session.scalars(select(Learner).where(Learner.org_id == org.id)))
     concepts_of = concepts_of_items(session, org_id=org.id)
     existing = {
@@ -498,11 +491,22 @@ def _rebuild_states(
     return done
 
 
-def _loader(mv: ModelVersion) -> Callable[[], tuple[bytes, dict | None]]:
-    """How the model cache loads a version: its checkpoint and its id mapping (a model
-    loaded without its mapping would replay under the wrong ids, and the cache would then
-    serve it so)."""
-    return lambda: (mv.checkpoint, (mv.info or {}).get("mapping"))
+def _rebuild_model(
+    session: Session, org: Organisation, model_id: int | None
+) -> tuple[int, LoadedModel]:
+    """The version a rebuild replays (default: the active one) and its loaded model, loaded
+    as the service loads it: with its id mapping (a model loaded without it would replay
+    under the wrong ids, and the model cache would then serve it so)."""
+    from .service import MODELS, db_scope
+
+    mid = model_id or org.active_model_id
+    if mid is None:
+        raise OperationError(f"organisation {org.slug!r} has no active model")
+    mv = session.get(ModelVersion, mid)
+    if mv is None or mv.org_id != org.id:
+        raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
+    load = lambda: (mv.checkpoint, (mv.info or {}).get("mapping"))  # noqa: E731
+    return mid, MODELS.get(mid, load, scope=db_scope(session))
 
 
 #: learners per batch of :func:`rebuild_states_live` (a batch's write holds the database's
@@ -560,7 +564,6 @@ def _rebuild_states_live(
     batch_size: int,
     progress: Any,
 ) -> tuple[int, int]:
-    from .service import MODELS, db_scope
     from .states import concepts_of_items
     from .states import rebuild_states as rebuild
 
@@ -568,13 +571,7 @@ def _rebuild_states_live(
         org = s.get(Organisation, org_id)
         if org is None:
             raise OperationError(f"organisation {org_id} not found")
-        mid = model_id or org.active_model_id
-        if mid is None:
-            raise OperationError(f"organisation {org.slug!r} has no active model")
-        mv = s.get(ModelVersion, mid)
-        if mv is None or mv.org_id != org.id:
-            raise OperationError(f"model {mid} is not registered in organisation {org.slug!r}")
-        model = MODELS.get(mid, _loader(mv), scope=db_scope(s))
+        mid, model = _rebuild_model(s, org, model_id)
         ids = list(
             s.scalars(select(Learner.id).where(Learner.org_id == org.id).order_by(Learner.id))
         )

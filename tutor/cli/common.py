@@ -92,27 +92,27 @@ def db_error(url: str, exc: Exception) -> NoReturn:
 
 
 @contextmanager
-def db_factories(
-    database_url: str | None,
-) -> Iterator[tuple[Callable[[], Session], Callable[[], Session]]]:
-    """Session factories for work in many short transactions (reads, writes), as the
-    service has them: reads in a read transaction on SQLite (which never waits for a
-    writer) and in autocommit on PostgreSQL. Errors end the command as :func:`db_session`'s."""
+def _database(database_url: str | None, autocommit_reads: bool = False) -> Iterator[tuple]:
+    """The engine of ``database_url`` and, with ``autocommit_reads``, an engine for reads
+    (SQLite: the same, in read transactions; PostgreSQL: autocommit), disposed at the end;
+    operation and database errors inside end the command with exit code 2."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from tutor.db import create_db_engine, make_sessionmaker
+    from tutor.db import create_db_engine
     from tutor.db.session import is_sqlite
     from tutor.operations import OperationError
 
     url = resolve_url(database_url)
+    own = None
     try:
         engine = create_db_engine(url)
-        own = None if is_sqlite(url) else create_db_engine(url, autocommit=True)
+        if autocommit_reads and not is_sqlite(url):
+            own = create_db_engine(url, autocommit=True)
     except (SQLAlchemyError, ValueError) as exc:
         db_error(url, exc)
     reads = engine.execution_options(readonly=True) if own is None else own
     try:
-        yield make_sessionmaker(reads, autoflush=False), make_sessionmaker(engine)
+        yield engine, reads
     except OperationError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
@@ -124,28 +124,30 @@ def db_factories(
 
 
 @contextmanager
+def db_factories(
+    database_url: str | None,
+) -> Iterator[tuple[Callable[[], Session], Callable[[], Session]]]:
+    """Session factories for work in many short transactions (reads, writes), as the
+    service has them: reads in a read transaction on SQLite (which never waits for a
+    writer) and in autocommit on PostgreSQL. Errors end the command as :func:`db_session`'s."""
+    from tutor.db import make_sessionmaker
+
+    with _database(database_url, autocommit_reads=True) as (engine, reads):
+        yield make_sessionmaker(reads, autoflush=False), make_sessionmaker(engine)
+
+
+@contextmanager
 def db_session(database_url: str | None) -> Iterator[Session]:
     """A session on the database in one transaction (commits on success); operation and
     database errors end the command with exit code 2."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from tutor.db import make_sessionmaker
 
-    from tutor.db import create_db_engine, make_sessionmaker
-    from tutor.operations import OperationError
-
-    url = resolve_url(database_url)
-    try:
-        engine = create_db_engine(url)
-    except (SQLAlchemyError, ValueError) as exc:
-        db_error(url, exc)
-    try:
-        with make_sessionmaker(engine)() as session, session.begin():
-            yield session
-    except OperationError as exc:
-        fail(str(exc))
-    except SQLAlchemyError as exc:
-        db_error(url, exc)
-    finally:
-        engine.dispose()
+    with (
+        _database(database_url) as (engine, _),
+        make_sessionmaker(engine)() as session,
+        session.begin(),
+    ):
+        yield session
 
 
 def find_org(session: Session, slug: str) -> Any:
