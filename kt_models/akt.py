@@ -62,10 +62,7 @@ biases); ``mu`` starts at 0 as in theirs.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +74,7 @@ from .base import KTModel, ModelConfig, register
 from .concepts import concept_weights
 from .data import Batch, Vocab
 from .items import check_items_option, difficulty_penalty, item_difficulty
+from .kept import KeptByContent
 
 
 @dataclass
@@ -93,8 +91,8 @@ class AKTConfig(ModelConfig):
 
 
 _NEG = -1e32
-#: learners' encoded histories AKT keeps for serving (:class:`_KeptHistories`), about 0.8 MB
-#: each with the defaults
+#: learners' encoded histories AKT keeps for serving (:class:`~kt_models.kept.KeptByContent`),
+#: about 0.8 MB each with the defaults
 KEPT_HISTORIES = 16
 #: candidate items per attention call in ``predict`` (bounds its memory)
 _CANDIDATES = 1024
@@ -102,54 +100,6 @@ _CANDIDATES = 1024
 _CHUNK = 256
 #: attention scores per call (batch x heads x queries x keys): bounds the memory of a call
 _BUDGET = 1 << 24
-
-
-class _KeptHistories:
-    """Encoded histories (:meth:`AKT._history_keys`) by the content of a learner's state, the
-    least recently used dropped beyond ``size``, all made with one version of the weights
-    (``tag``: another tag empties it). Thread-safe: a service's request threads share the
-    model. A hit is checked against a copy of the state, not only its digest."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.tag: tuple | None = None
-        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(items: torch.Tensor, resp: torch.Tensor) -> tuple:
-        digest = hashlib.blake2b(digest_size=16)
-        for t in (items, resp):
-            digest.update(t.detach().contiguous().numpy().tobytes())
-        return (tuple(items.shape), items.dtype, resp.dtype, digest.digest())
-
-    def get(self, tag: tuple, key: tuple, items: torch.Tensor, resp: torch.Tensor) -> tuple | None:
-        with self._lock:
-            hit = self._entries.get(key) if tag == self.tag else None
-            if hit is None or not (torch.equal(hit[0], items) and torch.equal(hit[1], resp)):
-                return None
-            self._entries.move_to_end(key)
-            return hit[2]
-
-    def put(
-        self, tag: tuple, key: tuple, items: torch.Tensor, resp: torch.Tensor, value: tuple
-    ) -> None:
-        with self._lock:
-            if tag != self.tag:
-                self._entries.clear()
-                self.tag = tag
-            self._entries[key] = (items.clone(), resp.clone(), value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.tag = None
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class _Attention(nn.Module):
@@ -287,7 +237,7 @@ class AKT(KTModel):
         w, n = cfg.window, cfg.n_blocks
         self.buffer = w + (2 * w - 1) * (n - 1) + n * (w - 1)
         #: learners' encoded histories (:meth:`_history_keys`), made when first needed
-        self._kept: _KeptHistories | None = None
+        self._kept: KeptByContent | None = None
 
     def __getstate__(self) -> dict:
         # the kept histories (and their lock) are neither pickled nor copied
@@ -495,11 +445,11 @@ class AKT(KTModel):
     ) -> tuple[dict, int]:
         """The encoded history that candidates attend over (:meth:`_candidate_keys`) and its
         length. With ``keep`` (one learner's state, on the CPU), kept by the state's content
-        (:class:`_KeptHistories`, the last :data:`KEPT_HISTORIES` states asked) while the
-        weights and buffers are the same objects, unchanged (their version counters; a
-        change through ``.data`` is not seen), in eval mode and outside autograd. A service
-        asks about one state several times: its concepts' nodes, then the items a policy
-        looks at, and across requests (an answer's estimates after it, then that learner's
+        (:class:`~kt_models.kept.KeptByContent`, the last :data:`KEPT_HISTORIES` states
+        asked) while the weights and buffers are the same objects, unchanged (their version
+        counters; a change through ``.data`` is not seen), in eval mode and outside autograd.
+        A service asks about one state several times: its concepts' nodes, then the items a
+        policy looks at, and across requests (an answer's estimates after it, then that learner's
         next-items, which decodes the same state anew); the encoding is most of a short
         request's cost. ``store=False`` looks up without keeping."""
         keep = keep and not (self.training or torch.is_grad_enabled())
@@ -513,9 +463,9 @@ class AKT(KTModel):
             tag = tuple((id(t), t._version) for t in tensors)
             kept = self._kept
             if kept is None:
-                kept = self._kept = _KeptHistories(KEPT_HISTORIES)
-            key = kept.key(hist_items, resp)
-            hit = kept.get(tag, key, hist_items, resp)
+                kept = self._kept = KeptByContent(KEPT_HISTORIES)
+            key = kept.key((hist_items, resp))
+            hit = kept.get(key, (hist_items, resp), tag)
             if hit is not None:
                 return hit
         state_items, state_resp = hist_items, resp
@@ -535,7 +485,7 @@ class AKT(KTModel):
             self._key_inputs([t[:, -w:] for t in inputs], y_enc[:, -w:]), valid[:, -w:]
         )
         if kept is not None and store:
-            kept.put(tag, key, state_items, state_resp, (keys, w))  # type: ignore[arg-type]
+            kept.put(key, (state_items, state_resp), (keys, w), tag)  # type: ignore[arg-type]
         return keys, w
 
     @torch.no_grad()

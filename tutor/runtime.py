@@ -25,6 +25,7 @@ import torch
 from scipy import sparse, special
 
 from kt_models.base import CheckpointError, KTModel, load_checkpoint
+from kt_models.kept import KeptByContent
 
 from .blocking import checkpoint, may_block
 
@@ -40,59 +41,8 @@ ROWS_CACHE_CONCEPTS = 16
 #: the largest affine readout (concept sets x features) a loaded model keeps (32 MB)
 READOUT_MAX_CELLS = 8_000_000
 #: single learners' whole-catalogue predictions a loaded model without an affine readout
-#: keeps, by state content (:class:`KeptPredictions`)
+#: keeps, by state content (:meth:`LoadedModel._predict_sets_kept`)
 KEPT_PREDICTIONS = 32
-
-
-class KeptPredictions:
-    """The last few whole-catalogue predictions (every concept set) of single learners'
-    states, by the state's content and the time asked (for models that forget), for models
-    predicted through their own ``predict`` (no affine readout: AKT, PSI-KT, BKT, CAKT, the
-    logistic model, a DKT whose readout is over :data:`READOUT_MAX_CELLS`). A learner's
-    answer is usually followed by next-items and mastery reads of the state it stored, and
-    each of those predicted every set anew (AKT on the demo: about 80 ms each). A hit is
-    checked against a copy of the state, not only its digest; the kept arrays are read-only.
-    A loaded model never changes its weights (it is in eval mode; a model in training mode
-    is never kept for), so nothing else invalidates them. A few columns read off a kept
-    array may differ from the same columns predicted alone in the last float bits (AKT
-    chunks its candidates differently)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._kept: OrderedDict[tuple, tuple[list[torch.Tensor], np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(leaves: list[torch.Tensor], at: float | None) -> tuple:
-        digest = hashlib.blake2b(digest_size=16)
-        shapes = []
-        for t in leaves:
-            digest.update(t.detach().contiguous().cpu().numpy().tobytes())
-            shapes.append((tuple(t.shape), t.dtype))
-        return (tuple(shapes), at, digest.digest())
-
-    def get(self, key: tuple, leaves: list[torch.Tensor]) -> np.ndarray | None:
-        with self._lock:
-            hit = self._kept.get(key)
-            if hit is None or not all(
-                torch.equal(a, b) for a, b in zip(hit[0], leaves, strict=True)
-            ):
-                return None
-            self._kept.move_to_end(key)
-            return hit[1]
-
-    def put(self, key: tuple, leaves: list[torch.Tensor], p: np.ndarray) -> np.ndarray:
-        p = np.array(p, copy=True)
-        p.flags.writeable = False
-        with self._lock:
-            self._kept[key] = ([t.detach().clone() for t in leaves], p)
-            self._kept.move_to_end(key)
-            while len(self._kept) > self.size:
-                self._kept.popitem(last=False)
-        return p
-
-    def __len__(self) -> int:
-        return len(self._kept)
 
 
 @dataclass(frozen=True)
@@ -321,8 +271,9 @@ class LoadedModel:
     #: the affine readout per concept set, ``(A [S, F], b [S])`` float32 (see
     #: :meth:`set_readout`); ``False`` until first asked, ``None`` where there is none
     _readout: tuple[np.ndarray, np.ndarray] | None | bool = False
-    #: recent single learners' whole-catalogue predictions (models without an affine readout)
-    _kept: KeptPredictions = field(default_factory=lambda: KeptPredictions(KEPT_PREDICTIONS))
+    #: recent single learners' whole-catalogue predictions (models without an affine readout),
+    #: by state content (:meth:`_predict_sets_kept`)
+    _kept: KeptByContent = field(default_factory=lambda: KeptByContent(KEPT_PREDICTIONS))
 
     def __post_init__(self) -> None:
         self._concept_pos = {c: i + 1 for i, c in enumerate(self.concept_ids)}
@@ -506,10 +457,16 @@ class LoadedModel:
     def _predict_sets_kept(
         self, state: Any, cols: np.ndarray | None, at_times: np.ndarray | None
     ) -> np.ndarray:
-        """:meth:`predict_set_columns` through the model's ``predict``, a single learner's
-        whole-catalogue predictions kept (:class:`KeptPredictions`): a few columns of a
-        kept state are read off them; a few columns of another state are predicted alone
-        (an answer's estimates), not kept."""
+        """:meth:`predict_set_columns` through the model's ``predict``, with a single
+        learner's whole-catalogue predictions kept for its last :data:`KEPT_PREDICTIONS`
+        states, by the state's content and, for a model that forgets, the time asked. A
+        learner's answer is usually followed by next-items and mastery reads of the state it
+        stored, and each predicted every set anew (AKT on the demo: about 80 ms each). The
+        kept arrays are read-only; a few columns of a kept state are read off them (they may
+        differ from the same columns predicted alone in the last float bits: AKT chunks its
+        candidates differently); a few columns of another state are predicted alone (an
+        answer's estimates), not kept. A loaded model never changes its weights, and a model
+        in training mode is never kept for, so nothing else invalidates them."""
         leaves = _leaves(state)
         if (
             self.model.training
@@ -526,9 +483,9 @@ class LoadedModel:
         if full is None:
             if cols is not None:
                 return predict_many(self, state, self.sets.sig_item[cols], at_times)
-            full = self._kept.put(
-                key, leaves, predict_many(self, state, self.sets.sig_item, at_times)
-            )
+            full = np.array(predict_many(self, state, self.sets.sig_item, at_times))
+            full.flags.writeable = False
+            self._kept.put(key, leaves, full)
         return full if cols is None else full[:, cols]
 
     def predict_all(self, state: Any, at_time: float | None = None) -> np.ndarray:
@@ -629,6 +586,13 @@ class LoadedModel:
             m = self.scaled_at(m, concepts[known])
         out[:, known] = m
         return out
+
+    def scaled_known(self, success: np.ndarray, concepts: np.ndarray) -> np.ndarray:
+        """:meth:`scaled_at` of success estimates ``[..., len(concepts)]`` (from
+        :meth:`estimates` with ``scale='success'``), a concept the model does not know
+        (index 0, estimate nan) staying nan."""
+        known = np.where(np.isnan(success), 0.0, success)
+        return np.where(concepts > 0, self.scaled_at(known, concepts), np.nan)
 
     def scaled_at(self, mastery: np.ndarray, concepts: np.ndarray) -> np.ndarray:
         """:meth:`scaled_mastery` of ``mastery`` ``[..., len(concepts)]``, the mastery of the

@@ -131,9 +131,7 @@ def mastery_of(
         success = model.estimates(state, cidx, at, scale="success")[0]
     est = success
     if scale == "reachable" and len(cidx):
-        est = np.where(
-            cidx > 0, model.scaled_at(np.where(success == success, success, 0.0), cidx), np.nan
-        )
+        est = model.scaled_known(success, cidx)
     # as plain floats, rounded, once (whole arrays: a catalogue has hundreds of concepts); a
     # concept the model does not know has none
     est_r = np.round(np.asarray(est, dtype=np.float64), 6).tolist()

@@ -127,7 +127,7 @@ def _fold_evidence(
         cidx = np.array([model.concept_index(c) or 0 for c in cset], dtype=np.int64)
         sub = state if len(ks) == n else model.model.state_select(state, torch.from_numpy(ks))
         raw = model.estimates(sub, cidx, scale="success")
-        est = np.where(cidx > 0, model.scaled_at(np.where(raw == raw, raw, 0.0), cidx), np.nan)
+        est = model.scaled_known(raw, cidx)
         for r, k in enumerate(ks.tolist()):
             priors[k] = {c: float(est[r, col[c]]) for c in need[k]}
             shown[k] = {c: _both(est[r, col[c]], raw[r, col[c]]) for c in need[k]}
@@ -154,7 +154,7 @@ def first_answer_priors(
     cidx = np.array([model.concept_index(c) or 0 for c in concepts], dtype=np.int64)
     if raw is None:
         raw = model.estimates(state, cidx, scale="success")[0]
-    est = np.where(cidx > 0, model.scaled_at(np.where(raw == raw, raw, 0.0), cidx), np.nan)
+    est = model.scaled_known(raw, cidx)
     priors = {c: float(est[k]) for k, c in enumerate(concepts)}
     shown = {c: _both(est[k], raw[k]) for k, c in enumerate(concepts)}
     return priors, shown
