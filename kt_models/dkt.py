@@ -41,12 +41,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import special
 from torch import nn
 
-from .base import KTModel, ModelConfig, register
-from .concepts import concept_logits, embed_answers
+from .base import KTModel, ModelConfig, NumpyStep, register
+from .concepts import concept_logits, concept_weights, embed_answers
 from .data import Batch, Vocab
 from .items import RaschItems, check_items_option, per_item
 
@@ -180,6 +182,51 @@ class DKT(KTModel):
             cs.append(c)
             x = h
         return (torch.stack(hs), torch.stack(cs))
+
+    def numpy_step(self) -> NumpyStep | None:
+        """:meth:`step` for one learner on numpy arrays (see the base class): the answer's
+        input embedding (the weighted mean over its concepts, as :func:`embed_answers`), then
+        per layer the LSTM cell with ``torch.lstm_cell``'s gate order (input, forget, cell,
+        output). None for ``items='rasch'`` (its inputs vary per item; served by
+        :meth:`step`)."""
+        if self.rasch is not None:
+            return None
+        emb = self.embed.weight.detach().cpu().numpy().copy()
+        n_in, by_item = self.n_in, self.config.input_kind == "item"
+        if not by_item:
+            every = torch.arange(self.item_concepts.shape[0], device=self.item_concepts.device)
+            c_t, w_t = concept_weights(self.item_concepts, every)
+            concepts, weights = c_t.cpu().numpy(), w_t.cpu().numpy().astype(np.float32)
+        cells = []
+        for layer in range(self.config.layers):
+            w_ih, w_hh, b_ih, b_hh = (
+                getattr(self.lstm, f"{name}_l{layer}").detach().cpu().numpy()
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            cells.append((w_ih.copy(), w_hh.copy(), (b_ih + b_hh).astype(np.float32)))
+        hidden = self.config.hidden
+
+        def step(
+            leaves: list[np.ndarray], item: int, correct: int, time: float
+        ) -> list[np.ndarray]:
+            h_all, c_all = leaves  # [layers, 1, H] each
+            if by_item:
+                x = emb[item + n_in * correct]
+            else:
+                x = weights[item] @ emb[concepts[item] + n_in * correct]
+            hs, cs = [], []
+            for layer, (w_ih, w_hh, bias) in enumerate(cells):
+                g = w_ih @ x + w_hh @ h_all[layer, 0] + bias
+                gates = special.expit(g[: 2 * hidden])
+                i, f = gates[:hidden], gates[hidden:]
+                o = special.expit(g[3 * hidden :])
+                c = f * c_all[layer, 0] + i * np.tanh(g[2 * hidden : 3 * hidden])
+                x = o * np.tanh(c)
+                hs.append(x)
+                cs.append(c)
+            return [np.stack(hs)[:, None], np.stack(cs)[:, None]]
+
+        return step
 
     def predict_logits(self, state, items, at_time=None):  # type: ignore[override]
         return self.feature_logits(self.readout_features(state), items)

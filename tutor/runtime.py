@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import sparse, special
 
-from kt_models.base import CheckpointError, KTModel, load_checkpoint
+from kt_models.base import CheckpointError, KTModel, NumpyStep, load_checkpoint
 from kt_models.kept import KeptByContent
 
 from .blocking import checkpoint, may_block
@@ -271,6 +271,8 @@ class LoadedModel:
     #: the affine readout per concept set, ``(A [S, F], b [S])`` float32 (see
     #: :meth:`set_readout`); ``False`` until first asked, ``None`` where there is none
     _readout: tuple[np.ndarray, np.ndarray] | None | bool = False
+    #: the model's numpy step (see :meth:`_numpy_kernel`); ``False`` until first asked
+    _numpy_step: NumpyStep | None | bool = False
     #: recent single learners' whole-catalogue predictions (models without an affine readout),
     #: by state content (:meth:`_predict_sets_kept`)
     _kept: KeptByContent = field(default_factory=lambda: KeptByContent(KEPT_PREDICTIONS))
@@ -340,7 +342,12 @@ class LoadedModel:
 
     # --------------------------------------------------------------- state bytes
     def encode(self, state: Any) -> bytes:
-        return b"".join(t.detach().contiguous().cpu().numpy().tobytes() for t in _leaves(state))
+        """The state's leaves' bytes, in C order (a plain CPU tensor straight through numpy:
+        each torch call a request saves counts, see :meth:`step_many`)."""
+        return b"".join(
+            (t.numpy() if t.is_cpu and not t.requires_grad else t.detach().cpu().numpy()).tobytes()
+            for t in _leaves(state)
+        )
 
     def decode(self, blob: bytes) -> Any:
         leaves, off = [], 0
@@ -348,7 +355,7 @@ class LoadedModel:
             arr = np.frombuffer(
                 blob, dtype=_np_dtype(dtype), count=nbytes // _itemsize(dtype), offset=off
             )
-            leaves.append(torch.from_numpy(arr.copy()).reshape(shape))
+            leaves.append(torch.from_numpy(arr.reshape(shape).copy()))
             off += nbytes
         if off != len(blob):
             raise ValueError(
@@ -386,7 +393,20 @@ class LoadedModel:
     def step_many(
         self, state: Any, items: list[int], correct: list[int], times: list[float]
     ) -> Any:
-        """Fold answers into one learner's state, in order (O(1) each; :func:`step_through`)."""
+        """Fold answers into one learner's state, in order (O(1) each): with the model's
+        numpy step where it has one (:meth:`kt_models.base.KTModel.numpy_step`: the answer
+        path's step, without torch's per-call cost), else :func:`step_through`."""
+        kernel = self._numpy_kernel()
+        leaves = _leaves(state)
+        if (
+            kernel is not None
+            and state_batch_size(self, state) == 1
+            and not any(t.requires_grad or t.device.type != "cpu" for t in leaves)
+        ):
+            arrays = [t.numpy() for t in leaves]
+            for item, right, time in zip(items, correct, times, strict=True):
+                arrays = kernel(arrays, int(item), int(right), float(time))
+            return _rebuild(self._template, [torch.from_numpy(a) for a in arrays], [0])
         return step_through(
             self,
             np.array([items], dtype=np.int64),
@@ -394,6 +414,15 @@ class LoadedModel:
             np.array([times], dtype=np.float32),
             state=state,
         )
+
+    def _numpy_kernel(self) -> NumpyStep | None:
+        """The model's :meth:`~kt_models.base.KTModel.numpy_step`, asked once (a loaded model
+        never changes its weights); None in training mode."""
+        if self.model.training:
+            return None
+        if self._numpy_step is False:
+            self._numpy_step = self.model.numpy_step()
+        return self._numpy_step  # type: ignore[return-value]
 
     @torch.no_grad()
     def predict(self, state: Any, items: np.ndarray, at_time: float | None = None) -> np.ndarray:

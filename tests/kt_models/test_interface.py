@@ -191,3 +191,43 @@ def test_bad_checkpoints_refused(skill_dataset, tmp_path):
         load_checkpoint(tmp_path / "weights.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        pytest.param("dkt", {}, id="dkt"),
+        pytest.param("dkt+", {}, id="dkt+"),
+        pytest.param("dkt", {"input_kind": "item", "layers": 2}, id="dkt[item,2 layers]"),
+    ],
+)
+def test_numpy_step_equals_batch_forward(name, options, skill_dataset):
+    """The numpy step a server folds one answer with (``numpy_step``) walks each learner
+    through the states the batch forward predicts from (items with two concepts included)."""
+    torch.manual_seed(0)
+    seqs, vocab = load_sequences(skill_dataset)
+    model = build_model(name, vocab, make_config(name, options)).eval()
+    kernel = model.numpy_step()
+    assert kernel is not None
+    batch = make_batch(seqs, np.arange(6))
+    with torch.no_grad():
+        logits = model(batch)
+    assert (vocab.item_concepts[:, 1] > 0).any()  # multi-concept items are exercised
+    for b in range(6):
+        leaves = [t.numpy() for t in model.init_state(1)]
+        for t in range(int(batch.mask[b].nonzero().max()) + 1):
+            state = tuple(torch.from_numpy(a) for a in leaves)
+            with torch.no_grad():
+                got = model.predict_logits(state, batch.item[b : b + 1, t : t + 1])[0, 0]
+            torch.testing.assert_close(got, logits[b, t], atol=1e-5, rtol=1e-5)
+            item, right = int(batch.item[b, t]), int(batch.correct[b, t])
+            leaves = kernel(leaves, item, right, float(batch.time[b, t]))
+            assert [a.dtype for a in leaves] == [np.float32, np.float32]
+
+
+def test_numpy_step_only_where_the_inputs_are_per_concept_set(skill_dataset):
+    """Item-aware DKT varies its inputs per item: served by ``step``; so are the other
+    models (no numpy step of their own)."""
+    _, vocab = load_sequences(skill_dataset)
+    assert build_model("dkt", vocab, make_config("dkt", {"items": "rasch"})).numpy_step() is None
+    assert build_model("psikt", vocab, make_config("psikt", {})).numpy_step() is None

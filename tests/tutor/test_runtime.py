@@ -360,3 +360,40 @@ def test_whole_catalogue_predictions_of_a_state_are_kept(which, request, monkeyp
     for k in range(5):
         model.predict_set_columns(model.step_many(other, [1 + k % 3], [k % 2], [0.5 + k]), None, at)
     assert len(model._kept) == 3
+
+
+def test_one_learners_answers_are_folded_by_the_models_numpy_step(dkt_run, monkeypatch):
+    """A served DKT folds a learner's answers with its numpy step (no torch ``step``), into
+    the state the batched replay reaches, encoded and decoded alike; a model in training
+    mode still goes through ``step``."""
+    from tutor.runtime import step_through
+
+    model = _load(dkt_run)
+    n_items = len(model.sets.item_sig) - 1
+    rng = np.random.default_rng(3)
+    items = rng.integers(1, n_items + 1, 60).tolist()
+    right = rng.integers(0, 2, 60).tolist()
+    times = [0.1 * k for k in range(60)]
+    replayed = step_through(
+        model,
+        np.array([items]),
+        np.array([right], dtype=np.float32),
+        np.array([times], dtype=np.float32),
+    )
+    calls = []
+    torch_step = type(model.model).step
+    monkeypatch.setattr(
+        type(model.model), "step", lambda *a, **k: calls.append(1) or torch_step(*a, **k)
+    )
+    served = model.model.init_state(1)
+    for k in range(60):  # one request per answer, through the stored bytes
+        served = model.decode(
+            model.encode(model.step_many(served, [items[k]], [right[k]], [times[k]]))
+        )
+    assert calls == []
+    for got, want in zip(served, replayed, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(model.predict_sets(served), model.predict_sets(replayed), atol=1e-5)
+    model.model.train()  # weights that may change: torch's step
+    model.step_many(served, [items[0]], [right[0]], [0.0])
+    assert calls == [1]
