@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 
 from .. import service
@@ -11,12 +12,14 @@ from .deps import (
     View,
     ViewDep,
     commit_with_retries,
+    get_view,
     json_response,
     limit_batch,
     model_response,
     require_roles,
     run_route,
 )
+from .lean import LeanRoute, is_json
 from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
 
 router = APIRouter(tags=["answers"])
@@ -43,6 +46,25 @@ async def post_answers(
     event order (timestamp, then event id), whatever order they arrive in.
     """
     return await run_route(view, _post_answers, body, view)
+
+
+#: the body as the route declares it
+_BODY = TypeAdapter(AnswerIn | AnswerBatch)
+
+
+async def _lean_post_answers(request: Request) -> Response | None:
+    """:func:`post_answers` for a JSON body that validates as it is (see :mod:`.lean`)."""
+    if not is_json(request):
+        return None
+    try:
+        body = _BODY.validate_json(await request.body())
+    except ValidationError:
+        return None
+    view = await get_view(request)
+    return await run_route(view, _post_answers, body, view)
+
+
+LEAN = [LeanRoute("POST", "/answers", _lean_post_answers)]
 
 
 def _post_answers(body: AnswerIn | AnswerBatch, view: View) -> Response:

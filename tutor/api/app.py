@@ -385,6 +385,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         groups,
         health,
         items,
+        lean,
         learners,
         models,
         organisation,
@@ -409,4 +410,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(resource.router, prefix="/v1")
     app.include_router(xapi.router)
     app.include_router(dashboard_router)
+    # the hot requests' plain routes, in front of their FastAPI routes (tutor.api.lean)
+    lean.install(app, answers.LEAN + learners.LEAN, prefix="/v1")
     return app

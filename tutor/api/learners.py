@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from .. import learners_admin, recommend, service, states
 from ..db import Learner
@@ -23,6 +23,7 @@ from .deps import (
     admin_write,
     created_or,
     forget_keys,
+    get_view,
     json_response,
     mark_created,
     org_setting,
@@ -31,6 +32,7 @@ from .deps import (
     visible_groups,
     visible_learner,
 )
+from .lean import LeanRoute, int_in, plain_query
 from .schemas import (
     MAX_OFFSET,
     AtQuery,
@@ -49,6 +51,10 @@ from .schemas import (
 
 router = APIRouter()
 
+#: next-items' ``n``: its default and bounds
+NEXT_ITEMS_N, NEXT_ITEMS_MAX = 5, 100
+_NEXT_ITEMS_QUERY = {"n": int_in(1, NEXT_ITEMS_MAX), "policy": str}
+
 
 # ---------------------------------------------------------------------- teaching
 @router.get("/learners/{learner_id}/mastery", response_model=Mastery, tags=["learners"])
@@ -57,6 +63,14 @@ async def get_mastery(learner_id: str, view: ViewDep, at: AtQuery = None) -> Res
     concepts, learning, mastered, struggling), the learner's own answer count and the
     reported mastery: from own answers where there are any, else the model's estimate."""
     return await run_route(view, _mastery, learner_id, view, at)
+
+
+async def _lean_mastery(request: Request) -> Response | None:
+    """:func:`get_mastery` without query parameters (see :mod:`.lean`)."""
+    if request.scope.get("query_string"):
+        return None
+    view = await get_view(request)
+    return await run_route(view, _mastery, request.path_params["learner_id"], view, None)
 
 
 def _mastery(learner_id: str, view: View, at: datetime | None) -> Response:
@@ -78,7 +92,7 @@ def _mastery(learner_id: str, view: View, at: datetime | None) -> Response:
 async def next_items(
     learner_id: str,
     view: ViewDep,
-    n: Annotated[int, Query(ge=1, le=100)] = 5,
+    n: Annotated[int, Query(ge=1, le=NEXT_ITEMS_MAX)] = NEXT_ITEMS_N,
     policy: Annotated[str | None, Query(description=f"One of {', '.join(POLICIES)}")] = None,
     target: Annotated[float | None, Query(gt=0, lt=1)] = None,
     at: Annotated[
@@ -91,6 +105,24 @@ async def next_items(
 ) -> Response:
     """The next items for the learner, each with its predicted success and the reason."""
     return await run_route(view, _next_items, learner_id, view, n, policy, target, at)
+
+
+async def _lean_next_items(request: Request) -> Response | None:
+    """:func:`next_items` with at most ``n`` and ``policy`` (see :mod:`.lean`)."""
+    query = plain_query(request, _NEXT_ITEMS_QUERY)
+    if query is None:
+        return None
+    view = await get_view(request)
+    learner_id = request.path_params["learner_id"]
+    n, policy = query.get("n", NEXT_ITEMS_N), query.get("policy")
+    return await run_route(view, _next_items, learner_id, view, n, policy, None, None)
+
+
+#: the hot reads' lean routes (:mod:`.lean`)
+LEAN = [
+    LeanRoute("GET", "/learners/{learner_id}/mastery", _lean_mastery),
+    LeanRoute("GET", "/learners/{learner_id}/next-items", _lean_next_items),
+]
 
 
 def _next_items(
