@@ -34,9 +34,20 @@ can run, else says how. ``--py-spy PATH`` records the workers during the mixed l
 collapsed stacks under ``runs/serve_load/``; the sampler takes CPU, so that run's numbers are
 not the benchmark's).
 
+**Paired comparison** (``--against DIR``, another checkout, e.g. a ``git worktree`` of an
+earlier commit): this machine's speed drifts by a third within minutes, so two runs of one
+load a few minutes apart cannot show a 20% change. Both checkouts then serve the same
+database at once (the first ``--catalogues`` and ``--db``, or ``--db-url``, one kept with
+``--keep``), each with ``--workers`` (default 2), and each load runs on one then the other
+(the order alternating), ``--pairs`` times; printed: each run, then per load the medians and
+the median of the paired ratios, and in how many pairs this checkout was ahead (written to
+``--out``, default ``docs/benchmarks/serve_ab.txt``).
+
     python benchmarks/serve_load.py                                   # the full benchmark
     python benchmarks/serve_load.py --catalogues 500x100 --db postgresql --workers 2
     python benchmarks/serve_load.py --learners 1000 --interactions 50000 --seconds 5
+    python benchmarks/serve_load.py --catalogues 500x100 --db postgresql --against /tmp/base \
+        --pairs 6 --seconds 6
 """
 
 from __future__ import annotations
@@ -137,7 +148,9 @@ class Server:
     (``how="tutor"``: the project's own command, on Linux one listening socket per worker)
     or ``uvicorn --workers W`` (``how="uvicorn"``: one socket shared by the workers)."""
 
-    def __init__(self, url: str, workers: int, log_path: Path, how: str = "tutor") -> None:
+    def __init__(
+        self, url: str, workers: int, log_path: Path, how: str = "tutor", root: Path = ROOT
+    ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url, "TUTOR_ENVIRONMENT": "development"}
@@ -149,8 +162,9 @@ class Server:
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
         cmd += ["--no-access-log"]
         with open(log_path, "ab") as fh:
+            # the checkout in the working directory is the one ``-m tutor.cli`` imports
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
+                cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT
             )
         self._wait_ready(log_path)
 
@@ -530,6 +544,83 @@ def _catalogues(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def database_keys(url: str) -> dict[str, Any]:
+    """Keys and sizes of a database ``load_database`` filled (``--db-url``): new keys."""
+    from tutor import operations as ops
+    from tutor.db import Item, Learner, create_db_engine, make_sessionmaker
+    from tutor.security import create_key
+    from tutor.settings import Settings
+
+    engine = create_db_engine(url)
+    try:
+        with make_sessionmaker(engine)() as s, s.begin():
+            org = ops.get_org(s, ORG)
+            pepper = Settings().key_pepper
+            out: dict[str, Any] = {
+                "learners": s.query(Learner).filter(Learner.org_id == org.id).count(),
+                "items": s.query(Item).filter(Item.org_id == org.id).count(),
+            }
+            for role in ("ingest", "admin"):
+                out[f"{role}_key"], _ = create_key(
+                    s, org=org, role=role, pepper=pepper, name="serve_load"
+                )
+    finally:
+        engine.dispose()
+    return out
+
+
+def compare(wrk: str, url: str, setup: dict[str, Any], args, console, log) -> None:  # noqa: ANN001
+    """The paired comparison (``--against``): both checkouts serving ``url`` at once, each
+    load on one then the other, ``--pairs`` times."""
+    import statistics
+
+    checkouts = {"this": ROOT, "against": args.against.resolve()}
+    workers = int(args.workers or 2)
+    servers: dict[str, Server] = {}
+    rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    try:
+        for name, root in checkouts.items():
+            log(f"starting {name} ({root}), {workers} workers")
+            servers[name] = Server(url, workers, WORK / f"server-ab-{name}.log", args.server, root)
+        for server in servers.values():  # warm: keys cached, states and caches touched
+            for load in LOADS:
+                run_wrk(wrk, server, setup, load, args.warmup, args)
+        for k in range(args.pairs):
+            order = list(servers) if k % 2 == 0 else list(servers)[::-1]
+            for load in LOADS:
+                for name in order:
+                    r = run_wrk(wrk, servers[name], setup, load, args.seconds, args)
+                    rate = r["requests"] / r["seconds"]
+                    row = (rate, r["p99"] / 1000, per_request_ms(r))
+                    rows.setdefault((name, load), []).append(row)
+                    console.print(
+                        f"pair {k + 1} {load:10s} {name:8s} {rate:7.0f} req/s, p50 "
+                        f"{r['p50'] / 1000:6.1f} ms, p99 {row[1]:6.1f} ms, "
+                        f"{row[2]:.2f} ms CPU/request, non-2xx {r['status']}"
+                    )
+    finally:
+        for server in servers.values():
+            server.stop()
+    console.print(
+        f"\nthis: {ROOT}; against: {checkouts['against']}; {workers} workers, "
+        f"{args.connections} connections, {args.pairs} pairs of {args.seconds:g} s a load"
+    )
+    console.print(
+        f"{'load':12s}{'measure':20s}{'this':>10s}{'against':>10s}{'paired ratio':>14s}"
+        f"{'this ahead':>12s}"
+    )
+    for load in LOADS:
+        this, other = rows[("this", load)], rows[("against", load)]
+        for i, (what, better) in enumerate((("req/s", 1), ("p99 ms", -1), ("CPU ms/request", -1))):
+            ratios = [a[i] / b[i] for a, b in zip(this, other, strict=True)]
+            ahead = sum((r - 1) * better > 0 for r in ratios)
+            console.print(
+                f"{load:12s}{what:20s}{statistics.median(a[i] for a in this):10.2f}"
+                f"{statistics.median(b[i] for b in other):10.2f}"
+                f"{statistics.median(ratios):14.3f}{f'{ahead}/{len(ratios)}':>12s}"
+            )
+
+
 def main() -> None:
     import json
 
@@ -563,7 +654,12 @@ def main() -> None:
     ap.add_argument("--py-spy", default="", help="py-spy binary: profile one load")
     ap.add_argument("--profile-load", default="mixed", choices=LOADS, help="py-spy records it")
     ap.add_argument("--keep", action="store_true", help="keep the last databases")
+    ap.add_argument("--against", type=Path, help="another checkout: a paired comparison")
+    ap.add_argument("--pairs", type=int, default=6, help="with --against: runs of each load")
+    ap.add_argument("--db-url", default="", help="with --against: a database kept with --keep")
     args = ap.parse_args()
+    if args.against is not None and args.out == ap.get_default("out"):
+        args.out = ROOT / "docs" / "benchmarks" / "serve_ab.txt"
 
     from rich.console import Console
 
@@ -591,6 +687,24 @@ def main() -> None:
         f"same machine; {datetime.now(UTC):%Y-%m-%d}\n"
         f"command: python benchmarks/serve_load.py {' '.join(sys.argv[1:])}\n"
     )
+    if args.against is not None:
+        concepts, per = _catalogues(args.catalogues)[0]
+        db = args.db.split(",")[0].strip()
+        if args.db_url:
+            compare(wrk, args.db_url, database_keys(args.db_url), args, console, log)
+        else:
+            world = World(WORK, concepts, per, SEED, START)
+            answers = max(1, round(args.interactions / args.learners))
+            dataset = world.dataset(args.learners, answers, log)
+            run = world.model(SAMPLE_LEARNERS, 85, log)
+            with scratch_database(
+                db, pg=args.pg, folder=WORK / "sqlite", prefix="kt_serve_load", keep=args.keep
+            ) as url:
+                compare(wrk, url, load_database(url, dataset, run, log), args, console, log)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(console.export_text())
+        log(f"written: {args.out}")
+        return
     rows: list[dict[str, Any]] = []
     for concepts, per in _catalogues(args.catalogues):
         world = World(WORK, concepts, per, SEED, START)
