@@ -3,6 +3,7 @@ routes behind them would, and pass every other request on to those routes unchan
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from tutor.api import answers as answers_api
-from tutor.api.lean import LeanRoute, int_in
+from tutor.api.lean import PASSED_ON, LeanRoute, int_in
 
 
 @contextmanager
@@ -230,3 +231,31 @@ def test_int_in_takes_plain_decimals_only():
     for raw in ("0", "101", "05", "+5", "-1", " 5", "5 ", "5.0", "٥", "", "1e2", "9" * 30):
         with pytest.raises(ValueError):
             convert(raw)
+
+
+def test_a_passed_on_request_gets_the_body_the_lean_route_read():
+    """The route behind gets the whole body the lean route read (a streamed body in one
+    message), and the request is marked so that the lean route lets it through."""
+    got = []
+
+    async def router(scope, receive, send):  # noqa: ANN001, ANN202, ARG001
+        got.append(await receive())
+
+    async def decline(request):  # noqa: ANN001, ANN202, ARG001
+        return None
+
+    route = LeanRoute("POST", "/x", decline)
+    route.router = router
+    messages = [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"c", "more_body": False},
+    ]
+
+    async def receive():  # noqa: ANN202
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "query_string": b""}
+    assert route.matches(scope)[0].name == "FULL"
+    asyncio.run(route.handle(scope, receive, None))
+    assert got == [{"type": "http.request", "body": b"abc", "more_body": False}]
+    assert scope[PASSED_ON] and route.matches(scope)[0].name == "NONE"
