@@ -575,7 +575,7 @@ def compare(wrk: str, url: str, setup: dict[str, Any], args, console, log) -> No
     import statistics
 
     checkouts = {"this": ROOT, "against": args.against.resolve()}
-    workers = int(args.workers or 2)
+    workers = int(args.workers.split(",")[0]) if args.workers else 2  # one count here
     servers: dict[str, Server] = {}
     rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     try:

@@ -24,6 +24,9 @@ from .schemas import AnswerBatch, AnswerBatchResult, AnswerIn, AnswerResult
 
 router = APIRouter(tags=["answers"])
 
+#: the body the route takes: one answer or a batch (the lean route below parses the same)
+AnswerBody = AnswerIn | AnswerBatch
+
 
 @router.post(
     "/answers",
@@ -36,7 +39,7 @@ router = APIRouter(tags=["answers"])
     },
 )
 async def post_answers(
-    body: AnswerIn | AnswerBatch,
+    body: AnswerBody,
     view: ViewDep,
 ) -> Response:
     """Store answers and fold them into each learner's state, all in one transaction.
@@ -48,8 +51,7 @@ async def post_answers(
     return await run_route(view, _post_answers, body, view)
 
 
-#: the body as the route declares it
-_BODY = TypeAdapter(AnswerIn | AnswerBatch)
+_BODY = TypeAdapter(AnswerBody)
 
 
 async def _lean_post_answers(request: Request) -> Response | None:
@@ -67,7 +69,7 @@ async def _lean_post_answers(request: Request) -> Response | None:
 LEAN = [LeanRoute("POST", "/answers", _lean_post_answers)]
 
 
-def _post_answers(body: AnswerIn | AnswerBatch, view: View) -> Response:
+def _post_answers(body: AnswerBody, view: View) -> Response:
     session, principal, org, settings = view.session, view.principal, view.org, view.settings
     require_roles(principal, "admin", "ingest", "learner")
     single = isinstance(body, AnswerIn)

@@ -3,7 +3,7 @@
 
 FastAPI's per-request machinery (its request handler, the dependency solver, the validation
 of every declared parameter, the body read as ``json.loads`` then validated) cost about 0.2
-ms of CPU a request, an eighth of a next-items request at 50,000 items (measured in one
+ms of CPU a request, a seventh of a next-items request at 50,000 items (measured in one
 process, requests alternating one by one with and without a plain route, 2026-12-07). A
 :class:`LeanRoute` answers the requests whose parameters it can take at a glance with the
 same route body (the same view dependency, :func:`tutor.api.deps.run_route`, the same
