@@ -109,9 +109,10 @@ class Settings(BaseSettings):
     #: instead of a worker thread (``tutor.blocking``): saves the thread hand-off, 0.6-1 ms of
     #: CPU a request; anything slow (a catalogue build, a model load, a replay) still runs in
     #: a thread. Off by default: it needs the standard asyncio loop (under uvloop some
-    #: requests wait seconds; ``tutor serve`` picks it) and a listening socket per worker
-    #: (``tutor serve``'s), and even then a worker idles through each database round trip
-    #: (one run at 16 connections: 344 req/s, neither worker busy), see the README. SQLite
+    #: requests wait seconds; ``tutor serve`` picks it) and connections spread over the
+    #: workers by ``tutor serve``'s supervisor, and even then a worker idles through each
+    #: database round trip (one run at 16 connections: 344 req/s, neither worker busy), see
+    #: the README. SQLite
     #: always uses threads (a writer may wait for the database lock)
     inline_hot_routes: bool = False
     #: database connections per process and pool (PostgreSQL; as many again may overflow

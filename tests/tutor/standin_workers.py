@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 
-def flaky(host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int) -> None:
+def flaky(
+    host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int, channel: Any = None
+) -> None:
     """The first one serves briefly, then dies; every later one dies at once, before it
     serves (as a worker whose start-up meets a database blip). Each start is logged to
     ``options["log"]``."""
@@ -26,13 +28,20 @@ def flaky(host: str, port: int, options: dict[str, Any], ready: Any, supervisor:
     sys.exit(1)
 
 
-def never_ready(host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int) -> None:
+def never_ready(
+    host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int, channel: Any = None
+) -> None:
     """Dies before it serves (as a worker whose application cannot start)."""
     sys.exit(3)
 
 
 def ready_then_killed(
-    host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    ready: Any,
+    supervisor: int,
+    channel: Any = None,
 ) -> None:
     """Says it serves, then is killed (SIGKILL: nothing of it runs after the signal), as a
     worker the kernel's OOM killer takes; every later one serves until stopped."""
@@ -51,7 +60,12 @@ def ready_then_killed(
 
 
 def serves_quietly(
-    host: str, port: int, options: dict[str, Any], ready: Any, supervisor: int
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    ready: Any,
+    supervisor: int,
+    channel: Any = None,
 ) -> None:
     """Says it serves, binds nothing, and waits until it is stopped."""
     from tutor.api.server import signal_ready

@@ -1,9 +1,11 @@
-"""``tutor serve --workers N`` (``tutor.api.server``): on Linux each worker listens on a socket
-of its own; the supervisor restarts a worker that dies, stops them all on SIGTERM, and fails
-with a message when a worker cannot start. Real processes on a SQLite file."""
+"""``tutor serve --workers N`` (``tutor.api.server``): on Linux the supervisor listens and hands
+each connection to the worker with the fewest; it restarts a worker that dies, stops them all
+on SIGTERM, and fails with a message when a worker cannot start. Real processes on a SQLite
+file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,10 +20,10 @@ import pytest
 
 from tests.tutor import standin_workers
 from tests.tutor.helpers import free_port
-from tutor.api.server import listening_socket, reuse_port_supported
+from tutor.api.server import listening_socket, supervisor_supported
 
 pytestmark = pytest.mark.skipif(
-    not reuse_port_supported(), reason="one listening socket per worker: Linux only"
+    not supervisor_supported(), reason="tutor serve's own supervisor: Linux only"
 )
 
 
@@ -48,6 +50,28 @@ def _listeners(port: int) -> int:
     return n
 
 
+def _connections(port: int, pids: list[int]) -> list[int]:
+    """How many established TCP connections to ``port`` each of ``pids`` holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f[9])
+    counts = []
+    for pid in pids:
+        n = 0
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        n += 1
+        counts.append(n)
+    return counts
+
+
 def _serve(url: str, port: int, workers: int, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "TUTOR_ENVIRONMENT": "development", "DATABASE_URL": url}
     cmd = [*prefix, sys.executable, "-m", "tutor.cli", "serve", "--workers", str(workers)]
@@ -72,32 +96,58 @@ def _healthy(base: str) -> bool:
         return False
 
 
-def test_workers_listen_each_and_are_supervised(tmp_path: Path) -> None:
+def test_workers_share_the_connections_evenly_and_are_supervised(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _serve(url, port, 2)
     try:
-        _wait(lambda: _listeners(port) == 2 and _healthy(base), "two workers listening", proc)
+        _wait(lambda: _listeners(port) == 1 and _healthy(base), "the supervisor listening", proc)
         workers = _children(proc.pid)
         # the spawn start method may add its resource tracker beside the workers
-        assert len([w for w in workers if b"spawn_main" in _cmdline(w)]) == 2
-        # the supervisor holds no copy of the application (torch is the workers' alone)
         served = [w for w in workers if b"spawn_main" in _cmdline(w)]
+        assert len(served) == 2
+        # the supervisor holds no copy of the application (torch is the workers' alone)
         assert "libtorch" in Path(f"/proc/{served[0]}/maps").read_text()
         assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
-        # many connections, all served
+
+        def both_serve() -> bool:  # two kept connections: one each once both serve
+            pair = [httpx.Client(base_url=base, timeout=5) for _ in range(2)]
+            try:
+                return all(c.get("/health").status_code == 200 for c in pair) and sorted(
+                    _connections(port, served)
+                ) == [1, 1]
+            finally:
+                for c in pair:
+                    c.close()
+
+        _wait(both_serve, "both workers serving", proc)
+        # 16 kept connections, all served: 8 on each worker, none left with the supervisor
         clients = [httpx.Client(base_url=base, timeout=5) for _ in range(16)]
         try:
             assert all(c.get("/health").status_code == 200 for c in clients)
+            assert _connections(port, served) == [8, 8]
+            assert _connections(port, [proc.pid]) == [0]
+            # closed connections are counted: the 8 of one worker closed (the connections
+            # went to the workers in turn), the next 8 all go to it
+            for c in clients[0::2]:
+                c.close()
+            _wait(lambda: sorted(_connections(port, served)) == [0, 8], "8 closed", proc)
+            time.sleep(0.2)  # (the worker tells the supervisor right after it closes)
+            clients = clients[1::2] + [httpx.Client(base_url=base, timeout=5) for _ in range(8)]
+            assert all(c.get("/health").status_code == 200 for c in clients)
+            assert sorted(_connections(port, served)) == [8, 8]
         finally:
             for c in clients:
                 c.close()
         # a worker that dies is replaced, and the service goes on
-        victim = next(w for w in workers if b"spawn_main" in _cmdline(w))
+        victim = served[0]
         os.kill(victim, signal.SIGKILL)
         _wait(
-            lambda: victim not in _children(proc.pid) and _listeners(port) == 2,
+            lambda: (
+                victim not in _children(proc.pid)
+                and len([w for w in _children(proc.pid) if b"spawn_main" in _cmdline(w)]) == 2
+            ),
             "a new worker",
             proc,
         )
@@ -136,7 +186,7 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     port = free_port()
     proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2)
     try:
-        _wait(lambda: _listeners(port) == 2, "two workers listening", proc)
+        _wait(lambda: _listeners(port) == 1, "the supervisor listening", proc)
         kids = [k for k in _children(proc.pid) if b"spawn_main" in _cmdline(k)]
         assert len(kids) == 2
     finally:
@@ -160,7 +210,7 @@ def test_a_supervisor_that_is_process_1_serves(tmp_path: Path) -> None:
     ns = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
     proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2, ns)
     try:
-        _wait(lambda: _listeners(port) == 2 and _healthy(base), "two workers as process 1", proc)
+        _wait(lambda: _listeners(port) == 1 and _healthy(base), "workers under process 1", proc)
         # unshare waits for its child: the supervisor (process 1 inside) is stopped directly
         for supervisor in _children(proc.pid):
             os.kill(supervisor, signal.SIGTERM)
@@ -186,18 +236,17 @@ def test_an_address_in_use_fails_with_its_reason(tmp_path: Path) -> None:
 
 
 def test_a_second_server_on_the_port_is_refused(tmp_path: Path) -> None:
-    """Another server's workers hold the port in their own SO_REUSEPORT group, which a
-    second server's workers could join (the kernel would then split the connections between
-    the two): the second is refused."""
+    """Another ``tutor serve`` holds the port: the second is refused with that reason, and the
+    first serves on."""
     port = free_port()
     first = _serve(f"sqlite:///{tmp_path / 'a.db'}", port, 2)
     try:
-        _wait(lambda: _listeners(port) == 2, "the first server", first)
+        _wait(lambda: _listeners(port) == 1, "the first server", first)
         second = _serve(f"sqlite:///{tmp_path / 'b.db'}", port, 2)
         assert second.wait(60) == 2
         output = second.stdout.read().decode()
         assert f"cannot listen on 127.0.0.1:{port}: another tutor serve" in output, output
-        assert _listeners(port) == 2
+        assert _listeners(port) == 1
     finally:
         first.send_signal(signal.SIGTERM)
         try:
@@ -221,14 +270,14 @@ def test_one_worker_is_uvicorns_own(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen["access_log"] is False
 
 
-def test_listening_sockets_share_the_port() -> None:
+def test_a_listening_socket_holds_its_port() -> None:
     a = listening_socket("127.0.0.1", 0)
     try:
         port = a.getsockname()[1]
-        b = listening_socket("127.0.0.1", port)
-        b.close()
         with socket.socket() as plain, pytest.raises(OSError):
             plain.bind(("127.0.0.1", port))
+        with pytest.raises(OSError):
+            listening_socket("127.0.0.1", port)
     finally:
         a.close()
 

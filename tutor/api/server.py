@@ -1,36 +1,44 @@
-"""Running the API: uvicorn, and on Linux with several workers, one listening socket each.
+"""Running the API: uvicorn, and on Linux with several workers, a supervisor that hands each
+connection to the worker with the fewest open ones.
 
 uvicorn's own ``--workers`` shares one listening socket between its worker processes, and
 whichever worker's event loop calls ``accept`` first takes the connection. Clients that keep
 their connections (a proxy, a load balancer, a load generator) are spread by luck: measured
 with ``wrk`` (2 workers, 16 connections, ``benchmarks/serve_load.py``), one run in seven put
 every connection on one worker, which then served 352 requests a second while the other
-idled (the same server otherwise served 642-692).
+idled (the same server otherwise served 642-692). Giving each worker a listening socket of
+its own in one ``SO_REUSEPORT`` group (the kernel picks a worker by a hash of the client's
+address) spreads them by chance instead: 32 connections over 2 workers came out anywhere
+from 13/19 to 19/13, and the worker with more connections answered each of them later (one
+run at 18/14: its requests' p99 81 ms in process, the other worker's 46 ms).
 
-With ``workers > 1`` on Linux, :func:`serve` instead starts each worker with a listening
-socket of its own on the same address (``SO_REUSEPORT``): the kernel hands each new
-connection to one of them by a hash of its addresses, so connections spread evenly whatever
-the workers are doing. (Linux only lets sockets of the same user join the group. Other
-systems' ``SO_REUSEPORT`` does not balance: there uvicorn's workers serve as before.)
+With ``workers > 1`` on Linux, :func:`serve` therefore runs a supervisor that holds the one
+listening socket, accepts each connection and passes it (``SCM_RIGHTS`` over a Unix socket
+pair per worker) to the ready worker with the fewest open connections; a worker tells the
+supervisor on the same pair when one of its connections closes. Keep-alive connections stay
+with their worker, so N connections over W workers come out as even as N allows. An accept
+and a hand-over cost the supervisor some tens of microseconds per connection, not per
+request.
 
-The parent process supervises:
+The supervisor:
 
 - ``SIGINT``/``SIGTERM`` stop every worker gracefully (uvicorn's shutdown: open requests
   finish); a second signal stops them at once. The workers also stop when the supervisor
   ends however it ends (they ask Linux for a signal when their parent ends).
-- A worker listens only once its application has started (uvicorn listens after the
-  lifespan start-up), so no connection waits on a worker still loading its models.
+- The socket listens only once a worker has started its application, so no connection waits
+  on workers still loading their models; a connection goes only to a worker that said it
+  serves.
 - A worker that stops on its own is started again, after a pause when it keeps stopping
-  soon after its start (1 s, doubling up to 30 s).
-- Before any worker starts, the address must be free: a port held by another program, or
-  by another ``tutor serve`` whose workers' group the new ones would otherwise join (even
-  one started a moment before, whose workers have not bound yet: :func:`port_lock`), stops
-  :func:`serve` with :class:`WorkerFailed`; so does a first worker that stops before it
-  serves (the database out of reach, say).
+  soon after its start (1 s, doubling up to 30 s). The connections it held end with it.
+- A port held by another program stops :func:`serve` with :class:`WorkerFailed` before any
+  worker starts, and so does another ``tutor serve`` on the port (even one started a moment
+  before: :func:`port_lock`), and a first worker that stops before it serves (the database
+  out of reach, say).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -54,24 +62,22 @@ class WorkerFailed(RuntimeError):
     ``tutor serve``) or a first worker stopped before it served (see its own log lines)."""
 
 
-def reuse_port_supported() -> bool:
-    """Whether this system balances connections over ``SO_REUSEPORT`` sockets (Linux)."""
-    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+def supervisor_supported() -> bool:
+    """Whether :func:`serve` supervises several workers itself (Linux: passing sockets between
+    processes and a signal to the workers when their parent ends)."""
+    return sys.platform.startswith("linux") and hasattr(socket, "send_fds")
 
 
 def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` in the ``SO_REUSEPORT`` group of that address
-    (an address held by a socket outside the group raises ``OSError``), listening unless
-    ``listen`` is false: a worker leaves that to uvicorn, which listens only once the
-    application has started, so that no connection waits in the queue of a worker that
-    cannot serve yet."""
+    """A TCP socket bound to ``host:port`` (``OSError`` if the address is taken or the name
+    unknown), listening unless ``listen`` is false: the supervisor listens only once a worker
+    serves, so that no connection waits on workers that cannot serve yet."""
     family, kind, proto, _, addr = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(addr)
@@ -83,37 +89,17 @@ def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
     return sock
 
 
-def address_free(host: str, port: int) -> OSError | None:
-    """None if nothing is bound to ``host:port``, else the error a plain bind (or the name's
-    lookup) met. A socket of another server's ``SO_REUSEPORT`` group would not stop the
-    workers' own binds: the kernel would then split the connections between the two
-    servers."""
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except OSError as exc:  # an unknown host name, say
-        return exc
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
-        try:
-            probe.bind(addr)
-        except OSError as exc:
-            return exc
-    return None
-
-
 @contextlib.contextmanager
 def port_lock(host: str, port: int) -> Iterator[None]:
     """Held by a supervisor for as long as it runs: one ``tutor serve`` per port and user.
 
-    :func:`address_free` sees another server only once its workers have bound their
-    sockets, seconds after its start; two servers started within those seconds would both
-    pass it, and their workers would then share the port. An exclusive ``flock`` on a file
-    named for the port and the user closes that gap (the system releases it when the process
-    ends, however it ends). Another user's server cannot join the port group (Linux keeps a
-    ``SO_REUSEPORT`` group to one user): its workers' binds fail, as before. Where the lock
-    file cannot be opened (a read-only temporary directory), the probe alone decides."""
+    The supervisor binds its address at once but listens only once a worker serves, and
+    until then the system lets another socket with ``SO_REUSEADDR`` bind the same address:
+    two servers started within those seconds would both start their workers, and the second
+    would fail only when it tried to listen. An exclusive ``flock`` on a file named for the
+    port and the user refuses the second at once (the system releases it when the process
+    ends, however it ends). Where the lock file cannot be opened (a read-only temporary
+    directory), the bind and the listen alone decide."""
     import fcntl
     import tempfile
 
@@ -122,7 +108,7 @@ def port_lock(host: str, port: int) -> Iterator[None]:
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
-        _say(f"no lock file for port {port} ({exc}); relying on the address check")
+        _say(f"no lock file for port {port} ({exc}); relying on the bind")
         yield
         return
     try:
@@ -144,7 +130,7 @@ def serve(*, host: str, port: int, workers: int = 1, **uvicorn_options: Any) -> 
     import uvicorn
 
     options = {"factory": True, **uvicorn_options}
-    if workers <= 1 or not reuse_port_supported():
+    if workers <= 1 or not supervisor_supported():
         uvicorn.run(APP, host=host, port=port, workers=workers, **options)
         return
     _Supervisor(host, port, workers, options).run()
@@ -161,10 +147,16 @@ def signal_ready(ready: Connection) -> None:
 
 
 def _worker(
-    host: str, port: int, options: dict[str, Any], ready: Connection, supervisor: int
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    ready: Connection,
+    supervisor: int,
+    channel: socket.socket,
 ) -> None:
-    """One worker process: its own listening socket, then uvicorn until stopped (or until
-    the ``supervisor`` process is gone: a worker must not serve on unsupervised)."""
+    """One worker process: uvicorn serving the connections the supervisor passes over
+    ``channel`` (:func:`receive_connections`) until stopped (or until the ``supervisor``
+    process is gone: a worker must not serve on unsupervised)."""
     import uvicorn
 
     _stop_with_parent(supervisor)
@@ -173,22 +165,78 @@ def _worker(
     class _Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             nonlocal served
-            await super().startup(sockets)
-            if self.started:  # listening, and the application's start-up succeeded
+            await super().startup([])  # the application's start-up, no socket of its own
+            if self.started:  # the application's start-up succeeded
+                receive_connections(self, channel)
                 signal_ready(ready)
                 served = True
 
-    try:
-        sock = listening_socket(host, port, listen=False)
-    except OSError as exc:
-        _say(f"cannot listen on {host}:{port}: {exc}")
-        sys.exit(1)
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            with contextlib.suppress(Exception):  # no more connections from now on
+                asyncio.get_running_loop().remove_reader(channel.fileno())
+            await super().shutdown(sockets)
+
     server = _Server(uvicorn.Config(APP, host=host, port=port, **options))
     # Ctrl-C reaches the workers too: uvicorn stops gracefully, then re-raises it
     with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
+        server.run(sockets=[])
     if not served:
         sys.exit(3)
+
+
+def receive_connections(server: Any, channel: socket.socket) -> None:
+    """Serve each connection the supervisor passes over ``channel`` with uvicorn ``server``'s
+    HTTP protocol (as its own listening socket would), and tell the supervisor (one byte on
+    ``channel``) when one of them closes. Runs on the server's event loop."""
+    loop = asyncio.get_running_loop()
+    config = server.config
+    channel.setblocking(False)
+    pending: set[asyncio.Task[None]] = set()
+
+    def protocol() -> asyncio.Protocol:
+        proto = config.http_protocol_class(
+            config=config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+            _loop=loop,
+        )
+        lost = proto.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            try:
+                lost(exc)
+            finally:
+                with contextlib.suppress(OSError):  # the supervisor is gone: nothing to tell
+                    channel.send(b"c")
+
+        proto.connection_lost = connection_lost
+        return proto
+
+    async def serve_one(sock: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(protocol, sock)
+        except OSError:  # the client left before its turn: closed, and counted as closed
+            sock.close()
+            with contextlib.suppress(OSError):
+                channel.send(b"c")
+
+    def readable() -> None:
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(channel, 64, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = b"", []
+            if not msg and not fds:  # the supervisor closed its end
+                loop.remove_reader(channel.fileno())
+                return
+            for fd in fds:
+                task = loop.create_task(serve_one(socket.socket(fileno=fd)))
+                pending.add(task)  # (the loop keeps only a weak reference to a task)
+                task.add_done_callback(pending.discard)
+
+    loop.add_reader(channel.fileno(), readable)
 
 
 def _stop_with_parent(parent: int) -> None:
@@ -209,7 +257,8 @@ def _say(message: str) -> None:
 
 
 class _Supervisor:
-    """Starts the workers and keeps them running (see the module doc)."""
+    """Starts the workers, keeps them running and hands them the connections (see the module
+    doc)."""
 
     #: a worker that stops within ``QUICK`` seconds of its start waits ``FIRST_BACKOFF``
     #: seconds before its next start, then twice that, up to ``MAX_BACKOFF`` (a worker that
@@ -217,6 +266,8 @@ class _Supervisor:
     QUICK = 10.0
     FIRST_BACKOFF = 1.0
     MAX_BACKOFF = 30.0
+    #: seconds between the supervisor's checks on its workers when nothing else happens
+    TICK = 0.5
 
     def __init__(
         self,
@@ -232,19 +283,30 @@ class _Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.slots = [_Slot() for _ in range(workers)]
         self.signals = 0
+        #: the listening socket (bound in :meth:`run`, listening once a worker serves)
+        self.listener: socket.socket | None = None
+        self.listening = False
+        self._turn = 0  # where the search for the least busy worker starts (ties rotate)
 
     def _start(self, slot: _Slot) -> None:
         reader, writer = self.ctx.Pipe(duplex=False)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         proc = self.ctx.Process(
             target=self.target,
-            args=(self.host, self.port, self.options, writer, os.getpid()),
+            args=(self.host, self.port, self.options, writer, os.getpid(), theirs),
             name="tutor-worker",
         )
         try:
             proc.start()
+        except BaseException:
+            ours.close()
+            raise
         finally:
             writer.close()  # the worker's end: once the worker ends, the pipe reads as closed
+            theirs.close()
+        ours.setblocking(False)
         slot.proc, slot.ready, slot.started_at = proc, _Readiness(reader), time.monotonic()
+        slot.channel, slot.open = ours, 0
 
     def _stop_signal(self, signum: int, _frame: Any) -> None:
         self.signals += 1
@@ -262,30 +324,52 @@ class _Supervisor:
             self._run()
 
     def _run(self) -> None:
-        taken = address_free(self.host, self.port)
-        if taken is not None:
-            raise WorkerFailed(f"cannot listen on {self.host}:{self.port}: {taken}")
+        try:
+            self.listener = listening_socket(self.host, self.port, listen=False)
+        except OSError as exc:
+            raise WorkerFailed(f"cannot listen on {self.host}:{self.port}: {exc}") from None
         old = {s: signal.signal(s, self._stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         _say(
-            f"{self.n} workers on {self.host}:{self.port}, one listening socket "
-            f"each (supervisor process {os.getpid()})"
+            f"{self.n} workers on {self.host}:{self.port}, each connection to the one with "
+            f"the fewest (supervisor process {os.getpid()})"
         )
         try:
             for slot in self.slots:
                 self._start(slot)
             self._supervise()
         finally:
+            self.listener.close()  # no new connections while the workers stop
             self._stop_all()
             for s, handler in old.items():
                 signal.signal(s, handler)
 
+    def _serving(self) -> list[_Slot]:
+        """The workers that said they serve and still run, in slot order."""
+        return [
+            s
+            for s in self.slots
+            if s.proc is not None and s.ready is not None and s.ready.is_set() and s.channel
+        ]
+
     def _supervise(self) -> None:
+        assert self.listener is not None
         serving = False  # every first worker has been ready once
         while not self.signals:
-            live = [p.sentinel for p, _ in self._running()]
-            wait(live, timeout=0.5)
+            watch: list[Any] = [p.sentinel for p, _ in self._running()]
+            watch += [r.reader for _, r in self._running() if not r.ready and not r.reader.closed]
+            watch += [s.channel for s in self._serving()]
+            if self.listening:
+                watch.append(self.listener)
+            wait(watch, timeout=self.TICK)
             if self.signals:
                 return
+            if not self.listening and self._serving():
+                self.listener.listen(2048)
+                self.listener.setblocking(False)
+                self.listening = True
+            self._closed_connections()
+            if self.listening:
+                self._hand_over()
             if not serving:
                 serving = all(ready.is_set() for _, ready in self._running())
             now = time.monotonic()
@@ -312,8 +396,54 @@ class _Supervisor:
                     f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "
                     f"another" + (f" in {slot.backoff:g} s" if slot.backoff else "")
                 )
-                ready.close()
-                slot.proc, slot.ready, slot.due = None, None, now + slot.backoff
+                slot.close()
+                slot.due = now + slot.backoff
+
+    def _closed_connections(self) -> None:
+        """Count the connections each worker says it closed (one byte each)."""
+        for slot in self._serving():
+            assert slot.channel is not None
+            while True:
+                try:
+                    data = slot.channel.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    data = b""
+                if not data:  # the worker's end closed: it is ending, take it out of turn
+                    slot.channel.close()
+                    slot.channel = None
+                    break
+                slot.open = max(0, slot.open - len(data))
+
+    def _hand_over(self) -> None:
+        """Accept every waiting connection and pass each to the serving worker with the
+        fewest open connections (ties in turn)."""
+        assert self.listener is not None
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: the connection stays queued
+                _say(f"cannot accept a connection: {exc}")
+                return
+            with conn:
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                slots = self._serving()
+                n = len(slots)
+                order = sorted(range(n), key=lambda k: (slots[k].open, (k - self._turn) % n))
+                self._turn += 1
+                for k in order:
+                    slot = slots[k]
+                    try:
+                        socket.send_fds(slot.channel, [b"s"], [conn.fileno()])
+                    except OSError:  # a worker ending, or too far behind: the next one
+                        continue
+                    slot.open += 1
+                    break
+                # else: no worker can take it; closing it tells the client at once
 
     def _stop_all(self) -> None:
         for proc, _ in self._running():
@@ -324,21 +454,33 @@ class _Supervisor:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        for _, ready in self._running():
-            ready.close()
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.close()
 
 
 @dataclass
 class _Slot:
-    """One worker's place: its process and readiness while one runs; else, after a worker
-    stopped, when to start the next one (``due``). ``backoff``: the pause after the last quick
-    stop (0 after a worker that ran a while)."""
+    """One worker's place: its process, readiness, the supervisor's end of its connection
+    channel and how many connections it holds, while one runs; else, after a worker stopped,
+    when to start the next one (``due``). ``backoff``: the pause after the last quick stop (0
+    after a worker that ran a while)."""
 
     proc: SpawnProcess | None = None
     ready: _Readiness | None = None
+    channel: socket.socket | None = None
+    open: int = 0
     started_at: float = 0.0
     backoff: float = 0.0
     due: float = 0.0
+
+    def close(self) -> None:
+        """The worker has ended: forget it (its pipe and channel closed)."""
+        if self.ready is not None:
+            self.ready.close()
+        if self.channel is not None:
+            self.channel.close()
+        self.proc, self.ready, self.channel, self.open = None, None, None, 0
 
 
 class _Readiness:

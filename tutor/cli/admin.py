@@ -438,8 +438,8 @@ def serve_cmd(
     workers: Annotated[
         int,
         typer.Option(
-            help="Worker processes (on Linux each with a listening socket of its own: "
-            "connections spread evenly over them).",
+            help="Worker processes (on Linux each new connection goes to the worker with "
+            "the fewest open ones).",
             min=1,
         ),
     ] = 1,
