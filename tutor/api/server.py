@@ -42,13 +42,14 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import selectors
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -354,50 +355,80 @@ class _Supervisor:
     def _supervise(self) -> None:
         assert self.listener is not None
         serving = False  # every first worker has been ready once
-        while not self.signals:
-            watch: list[Any] = [p.sentinel for p, _ in self._running()]
-            watch += [r.reader for _, r in self._running() if not r.ready and not r.reader.closed]
-            watch += [s.channel for s in self._serving()]
-            if self.listening:
-                watch.append(self.listener)
-            wait(watch, timeout=self.TICK)
-            if self.signals:
-                return
-            if not self.listening and self._serving():
-                self.listener.listen(2048)
-                self.listener.setblocking(False)
-                self.listening = True
-            self._closed_connections()
-            if self.listening:
-                self._hand_over()
-            if not serving:
-                serving = all(ready.is_set() for _, ready in self._running())
-            now = time.monotonic()
-            for slot in self.slots:
-                proc, ready = slot.proc, slot.ready
-                if proc is None or ready is None:
-                    if now >= slot.due:
-                        self._start(slot)
-                    continue
-                if proc.is_alive():
-                    continue
-                if not serving and not ready.is_set():
-                    raise WorkerFailed(
-                        f"a worker stopped before it served (exit code {proc.exitcode}): "
-                        "see its lines above"
-                    )
-                quick = now - slot.started_at < self.QUICK
-                slot.backoff = (
-                    min(max(slot.backoff * 2, self.FIRST_BACKOFF), self.MAX_BACKOFF)
-                    if quick
-                    else 0.0
+        # one selector while the workers stay as they are, a new one when they change (a
+        # selector per wake-up cost more than the hand-over itself; a descriptor number can
+        # be reused by a new worker's pipe once an old one is closed, hence no reuse then)
+        selector: selectors.BaseSelector | None = None
+        shape: tuple[Any, ...] = ()
+        try:
+            while not self.signals:
+                now_shape = (self.listening, *(s.shape() for s in self.slots))
+                if selector is None or now_shape != shape:
+                    if selector is not None:
+                        selector.close()
+                    selector, shape = selectors.DefaultSelector(), now_shape
+                    for fd in self._watch():
+                        selector.register(fd, selectors.EVENT_READ)
+                selector.select(self.TICK)
+                if self.signals:
+                    return
+                serving = self._tend(serving)
+        finally:
+            if selector is not None:
+                selector.close()
+
+    def _watch(self) -> set[int]:
+        """The descriptors to wait on: the workers' process sentinels, the readiness pipes of
+        those not yet ready, the serving workers' channels, and the listening socket."""
+        assert self.listener is not None
+        watch = {p.sentinel for p, _ in self._running()}
+        watch |= {
+            r.reader.fileno() for _, r in self._running() if not r.ready and not r.reader.closed
+        }
+        watch |= {s.channel.fileno() for s in self._serving() if s.channel is not None}
+        if self.listening:
+            watch.add(self.listener.fileno())
+        return watch
+
+    def _tend(self, serving: bool) -> bool:
+        """After a wake-up: listen once a worker serves, count closes, hand over the waiting
+        connections, and restart the workers that stopped (``serving``: every first worker
+        has been ready once; returned updated)."""
+        assert self.listener is not None
+        if not self.listening and self._serving():
+            self.listener.listen(2048)
+            self.listener.setblocking(False)
+            self.listening = True
+        self._closed_connections()
+        if self.listening:
+            self._hand_over()
+        if not serving:
+            serving = all(ready.is_set() for _, ready in self._running())
+        now = time.monotonic()
+        for slot in self.slots:
+            proc, ready = slot.proc, slot.ready
+            if proc is None or ready is None:
+                if now >= slot.due:
+                    self._start(slot)
+                continue
+            if proc.is_alive():
+                continue
+            if not serving and not ready.is_set():
+                raise WorkerFailed(
+                    f"a worker stopped before it served (exit code {proc.exitcode}): "
+                    "see its lines above"
                 )
-                _say(
-                    f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "
-                    f"another" + (f" in {slot.backoff:g} s" if slot.backoff else "")
-                )
-                slot.close()
-                slot.due = now + slot.backoff
+            quick = now - slot.started_at < self.QUICK
+            slot.backoff = (
+                min(max(slot.backoff * 2, self.FIRST_BACKOFF), self.MAX_BACKOFF) if quick else 0.0
+            )
+            _say(
+                f"worker process {proc.pid} stopped (exit code {proc.exitcode}); starting "
+                f"another" + (f" in {slot.backoff:g} s" if slot.backoff else "")
+            )
+            slot.close()
+            slot.due = now + slot.backoff
+        return serving
 
     def _closed_connections(self) -> None:
         """Count the connections each worker says it closed (one byte each)."""
@@ -473,6 +504,16 @@ class _Slot:
     started_at: float = 0.0
     backoff: float = 0.0
     due: float = 0.0
+
+    def shape(self) -> tuple[Any, ...]:
+        """What the supervisor waits on for this slot: changes when a worker starts, says it
+        serves, closes its channel or ends."""
+        return (
+            self.proc.pid if self.proc is not None else None,
+            self.ready.ready if self.ready is not None else None,
+            self.ready.reader.closed if self.ready is not None else None,
+            self.channel is not None,
+        )
 
     def close(self) -> None:
         """The worker has ended: forget it (its pipe and channel closed)."""
