@@ -16,9 +16,10 @@ With ``workers > 1`` on Linux, :func:`serve` therefore runs a supervisor that ho
 listening socket, accepts each connection and passes it (``SCM_RIGHTS`` over a Unix socket
 pair per worker) to the ready worker with the fewest open connections; a worker tells the
 supervisor on the same pair when one of its connections closes. Keep-alive connections stay
-with their worker, so N connections over W workers come out as even as N allows. An accept
-and a hand-over cost the supervisor some tens of microseconds per connection, not per
-request.
+with their worker, so N connections over W workers come out as even as N allows. The hop
+costs each new connection (not each request) about 80 µs of the supervisor's CPU and 60 µs
+of the worker's (measured with a new connection per ``/health``): a proxy in front should
+keep its connections to the workers.
 
 The supervisor:
 
