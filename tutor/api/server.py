@@ -459,6 +459,7 @@ class _Supervisor:
                 return
             except OSError as exc:  # out of descriptors, say: the connection stays queued
                 _say(f"cannot accept a connection: {exc}")
+                time.sleep(0.1)  # (the socket stays readable: no tight loop of this line)
                 return
             with conn:
                 if conn.family in (socket.AF_INET, socket.AF_INET6):
