@@ -145,7 +145,8 @@ def _free_port() -> int:
 
 class Server:
     """The API under test on a free port, started and ready: ``tutor serve --workers W``
-    (``how="tutor"``: the project's own command, on Linux one listening socket per worker)
+    (``how="tutor"``: the project's own command, on Linux each connection to the worker
+    with the fewest)
     or ``uvicorn --workers W`` (``how="uvicorn"``: one socket shared by the workers)."""
 
     def __init__(
