@@ -397,7 +397,10 @@ class _Supervisor:
         has been ready once; returned updated)."""
         assert self.listener is not None
         if not self.listening and self._serving():
-            self.listener.listen(2048)
+            try:
+                self.listener.listen(2048)
+            except OSError as exc:  # another program bound and listened meanwhile
+                raise WorkerFailed(f"cannot listen on {self.host}:{self.port}: {exc}") from None
             self.listener.setblocking(False)
             self.listening = True
         self._closed_connections()
