@@ -398,3 +398,34 @@ def test_a_bad_address_is_refused_with_its_reason(tmp_path: Path, args, said) ->
     cmd = ["serve", "--workers", "2", "--no-migrate", *args, "--database-url", url]
     r = CliRunner().invoke(app, cmd)
     assert r.exit_code == 2 and said in r.output, r.output
+
+
+def test_a_port_taken_while_the_workers_start_stops_the_service() -> None:
+    """The supervisor binds at once and listens once a worker serves; another program that
+    binds (``SO_REUSEADDR``) and listens in between makes that listen fail: the service
+    stops with the reason, and no worker is left."""
+    import threading
+
+    from tutor.api.server import WorkerFailed, _Supervisor
+
+    port = free_port()
+    sup = _Supervisor("127.0.0.1", port, 1, {}, target=standin_workers.serves_quietly)
+    intruder = socket.socket()
+    intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def intrude() -> None:
+        deadline = time.monotonic() + 30
+        while sup.listener is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        intruder.bind(("127.0.0.1", port))
+        intruder.listen()
+
+    helper = threading.Thread(target=intrude)
+    helper.start()
+    try:
+        with pytest.raises(WorkerFailed, match=f"cannot listen on 127.0.0.1:{port}"):
+            sup.run()
+    finally:
+        helper.join(30)
+        intruder.close()
+    assert not [p for p, _ in sup._running() if p.is_alive()]
