@@ -417,9 +417,14 @@ def measure(wrk: str, server: Server, setup: dict[str, Any], args) -> dict[str, 
 
 
 # ---------------------------------------------------------------------- report
-#: frames of the profile summary: (label, how a frame of it is named in py-spy's raw output)
+#: frames of the profile summary: (label, how a frame of it is named in py-spy's raw output,
+#: or a tuple of such names, any of which counts)
 PROFILE_PARTS = (
-    ("route bodies in worker threads (all)", "WorkerThread.run (anyio/"),
+    # the hot routes' own threads (tutor.api.deps.hot_threads), or the framework's
+    (
+        "route bodies in worker threads (all)",
+        ("_WorkItem.run (concurrent/", "WorkerThread.run (anyio/"),
+    ),
     ("  POST /v1/answers", "_post_answers (tutor/api/answers.py"),
     ("    record_answers", "record_answers (tutor/service.py"),
     ("    applying each answer (model, evidence)", "_apply_learner (tutor/service.py"),
@@ -449,7 +454,8 @@ def summarise_profile(paths: list[Path]) -> str:
                 continue
             total += int(count)
             for label, needle in PROFILE_PARTS:
-                if needle in stack:
+                needles = (needle,) if isinstance(needle, str) else needle
+                if any(n in stack for n in needles):
                     hits[label] += int(count)
     if not total:
         return "py-spy: no samples"
