@@ -429,3 +429,27 @@ def test_a_port_taken_while_the_workers_start_stops_the_service() -> None:
         helper.join(30)
         intruder.close()
     assert not [p for p, _ in sup._running() if p.is_alive()]
+
+
+def test_a_connection_made_while_no_worker_serves_waits_for_one(tmp_path: Path) -> None:
+    """Both workers killed at once: a connection made before either is back waits in the
+    socket's queue and is served by the first that is (not accepted and closed)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve(f"sqlite:///{tmp_path / 'serve.db'}", port, 2)
+    try:
+        _wait(lambda: _listeners(port) == 1 and _healthy(base), "the supervisor listening", proc)
+        victims = [w for w in _children(proc.pid) if b"spawn_main" in _cmdline(w)]
+        for victim in victims:
+            os.kill(victim, signal.SIGKILL)
+        # both reaped by the supervisor: it knows that no worker serves
+        _wait(lambda: not set(victims) & set(_children(proc.pid)), "both reaped", proc)
+        assert httpx.get(f"{base}/health", timeout=60).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

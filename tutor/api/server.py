@@ -30,7 +30,8 @@ The supervisor:
   on workers still loading their models; a connection goes only to a worker that said it
   serves.
 - A worker that stops on its own is started again, after a pause when it keeps stopping
-  soon after its start (1 s, doubling up to 30 s). The connections it held end with it.
+  soon after its start (1 s, doubling up to 30 s). The connections it held end with it;
+  while no worker serves, new connections wait in the socket's queue.
 - A port held by another program stops :func:`serve` with :class:`WorkerFailed` before any
   worker starts, and so does another ``tutor serve`` on the port (even one started a moment
   before: :func:`port_lock`), and a first worker that stops before it serves (the database
@@ -386,8 +387,9 @@ class _Supervisor:
         watch |= {
             r.reader.fileno() for _, r in self._running() if not r.ready and not r.reader.closed
         }
-        watch |= {s.channel.fileno() for s in self._serving() if s.channel is not None}
-        if self.listening:
+        serving = self._serving()
+        watch |= {s.channel.fileno() for s in serving if s.channel is not None}
+        if self.listening and serving:  # (with no worker serving, connections wait queued)
             watch.add(self.listener.fileno())
         return watch
 
@@ -455,7 +457,7 @@ class _Supervisor:
         """Accept every waiting connection and pass each to the serving worker with the
         fewest open connections (ties in turn)."""
         assert self.listener is not None
-        while True:
+        while self._serving():  # none: the connections wait queued until a worker is back
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -479,7 +481,7 @@ class _Supervisor:
                         continue
                     slot.open += 1
                     break
-                # else: no worker can take it; closing it tells the client at once
+                # else: no worker could take it; closing it tells the client at once
 
     def _stop_all(self) -> None:
         for proc, _ in self._running():
