@@ -89,6 +89,17 @@ def _wait(check, what: str, proc: subprocess.Popen, timeout: float = 60) -> None
         time.sleep(0.2)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, a minute to stop gracefully, then SIGKILL."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _healthy(base: str) -> bool:
     try:
         return httpx.get(f"{base}/health", timeout=2).status_code == 200
@@ -248,13 +259,7 @@ def test_a_second_server_on_the_port_is_refused(tmp_path: Path) -> None:
         assert f"cannot listen on 127.0.0.1:{port}: another tutor serve" in output, output
         assert _listeners(port) == 1
     finally:
-        first.send_signal(signal.SIGTERM)
-        try:
-            first.wait(60)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.wait()
+        _stop(first)
 
 
 def test_one_worker_is_uvicorns_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -446,10 +451,4 @@ def test_a_connection_made_while_no_worker_serves_waits_for_one(tmp_path: Path) 
         _wait(lambda: not set(victims) & set(_children(proc.pid)), "both reaped", proc)
         assert httpx.get(f"{base}/health", timeout=60).status_code == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
