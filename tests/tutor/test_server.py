@@ -89,6 +89,20 @@ def _wait(check, what: str, proc: subprocess.Popen, timeout: float = 60) -> None
         time.sleep(0.2)
 
 
+def _both_serve(base: str, port: int, workers: list[int]) -> bool:
+    """Whether both ``workers`` serve: two kept connections then go one to each."""
+    pair = [httpx.Client(base_url=base, timeout=5) for _ in range(2)]
+    try:
+        return all(c.get("/health").status_code == 200 for c in pair) and sorted(
+            _connections(port, workers)
+        ) == [1, 1]
+    except httpx.HTTPError:
+        return False
+    finally:
+        for c in pair:
+            c.close()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM, a minute to stop gracefully, then SIGKILL."""
     proc.send_signal(signal.SIGTERM)
@@ -121,18 +135,7 @@ def test_workers_share_the_connections_evenly_and_are_supervised(tmp_path: Path)
         # the supervisor holds no copy of the application (torch is the workers' alone)
         assert "libtorch" in Path(f"/proc/{served[0]}/maps").read_text()
         assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
-
-        def both_serve() -> bool:  # two kept connections: one each once both serve
-            pair = [httpx.Client(base_url=base, timeout=5) for _ in range(2)]
-            try:
-                return all(c.get("/health").status_code == 200 for c in pair) and sorted(
-                    _connections(port, served)
-                ) == [1, 1]
-            finally:
-                for c in pair:
-                    c.close()
-
-        _wait(both_serve, "both workers serving", proc)
+        _wait(lambda: _both_serve(base, port, served), "both workers serving", proc)
         # 16 kept connections, all served: 8 on each worker, none left with the supervisor
         clients = [httpx.Client(base_url=base, timeout=5) for _ in range(16)]
         try:
@@ -445,6 +448,8 @@ def test_a_connection_made_while_no_worker_serves_waits_for_one(tmp_path: Path) 
     try:
         _wait(lambda: _listeners(port) == 1 and _healthy(base), "the supervisor listening", proc)
         victims = [w for w in _children(proc.pid) if b"spawn_main" in _cmdline(w)]
+        # (a first worker killed before it served would stop the service: see above)
+        _wait(lambda: _both_serve(base, port, victims), "both workers serving", proc)
         for victim in victims:
             os.kill(victim, signal.SIGKILL)
         # both reaped by the supervisor: it knows that no worker serves
