@@ -457,7 +457,10 @@ class _Supervisor:
         """Accept every waiting connection and pass each to the serving worker with the
         fewest open connections (ties in turn)."""
         assert self.listener is not None
-        while self._serving():  # none: the connections wait queued until a worker is back
+        while True:
+            slots = self._serving()
+            if not slots:  # the connections wait queued until a worker is back
+                return
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -469,7 +472,6 @@ class _Supervisor:
             with conn:
                 if conn.family in (socket.AF_INET, socket.AF_INET6):
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                slots = self._serving()
                 n = len(slots)
                 order = sorted(range(n), key=lambda k: (slots[k].open, (k - self._turn) % n))
                 self._turn += 1
