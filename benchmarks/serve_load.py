@@ -752,7 +752,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    console = Console(record=True, width=150)
+    console = Console(record=True, width=180)
     err = Console(stderr=True)
 
     def log(msg: str) -> None:
