@@ -77,9 +77,9 @@ class TrainConfig:
     #: initial weights.
     ema: float = 0.995
     #: compile the model's per-step training code with ``torch.compile``
-    #: (:meth:`KTModel.compile_training`; PSI-KT: about 3x faster an epoch on a CPU, after
-    #: about 30 s of compiling; needs a C++ compiler on CPUs). Models without such code
-    #: ignore it.
+    #: (:meth:`KTModel.compile_training`; PSI-KT: 3-4x faster an epoch on a CPU, after a
+    #: few minutes of compiling the first time; needs a C++ compiler on CPUs). Models
+    #: without such code ignore it.
     compile: bool = False
 
 

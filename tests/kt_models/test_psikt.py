@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from kt_models import psikt as psikt_module
 from kt_models.base import build_model, make_config
 from kt_models.data import load_sequences, make_batch
 from kt_models.evaluate import predict_multi_step
@@ -246,12 +247,15 @@ def test_multi_step_prediction_runs(data):
 
 
 def test_compiled_training_update_equals_the_plain_one(data, monkeypatch):
-    """``TrainConfig.compile``: the compiled per-answer update gives the plain update's loss
-    and gradients (training mode, where it runs), and serving keeps the plain update."""
+    """``TrainConfig.compile``: the compiled per-answer update and the compiled runs of
+    COMPILE_CHUNK updates give the plain update's loss and gradients (training mode, where
+    they run), and serving keeps the plain update."""
     import torch._inductor.config as inductor
 
     # the same reparameterisation noise as eager code (compiled code draws its own otherwise)
     monkeypatch.setattr(inductor, "fallback_random", True)
+    # runs of 2 positions per compiled call (8 by default: the same code, a longer compile)
+    monkeypatch.setattr(psikt_module, "COMPILE_CHUNK", 2)
     seqs, vocab = data
     batch = make_batch(seqs, np.arange(6), max_len=12)
     torch.manual_seed(0)
@@ -259,6 +263,13 @@ def test_compiled_training_update_equals_the_plain_one(data, monkeypatch):
     compiled = build_model("psikt", vocab, make_config("psikt", {"items": "rasch"}))
     compiled.load_state_dict(plain.state_dict())
     assert compiled.compile_training()
+    chunk, chunks = compiled._train_chunk, []
+
+    def counted(*args):  # noqa: ANN002, ANN202
+        chunks.append(args[1].shape[1])
+        return chunk(*args)
+
+    compiled._train_chunk = counted
     grads = []
     for model in (plain, compiled):
         model.train()
@@ -273,3 +284,5 @@ def test_compiled_training_update_equals_the_plain_one(data, monkeypatch):
     state = compiled.init_state(6)
     stepped = compiled.step(state, batch.item[:, 0], batch.correct[:, 0], batch.time[:, 0])
     assert compiled._train_update is not None and stepped["h"].shape == (6, 64)
+    # positions 1-10 ran as compiled runs of 2 (COMPILE_CHUNK), 11 alone
+    assert batch.item.shape[1] == 12 and chunks == [2] * 5
