@@ -121,11 +121,6 @@ from .data import Batch, Vocab
 from .items import RaschItems, check_items_option
 
 _N_TRAITS = 4  # alpha, mu, sigma, gamma
-#: positions per compiled call when training with ``compile`` (:meth:`PSIKT.compile_training`):
-#: one graph of 8 per-answer updates runs an ASSIST2015 epoch at 2.0-2.3x DKT's seconds where
-#: one update per call ran at 3.1-3.6x (paired rounds in one process, 2026-12-08); its first
-#: compile takes a few minutes on a CPU (then torch's on-disk cache)
-COMPILE_CHUNK = 8
 
 
 @dataclass
@@ -143,6 +138,13 @@ class PSIKTConfig(ModelConfig):
     min_sigma: float = 1e-3
     items: str = "none"  # 'none' or 'rasch' (AKT's input side and penalty: kt_models.items)
     item_l2: float = 1e-5  # AKT's L2 weight on the item difficulties (items='rasch')
+    #: positions per compiled call when training with ``compile`` (PSIKT.compile_training):
+    #: one graph of 8 per-answer updates ran an ASSIST2015 epoch at 2.0-2.3x DKT's seconds
+    #: where one update a call ran at 3.1-3.6x (paired, 2026-12-08), but its first compile
+    #: takes minutes (2.5-4 on a 2-core CPU, per dataset; then torch's on-disk cache) where
+    #: one update's takes under a minute: 1 for short runs on small data. No effect on the
+    #: model (the same operations), nor without ``compile``.
+    compile_chunk: int = 8
 
 
 def _inv_softplus(x: float) -> float:
@@ -164,6 +166,8 @@ class PSIKT(KTModel):
         super().__init__(config, vocab)
         self.config: PSIKTConfig = config
         cfg = config
+        if int(cfg.compile_chunk) < 1:
+            raise ValueError(f"compile_chunk must be at least 1, got {cfg.compile_chunk!r}")
         self.n_slots = vocab.n_concepts + 1
         g = torch.Generator().manual_seed(cfg.seed)
         # encoder
@@ -383,7 +387,8 @@ class PSIKT(KTModel):
         logits, elbos = [], []
         compiled = self.training and self._train_update is not None
         update = self._train_update if compiled else self._update
-        chunk, k = (self._train_chunk, COMPILE_CHUNK) if compiled else (None, 1)
+        k = self.config.compile_chunk if compiled else 1
+        chunk = self._train_chunk if k > 1 else None
         t = 0
         while t < t_max:
             if t and chunk is not None and t + k <= t_max:
@@ -442,13 +447,14 @@ class PSIKT(KTModel):
     def compile_training(self) -> bool:
         """The per-answer update (:meth:`_update`, run once per position: about 1,000 operator
         calls per position forward and backward, 209,233 in a batch of 10 x 200 answers) fused
-        by ``torch.compile`` (23,313 calls), and :data:`COMPILE_CHUNK` consecutive updates as
+        by ``torch.compile`` (23,313 calls), and ``compile_chunk`` consecutive updates as
         one compiled graph (:meth:`_update_positions`, which the training forward runs on
         each full run of that many positions; the rest take the single compiled update:
         fewer calls, each with its guards and its autograd node, from Python); ``step``
         keeps the plain update."""
         self._train_update = torch.compile(self._update)
-        self._train_chunk = torch.compile(self._update_positions)
+        if self.config.compile_chunk > 1:
+            self._train_chunk = torch.compile(self._update_positions)
         return True
 
     # ----------------------------------------------------------------- serving form

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from kt_models import psikt as psikt_module
 from kt_models.base import build_model, make_config
 from kt_models.data import load_sequences, make_batch
 from kt_models.evaluate import predict_multi_step
@@ -248,19 +247,19 @@ def test_multi_step_prediction_runs(data):
 
 def test_compiled_training_update_equals_the_plain_one(data, monkeypatch):
     """``TrainConfig.compile``: the compiled per-answer update and the compiled runs of
-    COMPILE_CHUNK updates give the plain update's loss and gradients (training mode, where
+    ``compile_chunk`` updates give the plain update's loss and gradients (training mode, where
     they run), and serving keeps the plain update."""
     import torch._inductor.config as inductor
 
     # the same reparameterisation noise as eager code (compiled code draws its own otherwise)
     monkeypatch.setattr(inductor, "fallback_random", True)
-    # runs of 2 positions per compiled call (8 by default: the same code, a longer compile)
-    monkeypatch.setattr(psikt_module, "COMPILE_CHUNK", 2)
     seqs, vocab = data
     batch = make_batch(seqs, np.arange(6), max_len=12)
     torch.manual_seed(0)
-    plain = build_model("psikt", vocab, make_config("psikt", {"items": "rasch"}))
-    compiled = build_model("psikt", vocab, make_config("psikt", {"items": "rasch"}))
+    # runs of 2 positions per compiled call (8 by default: the same code, a longer compile)
+    over = {"items": "rasch", "compile_chunk": 2}
+    plain = build_model("psikt", vocab, make_config("psikt", over))
+    compiled = build_model("psikt", vocab, make_config("psikt", over))
     compiled.load_state_dict(plain.state_dict())
     assert compiled.compile_training()
     chunk, chunks = compiled._train_chunk, []
@@ -284,5 +283,14 @@ def test_compiled_training_update_equals_the_plain_one(data, monkeypatch):
     state = compiled.init_state(6)
     stepped = compiled.step(state, batch.item[:, 0], batch.correct[:, 0], batch.time[:, 0])
     assert compiled._train_update is not None and stepped["h"].shape == (6, 64)
-    # positions 1-10 ran as compiled runs of 2 (COMPILE_CHUNK), 11 alone
+    # positions 1-10 ran as compiled runs of 2 (compile_chunk), 11 alone
     assert batch.item.shape[1] == 12 and chunks == [2] * 5
+
+
+def test_compile_chunk_is_checked_and_1_compiles_one_update_a_call(data):
+    _, vocab = data
+    with pytest.raises(ValueError, match="compile_chunk must be at least 1"):
+        build_model("psikt", vocab, make_config("psikt", {"compile_chunk": 0}))
+    one = build_model("psikt", vocab, make_config("psikt", {"compile_chunk": 1}))
+    assert one.compile_training()  # torch.compile is lazy: nothing compiles here
+    assert one._train_update is not None and one._train_chunk is None
